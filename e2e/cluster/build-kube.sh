@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from the Go module
+# k8s.io/kubernetes at a pinned release, plus kwok, and caches them under .cache/bin/<version>.
+# `go install` refuses k8s.io/kubernetes (its go.mod has replace directives), so we generate a
+# tiny wrapper module that requires it and maps every staging module to its v0.X.Y release.
+set -euo pipefail
+
+KUBE_VERSION=${KUBE_VERSION:-v1.36.3}
+KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out="$root/.cache/bin/$KUBE_VERSION"
+tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+
+have_all=1
+for t in "${tools[@]}" kwok; do [ -x "$out/$t" ] || have_all=0; done
+if [ "$have_all" = 1 ]; then echo "$out"; exit 0; fi
+
+mkdir -p "$out"
+work="$root/.cache/kubebins-$KUBE_VERSION"
+mkdir -p "$work"
+staging_version="v0.${KUBE_VERSION#v1.}"
+
+export GOFLAGS=-mod=mod
+export GOTOOLCHAIN=local
+( cd "$work"
+  go mod download k8s.io/kubernetes@"$KUBE_VERSION"
+  kmod=$(go env GOMODCACHE)/k8s.io/kubernetes@"$KUBE_VERSION"/go.mod
+  {
+    echo "module kubebins"
+    echo
+    echo "go $(awk '/^go /{print $2; exit}' "$kmod")"
+    echo
+    echo "require k8s.io/kubernetes $KUBE_VERSION"
+    echo
+    # every `k8s.io/x => ./staging/src/k8s.io/x` becomes `k8s.io/x => k8s.io/x v0.X.Y`
+    awk -v v="$staging_version" '$2 == "=>" && $3 ~ /^\.\/staging\// {print "replace " $1 " => " $1 " " v}' "$kmod"
+  } > go.mod
+  cat > tools.go <<'GO'
+//go:build tools
+
+package kubebins
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  go mod tidy -e >/dev/null 2>&1 || true
+  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${staging_version#v0.}"
+  ldflags="${ldflags%.*}"
+  for t in "${tools[@]}"; do
+    [ -x "$out/$t" ] && continue
+    echo "building $t $KUBE_VERSION (cold build: several minutes)" >&2
+    go build -p 2 -ldflags "$ldflags" -o "$out/$t.tmp" k8s.io/kubernetes/cmd/"$t"
+    mv "$out/$t.tmp" "$out/$t"
+  done
+)
+if [ ! -x "$out/kwok" ]; then
+  echo "building kwok $KWOK_VERSION" >&2
+  GOBIN="$out" go install sigs.k8s.io/kwok/cmd/kwok@"$KWOK_VERSION"
+fi
+echo "$out"

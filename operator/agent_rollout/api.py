@@ -1,0 +1,303 @@
+"""AgentRollout v1alpha1: the pydantic models are the single source of truth.
+
+The CRD's OpenAPI schema in crds/ is generated from these models (`make crds`), and a test fails
+when the two drift apart. What the schema cannot express (non-decreasing weights, a gate with no
+bound) is checked by `agent_rollout.validation` and reported as an InvalidSpec condition.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "agentrollout.io"
+VERSION = "v1alpha1"
+KIND = "AgentRollout"
+PLURAL = "agentrollouts"
+SINGULAR = "agentrollout"
+SHORT_NAMES = ["ar", "agentro"]
+FIELD_MANAGER = "agent-rollout"
+
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))+$"
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+# A duration such as 30s, 5m, 48h or 1h30m; kept as text in the spec, parsed where it is used.
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, examples=["30s", "5m", "48h"])]
+# Kubernetes object names (DNS-1123 subdomain).
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+Weight = Annotated[int, Field(ge=0, le=100)]
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration such as '1h30m'. Raises ValueError on anything else."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"not a duration: {text!r} (use forms like 30s, 5m, 48h)")
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+class _Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error, not silently lost."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+# ---------------------------------------------------------------- spec: targets and traffic
+
+
+class DeploymentRef(_Model):
+    deployment: ObjectName = Field(description="Name of an existing Deployment in the rollout's namespace.")
+
+
+class GatewayAPIRouter(_Model):
+    """Weights on two backendRefs of a Gateway API HTTPRoute; every other part of the route is left alone."""
+
+    http_route: ObjectName = Field(description="HTTPRoute in the rollout's namespace.")
+    legacy_backend: ObjectName = Field(description="Service name of the legacy backendRef.")
+    candidate_backend: ObjectName = Field(description="Service name of the candidate backendRef.")
+
+
+class Traffic(_Model):
+    """Exactly one router."""
+
+    gateway_api: GatewayAPIRouter | None = Field(default=None, alias="gatewayAPI")
+
+    @model_validator(mode="after")
+    def _exactly_one_router(self) -> Traffic:
+        routers = [name for name in ("gateway_api",) if getattr(self, name) is not None]
+        if len(routers) != 1:
+            raise ValueError("spec.traffic needs exactly one router (gatewayAPI)")
+        return self
+
+
+# ---------------------------------------------------------------- spec: analysis
+
+
+class Template(StrEnum):
+    ERROR_RATE = "errorRate"
+    LATENCY_QUANTILE = "latencyQuantile"
+    FLAG_RATE = "flagRate"
+    COST_PER_REQUEST = "costPerRequest"
+    TOKENS_PER_REQUEST = "tokensPerRequest"
+    EVAL_ACCURACY = "evalAccuracy"
+
+
+class OnFailurePolicy(StrEnum):
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+
+
+class OnInconclusivePolicy(StrEnum):
+    HOLD = "hold"
+    PAUSE = "pause"
+
+
+class PrometheusSource(_Model):
+    url: str = Field(min_length=1, description="Base URL of the Prometheus HTTP API.")
+    timeout: Duration = Field(default="10s", description="Per-query timeout.")
+
+
+class MetricNames(_Model):
+    """Metric and label names the templates render into PromQL.
+
+    Defaults follow the OpenTelemetry GenAI semantic conventions where they exist
+    (gen_ai.client.operation.duration, gen_ai.client.token.usage) and documented agent-rollout
+    names where OpenTelemetry has none (flagged answers, cost, evaluations).
+    """
+
+    version_label: str = Field(default="version", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    namespace_label: str = Field(default="namespace", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    legacy_version: str | None = Field(default=None, description="Value of the version label for legacy; default: the legacy Deployment name.")
+    candidate_version: str | None = Field(default=None, description="Value of the version label for candidate; default: the candidate Deployment name.")
+    duration_histogram: str = Field(default="gen_ai_client_operation_duration_seconds", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    error_label: str = Field(default="error_type", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="Label present (non-empty) on failed requests.")
+    token_histogram: str = Field(default="gen_ai_client_token_usage", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    flagged_counter: str = Field(default="agent_answers_flagged_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    cost_counter: str = Field(default="agent_cost_usd_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    price_per_token: float | None = Field(default=None, ge=0, description="When set, cost per request is tokens x this price instead of the cost counter.")
+    eval_total_counter: str = Field(default="agent_eval_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    eval_correct_counter: str = Field(default="agent_eval_correct_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+
+
+class Comparison(_Model):
+    """Judge the candidate against legacy over the same window instead of (or besides) fixed bounds."""
+
+    max_ratio: float | None = Field(default=None, gt=0, description="Fail when candidate > maxRatio x legacy (e.g. 1.2 for p95 latency).")
+    two_proportion: bool = Field(default=False, description="For yes/no signals: a two-proportion z-test on candidate vs legacy.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence of the two-proportion test.")
+    margin: float = Field(default=0.0, ge=0, description="Allowed absolute difference in proportion before the test may fail.")
+
+
+class Gate(_Model):
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    template: Template | None = Field(default=None, description="A built-in agent metric; or give `query`.")
+    query: str | None = Field(default=None, min_length=1, description="Custom PromQL; variables {{namespace}} {{legacy}} {{candidate}} {{version}} {{window}}.")
+    samples_query: str | None = Field(default=None, min_length=1, description="Custom PromQL returning the sample count behind `query`.")
+    quantile: float = Field(default=0.95, gt=0, lt=1, description="For latencyQuantile: 0.5, 0.95, 0.99 ...")
+    window: Duration = Field(default="2m", description="Range of the rate/increase windows in the rendered query.")
+    min: float | None = None
+    max: float | None = None
+    compare: Comparison | None = None
+    min_samples: int | None = Field(default=None, ge=0, description="Overrides analysis.minSamples for this gate.")
+    failure_limit: int | None = Field(default=None, ge=0, description="Overrides analysis.failureLimit for this gate.")
+    dry_run: bool = Field(default=False, description="Evaluate and record, never act.")
+
+    @model_validator(mode="after")
+    def _template_or_query(self) -> Gate:
+        if (self.template is None) == (self.query is None):
+            raise ValueError(f"gate {self.name!r}: give exactly one of template or query")
+        return self
+
+
+class Analysis(_Model):
+    prometheus: PrometheusSource
+    interval: Duration = Field(default="30s", description="How often gates are evaluated; at least 5s.")
+    min_samples: int = Field(default=0, ge=0, description="Below this many samples a gate gives no verdict.")
+    failure_limit: int = Field(default=0, ge=0, description="Failed evaluations a gate may have before rollback.")
+    consecutive_error_limit: int = Field(default=3, ge=0, description="Prometheus errors in a row before onPrometheusError applies.")
+    on_prometheus_error: OnFailurePolicy = Field(default=OnFailurePolicy.HOLD)
+    on_inconclusive: OnInconclusivePolicy = Field(default=OnInconclusivePolicy.HOLD)
+    metrics: MetricNames = Field(default_factory=MetricNames)
+    gates: list[Gate] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _interval_floor(self) -> Analysis:
+        if duration_seconds(self.interval) < 5:
+            raise ValueError("spec.analysis.interval must be at least 5s")
+        return self
+
+
+# ---------------------------------------------------------------- spec: steps
+
+
+class Pause(_Model):
+    """Wait for a duration and/or a candidate request volume; with neither, wait for a human."""
+
+    duration: Duration | None = None
+    min_requests: int | None = Field(default=None, ge=1, description="Candidate requests needed since the step began.")
+
+
+class Step(_Model):
+    set_weight: Weight | None = Field(default=None, description="Percent of traffic for the candidate.")
+    pause: Pause | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> Step:
+        kinds = [k for k in ("set_weight", "pause") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("each step needs exactly one of setWeight or pause")
+        return self
+
+
+class AgentRolloutSpec(_Model):
+    legacy: DeploymentRef = Field(description="What we roll back to; kept warm, never scaled down or deleted.")
+    candidate: DeploymentRef
+    traffic: Traffic
+    analysis: Analysis | None = None
+    steps: list[Step] = Field(min_length=1)
+
+
+# ---------------------------------------------------------------- status
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+class Verdict(StrEnum):
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class Weights(_Model):
+    legacy: Weight = 100
+    candidate: Weight = 0
+
+    @model_validator(mode="after")
+    def _sum_to_100(self) -> Weights:
+        if self.legacy + self.candidate != 100:
+            raise ValueError("weights must sum to 100")
+        return self
+
+
+class GateResult(_Model):
+    """One gate's evaluation: the evidence behind every verdict."""
+
+    name: str
+    verdict: Verdict
+    value: float | None = None
+    legacy_value: float | None = None
+    bound: str = Field(default="", description="Human-readable bound, e.g. '<= 0.01' or '<= 1.2 x legacy'.")
+    samples: int | None = None
+    min_samples: int = 0
+    query: str = ""
+    message: str = ""
+    dry_run: bool = False
+
+
+class Condition(_Model):
+    """metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class Decision(_Model):
+    """One entry of the audit trail: what the operator decided, when, and on what evidence."""
+
+    time: str
+    reason: str
+    message: str
+    step: int
+    weights: Weights
+    evidence: list[GateResult] = Field(default_factory=list)
+
+
+class AgentRolloutStatus(_Model):
+    phase: Phase = Phase.PENDING
+    message: str = ""
+    current_step: int = 0
+    step_started_at: str | None = None
+    weights: Weights = Field(default_factory=Weights)
+    observed_generation: int | None = None
+    candidate_revision: str | None = Field(default=None, description="Hash of the candidate Deployment's pod template the rollout is judging.")
+    gate_failures: dict[str, int] = Field(default_factory=dict)
+    consecutive_errors: int = 0
+    last_analysis: list[GateResult] = Field(default_factory=list)
+    last_analysis_at: str | None = None
+    abort: bool = Field(default=False, description="Set by a human (kubectl agentrollout abort): roll back now.")
+    promote: bool = Field(default=False, description="Set by a human (kubectl agentrollout promote): end the current pause.")
+    conditions: list[Condition] = Field(default_factory=list)
+    history: list[Decision] = Field(default_factory=list)
+
+
+HISTORY_LIMIT = 20
+
+
+def parse_spec(raw: dict[str, Any]) -> AgentRolloutSpec:
+    return AgentRolloutSpec.model_validate(raw)
+
+
+def parse_status(raw: dict[str, Any] | None) -> AgentRolloutStatus:
+    """Status as we last wrote it; unknown keys (kopf's own bookkeeping) are ignored, not an error."""
+    known = {f.alias or name for name, f in AgentRolloutStatus.model_fields.items()}
+    return AgentRolloutStatus.model_validate({k: v for k, v in (raw or {}).items() if k in known})
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """Wire form: camelCase, no nulls."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,77 @@
+"""What the imperative shell observes and what the planner asks it to do.
+
+Plain frozen dataclasses, no I/O: the planner is a pure function
+`plan(spec, status, observations, now) -> Plan(status, actions)` over these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from agent_rollout.api import AgentRolloutStatus, GateResult, Weights
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """A spec error the CRD schema cannot express; `field` is a dotted path such as spec.steps[2].setWeight."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    name: str
+    exists: bool
+    template_hash: str | None = None  # hash of spec.template: changes when image/model/prompt/tools change
+    replicas: int = 0
+    available_replicas: int = 0
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Everything the shell measured for one reconcile. `None` means "could not be observed"."""
+
+    problems: tuple[SpecProblem, ...] = ()
+    legacy: DeploymentState | None = None
+    candidate: DeploymentState | None = None
+    route_weights: Weights | None = None  # weights actually on the route now
+    route_error: str | None = None  # route or backendRef missing, etc.
+    gates: tuple[GateResult, ...] | None = None  # None: analysis did not run (see prometheus_error)
+    prometheus_error: str | None = None
+    candidate_requests: int | None = None  # candidate requests since status.stepStartedAt
+    generation: int | None = None
+
+
+@dataclass(frozen=True)
+class SetWeights:
+    """Route `weights` to legacy and candidate. Idempotent: the shell skips the write when the route matches."""
+
+    weights: Weights
+    reason: str
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    """A Kubernetes Event on the AgentRollout; the message carries the evidence."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+Action = SetWeights | EmitEvent
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: AgentRolloutStatus
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+    requeue_after: float | None = None  # seconds until the next reconcile is useful, if sooner than interval
+
+
+def iso(t: datetime) -> str:
+    """RFC 3339 with a Z, as Kubernetes writes times."""
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
