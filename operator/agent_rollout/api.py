@@ -22,9 +22,10 @@ SINGULAR = "agentrollout"
 SHORT_NAMES = ["ar", "agentro"]
 FIELD_MANAGER = "agent-rollout"
 
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))+$"
-_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# The units CEL's duration() understands, so the CRD can check bounds such as interval >= 5s.
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 # A duration such as 30s, 5m, 48h or 1h30m; kept as text in the spec, parsed where it is used.
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, examples=["30s", "5m", "48h"])]

@@ -1,0 +1,51 @@
+# agent-rollout: `make demo` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PY := .venv/bin/python
+SCENARIO ?= good
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap crds check-crds lint unit e2e test demo bench cluster-up cluster-down clean
+
+help:
+	@echo "make demo [SCENARIO=good|bad]  set up everything and watch a rollout (bad: automatic rollback)"
+	@echo "make test                      all tests: unit, property and e2e on a real control plane"
+	@echo "make bench                     breach-to-rollback timing over repeated runs"
+	@echo "make cluster-up / cluster-down local kube-apiserver, controller-manager, etcd, Prometheus"
+	@echo "make crds / lint / unit / e2e"
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+crds: bootstrap
+	$(PY) -m agent_rollout.crdgen
+
+check-crds: bootstrap
+	$(PY) -m agent_rollout.crdgen --check
+
+lint: bootstrap
+	.venv/bin/ruff check operator tests e2e
+	.venv/bin/mypy
+
+unit: bootstrap
+	@bash scripts/pytest.sh tests $(PYTEST_ARGS)
+
+e2e: bootstrap
+	@bash scripts/pytest.sh e2e $(PYTEST_ARGS)
+
+test: bootstrap
+	@bash scripts/pytest.sh tests e2e $(PYTEST_ARGS)
+
+demo: bootstrap
+	$(PY) -m e2e.demo --scenario $(SCENARIO)
+
+bench: bootstrap
+	$(PY) -m e2e.bench
+
+cluster-up: bootstrap
+	$(PY) -m e2e.cluster up
+
+cluster-down:
+	$(PY) -m e2e.cluster down
+
+clean: cluster-down
+	rm -rf .cache/run

@@ -1,0 +1,150 @@
+"""kopf wiring only: settings, watch-fed indices, and one daemon per AgentRollout.
+
+Deployments and HTTPRoutes are read from kopf indices (one cluster-wide watch each), never polled
+per rollout. Each AgentRollout gets a daemon that reconciles at its analysis interval and is woken
+early by any change to the object (spec edit, `kubectl agentrollout abort`), so a human verb or a
+new candidate takes effect in well under a second instead of waiting for the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from agent_rollout import api
+from agent_rollout.analysis.prometheus import PrometheusGateway
+from agent_rollout.domain import DeploymentState
+from agent_rollout.kube import KubeClient, deployment_state
+from agent_rollout.reconcile import Reconciler, WrittenStatus
+from agent_rollout.traffic import gatewayapi
+
+log = logging.getLogger(__name__)
+
+EVENT_MESSAGE_LIMIT = 1000  # Kubernetes truncates longer Event messages; keep the evidence readable
+
+
+class _Runtime:
+    """Process-wide collaborators, created once at startup."""
+
+    reconciler: Reconciler | None = None
+    kube: KubeClient | None = None
+    gateways: dict[tuple[str, float], PrometheusGateway] = {}
+
+
+def _gateway_for(url: str, timeout: float) -> PrometheusGateway:
+    key = (url, timeout)
+    if key not in _Runtime.gateways:
+        _Runtime.gateways[key] = PrometheusGateway(url, timeout=timeout)
+    return _Runtime.gateways[key]
+
+
+def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type, reason=reason, message=message[:EVENT_MESSAGE_LIMIT])  # type: ignore[arg-type]
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Our own prefixes, so we never collide with another kopf operator on the same objects.
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    # Explicit watch timeouts: a silently dead watch connection must not freeze rollouts.
+    settings.watching.server_timeout = int(os.environ.get("AGENT_ROLLOUT_WATCH_TIMEOUT", "300"))
+    settings.watching.client_timeout = settings.watching.server_timeout + 30
+    settings.watching.connect_timeout = 10
+    settings.posting.level = logging.INFO
+    # A dead daemon must be restarted quickly; the rollout state itself is all in status.
+    settings.background.cancellation_timeout = 5  # type: ignore[attr-defined]
+
+    _Runtime.kube = KubeClient.from_environment()
+    _Runtime.reconciler = Reconciler(
+        kube=_Runtime.kube,
+        gateway_for=_gateway_for,
+        events=_post_event,
+        clock=lambda: datetime.now(UTC),
+    )
+
+
+@kopf.on.cleanup()
+def shutdown(**_: Any) -> None:
+    if _Runtime.kube is not None:
+        _Runtime.kube.close()
+
+
+@kopf.index("apps", "v1", "deployments")
+def deployment_index(
+    namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], DeploymentState]:
+    return {(namespace, name): deployment_state(name, dict(spec), dict(status))}
+
+
+@kopf.index(gatewayapi.GROUP, gatewayapi.VERSION, gatewayapi.PLURAL)
+def route_index(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace, name): dict(spec)}
+
+
+def _first(index: kopf.Index[Any, Any], key: tuple[str, str]) -> Any:
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None
+
+
+def _wants_attention(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a human or Git changes; our own status writes do not change it."""
+    status = body.get("status") or {}
+    return (body.get("metadata", {}).get("generation"), status.get("abort"), status.get("promote"))
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def wake_rollout(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A spec edit or a verb (abort, promote) triggers a reconcile right away, not at the next interval."""
+    wake = memo.get("wake")
+    seen = _wants_attention(body)
+    if isinstance(wake, asyncio.Event) and memo.get("seen") != seen:
+        memo["seen"] = seen
+        wake.set()
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=5)
+async def run_rollout(
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    deployment_index: kopf.Index[tuple[str, str], DeploymentState],
+    route_index: kopf.Index[tuple[str, str], dict[str, Any]],
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    assert _Runtime.reconciler is not None, "startup handler did not run"
+    wake = asyncio.Event()
+    memo["wake"] = wake
+    memo["seen"] = _wants_attention(body)
+    written = WrittenStatus()
+    while not stopped:
+        wake.clear()
+        try:
+            delay = await _Runtime.reconciler.reconcile(
+                body,
+                deployments=lambda ns, n: _first(deployment_index, (ns, n)),
+                routes=lambda ns, n: _first(route_index, (ns, n)),
+                written=written,
+            )
+        except Exception:
+            # Level-based: the next reconcile starts from status again, so a transient API error is
+            # only logged; no rollout state lives only in memory.
+            logger.exception("reconcile failed; retrying")
+            delay = 5.0
+        # Sleep until the interval ends, a human/Git change wakes us, or the daemon is stopped.
+        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()

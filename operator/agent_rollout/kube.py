@@ -1,0 +1,92 @@
+"""The only module that talks to the Kubernetes API.
+
+The official client is synchronous, so every call runs on a bounded thread pool: the event loop
+never blocks, and thousands of rollouts cannot open thousands of threads or connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from agent_rollout import api
+from agent_rollout.domain import DeploymentState
+from agent_rollout.traffic import gatewayapi
+
+T = TypeVar("T")
+
+POOL_SIZE = 16
+
+
+class Conflict(Exception):
+    """The object changed under us (a JSON patch `test` failed, or 409); retry on fresh data."""
+
+
+class KubeClient:
+    def __init__(self, client: kubernetes.client.ApiClient, pool_size: int = POOL_SIZE) -> None:
+        client.configuration.connection_pool_maxsize = pool_size
+        self._custom = kubernetes.client.CustomObjectsApi(client)
+        self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube")
+
+    @classmethod
+    def from_environment(cls) -> KubeClient:
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        return cls(kubernetes.client.ApiClient())
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    async def patch_rollout_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch on the status subresource; returns the object as stored."""
+        result: dict[str, Any] = await self._run(
+            lambda: self._custom.patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}
+            )
+        )
+        return result
+
+    async def patch_route(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+        """JSON patch (a list body makes the client send application/json-patch+json)."""
+        try:
+            await self._run(
+                lambda: self._custom.patch_namespaced_custom_object(
+                    gatewayapi.GROUP, gatewayapi.VERSION, namespace, gatewayapi.PLURAL, name, ops,
+                    field_manager=api.FIELD_MANAGER,
+                )
+            )
+        except ApiException as e:
+            if e.status in (409, 422):
+                raise Conflict(f"HTTPRoute {namespace}/{name} changed while patching: {e.reason}") from e
+            raise
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def template_hash(template: dict[str, Any] | None) -> str | None:
+    """Identity of a Deployment's pod template: a new image, model, prompt or tool set changes it."""
+    if template is None:
+        return None
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def deployment_state(name: str, spec: dict[str, Any] | None, status: dict[str, Any] | None) -> DeploymentState:
+    spec, status = spec or {}, status or {}
+    return DeploymentState(
+        name=name,
+        exists=True,
+        template_hash=template_hash(spec.get("template")),
+        replicas=int(spec.get("replicas", 1) or 0),
+        available_replicas=int(status.get("availableReplicas", 0) or 0),
+    )
