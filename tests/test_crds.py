@@ -23,6 +23,7 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 
 def test_committed_crd_matches_the_models() -> None:
     assert crdgen.CRD_PATH.read_text() == crdgen.render(), "crds/ drifted from api.py: run `make crds`"
+    assert crdgen.CHART_CRD_PATH.read_text() == crdgen.render(), "the chart's CRD drifted: run `make crds`"
 
 
 def test_schema_is_structural() -> None:

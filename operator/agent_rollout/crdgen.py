@@ -162,7 +162,10 @@ def render() -> str:
     return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
 
 
-CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / f"{api.PLURAL}.{api.GROUP}.yaml"
+_ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = _ROOT / "crds" / f"{api.PLURAL}.{api.GROUP}.yaml"
+# Helm installs CRDs from the chart's own crds/ folder; it gets the same generated file.
+CHART_CRD_PATH = _ROOT / "charts" / "agent-rollout" / "crds" / CRD_PATH.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,15 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=CRD_PATH)
     args = parser.parse_args(argv)
     text = render()
+    targets = [args.out] if args.out != CRD_PATH else [CRD_PATH, CHART_CRD_PATH]
     if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is out of date: run `make crds`", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+        stale = [t for t in targets if not t.exists() or t.read_text() != text]
+        for target in stale:
+            print(f"{target} is out of date: run `make crds`", file=sys.stderr)
+        return 1 if stale else 0
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        print(f"wrote {target}")
     return 0
 
 
