@@ -112,8 +112,8 @@ class MetricNames(_Model):
 
     version_label: str = Field(default="version", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     namespace_label: str = Field(default="namespace", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-    legacy_version: str | None = Field(default=None, description="Value of the version label for legacy; default: the legacy Deployment name.")
-    candidate_version: str | None = Field(default=None, description="Value of the version label for candidate; default: the candidate Deployment name.")
+    legacy_version: str | None = Field(default=None, min_length=1, description="Value of the version label for legacy; default: the legacy Deployment name.")
+    candidate_version: str | None = Field(default=None, min_length=1, description="Value of the version label for candidate; default: the candidate Deployment name.")
     duration_histogram: str = Field(default="gen_ai_client_operation_duration_seconds", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
     error_label: str = Field(default="error_type", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="Label present (non-empty) on failed requests.")
     token_histogram: str = Field(default="gen_ai_client_token_usage", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")

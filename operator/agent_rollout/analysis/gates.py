@@ -1,0 +1,211 @@
+"""Gate evaluation over numbers: thresholds, minimum samples, no-data handling, relative comparison.
+
+Pure: `evaluate_gate(gate, analysis, measurement)` turns what Prometheus returned into a GateResult
+that carries all its evidence. Failure limits across evaluations belong to the planner.
+
+Order of judgement, chosen so low traffic never fails a rollout (Flagger #1400):
+1. too few candidate samples, or no candidate value -> Inconclusive ("waiting for samples n/N");
+2. absolute bounds (min/max), then relative bounds (maxRatio, twoProportion) against legacy;
+   a gate fails if any bound fails, and is Inconclusive if none fails but one cannot be judged
+   (no legacy data, too few legacy samples).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from agent_rollout.analysis.stats import significantly_worse, two_proportion_test, within_ratio
+from agent_rollout.api import Analysis, Comparison, Gate, GateResult, Template, Verdict
+
+_HIGHER_IS_WORSE = frozenset(
+    {
+        Template.ERROR_RATE,
+        Template.FLAG_RATE,
+        Template.LATENCY_QUANTILE,
+        Template.COST_PER_REQUEST,
+        Template.TOKENS_PER_REQUEST,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What Prometheus returned for one gate; None means no data (empty result, NaN or Inf)."""
+
+    value: float | None
+    samples: float | None = None
+    legacy_value: float | None = None  # only measured when the gate has `compare`
+    legacy_samples: float | None = None
+    query: str = ""  # the candidate value query, kept as evidence
+
+
+@dataclass(frozen=True)
+class _Check:
+    ok: bool | None  # None: cannot be judged yet
+    text: str
+
+
+def higher_is_worse(gate: Gate) -> bool:
+    """Direction of the signal. Custom gates: a `max` or `maxRatio` says higher is worse."""
+    if gate.template is not None:
+        return gate.template in _HIGHER_IS_WORSE
+    return gate.max is not None or (gate.compare is not None and gate.compare.max_ratio is not None)
+
+
+def counts_samples(gate: Gate) -> bool:
+    """Built-in templates always know their sample count; custom gates only with samplesQuery."""
+    return gate.template is not None or gate.samples_query is not None
+
+
+def effective_min_samples(gate: Gate, analysis: Analysis) -> int:
+    """gate.minSamples overrides analysis.minSamples. A custom gate without samplesQuery cannot
+    count samples, so only an explicit gate.minSamples applies to it (and keeps it Inconclusive)."""
+    if gate.min_samples is not None:
+        return gate.min_samples
+    return analysis.min_samples if counts_samples(gate) else 0
+
+
+def _num(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _ratio_bound(gate: Gate, max_ratio: float) -> str:
+    # Lower-is-worse signals (accuracy) mirror the ratio: legacy <= maxRatio x candidate.
+    ratio = _num(max_ratio)
+    return f"<= {ratio} x legacy" if higher_is_worse(gate) else f">= legacy / {ratio}"
+
+
+def bound_text(gate: Gate) -> str:
+    """Every bound of the gate, as recorded in GateResult.bound."""
+    parts: list[str] = []
+    if gate.min is not None:
+        parts.append(f">= {_num(gate.min)}")
+    if gate.max is not None:
+        parts.append(f"<= {_num(gate.max)}")
+    compare = gate.compare
+    if compare is not None and compare.max_ratio is not None:
+        parts.append(_ratio_bound(gate, compare.max_ratio))
+    if compare is not None and compare.two_proportion:
+        parts.append(f"two-proportion p<{_num(1 - compare.confidence)}, margin {_num(compare.margin)}")
+    return ", ".join(parts)
+
+
+def _finite(x: float | None) -> float | None:
+    # Prometheus answers 0/0 with NaN and x/0 with +Inf: both mean "nothing to judge yet".
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _count(samples: float | None) -> int | None:
+    # increase() extrapolates to the window edges, so counts arrive as e.g. 199.7.
+    return None if samples is None else max(0, round(samples))
+
+
+def _absolute_checks(gate: Gate, value: float) -> list[_Check]:
+    checks: list[_Check] = []
+    if gate.min is not None:
+        ok = value >= gate.min
+        checks.append(_Check(ok, f"{_num(value)} {'>=' if ok else '<'} min {_num(gate.min)}"))
+    if gate.max is not None:
+        ok = value <= gate.max
+        checks.append(_Check(ok, f"{_num(value)} {'<=' if ok else '>'} max {_num(gate.max)}"))
+    return checks
+
+
+def _two_proportion_check(
+    gate: Gate,
+    compare: Comparison,
+    value: float,
+    samples: int | None,
+    legacy: float,
+    legacy_samples: int | None,
+) -> _Check:
+    if not samples or not legacy_samples:
+        return _Check(None, "twoProportion needs sample counts on both sides")
+    if not (0.0 <= value <= 1.0 and 0.0 <= legacy <= 1.0):
+        return _Check(None, "twoProportion needs proportions in [0, 1]")
+    x_c, x_l = value * samples, legacy * legacy_samples
+    if higher_is_worse(gate):
+        test = two_proportion_test(x_c, samples, x_l, legacy_samples, compare.margin)
+    else:
+        test = two_proportion_test(x_l, legacy_samples, x_c, samples, compare.margin)
+    worse = significantly_worse(test, confidence=compare.confidence, margin=compare.margin)
+    alpha = _num(1 - compare.confidence)
+    evidence = (
+        f"candidate {_num(value)} ({_num(x_c)}/{samples}) vs legacy {_num(legacy)} "
+        f"({_num(x_l)}/{legacy_samples}): worse by {_num(test.difference)}, p={test.p_value:.3g}"
+    )
+    if worse:
+        return _Check(False, f"{evidence} < {alpha} and beyond margin {_num(compare.margin)}")
+    return _Check(True, f"{evidence}: not significantly worse than margin {_num(compare.margin)}")
+
+
+def _relative_checks(
+    gate: Gate, value: float, samples: int | None, m: Measurement, need: int
+) -> list[_Check]:
+    compare = gate.compare
+    if compare is None:
+        return []
+    legacy = _finite(m.legacy_value)
+    legacy_samples = _count(_finite(m.legacy_samples))
+    if legacy is None:
+        return [_Check(None, f"no legacy data: waiting for legacy samples {legacy_samples or 0}/{need}")]
+    if need > 0 and (legacy_samples or 0) < need:
+        return [_Check(None, f"waiting for legacy samples {legacy_samples or 0}/{need}")]
+    checks: list[_Check] = []
+    if compare.max_ratio is not None:
+        ok = within_ratio(value, legacy, compare.max_ratio, higher_is_worse=higher_is_worse(gate))
+        ratio = f"{value / legacy:.3g} x legacy" if legacy else "legacy is 0"
+        verb = "within" if ok else "outside"
+        checks.append(
+            _Check(
+                ok,
+                f"candidate {_num(value)} vs legacy {_num(legacy)} ({ratio}): "
+                f"{verb} {_ratio_bound(gate, compare.max_ratio)}",
+            )
+        )
+    if compare.two_proportion:
+        checks.append(_two_proportion_check(gate, compare, value, samples, legacy, legacy_samples))
+    return checks
+
+
+def evaluate_gate(gate: Gate, analysis: Analysis, measurement: Measurement) -> GateResult:
+    value = _finite(measurement.value)
+    samples = _count(_finite(measurement.samples))
+    need = effective_min_samples(gate, analysis)
+
+    def result(verdict: Verdict, message: str) -> GateResult:
+        return GateResult(
+            name=gate.name,
+            verdict=verdict,
+            value=value,
+            legacy_value=_finite(measurement.legacy_value),
+            bound=bound_text(gate),
+            samples=samples,
+            min_samples=need,
+            query=measurement.query,
+            message=message,
+            dry_run=gate.dry_run,
+        )
+
+    if not counts_samples(gate) and need > 0:
+        return result(Verdict.INCONCLUSIVE, "minSamples needs samplesQuery on a custom gate")
+    have = samples or 0
+    if have < need:
+        return result(Verdict.INCONCLUSIVE, f"waiting for samples {have}/{need}")
+    if value is None:
+        waiting = f": waiting for samples {have}/{need}" if need else " for the candidate"
+        return result(Verdict.INCONCLUSIVE, f"no data{waiting}")
+
+    # All checks run even after one fails, so the evidence shows every violated bound.
+    checks = _absolute_checks(gate, value) + _relative_checks(gate, value, samples, measurement, need)
+    if not checks:
+        return result(Verdict.INCONCLUSIVE, "gate has no bound: set min, max, or compare")
+    failed = [c.text for c in checks if c.ok is False]
+    if failed:
+        return result(Verdict.FAIL, "; ".join(failed))
+    pending = [c.text for c in checks if c.ok is None]
+    if pending:
+        return result(Verdict.INCONCLUSIVE, "; ".join(pending))
+    over = f" over {samples} samples" if samples is not None else ""
+    return result(Verdict.PASS, "; ".join(c.text for c in checks) + over)

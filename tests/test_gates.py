@@ -1,0 +1,205 @@
+"""Gate verdicts over numbers: bounds, minimum samples, no data, and comparison with legacy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from agent_rollout.analysis.gates import Measurement, evaluate_gate, higher_is_worse
+from agent_rollout.api import Analysis, Gate, GateResult, Verdict
+from hypothesis import given
+from hypothesis import strategies as st
+
+ANALYSIS = Analysis.model_validate({"prometheus": {"url": "http://p:9090"}, "minSamples": 200})
+
+
+def gate(**fields: Any) -> Gate:
+    return Gate.model_validate({"name": "g", **fields})
+
+
+def evaluate(g: Gate, **measured: Any) -> GateResult:
+    return evaluate_gate(g, ANALYSIS, Measurement(query="QUERY", **measured))
+
+
+ERRORS = gate(template="errorRate", max=0.01)
+
+
+def test_low_traffic_gate_waits_for_samples() -> None:
+    result = evaluate(ERRORS, value=0.5, samples=37.6)
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert result.message == "waiting for samples 38/200"
+    assert (result.samples, result.min_samples, result.value) == (38, 200, 0.5)
+
+
+def test_gate_min_samples_overrides_analysis_min_samples() -> None:
+    assert (
+        evaluate(gate(template="errorRate", max=0.01, minSamples=10), value=0.5, samples=20).verdict
+        is Verdict.FAIL
+    )
+    strict = evaluate(gate(template="errorRate", max=0.01, minSamples=1000), value=0.0, samples=500)
+    assert strict.message == "waiting for samples 500/1000"
+
+
+def test_no_data_is_inconclusive_not_failed() -> None:
+    for value in (None, math.nan, math.inf):
+        result = evaluate(ERRORS, value=value, samples=500)
+        assert result.verdict is Verdict.INCONCLUSIVE
+        assert result.value is None
+        assert "no data" in result.message
+
+
+def test_no_samples_reads_as_zero_samples() -> None:
+    result = evaluate(ERRORS, value=None, samples=None)
+    assert (result.verdict, result.message) == (Verdict.INCONCLUSIVE, "waiting for samples 0/200")
+
+
+def test_error_rate_above_max_fails_with_evidence() -> None:
+    result = evaluate(ERRORS, value=0.034, samples=500)
+    assert result.verdict is Verdict.FAIL
+    assert result.bound == "<= 0.01"
+    assert result.message == "0.034 > max 0.01"
+    assert (result.query, result.samples, result.name, result.dry_run) == ("QUERY", 500, "g", False)
+
+
+def test_error_rate_within_max_passes() -> None:
+    result = evaluate(ERRORS, value=0.004, samples=500)
+    assert result.verdict is Verdict.PASS
+    assert result.message == "0.004 <= max 0.01 over 500 samples"
+
+
+def test_accuracy_below_min_fails() -> None:
+    accuracy = gate(template="evalAccuracy", min=0.95)
+    assert evaluate(accuracy, value=0.93, samples=250).verdict is Verdict.FAIL
+    assert evaluate(accuracy, value=0.96, samples=250).verdict is Verdict.PASS
+    assert evaluate(accuracy, value=0.96, samples=250).bound == ">= 0.95"
+
+
+def test_dry_run_is_recorded_on_the_result() -> None:
+    result = evaluate(gate(template="errorRate", max=0.01, dryRun=True), value=0.5, samples=500)
+    assert (result.verdict, result.dry_run) == (Verdict.FAIL, True)
+
+
+def test_latency_ratio_against_legacy_fails_when_candidate_is_slower() -> None:
+    latency = gate(template="latencyQuantile", compare={"maxRatio": 1.2})
+    slow = evaluate(latency, value=9.0, samples=300, legacy_value=6.0, legacy_samples=5000)
+    assert slow.verdict is Verdict.FAIL
+    assert slow.bound == "<= 1.2 x legacy"
+    assert slow.legacy_value == 6.0
+    assert "1.5 x legacy" in slow.message
+    ok = evaluate(latency, value=7.0, samples=300, legacy_value=6.0, legacy_samples=5000)
+    assert ok.verdict is Verdict.PASS
+
+
+def test_comparison_waits_for_legacy_data() -> None:
+    latency = gate(template="latencyQuantile", compare={"maxRatio": 1.2})
+    no_legacy = evaluate(latency, value=7.0, samples=300, legacy_value=None, legacy_samples=None)
+    assert no_legacy.verdict is Verdict.INCONCLUSIVE
+    assert "no legacy data" in no_legacy.message
+    thin = evaluate(latency, value=7.0, samples=300, legacy_value=6.0, legacy_samples=12)
+    assert (thin.verdict, thin.message) == (Verdict.INCONCLUSIVE, "waiting for legacy samples 12/200")
+
+
+def test_absolute_failure_is_not_hidden_by_missing_legacy_data() -> None:
+    combined = gate(template="errorRate", max=0.01, compare={"maxRatio": 1.5})
+    result = evaluate(combined, value=0.2, samples=500, legacy_value=None)
+    assert result.verdict is Verdict.FAIL
+    assert result.bound == "<= 0.01, <= 1.5 x legacy"
+
+
+def test_combined_gate_fails_when_only_the_relative_bound_fails() -> None:
+    combined = gate(template="errorRate", max=0.05, compare={"maxRatio": 1.5})
+    result = evaluate(combined, value=0.04, samples=500, legacy_value=0.01, legacy_samples=5000)
+    assert result.verdict is Verdict.FAIL
+    assert "outside <= 1.5 x legacy" in result.message
+
+
+def test_ratio_gate_with_legacy_zero_fails_on_any_candidate_error() -> None:
+    ratio = gate(template="errorRate", compare={"maxRatio": 2})
+    result = evaluate(ratio, value=0.002, samples=500, legacy_value=0.0, legacy_samples=5000)
+    assert result.verdict is Verdict.FAIL
+    assert "legacy is 0" in result.message
+    both_zero = evaluate(ratio, value=0.0, samples=500, legacy_value=0.0, legacy_samples=5000)
+    assert both_zero.verdict is Verdict.PASS
+
+
+def test_two_proportion_gate_fails_on_a_significant_regression() -> None:
+    test = gate(template="errorRate", compare={"twoProportion": True, "margin": 0.01})
+    result = evaluate(test, value=0.06, samples=1000, legacy_value=0.02, legacy_samples=9000)
+    assert result.verdict is Verdict.FAIL
+    assert result.bound == "two-proportion p<0.05, margin 0.01"
+    assert "60/1000" in result.message and "180/9000" in result.message
+
+
+def test_two_proportion_gate_passes_a_difference_within_margin() -> None:
+    test = gate(template="errorRate", compare={"twoProportion": True, "margin": 0.01})
+    result = evaluate(test, value=0.025, samples=20_000, legacy_value=0.02, legacy_samples=100_000)
+    assert result.verdict is Verdict.PASS
+
+
+def test_two_proportion_on_accuracy_fails_when_candidate_is_less_accurate() -> None:
+    accuracy = gate(template="evalAccuracy", compare={"twoProportion": True})
+    worse = evaluate(accuracy, value=0.90, samples=1000, legacy_value=0.96, legacy_samples=1000)
+    assert worse.verdict is Verdict.FAIL
+    better = evaluate(accuracy, value=0.99, samples=1000, legacy_value=0.96, legacy_samples=1000)
+    assert better.verdict is Verdict.PASS
+
+
+def test_two_proportion_on_a_non_proportion_is_inconclusive() -> None:
+    custom = gate(query="q{{version}}", samplesQuery="s{{version}}", max=100, compare={"twoProportion": True})
+    result = evaluate(custom, value=3.5, samples=1000, legacy_value=2.0, legacy_samples=1000)
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert "[0, 1]" in result.message
+
+
+def test_custom_gate_without_samples_query_ignores_analysis_min_samples() -> None:
+    custom = gate(query="q", max=5)
+    result = evaluate(custom, value=7.0)
+    assert (result.verdict, result.min_samples, result.samples) == (Verdict.FAIL, 0, None)
+
+
+def test_custom_gate_with_min_samples_but_no_samples_query_never_passes() -> None:
+    custom = gate(query="q", max=5, minSamples=10)
+    assert evaluate(custom, value=1.0).verdict is Verdict.INCONCLUSIVE
+
+
+def test_gate_without_any_bound_is_inconclusive() -> None:
+    assert evaluate(gate(template="errorRate"), value=0.0, samples=500).verdict is Verdict.INCONCLUSIVE
+
+
+def test_direction_of_each_signal() -> None:
+    assert higher_is_worse(gate(template="costPerRequest", max=1))
+    assert not higher_is_worse(gate(template="evalAccuracy", min=0.9))
+    assert higher_is_worse(gate(query="q", max=1))
+    assert higher_is_worse(gate(query="q", compare={"maxRatio": 2}))
+    assert not higher_is_worse(gate(query="q", min=0.5))
+
+
+@given(value=st.floats(0, 1), samples=st.floats(0, 199.4))
+def test_below_min_samples_never_gives_a_verdict(value: float, samples: float) -> None:
+    assert evaluate(ERRORS, value=value, samples=samples).verdict is Verdict.INCONCLUSIVE
+
+
+@given(value=st.floats(0, 1), samples=st.integers(200, 10**6))
+def test_with_enough_samples_max_bound_decides(value: float, samples: int) -> None:
+    verdict = evaluate(ERRORS, value=value, samples=samples).verdict
+    assert verdict is (Verdict.FAIL if value > 0.01 else Verdict.PASS)
+
+
+@given(
+    p_c=st.floats(0, 1),
+    p_l=st.floats(0, 1),
+    n_c=st.integers(200, 50_000),
+    n_l=st.integers(200, 50_000),
+    margin=st.sampled_from([0.0, 0.005, 0.02]),
+)
+def test_accuracy_test_mirrors_error_rate_test(
+    p_c: float, p_l: float, n_c: int, n_l: int, margin: float
+) -> None:
+    # Accuracy a is "lower is worse"; 1 - a is an error rate. Both must reach the same verdict.
+    accuracy = gate(template="evalAccuracy", compare={"twoProportion": True, "margin": margin})
+    errors = gate(template="errorRate", compare={"twoProportion": True, "margin": margin})
+    # Whole counts, as Prometheus would report them, so 1 - p loses nothing to rounding.
+    a_c, a_l = round(p_c * n_c) / n_c, round(p_l * n_l) / n_l
+    by_accuracy = evaluate(accuracy, value=a_c, samples=n_c, legacy_value=a_l, legacy_samples=n_l)
+    by_errors = evaluate(errors, value=1 - a_c, samples=n_c, legacy_value=1 - a_l, legacy_samples=n_l)
+    assert by_accuracy.verdict is by_errors.verdict
