@@ -7,7 +7,6 @@ from typing import Any
 
 import jsonpatch  # type: ignore[import-untyped]
 import pytest
-
 from agent_rollout.api import GatewayAPIRouter, Weights
 from agent_rollout.traffic.gatewayapi import read_weights, weight_patch
 
@@ -25,10 +24,18 @@ def route(legacy: int | None = 100, candidate: int | None = 0) -> dict[str, Any]
         "parentRefs": [{"name": "gw"}],
         "hostnames": ["triage.example.com"],
         "rules": [
-            {"matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}], "backendRefs": [ref("admin", 1)]},
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
+                "backendRefs": [ref("admin", 1)],
+            },
             {
                 "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x", "value": "y"}]}}],
+                "filters": [
+                    {
+                        "type": "RequestHeaderModifier",
+                        "requestHeaderModifier": {"add": [{"name": "x", "value": "y"}]},
+                    }
+                ],
                 "backendRefs": [ref("rules", legacy), ref("agent", candidate), ref("mirror-sink", 0)],
             },
         ],

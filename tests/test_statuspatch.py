@@ -17,7 +17,10 @@ def test_only_changed_keys_are_sent() -> None:
 def test_foreign_keys_are_left_alone_and_owned_missing_keys_are_removed() -> None:
     old = {"kopf": {"progress": {}}, "stepStartedAt": "2026-01-01T00:00:00Z", "phase": "Progressing"}
     new = {"phase": "Promoted"}
-    assert merge_patch(old, new, owned={"phase", "stepStartedAt"}) == {"phase": "Promoted", "stepStartedAt": None}
+    assert merge_patch(old, new, owned={"phase", "stepStartedAt"}) == {
+        "phase": "Promoted",
+        "stepStartedAt": None,
+    }
 
 
 def test_a_human_abort_set_meanwhile_is_not_clobbered() -> None:

@@ -112,39 +112,79 @@ class MetricNames(_Model):
 
     version_label: str = Field(default="version", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     namespace_label: str = Field(default="namespace", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-    legacy_version: str | None = Field(default=None, min_length=1, description="Value of the version label for legacy; default: the legacy Deployment name.")
-    candidate_version: str | None = Field(default=None, min_length=1, description="Value of the version label for candidate; default: the candidate Deployment name.")
-    duration_histogram: str = Field(default="gen_ai_client_operation_duration_seconds", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-    error_label: str = Field(default="error_type", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", description="Label present (non-empty) on failed requests.")
+    legacy_version: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Value of the version label for legacy; default: the legacy Deployment name.",
+    )
+    candidate_version: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Value of the version label for candidate; default: the candidate Deployment name.",
+    )
+    duration_histogram: str = Field(
+        default="gen_ai_client_operation_duration_seconds", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+    )
+    error_label: str = Field(
+        default="error_type",
+        pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
+        description="Label present (non-empty) on failed requests.",
+    )
     token_histogram: str = Field(default="gen_ai_client_token_usage", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
     flagged_counter: str = Field(default="agent_answers_flagged_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
     cost_counter: str = Field(default="agent_cost_usd_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-    price_per_token: float | None = Field(default=None, ge=0, description="When set, cost per request is tokens x this price instead of the cost counter.")
+    price_per_token: float | None = Field(
+        default=None,
+        ge=0,
+        description="When set, cost per request is tokens x this price instead of the cost counter.",
+    )
     eval_total_counter: str = Field(default="agent_eval_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-    eval_correct_counter: str = Field(default="agent_eval_correct_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    eval_correct_counter: str = Field(
+        default="agent_eval_correct_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+    )
 
 
 class Comparison(_Model):
     """Judge the candidate against legacy over the same window instead of (or besides) fixed bounds."""
 
-    max_ratio: float | None = Field(default=None, gt=0, description="Fail when candidate > maxRatio x legacy (e.g. 1.2 for p95 latency).")
-    two_proportion: bool = Field(default=False, description="For yes/no signals: a two-proportion z-test on candidate vs legacy.")
-    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Confidence of the two-proportion test.")
-    margin: float = Field(default=0.0, ge=0, description="Allowed absolute difference in proportion before the test may fail.")
+    max_ratio: float | None = Field(
+        default=None, gt=0, description="Fail when candidate > maxRatio x legacy (e.g. 1.2 for p95 latency)."
+    )
+    two_proportion: bool = Field(
+        default=False, description="For yes/no signals: a two-proportion z-test on candidate vs legacy."
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1.0, description="Confidence of the two-proportion test."
+    )
+    margin: float = Field(
+        default=0.0, ge=0, description="Allowed absolute difference in proportion before the test may fail."
+    )
 
 
 class Gate(_Model):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     template: Template | None = Field(default=None, description="A built-in agent metric; or give `query`.")
-    query: str | None = Field(default=None, min_length=1, description="Custom PromQL; variables {{namespace}} {{legacy}} {{candidate}} {{version}} {{window}}.")
-    samples_query: str | None = Field(default=None, min_length=1, description="Custom PromQL returning the sample count behind `query`.")
+    query: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Custom PromQL; variables {{namespace}} {{legacy}} {{candidate}} {{version}} {{window}}.",
+    )
+    samples_query: str | None = Field(
+        default=None, min_length=1, description="Custom PromQL returning the sample count behind `query`."
+    )
     quantile: float = Field(default=0.95, gt=0, lt=1, description="For latencyQuantile: 0.5, 0.95, 0.99 ...")
-    window: Duration = Field(default="2m", description="Range of the rate/increase windows in the rendered query.")
+    window: Duration = Field(
+        default="2m", description="Range of the rate/increase windows in the rendered query."
+    )
     min: float | None = None
     max: float | None = None
     compare: Comparison | None = None
-    min_samples: int | None = Field(default=None, ge=0, description="Overrides analysis.minSamples for this gate.")
-    failure_limit: int | None = Field(default=None, ge=0, description="Overrides analysis.failureLimit for this gate.")
+    min_samples: int | None = Field(
+        default=None, ge=0, description="Overrides analysis.minSamples for this gate."
+    )
+    failure_limit: int | None = Field(
+        default=None, ge=0, description="Overrides analysis.failureLimit for this gate."
+    )
     dry_run: bool = Field(default=False, description="Evaluate and record, never act.")
 
     @model_validator(mode="after")
@@ -158,8 +198,12 @@ class Analysis(_Model):
     prometheus: PrometheusSource
     interval: Duration = Field(default="30s", description="How often gates are evaluated; at least 5s.")
     min_samples: int = Field(default=0, ge=0, description="Below this many samples a gate gives no verdict.")
-    failure_limit: int = Field(default=0, ge=0, description="Failed evaluations a gate may have before rollback.")
-    consecutive_error_limit: int = Field(default=3, ge=0, description="Prometheus errors in a row before onPrometheusError applies.")
+    failure_limit: int = Field(
+        default=0, ge=0, description="Failed evaluations a gate may have before rollback."
+    )
+    consecutive_error_limit: int = Field(
+        default=3, ge=0, description="Prometheus errors in a row before onPrometheusError applies."
+    )
     on_prometheus_error: OnFailurePolicy = Field(default=OnFailurePolicy.HOLD)
     on_inconclusive: OnInconclusivePolicy = Field(default=OnInconclusivePolicy.HOLD)
     metrics: MetricNames = Field(default_factory=MetricNames)
@@ -179,7 +223,9 @@ class Pause(_Model):
     """Wait for a duration and/or a candidate request volume; with neither, wait for a human."""
 
     duration: Duration | None = None
-    min_requests: int | None = Field(default=None, ge=1, description="Candidate requests needed since the step began.")
+    min_requests: int | None = Field(
+        default=None, ge=1, description="Candidate requests needed since the step began."
+    )
 
 
 class Step(_Model):
@@ -195,7 +241,9 @@ class Step(_Model):
 
 
 class AgentRolloutSpec(_Model):
-    legacy: DeploymentRef = Field(description="What we roll back to; kept warm, never scaled down or deleted.")
+    legacy: DeploymentRef = Field(
+        description="What we roll back to; kept warm, never scaled down or deleted."
+    )
     candidate: DeploymentRef
     traffic: Traffic
     analysis: Analysis | None = None
@@ -275,13 +323,19 @@ class AgentRolloutStatus(_Model):
     step_started_at: str | None = None
     weights: Weights = Field(default_factory=Weights)
     observed_generation: int | None = None
-    candidate_revision: str | None = Field(default=None, description="Hash of the candidate Deployment's pod template the rollout is judging.")
+    candidate_revision: str | None = Field(
+        default=None, description="Hash of the candidate Deployment's pod template the rollout is judging."
+    )
     gate_failures: dict[str, int] = Field(default_factory=dict)
     consecutive_errors: int = 0
     last_analysis: list[GateResult] = Field(default_factory=list)
     last_analysis_at: str | None = None
-    abort: bool = Field(default=False, description="Set by a human (kubectl agentrollout abort): roll back now.")
-    promote: bool = Field(default=False, description="Set by a human (kubectl agentrollout promote): end the current pause.")
+    abort: bool = Field(
+        default=False, description="Set by a human (kubectl agentrollout abort): roll back now."
+    )
+    promote: bool = Field(
+        default=False, description="Set by a human (kubectl agentrollout promote): end the current pause."
+    )
     conditions: list[Condition] = Field(default_factory=list)
     history: list[Decision] = Field(default_factory=list)
 

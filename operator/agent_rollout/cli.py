@@ -42,7 +42,9 @@ def render(obj: dict[str, Any]) -> str:
             value = "-" if g.get("value") is None else f"{g['value']:.4g}"
             samples = "-" if g.get("samples") is None else f"{g['samples']}/{g.get('minSamples', 0)}"
             dry = " (dry run)" if g.get("dryRun") else ""
-            lines.append(f"  {g['name']:<16} {g['verdict'] + dry:<13} {value:>12} {g.get('bound', ''):<28} {samples}")
+            lines.append(
+                f"  {g['name']:<16} {g['verdict'] + dry:<13} {value:>12} {g.get('bound', ''):<28} {samples}"
+            )
     for decision in status.get("history", [])[-3:]:
         lines.append(f"  {decision['time']}  {decision['reason']}: {decision['message']}")
     return "\n".join(lines)
@@ -56,13 +58,16 @@ def _custom_api(kubeconfig: str | None) -> Any:
 
 
 def _get(custom: Any, namespace: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+    obj: dict[str, Any] = custom.get_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, name
+    )
     return obj
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kubectl agentrollout", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="kubectl agentrollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("verb", choices=["status", *VERBS])
     parser.add_argument("name")
     parser.add_argument("-n", "--namespace", default="default")
@@ -82,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         obj = _get(custom, args.namespace, args.name)
         print(render(obj), flush=True)
         phase = (obj.get("status") or {}).get("phase")
-        if not args.watch or phase in {p.value for p in (api.Phase.PROMOTED, api.Phase.ROLLED_BACK, api.Phase.FAILED)}:
+        if not args.watch or phase in {
+            p.value for p in (api.Phase.PROMOTED, api.Phase.ROLLED_BACK, api.Phase.FAILED)
+        }:
             return 0
         time.sleep(2)
         print()

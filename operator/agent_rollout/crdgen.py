@@ -44,6 +44,10 @@ _CEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
 }
 
+_DESCRIPTION = (
+    "Progressive delivery of an AI agent: shifts traffic from a legacy Deployment to a candidate "
+    "in steps, gated on Prometheus, with automatic rollback."
+)
 _DROP_KEYS = {"title", "default", "examples", "$defs"}
 
 
@@ -131,16 +135,19 @@ def crd() -> dict[str, Any]:
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep"},
-                        {"name": "Candidate", "type": "integer", "jsonPath": ".status.weights.candidate",
-                         "description": "Percent of traffic on the candidate"},
+                        {
+                            "name": "Candidate",
+                            "type": "integer",
+                            "jsonPath": ".status.weights.candidate",
+                            "description": "Percent of traffic on the candidate",
+                        },
                         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "Progressive delivery of an AI agent: shifts traffic from a legacy "
-                            "Deployment to a candidate in steps, gated on Prometheus, with automatic rollback.",
+                            "description": _DESCRIPTION,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},
@@ -169,7 +176,9 @@ CHART_CRD_PATH = _ROOT / "charts" / "agent-rollout" / "crds" / CRD_PATH.name
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write or check the AgentRollout CRD generated from the models.")
+    parser = argparse.ArgumentParser(
+        description="Write or check the AgentRollout CRD generated from the models."
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when crds/ differs from the models")
     parser.add_argument("--out", type=Path, default=CRD_PATH)
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ from agent_rollout.api import AgentRolloutStatus, GateResult, Weights
 
 @dataclass(frozen=True)
 class SpecProblem:
-    """A spec error the CRD schema cannot express; `field` is a dotted path such as spec.steps[2].setWeight."""
+    """A spec error the CRD schema cannot express; `field` is a path such as spec.steps[2].setWeight."""
 
     field: str
     message: str
@@ -47,7 +47,7 @@ class Observations:
 
 @dataclass(frozen=True)
 class SetWeights:
-    """Route `weights` to legacy and candidate. Idempotent: the shell skips the write when the route matches."""
+    """Route `weights` to legacy and candidate; the shell skips the write when the route already matches."""
 
     weights: Weights
     reason: str

@@ -81,17 +81,19 @@ def shutdown(**_: Any) -> None:
 
 @kopf.index("apps", "v1", "deployments")
 def deployment_index(
-    namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
-) -> dict[tuple[str, str], DeploymentState]:
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[tuple[str | None, str], DeploymentState]:
     return {(namespace, name): deployment_state(name, dict(spec), dict(status))}
 
 
 @kopf.index(gatewayapi.GROUP, gatewayapi.VERSION, gatewayapi.PLURAL)
-def route_index(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+def route_index(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
     return {(namespace, name): dict(spec)}
 
 
-def _first(index: kopf.Index[Any, Any], key: tuple[str, str]) -> Any:
+def _first(index: kopf.Index[Any, Any], key: tuple[str | None, str]) -> Any:
     store = index.get(key)
     return next(iter(store), None) if store is not None else None
 
@@ -117,12 +119,13 @@ async def run_rollout(
     stopped: kopf.DaemonStopped,
     body: kopf.Body,
     memo: kopf.Memo,
-    deployment_index: kopf.Index[tuple[str, str], DeploymentState],
-    route_index: kopf.Index[tuple[str, str], dict[str, Any]],
-    logger: logging.Logger,
-    **_: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
 ) -> None:
     assert _Runtime.reconciler is not None, "startup handler did not run"
+    # kopf passes each index by its function's name.
+    deployments: kopf.Index[tuple[str | None, str], DeploymentState] = kwargs["deployment_index"]
+    routes: kopf.Index[tuple[str | None, str], dict[str, Any]] = kwargs["route_index"]
     wake = asyncio.Event()
     memo["wake"] = wake
     memo["seen"] = _wants_attention(body)
@@ -132,8 +135,8 @@ async def run_rollout(
         try:
             delay = await _Runtime.reconciler.reconcile(
                 body,
-                deployments=lambda ns, n: _first(deployment_index, (ns, n)),
-                routes=lambda ns, n: _first(route_index, (ns, n)),
+                deployments=lambda ns, n: _first(deployments, (ns, n)),
+                routes=lambda ns, n: _first(routes, (ns, n)),
                 written=written,
             )
         except Exception:

@@ -11,10 +11,10 @@ import hashlib
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kubernetes
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from agent_rollout import api
 from agent_rollout.domain import DeploymentState
@@ -48,19 +48,24 @@ class KubeClient:
 
     async def patch_rollout_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch on the status subresource; returns the object as stored."""
-        result: dict[str, Any] = await self._run(
+        result = await self._run(
             lambda: self._custom.patch_namespaced_custom_object_status(
                 api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}
             )
         )
-        return result
+        return cast(dict[str, Any], result)
 
     async def patch_route(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
         """JSON patch (a list body makes the client send application/json-patch+json)."""
         try:
             await self._run(
                 lambda: self._custom.patch_namespaced_custom_object(
-                    gatewayapi.GROUP, gatewayapi.VERSION, namespace, gatewayapi.PLURAL, name, ops,
+                    gatewayapi.GROUP,
+                    gatewayapi.VERSION,
+                    namespace,
+                    gatewayapi.PLURAL,
+                    name,
+                    ops,
                     field_manager=api.FIELD_MANAGER,
                 )
             )
@@ -81,7 +86,9 @@ def template_hash(template: dict[str, Any] | None) -> str | None:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def deployment_state(name: str, spec: dict[str, Any] | None, status: dict[str, Any] | None) -> DeploymentState:
+def deployment_state(
+    name: str, spec: dict[str, Any] | None, status: dict[str, Any] | None
+) -> DeploymentState:
     spec, status = spec or {}, status or {}
     return DeploymentState(
         name=name,

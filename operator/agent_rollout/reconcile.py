@@ -46,7 +46,7 @@ class EventSink(Protocol):
 
 @dataclass
 class WrittenStatus:
-    """Our last status write, used until the watch delivers it (so a quick next tick never plans on stale status)."""
+    """Our last status write, kept until the watch delivers it: never plan the next tick on stale status."""
 
     resource_version_before: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
@@ -86,7 +86,10 @@ class Reconciler:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         raw_status = dict(body.get("status") or {})
-        if written.resource_version_before is not None and meta.get("resourceVersion") == written.resource_version_before:
+        if (
+            written.resource_version_before is not None
+            and meta.get("resourceVersion") == written.resource_version_before
+        ):
             raw_status.update(written.status)  # the watch has not caught up with our own write yet
         status = api.parse_status(raw_status)
         now = self._clock()
@@ -128,7 +131,9 @@ class Reconciler:
         route_spec: dict[str, Any] | None,
         now: datetime,
     ) -> Observations:
-        legacy = deployments(namespace, spec.legacy.deployment) or DeploymentState(spec.legacy.deployment, exists=False)
+        legacy = deployments(namespace, spec.legacy.deployment) or DeploymentState(
+            spec.legacy.deployment, exists=False
+        )
         candidate = deployments(namespace, spec.candidate.deployment) or DeploymentState(
             spec.candidate.deployment, exists=False
         )
@@ -141,12 +146,21 @@ class Reconciler:
         requests: int | None = None
         # Analysis only while the rollout is live and valid: a finished rollout costs Prometheus nothing.
         if spec.analysis is not None and status.phase in LIVE_PHASES and not problems:
-            gateway = self._gateway_for(spec.analysis.prometheus.url, api.duration_seconds(spec.analysis.prometheus.timeout))
+            gateway = self._gateway_for(
+                spec.analysis.prometheus.url, api.duration_seconds(spec.analysis.prometheus.timeout)
+            )
             try:
                 gates = await measure_gates(spec, namespace, gateway)
                 step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
-                if step is not None and step.pause is not None and step.pause.min_requests and status.step_started_at:
-                    since = (now - datetime.fromisoformat(status.step_started_at.replace("Z", "+00:00"))).total_seconds()
+                if (
+                    step is not None
+                    and step.pause is not None
+                    and step.pause.min_requests
+                    and status.step_started_at
+                ):
+                    since = (
+                        now - datetime.fromisoformat(status.step_started_at.replace("Z", "+00:00"))
+                    ).total_seconds()
                     requests = await candidate_requests(spec, namespace, max(since, 1.0), gateway)
             except PrometheusUnavailable as e:
                 gates, prometheus_error = None, str(e)

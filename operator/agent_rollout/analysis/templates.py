@@ -190,26 +190,6 @@ def candidate_requests_query(spec: AgentRolloutSpec, namespace: str, seconds: in
     return _Selectors(metrics, candidate, namespace, f"{int(seconds)}s").requests()
 
 
-def gate_problems(gate: Gate) -> list[str]:
-    """Mistakes in a gate that the CRD schema cannot express, for spec validation to report."""
-    problems: list[str] = []
-    for field, text in (("query", gate.query), ("samplesQuery", gate.samples_query)):
-        if text is None:
-            continue
-        try:
-            render_variables(text, dict.fromkeys(VARIABLES, ""))
-        except TemplateError as error:
-            problems.append(f"{field}: {error}")
-    compare = gate.compare
-    if compare is not None and gate.query is not None and "version" not in _VARIABLE.findall(gate.query):
-        problems.append("compare needs {{version}} in query, or legacy and candidate read the same series")
-    if compare is not None and compare.two_proportion:
-        if gate.template is not None and gate.template not in PROPORTION_TEMPLATES:
-            problems.append(f"twoProportion needs a proportion; {gate.template.value} is not one")
-        if gate.template is None and gate.samples_query is None:
-            problems.append("twoProportion needs samplesQuery to turn proportions into counts")
-    if gate.template is None and gate.samples_query is None and gate.min_samples:
-        problems.append("minSamples needs samplesQuery on a custom gate")
-    if compare is not None and compare.max_ratio is None and not compare.two_proportion:
-        problems.append("compare needs maxRatio or twoProportion")
-    return problems
+def query_variables(query: str) -> list[str]:
+    """The {{variables}} a custom query uses, in order of appearance."""
+    return _VARIABLE.findall(query)

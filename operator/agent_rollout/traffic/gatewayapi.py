@@ -62,10 +62,15 @@ def read_weights(route_spec: dict[str, Any] | None, router: GatewayAPIRouter) ->
     return RouteReading(Weights(legacy=legacy_pct, candidate=candidate_pct))
 
 
-def weight_patch(route_spec: dict[str, Any], router: GatewayAPIRouter, weights: Weights) -> list[dict[str, Any]]:
+def weight_patch(
+    route_spec: dict[str, Any], router: GatewayAPIRouter, weights: Weights
+) -> list[dict[str, Any]]:
     """JSON patch ops that set the two backends' weights in every rule, guarded by name tests."""
     ops: list[dict[str, Any]] = []
-    for backend, weight in ((router.legacy_backend, weights.legacy), (router.candidate_backend, weights.candidate)):
+    for backend, weight in (
+        (router.legacy_backend, weights.legacy),
+        (router.candidate_backend, weights.candidate),
+    ):
         for r, b, _ref in _backend_positions(route_spec, backend):
             base = f"/spec/rules/{r}/backendRefs/{b}"
             ops.append({"op": "test", "path": f"{base}/name", "value": backend})

@@ -1,0 +1,376 @@
+"""The rollout planner: every rule of a progressive rollout, as one pure function.
+
+`plan(spec, status, observations, now) -> Plan(new status, actions)`. No I/O, no clock, no kopf, no
+randomness: the shell observes, calls `plan`, routes traffic, emits events and writes the status diff.
+One tick is a fixed pipeline of small stages (after Argo Rollouts' canary.go), each allowed to end
+the tick early; at most one step advances per tick.
+
+Choices on open questions (each is a rule a reviewer may want to change in one place):
+- `lastAnalysis` always holds the latest gate results, but `lastAnalysisAt` moves only when they
+  change, so an idle steady state writes no status. It is cleared on entering a step, so a step is
+  judged only on evaluations made while it was current, never on the previous step's.
+- Weights are a function of (phase, step): Progressing/Paused carry the last setWeight at or before
+  the current step (legacy-only before any), Promoted is candidate-only, RolledBack and Failed are
+  legacy-only. Any change to them outside a phase transition (candidate gone, steps edited) is still
+  recorded as a Decision. No weights are ever set towards a Deployment observed missing.
+- A candidate Deployment that disappears mid-rollout sends all traffic to legacy and holds the
+  step, without RolledBack: a missing Deployment is usually a rename or an Argo CD re-create, and
+  when it returns with the same revision its step weight is restored; with a new revision the
+  rollout restarts. A missing (or unobserved) legacy holds everything, including abort.
+- Only a new candidate revision (pod template hash) restarts a rolled-back rollout; editing the
+  spec does not. To retry the same agent, `kubectl rollout restart` the candidate (new hash).
+- `promote` ends the current step whatever holds it (approval, inconclusive pause, a pause timer),
+  one step per promote; gate failures still count and roll back. Inconclusive gates pause only when
+  the step is otherwise ready to complete, so a long pause step is not paused for early low traffic.
+- Gate failures count over the whole rollout (reset only on restart), as Argo's failureLimit does.
+- Every Decision has exactly one Event and vice versa; a failure counted below its limit is neither
+  (status.gateFailures and lastAnalysis show it), so events stay a readable audit trail.
+- An invalid spec fails the rollout from any phase, Promoted included, and sends the candidate's
+  traffic to legacy; fixing it restarts from step 0. `spec` may be None (it did not parse).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from agent_rollout.api import (
+    AgentRolloutSpec,
+    AgentRolloutStatus,
+    Analysis,
+    GateResult,
+    OnFailurePolicy,
+    OnInconclusivePolicy,
+    Pause,
+    Phase,
+    Verdict,
+)
+from agent_rollout.conditions import ConditionReason as CR
+from agent_rollout.conditions import ConditionType as CT
+from agent_rollout.conditions import remove_condition
+from agent_rollout.domain import Observations, Plan, SpecProblem, iso
+from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
+from agent_rollout.tick import (
+    LIVE_PHASES,
+    Reason,
+    Tick,
+    condition,
+    exists,
+    parse_time,
+    pause_end,
+    problems_text,
+    request_weights,
+    route_readable,
+    route_shows,
+    set_completed_condition,
+    set_traffic_condition,
+    settle_weights,
+    status_message,
+    transition,
+    utc,
+)
+from agent_rollout.validation import validate
+
+__all__ = ["Reason", "plan", "spec_problems"]
+
+
+def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[SpecProblem]:
+    """The shell's problems (parse errors) and our own validation, without duplicates."""
+    found = list(obs.problems)
+    if spec is not None:
+        found.extend(validate(spec))
+    elif not found:
+        found.append(SpecProblem("spec", "spec could not be parsed"))
+    return list(dict.fromkeys(found))
+
+
+def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observations, now: datetime) -> Plan:
+    """The complete new status and the actions for one reconcile. `spec` is None when it did not parse
+    (obs.problems then says why). Never mutates its inputs; the same inputs give the same Plan."""
+    t = Tick(obs=obs, now=utc(now), st=status.model_copy(deep=True))
+    if obs.generation is not None:
+        t.st.observed_generation = obs.generation
+    problems = spec_problems(spec, obs)
+    if spec is None or problems:
+        _fail(t, spec, problems)
+    else:
+        _reconcile(t, spec)
+    settle_weights(t, spec)
+    request_weights(t)
+    if spec is not None:
+        set_traffic_condition(t)
+    set_completed_condition(t)
+    t.st.message = status_message(t, spec, problems)
+    return Plan(status=t.st, actions=tuple(t.actions), requeue_after=_requeue_after(t, spec))
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _fail(t: Tick, spec: AgentRolloutSpec | None, problems: list[SpecProblem]) -> None:
+    text = problems_text(problems)
+    condition(t, CT.SPEC_VALID, "False", CR.INVALID_SPEC, text)
+    if t.st.phase is not Phase.FAILED:
+        transition(t, spec, Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {text}")
+
+
+def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
+    condition(t, CT.SPEC_VALID, "True", CR.VALID, "spec passed validation")
+    if t.st.phase is Phase.FAILED:
+        # The spec was fixed: start over from step 0 rather than resume under rules that changed.
+        t.st.current_step, t.st.step_started_at = 0, None
+        transition(t, spec, Phase.PENDING, Reason.SPEC_VALID, "spec is valid again: restarting from step 1")
+    legacy_ready, candidate_ready = _check_targets(t, spec)
+    if not legacy_ready or _abort(t, spec) or not candidate_ready or _new_candidate(t, spec):
+        return
+    if t.st.phase is Phase.PENDING:
+        _start(t, spec)
+        return
+    if t.st.phase not in LIVE_PHASES:
+        return
+    # Repairs for a status edited by hand or steps removed from the spec: judge the nearest real step.
+    t.st.current_step = min(max(t.st.current_step, 0), len(spec.steps) - 1)
+    if parse_time(t.st.step_started_at) is None:
+        t.st.step_started_at = iso(t.now)
+    settle_weights(t, spec)  # e.g. the candidate is back: restore its step's weights before judging the step
+    held = _analyse(t, spec)
+    if t.st.phase in LIVE_PHASES:
+        _progress(t, spec, held)
+
+
+def _check_targets(t: Tick, spec: AgentRolloutSpec) -> tuple[bool, bool]:
+    legacy, candidate = t.obs.legacy, t.obs.candidate
+    missing = [
+        f"{role} Deployment {name} {'not observed' if state is None else 'not found'}"
+        for role, name, state in (
+            ("legacy", spec.legacy.deployment, legacy),
+            ("candidate", spec.candidate.deployment, candidate),
+        )
+        if not exists(state)
+    ]
+    if missing:
+        text = "; ".join(missing)
+        condition(t, CT.TARGETS_READY, "False", CR.DEPLOYMENT_NOT_FOUND, text)
+        t.waiting = f"holding: {text}"
+    else:
+        found = f"legacy {spec.legacy.deployment} and candidate {spec.candidate.deployment} found"
+        condition(t, CT.TARGETS_READY, "True", CR.DEPLOYMENTS_FOUND, found)
+    return exists(legacy), exists(candidate)
+
+
+def _abort(t: Tick, spec: AgentRolloutSpec) -> bool:
+    st = t.st
+    if not st.abort or st.phase in (Phase.ROLLED_BACK, Phase.FAILED):
+        return False
+    if st.candidate_revision is None and t.obs.candidate is not None:
+        st.candidate_revision = t.obs.candidate.template_hash  # so that a new revision can restart it
+    transition(
+        t,
+        spec,
+        Phase.ROLLED_BACK,
+        Reason.ABORTED,
+        "aborted by a human (status.abort): all traffic to legacy",
+        evidence=st.last_analysis,
+    )
+    return True
+
+
+def _new_candidate(t: Tick, spec: AgentRolloutSpec) -> bool:
+    revision = t.obs.candidate.template_hash if t.obs.candidate is not None else None
+    old = t.st.candidate_revision
+    if revision is None or revision == old or t.st.phase is Phase.PENDING:
+        return False
+    if old is None:
+        t.st.candidate_revision = revision  # started before the hash was observable: adopt, don't restart
+        return False
+    _begin(t, spec, Reason.NEW_CANDIDATE, f"new candidate revision {revision} (was {old}), restarting")
+    return True
+
+
+def _start(t: Tick, spec: AgentRolloutSpec) -> None:
+    if not route_readable(t.obs):
+        t.waiting = f"waiting for the route: {t.obs.route_error or 'weights could not be read'}"
+        return
+    revision = t.obs.candidate.template_hash if t.obs.candidate is not None else None
+    _begin(t, spec, Reason.STARTED, f"started rolling out {spec.candidate.deployment} revision {revision}")
+
+
+def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> None:
+    """Enter step 0 of a fresh rollout: nothing counted for an earlier attempt carries over."""
+    st = t.st
+    st.current_step = 0
+    st.step_started_at = iso(t.now)
+    st.candidate_revision = t.obs.candidate.template_hash if t.obs.candidate is not None else None
+    st.gate_failures, st.consecutive_errors = {}, 0
+    st.promote = st.abort = False
+    st.last_analysis, st.last_analysis_at = [], None
+    first = spec.steps[0]
+    phase = Phase.PAUSED if is_approval(first) else Phase.PROGRESSING
+    transition(t, spec, phase, reason, f"{message}: step 1/{len(spec.steps)} ({step_text(first)})")
+
+
+def _analyse(t: Tick, spec: AgentRolloutSpec) -> bool:
+    """Record this tick's gate evaluation; roll back on breached limits. True: hold the step."""
+    analysis = spec.analysis
+    if analysis is None or not analysis.gates:
+        t.st.conditions = remove_condition(t.st.conditions, CT.ANALYSIS_HEALTHY)
+        return False
+    if t.obs.gates is not None:
+        return _record_evaluation(t, spec, analysis, t.obs.gates)
+    if t.obs.prometheus_error is not None:
+        return _prometheus_down(t, spec, analysis, t.obs.prometheus_error)
+    return False  # analysis not due this tick: the latest evaluation stands
+
+
+def _record_evaluation(
+    t: Tick, spec: AgentRolloutSpec, analysis: Analysis, gates: tuple[GateResult, ...]
+) -> bool:
+    st = t.st
+    results = [r.model_copy() for r in gates]
+    st.consecutive_errors = 0
+    if results != st.last_analysis:
+        st.last_analysis, st.last_analysis_at = results, iso(t.now)
+    condition(t, CT.ANALYSIS_HEALTHY, "True", CR.EVALUATED, "the latest gate evaluation ran")
+    failures = dict(st.gate_failures)
+    breached = []
+    for result in results:
+        if result.verdict is Verdict.FAIL and not _dry_run(result, analysis):
+            failures[result.name] = failures.get(result.name, 0) + 1
+            if failures[result.name] > _failure_limit(result.name, analysis):
+                breached.append(result)
+    st.gate_failures = failures
+    if not breached:
+        return False
+    counts = ", ".join(
+        f"{r.name} ({failures[r.name]} failures, limit {_failure_limit(r.name, analysis)})" for r in breached
+    )
+    message = f"gate {counts} failed at step {st.current_step + 1}/{len(spec.steps)}: all traffic to legacy"
+    transition(t, spec, Phase.ROLLED_BACK, Reason.GATE_FAILED, message, evidence=breached)
+    return True
+
+
+def _prometheus_down(t: Tick, spec: AgentRolloutSpec, analysis: Analysis, error: str) -> bool:
+    st = t.st
+    st.consecutive_errors += 1
+    limit, policy = analysis.consecutive_error_limit, analysis.on_prometheus_error
+    in_a_row = f"{st.consecutive_errors} in a row, limit {limit} then {policy.value}"
+    condition(t, CT.ANALYSIS_HEALTHY, "Unknown", CR.PROMETHEUS_UNAVAILABLE, f"{error} ({in_a_row})")
+    if st.consecutive_errors > limit and policy is OnFailurePolicy.ROLLBACK:
+        message = f"Prometheus unavailable ({in_a_row}): {error}; all traffic to legacy"
+        transition(
+            t, spec, Phase.ROLLED_BACK, Reason.PROMETHEUS_UNAVAILABLE, message, evidence=st.last_analysis
+        )
+    else:
+        t.waiting = f"holding: Prometheus unavailable ({in_a_row}): {error}"
+    return True  # never promote on missing data
+
+
+def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
+    st = t.st
+    step = spec.steps[st.current_step]
+    if st.promote:
+        st.promote = False
+        _complete_step(t, spec, manual=True)
+        return
+    if held or st.phase is Phase.PAUSED:
+        return
+    position = f"step {st.current_step + 1}/{len(spec.steps)}"
+    if is_approval(step):
+        message = f"{position} waits for approval: set status.promote"
+        transition(t, spec, Phase.PAUSED, Reason.AWAITING_APPROVAL, message)
+        return
+    if not route_readable(t.obs):
+        t.waiting = f"holding: route unavailable: {t.obs.route_error or 'weights could not be read'}"
+        return
+    if not route_shows(t.obs, st.weights):
+        t.waiting = f"waiting for the route to show {weights_text(st.weights)}"
+        return
+    if step.pause is not None and not _pause_over(t, step.pause):
+        return
+    blocking = _blocking_gates(spec.analysis, st.last_analysis)
+    if not blocking:
+        _complete_step(t, spec, manual=False)
+        return
+    inconclusive = [r for _, r in blocking if r is not None and r.verdict is Verdict.INCONCLUSIVE]
+    if (
+        inconclusive
+        and spec.analysis is not None
+        and spec.analysis.on_inconclusive is OnInconclusivePolicy.PAUSE
+    ):
+        names = ", ".join(r.name for r in inconclusive)
+        message = f"{position} paused: gates inconclusive ({names}); set status.promote or status.abort"
+        transition(t, spec, Phase.PAUSED, Reason.INCONCLUSIVE, message, evidence=inconclusive)
+        return
+    name, result = blocking[0]
+    t.waiting = waiting_text(result) if result is not None else f"waiting for analysis of gate {name}"
+
+
+def _pause_over(t: Tick, pause: Pause) -> bool:
+    end = pause_end(t.st, pause)
+    if end is not None and t.now < end:
+        t.waiting = f"pausing until {iso(end)}"
+        return False
+    seen = t.obs.candidate_requests
+    if pause.min_requests is not None and (seen is None or seen < pause.min_requests):
+        t.waiting = f"waiting for candidate requests {'?' if seen is None else seen}/{pause.min_requests}"
+        return False
+    return True
+
+
+def _complete_step(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> None:
+    st = t.st
+    done, total = st.current_step, len(spec.steps)
+    evidence = list(st.last_analysis)
+    how = "approved by a human (status.promote)" if manual else "completed"
+    if done + 1 >= total:
+        st.current_step = total  # past the last step, as Argo Rollouts marks a finished rollout
+        message = f"step {done + 1}/{total} {how}: candidate promoted to all traffic"
+        transition(t, spec, Phase.PROMOTED, Reason.PROMOTED, message, evidence=evidence)
+        return
+    following = spec.steps[done + 1]
+    st.current_step, st.step_started_at = done + 1, iso(t.now)
+    st.last_analysis, st.last_analysis_at = [], None
+    phase = Phase.PAUSED if is_approval(following) else Phase.PROGRESSING
+    reason = Reason.MANUAL_PROMOTION if manual else Reason.STEP_COMPLETED
+    message = f"step {done + 1}/{total} {how}; entering step {done + 2}/{total} ({step_text(following)})"
+    transition(t, spec, phase, reason, message, evidence=evidence)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _requeue_after(t: Tick, spec: AgentRolloutSpec | None) -> float | None:
+    """Seconds until the current pause ends, so the shell can reconcile then instead of an interval later."""
+    st = t.st
+    if spec is None or st.phase is not Phase.PROGRESSING or st.current_step >= len(spec.steps):
+        return None
+    pause = spec.steps[st.current_step].pause
+    end = pause_end(st, pause) if pause is not None else None
+    left = (end - t.now).total_seconds() if end is not None else 0.0
+    return left if left > 0 else None
+
+
+def _blocking_gates(
+    analysis: Analysis | None, latest: list[GateResult]
+) -> list[tuple[str, GateResult | None]]:
+    """Non-dry-run gates without a Pass in the latest evaluation (None: not evaluated yet)."""
+    if analysis is None:
+        return []
+    by_name = {r.name: r for r in latest}
+    blocking = []
+    for gate in analysis.gates:
+        result = by_name.get(gate.name)
+        if not gate.dry_run and (result is None or result.verdict is not Verdict.PASS):
+            blocking.append((gate.name, result))
+    return blocking
+
+
+def _dry_run(result: GateResult, analysis: Analysis) -> bool:
+    gate = next((g for g in analysis.gates if g.name == result.name), None)
+    return result.dry_run if gate is None else gate.dry_run
+
+
+def _failure_limit(name: str, analysis: Analysis) -> int:
+    gate = next((g for g in analysis.gates if g.name == name), None)
+    if gate is not None and gate.failure_limit is not None:
+        return gate.failure_limit
+    return analysis.failure_limit

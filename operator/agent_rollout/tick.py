@@ -1,0 +1,308 @@
+"""One planner tick's working state and the primitives every rollout rule uses to change it.
+
+`Tick` holds the inputs and the status being built (a deep copy, so the caller's status is never
+mutated). Rules in `planner` change phase only through `transition`, which routes, records a
+Decision and emits its Event in one place, so no phase change can go unaudited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from agent_rollout import api
+from agent_rollout.api import (
+    AgentRolloutSpec,
+    AgentRolloutStatus,
+    Decision,
+    GateResult,
+    Pause,
+    Phase,
+    Step,
+    Verdict,
+    Weights,
+)
+from agent_rollout.conditions import ConditionReason as CR
+from agent_rollout.conditions import ConditionStatus, set_condition
+from agent_rollout.conditions import ConditionType as CT
+from agent_rollout.domain import (
+    Action,
+    DeploymentState,
+    EmitEvent,
+    Observations,
+    SetWeights,
+    SpecProblem,
+    iso,
+)
+from agent_rollout.evidence import event_text, is_approval, step_text, weights_text
+
+
+class Reason(StrEnum):
+    """Why a Decision was taken: the reason of both the history entry and its Kubernetes Event."""
+
+    STARTED = "Started"
+    STEP_COMPLETED = "StepCompleted"
+    MANUAL_PROMOTION = "ManualPromotion"  # a human's status.promote ended the step
+    AWAITING_APPROVAL = "AwaitingApproval"
+    INCONCLUSIVE = "Inconclusive"
+    PROMOTED = "Promoted"
+    GATE_FAILED = "GateFailed"
+    PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"
+    ABORTED = "Aborted"
+    NEW_CANDIDATE = "NewCandidate"
+    INVALID_SPEC = "InvalidSpec"
+    SPEC_VALID = "SpecValid"  # Failed -> Pending once the spec is fixed
+    CANDIDATE_NOT_FOUND = "CandidateNotFound"
+    WEIGHTS_RECONCILED = "WeightsReconciled"
+    DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
+
+
+WARNING_REASONS = frozenset(
+    {
+        Reason.GATE_FAILED,
+        Reason.PROMETHEUS_UNAVAILABLE,
+        Reason.ABORTED,
+        Reason.INVALID_SPEC,
+        Reason.CANDIDATE_NOT_FOUND,
+        Reason.INCONCLUSIVE,
+    }
+)
+ROLLBACK_REASONS = frozenset({Reason.GATE_FAILED, Reason.PROMETHEUS_UNAVAILABLE, Reason.ABORTED})
+LIVE_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
+
+
+@dataclass
+class Tick:
+    """One reconcile in progress: inputs, the status being built (a copy) and the actions so far."""
+
+    obs: Observations
+    now: datetime
+    st: AgentRolloutStatus
+    actions: list[Action] = field(default_factory=list)
+    weights_reason: str | None = None  # set when status.weights changed this tick
+    waiting: str = ""  # what holds the rollout, for status.message
+
+
+def legacy_only() -> Weights:
+    return Weights(legacy=100, candidate=0)
+
+
+def candidate_only() -> Weights:
+    return Weights(legacy=0, candidate=100)
+
+
+def step_weights(steps: list[Step], index: int) -> Weights:
+    """Weights in effect at step `index`: the last setWeight at or before it, legacy-only before any."""
+    candidate = 0
+    for step in steps[: index + 1]:
+        if step.set_weight is not None:
+            candidate = step.set_weight
+    return Weights(legacy=100 - candidate, candidate=candidate)
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def transition(
+    t: Tick,
+    spec: AgentRolloutSpec | None,
+    phase: Phase,
+    reason: Reason,
+    message: str,
+    evidence: list[GateResult] | None = None,
+) -> None:
+    t.st.phase = phase
+    route(t, spec, reason)
+    record(t, reason, message, evidence or [])
+
+
+def record(t: Tick, reason: Reason, message: str, evidence: list[GateResult]) -> None:
+    """A Decision in the bounded history and the Event that announces it, both with the evidence."""
+    st = t.st
+    decision = Decision(
+        time=iso(t.now),
+        reason=reason.value,
+        message=message,
+        step=st.current_step,
+        weights=st.weights.model_copy(),
+        evidence=[r.model_copy() for r in evidence],
+    )
+    st.history = [*st.history, decision][-api.HISTORY_LIMIT :]
+    text = event_text(message, evidence)
+    if reason in WARNING_REASONS:
+        t.actions.append(EmitEvent(type="Warning", reason=reason.value, message=text))
+    else:
+        t.actions.append(EmitEvent(type="Normal", reason=reason.value, message=text))
+
+
+def condition(t: Tick, type_: CT, status: ConditionStatus, reason: CR, message: str) -> None:
+    t.st.conditions = set_condition(
+        t.st.conditions, type_.value, status, reason.value, message, t.now, t.st.observed_generation
+    )
+
+
+# ---------------------------------------------------------------- routing
+
+
+def route(t: Tick, spec: AgentRolloutSpec | None, reason: Reason) -> bool:
+    """Set status.weights for the current phase and step; False when nothing changed."""
+    want = target_weights(t, spec)
+    if want is None or want == t.st.weights or routes_to_missing(t.obs, want):
+        return False  # never send traffic towards a Deployment we saw missing: keep what works
+    t.st.weights = want
+    t.weights_reason = reason.value
+    return True
+
+
+def target_weights(t: Tick, spec: AgentRolloutSpec | None) -> Weights | None:
+    phase = t.st.phase
+    if phase is Phase.PENDING:
+        return None  # the route is not ours until the rollout starts
+    if phase in (Phase.ROLLED_BACK, Phase.FAILED) or missing(t.obs.candidate):
+        return legacy_only()
+    if phase is Phase.PROMOTED:
+        return candidate_only()
+    return None if spec is None else step_weights(spec.steps, t.st.current_step)
+
+
+def settle_weights(t: Tick, spec: AgentRolloutSpec | None) -> None:
+    """Weights that must change without a phase transition (candidate gone or back, steps edited)."""
+    before = t.st.weights
+    reason = Reason.CANDIDATE_NOT_FOUND if missing(t.obs.candidate) else Reason.WEIGHTS_RECONCILED
+    if not route(t, spec, reason):
+        return
+    if reason is Reason.CANDIDATE_NOT_FOUND:
+        message = "candidate Deployment not found: all traffic to legacy until it returns"
+    else:
+        message = f"weights {weights_text(before)} -> {weights_text(t.st.weights)} for {t.st.phase.value}"
+    record(t, reason, message, [])
+
+
+def request_weights(t: Tick) -> None:
+    """Level-based: ask for status.weights whenever they changed or the route shows anything else."""
+    st, shown = t.st, t.obs.route_weights
+    if not owns_route(st) or routes_to_missing(t.obs, st.weights):
+        return
+    if t.weights_reason is None and (shown is None or shown == st.weights):
+        return
+    action = SetWeights(weights=st.weights.model_copy(), reason=t.weights_reason or Reason.DRIFT.value)
+    t.actions.insert(0, action)  # first, so the shell routes before it reports: a rollback must not wait
+
+
+def owns_route(st: AgentRolloutStatus) -> bool:
+    """The route is ours once a rollout started; a spec that failed before that never touches it."""
+    if st.phase is Phase.FAILED:
+        return st.step_started_at is not None or st.candidate_revision is not None
+    return st.phase is not Phase.PENDING
+
+
+def set_traffic_condition(t: Tick) -> None:
+    st, shown = t.st, t.obs.route_weights
+    if t.obs.route_error is not None or shown is None:
+        detail = t.obs.route_error or "route weights could not be read"
+        condition(t, CT.TRAFFIC_ROUTED, "False", CR.ROUTE_NOT_FOUND, detail)
+    elif not owns_route(st):
+        condition(
+            t, CT.TRAFFIC_ROUTED, "True", CR.ROUTE_FOUND, "route found; untouched until the rollout starts"
+        )
+    elif shown == st.weights:
+        condition(t, CT.TRAFFIC_ROUTED, "True", CR.WEIGHTS_APPLIED, weights_text(st.weights))
+    else:
+        detail = f"route shows {weights_text(shown)}, want {weights_text(st.weights)}"
+        condition(t, CT.TRAFFIC_ROUTED, "False", CR.WEIGHTS_PENDING, detail)
+
+
+_COMPLETED: dict[Phase, tuple[ConditionStatus, CR, str]] = {
+    Phase.PENDING: ("False", CR.NOT_STARTED, "the rollout has not started"),
+    Phase.PROGRESSING: ("False", CR.IN_PROGRESS, "the rollout is in progress"),
+    Phase.PAUSED: ("False", CR.IN_PROGRESS, "the rollout is paused"),
+    Phase.PROMOTED: ("True", CR.PROMOTED, "the candidate serves all traffic"),
+    Phase.ROLLED_BACK: ("False", CR.ROLLED_BACK, "rolled back: legacy serves all traffic"),
+    Phase.FAILED: ("False", CR.INVALID_SPEC, "the spec is invalid"),
+}
+
+
+def set_completed_condition(t: Tick) -> None:
+    status, reason, message = _COMPLETED[t.st.phase]
+    condition(t, CT.COMPLETED, status, reason, message)
+
+
+# ---------------------------------------------------------------- status message
+
+
+def status_message(t: Tick, spec: AgentRolloutSpec | None, problems: list[SpecProblem]) -> str:
+    """One human line; a function of the new status and this tick's observations only."""
+    st = t.st
+    if spec is None or problems:
+        return f"invalid spec: {problems_text(problems)}"
+    if st.phase is Phase.PENDING:
+        return t.waiting or "waiting to start"
+    if st.phase is Phase.PROMOTED:
+        base = f"promoted: candidate {spec.candidate.deployment} serves all traffic"
+    elif st.phase is Phase.ROLLED_BACK:
+        cause = next((d.message for d in reversed(st.history) if d.reason in ROLLBACK_REASONS), "")
+        base = f"rolled back to legacy{': ' + cause if cause else ''}"
+    else:
+        index = min(st.current_step, len(spec.steps) - 1)
+        base = f"step {index + 1}/{len(spec.steps)} ({step_text(spec.steps[index])})"
+        detail = t.waiting or (_paused_text(spec.steps[index], st) if st.phase is Phase.PAUSED else "")
+        return f"{base}: {detail}" if detail else base
+    return f"{base}; {t.waiting}" if t.waiting else base
+
+
+def _paused_text(step: Step, st: AgentRolloutStatus) -> str:
+    if is_approval(step):
+        return "waiting for approval: set status.promote (kubectl agentrollout promote)"
+    names = ", ".join(r.name for r in st.last_analysis if r.verdict is Verdict.INCONCLUSIVE) or "gates"
+    return f"paused on inconclusive {names}: set status.promote to continue or status.abort to roll back"
+
+
+def problems_text(problems: list[SpecProblem]) -> str:
+    return "; ".join(f"{p.field}: {p.message}" for p in problems)
+
+
+# ---------------------------------------------------------------- observations and time
+
+
+def exists(state: DeploymentState | None) -> bool:
+    return state is not None and state.exists
+
+
+def missing(state: DeploymentState | None) -> bool:
+    """Observed and absent; an unobserved Deployment (None) is not known to be missing."""
+    return state is not None and not state.exists
+
+
+def routes_to_missing(obs: Observations, weights: Weights) -> bool:
+    return (weights.legacy > 0 and missing(obs.legacy)) or (weights.candidate > 0 and missing(obs.candidate))
+
+
+def route_readable(obs: Observations) -> bool:
+    return obs.route_error is None and obs.route_weights is not None
+
+
+def route_shows(obs: Observations, weights: Weights) -> bool:
+    return route_readable(obs) and obs.route_weights == weights
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def pause_end(st: AgentRolloutStatus, pause: Pause) -> datetime | None:
+    started = parse_time(st.step_started_at)
+    if pause.duration is None or started is None:
+        return None
+    return started + timedelta(seconds=api.duration_seconds(pause.duration))
+
+
+def utc(now: datetime) -> datetime:
+    # iso() formats without converting, so every time in status must already be UTC.
+    return now.astimezone(UTC) if now.tzinfo is not None else now.replace(tzinfo=UTC)

@@ -1,0 +1,147 @@
+"""Spec rules the CRD's OpenAPI schema cannot express.
+
+`validate(spec)` returns every problem at once, each naming the field (spec.steps[2].setWeight), so
+one `kubectl describe` shows all a user has to fix. The planner turns any problem into phase Failed
+with condition SpecValid=False, reason InvalidSpec.
+"""
+
+from __future__ import annotations
+
+from agent_rollout.analysis.templates import (
+    PROPORTION_TEMPLATES,
+    VARIABLES,
+    TemplateError,
+    query_variables,
+    render_variables,
+)
+from agent_rollout.api import AgentRolloutSpec, Analysis, Gate, Step
+from agent_rollout.domain import SpecProblem
+
+# Yes/no signals: a count of "bad" (or "correct") answers out of a count of requests, which is what a
+# two-proportion test needs. Latency, cost and tokens are not proportions.
+
+
+def validate(spec: AgentRolloutSpec) -> list[SpecProblem]:
+    return [*_target_problems(spec), *_step_problems(spec.steps), *_analysis_problems(spec.analysis)]
+
+
+def _target_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
+    problems = []
+    if spec.legacy.deployment == spec.candidate.deployment:
+        problems.append(
+            SpecProblem(
+                "spec.candidate.deployment",
+                f"candidate and legacy are the same Deployment {spec.candidate.deployment!r}; "
+                "a rollback needs somewhere else to go",
+            )
+        )
+    router = spec.traffic.gateway_api
+    if router is not None and router.legacy_backend == router.candidate_backend:
+        problems.append(
+            SpecProblem(
+                "spec.traffic.gatewayAPI.candidateBackend",
+                f"candidateBackend and legacyBackend are the same Service {router.candidate_backend!r}",
+            )
+        )
+    return problems
+
+
+def _step_problems(steps: list[Step]) -> list[SpecProblem]:
+    # Weights only go up: a step that lowers the candidate's share would undo what earlier steps
+    # proved; going back is what a rollback is for.
+    problems = []
+    highest, highest_at = 0, -1
+    for i, step in enumerate(steps):
+        if step.set_weight is None:
+            continue
+        if step.set_weight < highest:
+            problems.append(
+                SpecProblem(
+                    f"spec.steps[{i}].setWeight",
+                    f"setWeight {step.set_weight} is lower than setWeight {highest} at "
+                    f"spec.steps[{highest_at}]; weights must not decrease",
+                )
+            )
+        else:
+            highest, highest_at = step.set_weight, i
+    return problems
+
+
+def _analysis_problems(analysis: Analysis | None) -> list[SpecProblem]:
+    if analysis is None:
+        return []
+    problems = []
+    first_index: dict[str, int] = {}
+    for i, gate in enumerate(analysis.gates):
+        path = f"spec.analysis.gates[{i}]"
+        if gate.name in first_index:
+            problems.append(
+                SpecProblem(
+                    f"{path}.name",
+                    f"duplicate gate name {gate.name!r} (also spec.analysis.gates[{first_index[gate.name]}])",
+                )
+            )
+        else:
+            first_index[gate.name] = i
+        problems.extend(_gate_problems(gate, path))
+    return problems
+
+
+def _gate_problems(gate: Gate, path: str) -> list[SpecProblem]:
+    problems = []
+    compare = gate.compare
+    if gate.min is None and gate.max is None and compare is None:
+        problems.append(SpecProblem(path, f"gate {gate.name!r} has no bound: give min, max or compare"))
+    if compare is not None and compare.max_ratio is None and not compare.two_proportion:
+        problems.append(
+            SpecProblem(f"{path}.compare", f"gate {gate.name!r}: compare needs maxRatio or twoProportion")
+        )
+    if gate.min is not None and gate.max is not None and gate.min > gate.max:
+        problems.append(
+            SpecProblem(
+                f"{path}.min", f"gate {gate.name!r}: min {gate.min:g} is greater than max {gate.max:g}"
+            )
+        )
+    if compare is not None and compare.two_proportion and not _is_proportion(gate):
+        problems.append(
+            SpecProblem(
+                f"{path}.compare.twoProportion",
+                f"gate {gate.name!r}: twoProportion needs a yes/no signal: template errorRate, flagRate or "
+                "evalAccuracy, or a custom query with samplesQuery",
+            )
+        )
+    problems.extend(_query_problems(gate, path))
+    return problems
+
+
+def _query_problems(gate: Gate, path: str) -> list[SpecProblem]:
+    """Custom PromQL that could never be rendered, or could never mean what the gate claims."""
+    problems = []
+    for field, text in (("query", gate.query), ("samplesQuery", gate.samples_query)):
+        if text is None:
+            continue
+        try:
+            render_variables(text, dict.fromkeys(VARIABLES, ""))
+        except TemplateError as error:
+            problems.append(SpecProblem(f"{path}.{field}", f"gate {gate.name!r}: {error}"))
+    if gate.compare is not None and gate.query is not None and "version" not in query_variables(gate.query):
+        problems.append(
+            SpecProblem(
+                f"{path}.query",
+                f"gate {gate.name!r}: compare needs {{{{version}}}} in query, "
+                "or legacy and candidate read the same series",
+            )
+        )
+    if gate.query is not None and gate.samples_query is None and gate.min_samples:
+        problems.append(
+            SpecProblem(
+                f"{path}.minSamples", f"gate {gate.name!r}: minSamples needs samplesQuery on a custom gate"
+            )
+        )
+    return problems
+
+
+def _is_proportion(gate: Gate) -> bool:
+    if gate.template is not None:
+        return gate.template in PROPORTION_TEMPLATES
+    return gate.samples_query is not None

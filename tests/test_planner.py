@@ -1,0 +1,568 @@
+"""The planner's rollout rules, one behaviour per test, at frozen times with no servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agent_rollout.api import (
+    HISTORY_LIMIT,
+    AgentRolloutSpec,
+    AgentRolloutStatus,
+    Condition,
+    Decision,
+    GateResult,
+    Phase,
+    Verdict,
+    Weights,
+)
+from agent_rollout.domain import DeploymentState, EmitEvent, Observations, Plan, SetWeights, SpecProblem
+from agent_rollout.planner import plan
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+T0_TEXT = "2026-03-01T12:00:00Z"
+LEGACY = DeploymentState("triage-rules", exists=True, template_hash="legacy-1")
+CANDIDATE = DeploymentState("triage-agent", exists=True, template_hash="agent-1")
+ERROR_RATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
+
+
+def make_spec(
+    steps: list[dict[str, Any]] | None = None, gates: list[dict[str, Any]] | None = None, **analysis: Any
+) -> AgentRolloutSpec:
+    raw: dict[str, Any] = {
+        "legacy": {"deployment": "triage-rules"},
+        "candidate": {"deployment": "triage-agent"},
+        "traffic": {
+            "gatewayAPI": {
+                "httpRoute": "triage",
+                "legacyBackend": "triage-rules",
+                "candidateBackend": "triage-agent",
+            }
+        },
+        "steps": steps if steps is not None else [{"setWeight": 5}, {"setWeight": 25}, {"setWeight": 50}],
+    }
+    if gates is not None:
+        raw["analysis"] = {"prometheus": {"url": "http://prometheus:9090"}, "gates": gates, **analysis}
+    return AgentRolloutSpec.model_validate(raw)
+
+
+def w(candidate: int) -> Weights:
+    return Weights(legacy=100 - candidate, candidate=candidate)
+
+
+def observe(
+    route: Weights | None = None, gates: tuple[GateResult, ...] | None = None, **kw: Any
+) -> Observations:
+    values: dict[str, Any] = {
+        "legacy": LEGACY,
+        "candidate": CANDIDATE,
+        "route_weights": route or w(0),
+        "generation": 1,
+    }
+    values.update(kw)
+    return Observations(gates=gates, **values)
+
+
+def result(verdict: Verdict, name: str = "error-rate", **kw: Any) -> GateResult:
+    values: dict[str, Any] = {"value": 0.001, "bound": "<= 0.01", "samples": 400, "min_samples": 200}
+    values.update(kw)
+    return GateResult(name=name, verdict=verdict, **values)
+
+
+def running(step: int = 0, weights: Weights | None = None, **kw: Any) -> AgentRolloutStatus:
+    """A rollout that entered `step` at T0 and whose route already carries its weights."""
+    values: dict[str, Any] = {
+        "phase": Phase.PROGRESSING,
+        "current_step": step,
+        "step_started_at": T0_TEXT,
+        "weights": weights or w(5),
+        "candidate_revision": "agent-1",
+        "observed_generation": 1,
+    }
+    values.update(kw)
+    return AgentRolloutStatus(**values)
+
+
+def condition(p: Plan, type_: str) -> Condition:
+    return next(c for c in p.status.conditions if c.type == type_)
+
+
+def reasons(p: Plan) -> list[str]:
+    return [a.reason for a in p.actions]
+
+
+# ---------------------------------------------------------------- 1. spec validation
+
+
+def test_invalid_spec_fails_naming_field() -> None:
+    spec = make_spec(steps=[{"setWeight": 25}, {"setWeight": 5}])
+    p = plan(spec, AgentRolloutStatus(), observe(), T0)
+    assert p.status.phase is Phase.FAILED
+    spec_valid = condition(p, "SpecValid")
+    assert (spec_valid.status, spec_valid.reason) == ("False", "InvalidSpec")
+    assert "spec.steps[1].setWeight" in spec_valid.message
+    assert p.status.message.startswith("invalid spec: spec.steps[1].setWeight: setWeight 5 is lower than")
+    assert p.status.weights == w(0)
+    # Never started: the route is not ours, so nothing is routed.
+    (event,) = p.actions
+    assert isinstance(event, EmitEvent) and (event.type, event.reason) == ("Warning", "InvalidSpec")
+    assert [d.reason for d in p.status.history] == ["InvalidSpec"]
+
+
+def test_invalid_spec_mid_rollout_sends_traffic_to_legacy() -> None:
+    spec = make_spec(steps=[{"setWeight": 25}, {"setWeight": 5}])
+    p = plan(spec, running(0, w(25)), observe(route=w(25)), T0)
+    assert p.status.phase is Phase.FAILED
+    assert p.status.weights == w(0)
+    assert p.actions[0] == SetWeights(weights=w(0), reason="InvalidSpec")
+
+
+def test_unparseable_spec_fails_with_the_shells_problem() -> None:
+    problem = SpecProblem("spec.steps[0].setWeight", "Input should be less than or equal to 100")
+    p = plan(None, running(1, w(25)), Observations(problems=(problem,), generation=2), T0)
+    assert p.status.phase is Phase.FAILED
+    assert p.status.observed_generation == 2
+    assert p.status.weights == w(0)
+    assert (
+        condition(p, "SpecValid").message
+        == "spec.steps[0].setWeight: Input should be less than or equal to 100"
+    )
+
+
+def test_fixed_spec_restarts_from_first_step() -> None:
+    failed = running(2, w(0), phase=Phase.FAILED, gate_failures={"error-rate": 1})
+    p = plan(make_spec(), failed, observe(route=w(0), generation=2), T0)
+    assert (p.status.phase, p.status.current_step, p.status.weights) == (Phase.PROGRESSING, 0, w(5))
+    assert p.status.gate_failures == {}
+    assert [d.reason for d in p.status.history] == ["SpecValid", "Started"]
+    assert condition(p, "SpecValid").status == "True"
+
+
+# ---------------------------------------------------------------- 2-3. start and weights
+
+
+def test_first_valid_tick_enters_step_zero() -> None:
+    p = plan(make_spec(), AgentRolloutStatus(), observe(), T0)
+    s = p.status
+    assert (s.phase, s.current_step, s.step_started_at, s.candidate_revision) == (
+        Phase.PROGRESSING,
+        0,
+        T0_TEXT,
+        "agent-1",
+    )
+    assert s.weights == w(5)
+    assert p.actions == (
+        SetWeights(weights=w(5), reason="Started"),
+        EmitEvent(
+            type="Normal",
+            reason="Started",
+            message="started rolling out triage-agent revision agent-1: step 1/3 (setWeight 5)",
+        ),
+    )
+    assert s.history == [
+        Decision(
+            time=T0_TEXT,
+            reason="Started",
+            message="started rolling out triage-agent revision agent-1: step 1/3 (setWeight 5)",
+            step=0,
+            weights=w(5),
+        )
+    ]
+
+
+def test_start_waits_for_an_observable_route() -> None:
+    p = plan(
+        make_spec(),
+        AgentRolloutStatus(),
+        observe(route_weights=None, route_error="HTTPRoute triage not found"),
+        T0,
+    )
+    assert p.status.phase is Phase.PENDING
+    assert p.actions == ()
+    routed = condition(p, "TrafficRouted")
+    assert (routed.status, routed.reason, routed.message) == (
+        "False",
+        "RouteNotFound",
+        "HTTPRoute triage not found",
+    )
+    assert p.status.message == "waiting for the route: HTTPRoute triage not found"
+
+
+def test_first_pause_step_keeps_all_traffic_on_legacy() -> None:
+    p = plan(
+        make_spec(steps=[{"pause": {"duration": "1h"}}, {"setWeight": 10}]),
+        AgentRolloutStatus(),
+        observe(),
+        T0,
+    )
+    assert (p.status.phase, p.status.weights) == (Phase.PROGRESSING, w(0))
+    assert reasons(p) == ["Started"]  # the route already shows legacy 100: nothing to route
+
+
+def test_route_drift_is_routed_again_and_holds_the_step() -> None:
+    p = plan(make_spec(), running(0, w(5)), observe(route=w(0)), T0)
+    assert p.status.current_step == 0
+    assert p.actions == (SetWeights(weights=w(5), reason="Drift"),)
+    assert p.status.message == "step 1/3 (setWeight 5): waiting for the route to show legacy 95 / candidate 5"
+    assert condition(p, "TrafficRouted").reason == "WeightsPending"
+
+
+# ---------------------------------------------------------------- 4. step completion
+
+
+def test_set_weight_step_completes_when_route_shows_weights_and_gates_pass() -> None:
+    passed = result(Verdict.PASS)
+    p = plan(make_spec(gates=[ERROR_RATE]), running(0, w(5)), observe(route=w(5), gates=(passed,)), T0)
+    s = p.status
+    assert (s.phase, s.current_step, s.weights, s.step_started_at) == (Phase.PROGRESSING, 1, w(25), T0_TEXT)
+    assert s.last_analysis == [] and s.last_analysis_at is None  # the next step is judged on its own evidence
+    assert reasons(p) == ["StepCompleted", "StepCompleted"]
+    assert p.actions[0] == SetWeights(weights=w(25), reason="StepCompleted")
+    assert s.history[-1].evidence == [passed]
+    assert s.history[-1].message == "step 1/3 completed; entering step 2/3 (setWeight 25)"
+
+
+def test_step_without_gates_completes_on_route_alone_one_step_per_tick() -> None:
+    spec = make_spec(steps=[{"setWeight": 10}, {"setWeight": 10}, {"setWeight": 10}])
+    p = plan(spec, running(0, w(10)), observe(route=w(10)), T0)
+    assert (p.status.phase, p.status.current_step) == (Phase.PROGRESSING, 1)  # not 2, not Promoted
+
+
+def test_pause_step_waits_for_duration_then_requests() -> None:
+    spec = make_spec(
+        steps=[{"setWeight": 5}, {"pause": {"duration": "1h", "minRequests": 100}}, {"setWeight": 50}]
+    )
+    status = running(1, w(5))
+    early = plan(spec, status, observe(route=w(5), candidate_requests=500), T0 + timedelta(minutes=20))
+    assert early.status.current_step == 1
+    assert early.requeue_after == 40 * 60
+    assert early.status.message == "step 2/3 (pause 1h, 100 requests): pausing until 2026-03-01T13:00:00Z"
+    few = plan(spec, status, observe(route=w(5), candidate_requests=37), T0 + timedelta(hours=1))
+    assert few.status.current_step == 1
+    assert few.status.message == "step 2/3 (pause 1h, 100 requests): waiting for candidate requests 37/100"
+    done = plan(spec, status, observe(route=w(5), candidate_requests=100), T0 + timedelta(hours=1))
+    assert (done.status.current_step, done.status.weights) == (2, w(50))
+
+
+def test_approval_step_pauses_until_a_human_promotes() -> None:
+    spec = make_spec(steps=[{"setWeight": 5}, {"pause": {}}, {"setWeight": 50}])
+    entered = plan(spec, running(0, w(5)), observe(route=w(5)), T0)
+    assert (entered.status.phase, entered.status.current_step) == (Phase.PAUSED, 1)
+    waiting = plan(spec, entered.status, observe(route=w(5)), T0 + timedelta(days=3))
+    assert waiting.status == entered.status and waiting.actions == ()
+    approved = waiting.status.model_copy(update={"promote": True})
+    p = plan(spec, approved, observe(route=w(5)), T0 + timedelta(days=3))
+    assert (p.status.phase, p.status.current_step, p.status.weights, p.status.promote) == (
+        Phase.PROGRESSING,
+        2,
+        w(50),
+        False,
+    )
+    assert p.status.history[-1].reason == "ManualPromotion"
+
+
+def test_completing_the_last_step_promotes_the_candidate() -> None:
+    p = plan(make_spec(), running(2, w(50)), observe(route=w(50)), T0)
+    s = p.status
+    assert (s.phase, s.current_step, s.weights) == (Phase.PROMOTED, 3, w(100))
+    assert p.actions[0] == SetWeights(weights=w(100), reason="Promoted")
+    completed = condition(p, "Completed")
+    assert (completed.status, completed.reason) == ("True", "Promoted")
+    assert s.message == "promoted: candidate triage-agent serves all traffic"
+
+
+# ---------------------------------------------------------------- 5. gates
+
+
+def test_inconclusive_gate_holds_step() -> None:
+    few = result(Verdict.INCONCLUSIVE, samples=37, value=None)
+    p = plan(make_spec(gates=[ERROR_RATE]), running(0, w(5)), observe(route=w(5), gates=(few,)), T0)
+    assert (p.status.phase, p.status.current_step, p.status.weights) == (Phase.PROGRESSING, 0, w(5))
+    assert p.actions == ()
+    assert p.status.last_analysis == [few] and p.status.last_analysis_at == T0_TEXT
+    assert p.status.message == "step 1/3 (setWeight 5): waiting for samples 37/200 on gate error-rate"
+
+
+def test_inconclusive_gate_pauses_for_a_human_when_policy_is_pause() -> None:
+    spec = make_spec(gates=[ERROR_RATE], onInconclusive="pause")
+    few = result(Verdict.INCONCLUSIVE, samples=37)
+    p = plan(spec, running(0, w(5)), observe(route=w(5), gates=(few,)), T0)
+    assert (p.status.phase, p.status.current_step) == (Phase.PAUSED, 0)
+    assert p.actions[0].reason == "Inconclusive" and p.status.history[-1].evidence == [few]
+    # Passing later does not resume by itself: the policy asked for a human.
+    later = plan(
+        spec, p.status, observe(route=w(5), gates=(result(Verdict.PASS),)), T0 + timedelta(minutes=5)
+    )
+    assert later.status.phase is Phase.PAUSED
+    promoted = plan(spec, later.status.model_copy(update={"promote": True}), observe(route=w(5)), T0)
+    assert (promoted.status.phase, promoted.status.current_step) == (Phase.PROGRESSING, 1)
+
+
+def test_failed_gate_sends_all_traffic_to_legacy() -> None:
+    failed = result(Verdict.FAIL, value=0.031, query='sum(rate(errors{version="triage-agent"}[2m]))')
+    p = plan(make_spec(gates=[ERROR_RATE]), running(1, w(25)), observe(route=w(25), gates=(failed,)), T0)
+    s = p.status
+    assert (s.phase, s.weights, s.gate_failures) == (Phase.ROLLED_BACK, w(0), {"error-rate": 1})
+    assert p.actions[0] == SetWeights(weights=w(0), reason="GateFailed")
+    event = p.actions[1]
+    assert isinstance(event, EmitEvent) and (event.type, event.reason) == ("Warning", "GateFailed")
+    for evidence in (
+        "gate error-rate Fail",
+        "value 0.031",
+        "bound <= 0.01",
+        "samples 400/200",
+        "errors{version",
+    ):
+        assert evidence in event.message
+    assert s.history[-1].reason == "GateFailed" and s.history[-1].evidence == [failed]
+    assert s.message.startswith(
+        "rolled back to legacy: gate error-rate (1 failures, limit 0) failed at step 2/3"
+    )
+
+
+def test_gate_failures_up_to_the_limit_hold_the_step() -> None:
+    spec = make_spec(gates=[{**ERROR_RATE, "failureLimit": 1}])
+    failed = (result(Verdict.FAIL, value=0.05),)
+    first = plan(spec, running(0, w(5)), observe(route=w(5), gates=failed), T0)
+    assert (first.status.phase, first.status.current_step, first.status.gate_failures) == (
+        Phase.PROGRESSING,
+        0,
+        {"error-rate": 1},
+    )
+    second = plan(spec, first.status, observe(route=w(5), gates=failed), T0 + timedelta(seconds=30))
+    assert second.status.phase is Phase.ROLLED_BACK
+
+
+def test_dry_run_gate_is_recorded_but_never_acts() -> None:
+    spec = make_spec(
+        gates=[ERROR_RATE, {"name": "cost", "template": "costPerRequest", "max": 0.03, "dryRun": True}]
+    )
+    gates = (result(Verdict.PASS), result(Verdict.FAIL, name="cost", value=0.09, dry_run=True))
+    p = plan(spec, running(0, w(5)), observe(route=w(5), gates=gates), T0)
+    assert (p.status.phase, p.status.current_step, p.status.gate_failures) == (Phase.PROGRESSING, 1, {})
+    assert p.status.history[-1].evidence == list(gates)
+
+
+# ---------------------------------------------------------------- 6. Prometheus unavailable
+
+
+def test_prometheus_unreachable_holds_step() -> None:
+    status = running(0, w(5), last_analysis=[result(Verdict.PASS)], last_analysis_at=T0_TEXT)
+    p = plan(
+        make_spec(gates=[ERROR_RATE]), status, observe(route=w(5), prometheus_error="connection refused"), T0
+    )
+    assert (p.status.phase, p.status.current_step, p.status.consecutive_errors) == (Phase.PROGRESSING, 0, 1)
+    healthy = condition(p, "AnalysisHealthy")
+    assert (healthy.status, healthy.reason) == ("Unknown", "PrometheusUnavailable")
+    assert p.actions == ()
+
+
+def test_prometheus_errors_beyond_the_limit_roll_back_when_policy_is_rollback() -> None:
+    spec = make_spec(gates=[ERROR_RATE], consecutiveErrorLimit=2, onPrometheusError="rollback")
+    down = observe(route=w(5), prometheus_error="timeout")
+    at_limit = plan(spec, running(0, w(5), consecutive_errors=1), down, T0)
+    assert (at_limit.status.phase, at_limit.status.consecutive_errors) == (Phase.PROGRESSING, 2)
+    beyond = plan(spec, at_limit.status, down, T0)
+    assert (beyond.status.phase, beyond.status.weights) == (Phase.ROLLED_BACK, w(0))
+    assert beyond.status.history[-1].reason == "PrometheusUnavailable"
+
+
+def test_prometheus_errors_only_hold_when_policy_is_hold() -> None:
+    spec = make_spec(gates=[ERROR_RATE], consecutiveErrorLimit=0)
+    p = plan(
+        spec, running(0, w(5), consecutive_errors=5), observe(route=w(5), prometheus_error="timeout"), T0
+    )
+    assert (p.status.phase, p.status.consecutive_errors) == (Phase.PROGRESSING, 6)
+
+
+def test_a_successful_analysis_resets_consecutive_errors() -> None:
+    gates = (result(Verdict.INCONCLUSIVE, samples=3),)
+    p = plan(
+        make_spec(gates=[ERROR_RATE]),
+        running(0, w(5), consecutive_errors=2),
+        observe(route=w(5), gates=gates),
+        T0,
+    )
+    assert p.status.consecutive_errors == 0
+    assert condition(p, "AnalysisHealthy").status == "True"
+
+
+# ---------------------------------------------------------------- 7-8. rollback, abort, new candidate
+
+
+def test_abort_rolls_back() -> None:
+    p = plan(make_spec(), running(1, w(25), abort=True), observe(route=w(25)), T0)
+    assert (p.status.phase, p.status.weights) == (Phase.ROLLED_BACK, w(0))
+    assert p.actions == (
+        SetWeights(weights=w(0), reason="Aborted"),
+        EmitEvent(
+            type="Warning",
+            reason="Aborted",
+            message="aborted by a human (status.abort): all traffic to legacy",
+        ),
+    )
+
+
+def test_abort_after_promotion_returns_traffic_to_legacy() -> None:
+    promoted = running(3, w(100), phase=Phase.PROMOTED, abort=True)
+    p = plan(make_spec(), promoted, observe(route=w(100)), T0)
+    assert (p.status.phase, p.status.weights) == (Phase.ROLLED_BACK, w(0))
+
+
+def test_rolled_back_stays_on_legacy_until_a_new_candidate_revision() -> None:
+    rolled_back = running(1, w(0), phase=Phase.ROLLED_BACK, abort=True)
+    for status in (rolled_back, rolled_back.model_copy(update={"promote": True})):
+        p = plan(make_spec(), status, observe(route=w(0)), T0 + timedelta(days=1))
+        assert (p.status.phase, p.status.weights, p.actions) == (Phase.ROLLED_BACK, w(0), ())
+    p = plan(
+        make_spec(),
+        rolled_back,
+        observe(route=w(0), candidate=DeploymentState("triage-agent", True, "agent-2")),
+        T0,
+    )
+    assert (p.status.phase, p.status.current_step, p.status.weights) == (Phase.PROGRESSING, 0, w(5))
+    assert (p.status.abort, p.status.candidate_revision) == (False, "agent-2")
+
+
+def test_new_candidate_restarts_from_first_step() -> None:
+    status = running(2, w(50), gate_failures={"error-rate": 1}, consecutive_errors=2, promote=True)
+    new = DeploymentState("triage-agent", exists=True, template_hash="agent-2")
+    p = plan(make_spec(gates=[ERROR_RATE]), status, observe(route=w(50), candidate=new), T0)
+    s = p.status
+    assert (s.phase, s.current_step, s.weights, s.candidate_revision) == (
+        Phase.PROGRESSING,
+        0,
+        w(5),
+        "agent-2",
+    )
+    assert (s.gate_failures, s.consecutive_errors, s.promote, s.abort) == ({}, 0, False, False)
+    assert p.actions[0] == SetWeights(weights=w(5), reason="NewCandidate")
+    assert (
+        s.history[-1].message
+        == "new candidate revision agent-2 (was agent-1), restarting: step 1/3 (setWeight 5)"
+    )
+
+
+# ---------------------------------------------------------------- 9. missing targets and route
+
+
+def test_missing_candidate_sends_traffic_to_legacy_and_holds() -> None:
+    gone = DeploymentState("triage-agent", exists=False)
+    p = plan(make_spec(), running(1, w(25)), observe(route=w(25), candidate=gone), T0)
+    s = p.status
+    assert (s.phase, s.current_step, s.weights) == (Phase.PROGRESSING, 1, w(0))
+    assert p.actions[0] == SetWeights(weights=w(0), reason="CandidateNotFound")
+    targets = condition(p, "TargetsReady")
+    assert (targets.status, targets.reason) == ("False", "DeploymentNotFound")
+    assert s.history[-1].reason == "CandidateNotFound"
+    back = plan(make_spec(), s, observe(route=w(0)), T0 + timedelta(minutes=1))
+    assert (back.status.current_step, back.status.weights) == (1, w(25))  # same revision: step resumes
+
+
+def test_missing_legacy_holds_current_weights() -> None:
+    gone = DeploymentState("triage-rules", exists=False)
+    status = running(1, w(25), abort=True)
+    p = plan(make_spec(), status, observe(route=w(10), legacy=gone), T0)
+    assert (p.status.phase, p.status.weights, p.actions) == (Phase.PROGRESSING, w(25), ())
+    assert p.status.message == "step 2/3 (setWeight 25): holding: legacy Deployment triage-rules not found"
+
+
+def test_route_error_holds_the_step() -> None:
+    p = plan(
+        make_spec(),
+        running(0, w(5)),
+        observe(route_weights=None, route_error="backendRef triage-agent missing"),
+        T0,
+    )
+    assert (p.status.current_step, p.actions) == (0, ())
+    assert condition(p, "TrafficRouted").reason == "RouteNotFound"
+
+
+# ---------------------------------------------------------------- 10-11. status hygiene
+
+
+def test_steady_state_changes_nothing() -> None:
+    spec = make_spec(gates=[ERROR_RATE])
+    obs = observe(route=w(5), gates=(result(Verdict.INCONCLUSIVE, samples=10),))
+    first = plan(spec, running(0, w(5)), obs, T0)
+    again = plan(spec, first.status, obs, T0 + timedelta(minutes=10))
+    assert again.status == first.status
+    assert again.actions == ()
+
+
+def test_last_analysis_at_moves_only_when_results_change() -> None:
+    spec = make_spec(gates=[ERROR_RATE])
+    status = running(
+        0, w(5), last_analysis=[result(Verdict.INCONCLUSIVE, samples=10)], last_analysis_at=T0_TEXT
+    )
+    same = plan(
+        spec,
+        status,
+        observe(route=w(5), gates=(result(Verdict.INCONCLUSIVE, samples=10),)),
+        T0 + timedelta(minutes=1),
+    )
+    assert same.status.last_analysis_at == T0_TEXT
+    more = plan(
+        spec,
+        status,
+        observe(route=w(5), gates=(result(Verdict.INCONCLUSIVE, samples=20),)),
+        T0 + timedelta(minutes=1),
+    )
+    assert more.status.last_analysis_at == "2026-03-01T12:01:00Z"
+
+
+def test_condition_transition_time_moves_only_when_status_flips() -> None:
+    spec = make_spec(gates=[ERROR_RATE])  # no evaluation yet: the step holds, so weights stay put
+    first = plan(spec, running(0, w(5)), observe(route=w(0)), T0)
+    assert condition(first, "TrafficRouted").last_transition_time == T0_TEXT
+    later = T0 + timedelta(minutes=5)
+    # Another wrong weight changes the message, not the status: the transition time stays.
+    still = plan(spec, first.status, observe(route=w(10)), later)
+    assert condition(still, "TrafficRouted").last_transition_time == T0_TEXT
+    flipped = plan(spec, first.status, observe(route=w(5)), later)
+    assert condition(flipped, "TrafficRouted").status == "True"
+    assert condition(flipped, "TrafficRouted").last_transition_time == "2026-03-01T12:05:00Z"
+
+
+def test_history_keeps_only_the_newest_decisions() -> None:
+    old = [
+        Decision(time=T0_TEXT, reason="StepCompleted", message=str(i), step=0, weights=w(5))
+        for i in range(HISTORY_LIMIT)
+    ]
+    p = plan(make_spec(), running(0, w(5), history=old), observe(route=w(5)), T0)
+    assert len(p.status.history) == HISTORY_LIMIT
+    assert p.status.history[0].message == "1" and p.status.history[-1].reason == "StepCompleted"
+
+
+def test_plan_does_not_mutate_its_inputs() -> None:
+    status = running(0, w(5), gate_failures={"error-rate": 0})
+    before = status.model_dump()
+    plan(make_spec(gates=[ERROR_RATE]), status, observe(route=w(5), gates=(result(Verdict.FAIL),)), T0)
+    assert status.model_dump() == before
+
+
+def test_observed_generation_follows_the_observation() -> None:
+    p = plan(make_spec(), running(0, w(5)), observe(route=w(5), generation=7), T0)
+    assert p.status.observed_generation == 7
+    assert {c.observed_generation for c in p.status.conditions} == {7}
+
+
+def test_approval_as_first_step_starts_paused() -> None:
+    p = plan(make_spec(steps=[{"pause": {}}, {"setWeight": 10}]), AgentRolloutStatus(), observe(), T0)
+    assert (p.status.phase, p.status.current_step, p.status.weights) == (Phase.PAUSED, 0, w(0))
+    assert (
+        p.status.message
+        == "step 1/2 (approval): waiting for approval: set status.promote (kubectl agentrollout promote)"
+    )
+
+
+def test_abort_before_start_rolls_back_without_starting() -> None:
+    p = plan(make_spec(), AgentRolloutStatus(abort=True), observe(route=w(30)), T0)
+    assert (p.status.phase, p.status.weights, p.status.candidate_revision) == (
+        Phase.ROLLED_BACK,
+        w(0),
+        "agent-1",
+    )
+    # Status weights were legacy-only all along; the route, now ours, is brought back to them.
+    assert p.actions[0] == SetWeights(weights=w(0), reason="Drift")
+    assert reasons(p) == ["Drift", "Aborted"]
