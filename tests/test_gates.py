@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from agent_rollout.analysis.gates import Measurement, evaluate_gate, higher_is_worse
-from agent_rollout.api import Analysis, Gate, GateResult, Verdict
 from hypothesis import given
 from hypothesis import strategies as st
+
+from agent_rollout.analysis.gates import Measurement, evaluate_gate, higher_is_worse
+from agent_rollout.api import Analysis, Gate, GateResult, Verdict
 
 ANALYSIS = Analysis.model_validate({"prometheus": {"url": "http://p:9090"}, "minSamples": 200})
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import jsonpatch  # type: ignore[import-untyped]
 import pytest
+
 from agent_rollout.api import GatewayAPIRouter, Weights
 from agent_rollout.traffic.gatewayapi import read_weights, weight_patch
 

@@ -11,11 +11,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, GateResult, Phase, Verdict, Weights
 from agent_rollout.domain import DeploymentState, EmitEvent, Observations, Plan, SetWeights
 from agent_rollout.planner import plan
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)

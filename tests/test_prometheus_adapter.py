@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+
 from agent_rollout.analysis.prometheus import (
     PrometheusGateway,
     PrometheusUnavailable,

@@ -5,15 +5,16 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from scipy import stats as scipy_stats
+
 from agent_rollout.analysis.stats import (
     normal_sf,
     significantly_worse,
     two_proportion_test,
     within_ratio,
 )
-from hypothesis import assume, given
-from hypothesis import strategies as st
-from scipy import stats as scipy_stats
 
 
 def scipy_pooled_z(x1: float, n1: float, x2: float, n2: float, margin: float) -> tuple[float, float]:

@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from agent_rollout.analysis.templates import (
     TemplateError,
     candidate_requests_query,
@@ -20,8 +23,6 @@ from agent_rollout.analysis.templates import (
     version_values,
 )
 from agent_rollout.api import AgentRolloutSpec, MetricNames, Template, parse_spec
-from hypothesis import given
-from hypothesis import strategies as st
 
 INJECTION = 'a"} or vector(1) #'
 

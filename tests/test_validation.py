@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from agent_rollout.api import AgentRolloutSpec
 from agent_rollout.domain import SpecProblem
 from agent_rollout.validation import validate

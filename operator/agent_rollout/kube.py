@@ -56,7 +56,7 @@ class KubeClient:
         return cast(dict[str, Any], result)
 
     async def patch_route(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
-        """JSON patch (a list body makes the client send application/json-patch+json)."""
+        """JSON patch: only the weights, guarded by `test` ops on the backendRef names."""
         try:
             await self._run(
                 lambda: self._custom.patch_namespaced_custom_object(
@@ -67,6 +67,8 @@ class KubeClient:
                     name,
                     ops,
                     field_manager=api.FIELD_MANAGER,
+                    # The client would guess merge-patch for any body; a list is a JSON patch.
+                    _content_type="application/json-patch+json",
                 )
             )
         except ApiException as e:

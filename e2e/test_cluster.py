@@ -1,0 +1,244 @@
+"""Issue 2: the local control plane, Prometheus, simulated agents and weighted traffic really work."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from prometheus_api_client import PrometheusConnect
+
+from e2e.cluster import ClusterState
+from e2e.cluster.components import FAKE_NODE_NAME
+from e2e.cluster.kubeapi import KubeApi
+from e2e.cluster.paths import GATEWAY_API_VERSION, KUBE_VERSION
+from e2e.sim.launcher import AgentGroup
+from e2e.sim.traffic import TrafficDriver
+
+pytestmark = pytest.mark.e2e
+
+
+def _eventually(check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def _crd_established(kube_api: KubeApi, name: str) -> bool:
+    crd: Any = kube_api.apiext.read_custom_resource_definition(name)
+    return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+
+def _status_crd(group: str, plural: str) -> dict[str, Any]:
+    kind = plural[:-1].capitalize()
+    schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": plural[:-1], "kind": kind},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
+        },
+    }
+
+
+def test_control_plane_serves_kubectl_crds_and_deployments_on_kwok_nodes(
+    cluster: ClusterState, kubectl: Callable[..., Any], kube_api: KubeApi, namespace: str
+) -> None:
+    version = json.loads(kubectl("version", "-o", "json").stdout)
+    assert version["serverVersion"]["gitVersion"] == KUBE_VERSION
+    nodes = kubectl("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").stdout.split()
+    assert FAKE_NODE_NAME in nodes
+
+    httproutes: Any = kube_api.apiext.read_custom_resource_definition("httproutes.gateway.networking.k8s.io")
+    assert httproutes.metadata.annotations["gateway.networking.k8s.io/bundle-version"] == GATEWAY_API_VERSION
+    assert _crd_established(kube_api, "httproutes.gateway.networking.k8s.io")
+
+    # A CRD with a status subresource, unique per test so sessions sharing a cluster never collide.
+    group, plural = "e2e.agent-rollout.dev", f"probe{secrets.token_hex(3)}s"
+    kubectl("apply", "-f", "-", stdin=json.dumps(_status_crd(group, plural)))
+    try:
+        _eventually(lambda: _crd_established(kube_api, f"{plural}.{group}"), 30, "CRD Established")
+        obj = {"apiVersion": f"{group}/v1", "kind": plural[:-1].capitalize(), "metadata": {"name": "p"}}
+        _eventually(
+            lambda: _try(
+                lambda: kube_api.custom.create_namespaced_custom_object(group, "v1", namespace, plural, obj)
+            ),
+            10,
+            "the new resource to be served",
+        )
+        kube_api.custom.patch_namespaced_custom_object_status(
+            group, "v1", namespace, plural, "p", {"status": {"phase": "Ready"}}
+        )
+        # Status only changes through /status: a main-resource write leaves it alone.
+        kube_api.custom.patch_namespaced_custom_object(
+            group, "v1", namespace, plural, "p", {"status": {"phase": "Ignored"}}
+        )
+        got: Any = kube_api.custom.get_namespaced_custom_object(group, "v1", namespace, plural, "p")
+        assert got["status"] == {"phase": "Ready"}
+    finally:
+        kubectl("delete", "crd", f"{plural}.{group}", "--wait=false")
+
+    kube_api.create_deployment(namespace, "triage-agent", version="candidate", replicas=2)
+    dep = kube_api.wait_deployment_available(namespace, "triage-agent", timeout_s=60)
+    assert dep.status.available_replicas == 2
+    replica_sets: list[Any] = kube_api.apps.list_namespaced_replica_set(namespace).items
+    assert [rs.metadata.owner_references[0].name for rs in replica_sets] == ["triage-agent"]
+    pods: list[Any] = kube_api.core.list_namespaced_pod(namespace).items
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod.spec.node_name == FAKE_NODE_NAME
+        assert pod.status.phase == "Running"
+        assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "True"
+
+
+def _try(call: Callable[[], Any]) -> bool:
+    try:
+        call()
+    except ApiException as e:
+        if e.status == 404:  # discovery of a just-established CRD can lag by a moment
+            return False
+        raise
+    return True
+
+
+def _by_version(prometheus: PrometheusConnect, promql: str) -> dict[str, float]:
+    return {r["metric"]["version"]: float(r["value"][1]) for r in prometheus.custom_query(promql)}
+
+
+def test_prometheus_returns_each_versions_agent_metrics(
+    sim_agents: Callable[..., AgentGroup], namespace: str, prometheus: PrometheusConnect
+) -> None:
+    # Multi-second agent calls, recorded without sleeping: 40 calls take well under a second.
+    slow = {
+        "latency_sleep": False,
+        "latency_distribution": "constant",
+        "latency_median_s": 2.5,
+        "latency_p95_s": 2.5,
+    }
+    agents = sim_agents(
+        namespace,
+        {
+            "legacy": slow,
+            "candidate": {**slow, "latency_median_s": 12.0, "latency_p95_s": 12.0, "flagged_ratio": 1.0},
+        },
+        seed=7,
+    )
+    started = time.monotonic()
+    assert agents["legacy"].invoke(20) == [200] * 20
+    assert agents["candidate"].invoke(20) == [200] * 20
+    assert time.monotonic() - started < 10
+
+    ns = f'namespace="{namespace}"'
+    requests = _eventually(
+        lambda: (
+            (v := _by_version(prometheus, f"sum by (version) (agent_requests_total{{{ns}}})"))
+            == {"legacy": 20.0, "candidate": 20.0}
+            and v
+        ),
+        15,
+        "20 requests per version in Prometheus",
+    )
+    assert requests == {"legacy": 20.0, "candidate": 20.0}
+
+    def per_version(metric: str, selector: str = "") -> dict[str, float]:
+        return _by_version(prometheus, f"sum by (version) ({metric}{{{ns}{selector}}})")
+
+    assert per_version("gen_ai_client_operation_duration_seconds_count") == {
+        "legacy": 20.0,
+        "candidate": 20.0,
+    }
+    tokens = per_version("gen_ai_client_token_usage_sum", ',gen_ai_token_type="output"')
+    assert tokens == {"legacy": 20.0 * 150, "candidate": 20.0 * 150}
+    assert per_version("agent_answers_flagged_total") == {"legacy": 0.0, "candidate": 20.0}
+    assert per_version("agent_eval_total") == {"legacy": 20.0, "candidate": 20.0}
+    assert set(per_version("agent_eval_correct_total")) == {"legacy", "candidate"}
+    cost = per_version("agent_cost_usd_total")
+    assert cost == pytest.approx({"legacy": 0.04, "candidate": 0.04})
+    p50 = _by_version(
+        prometheus,
+        "histogram_quantile(0.5, sum by (version, le) "
+        f"(gen_ai_client_operation_duration_seconds_bucket{{{ns}}}))",
+    )
+    assert 2 < p50["legacy"] <= 3 and 10 < p50["candidate"] <= 15
+
+    # The profile changes while the agent runs: now every legacy call fails with a 500.
+    agents["legacy"].set_profile(error_ratio=1.0)
+    assert agents["legacy"].invoke(5) == [500] * 5
+    errors = _eventually(
+        lambda: per_version("gen_ai_client_operation_duration_seconds_count", ',error_type!=""'),
+        15,
+        "error series in Prometheus",
+    )
+    assert errors == {"legacy": 5.0}
+    assert per_version("agent_requests_total", ',code="500"') == {"legacy": 5.0}
+
+
+def _agent_counts(agents: AgentGroup) -> dict[str, int]:
+    return {version: int(agent.stats()["requests"]) for version, agent in agents.agents.items()}
+
+
+def test_traffic_splits_by_httproute_weights_and_follows_changes(
+    kube_api: KubeApi,
+    namespace: str,
+    sim_agents: Callable[..., AgentGroup],
+    traffic: Callable[..., TrafficDriver],
+) -> None:
+    fast = {"latency_sleep": False}
+    agents = sim_agents(namespace, {"legacy": fast, "candidate": fast}, wait_scraped=False)
+    kube_api.create_agent_backends(namespace, {"legacy": "legacy", "candidate": "candidate"})
+    kube_api.create_httproute(namespace, "triage", {"legacy": 90, "candidate": 10})
+    driver = traffic(namespace, "triage", agents.urls(), concurrency=4, seed=11)
+    driver.wait_for_weights({"legacy": 90, "candidate": 10}, timeout_s=10)
+
+    records = driver.run(max_requests=2000, duration_s=60)
+    assert len(records) == 2000 and {r.status for r in records} == {200}
+    counts = _agent_counts(agents)  # the agents' own counts, not the driver's
+    assert sum(counts.values()) == 2000
+    print(f"90/10 route: legacy share {counts['legacy'] / 2000:.3f} over 2000 requests (agents' counts)")
+    assert abs(counts["legacy"] / 2000 - 0.90) <= 0.03
+
+    # Steady background traffic while the route changes, as during a real rollout step.
+    driver.start(max_requests=20_000, duration_s=30, rps=300)
+    time.sleep(0.5)
+    patched_at = time.monotonic()
+    kube_api.set_route_weights(namespace, "triage", {"legacy": 50, "candidate": 50})
+    change = driver.wait_for_weights({"legacy": 50, "candidate": 50}, timeout_s=2)
+    first = _eventually(
+        lambda: driver.first_request_with(change.generation), 2, "a request with the new weights"
+    )
+    driver.stop()
+    follow_s = first.sent_at - patched_at
+    print(
+        f"route patch -> watch event {change.observed_at - patched_at:.3f}s, -> first request {follow_s:.3f}s"
+    )
+    assert follow_s < 2.0, f"driver used the new weights {follow_s:.3f}s after the patch"
+
+    before = _agent_counts(agents)
+    records = driver.run(max_requests=2000, duration_s=60)
+    assert {r.generation for r in records} == {change.generation}
+    after = _agent_counts(agents)
+    legacy = after["legacy"] - before["legacy"]
+    assert after["candidate"] - before["candidate"] + legacy == 2000
+    print(f"50/50 route: legacy share {legacy / 2000:.3f} over 2000 requests (agents' counts)")
+    assert abs(legacy / 2000 - 0.50) <= 0.03

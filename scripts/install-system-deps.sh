@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs the system packages the e2e harness runs: etcd (Debian's etcd-server), Prometheus, openssl.
+# Idempotent: apt-get (update included) runs only when one of the tools is missing.
+#
+# Debian's etcd-server and prometheus packages start their own daemons (etcd on :2379, Prometheus on
+# :9090, with node-exporter among the recommends). The harness runs its own instances on free
+# loopback ports, so the packaged daemons are kept from starting during install (policy-rc.d) and
+# disabled afterwards; recommends are not installed. Daemons of packages that were already installed
+# are left alone: they are somebody's, and our ports never collide with them.
+set -euo pipefail
+
+declare -A package_of=([etcd]=etcd-server [prometheus]=prometheus [openssl]=openssl)
+missing=()
+for tool in etcd prometheus openssl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" != 0 ]; then sudo=(sudo); fi
+
+# policy-rc.d exiting 101 means "action forbidden": invoke-rc.d and deb-systemd-invoke then start no
+# service while the packages install. An existing policy is set aside and put back afterwards.
+policy=/usr/sbin/policy-rc.d
+saved_policy=""
+cleanup() {
+  "${sudo[@]}" rm -f "$policy"
+  if [ -n "$saved_policy" ]; then "${sudo[@]}" mv "$saved_policy" "$policy"; fi
+}
+if [ -e "$policy" ]; then
+  saved_policy="$policy.agent-rollout-saved"
+  "${sudo[@]}" mv "$policy" "$saved_policy"
+fi
+trap cleanup EXIT
+printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+"${sudo[@]}" chmod 0755 "$policy"
+
+echo "installing: ${missing[*]}" >&2
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# Keep the new packages' daemons from starting at boot. Never `/etc/init.d/etcd stop`: it matches
+# processes by executable and would kill every etcd on the machine, other e2e clusters' included.
+for pkg in "${missing[@]}"; do
+  case "$pkg" in
+    etcd-server) svc=etcd ;;
+    prometheus) svc=prometheus ;;
+    *) continue ;;
+  esac
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    # Under systemd the stop is scoped to the unit's own processes.
+    "${sudo[@]}" systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  elif command -v update-rc.d >/dev/null 2>&1; then
+    "${sudo[@]}" update-rc.d "$svc" disable >/dev/null 2>&1 || true
+  fi
+done
+
+for tool in etcd prometheus openssl; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "still missing after install: $tool" >&2; exit 1; }
+done

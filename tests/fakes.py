@@ -1,0 +1,145 @@
+"""In-memory stand-ins for the Kubernetes API and Prometheus, for tests of the reconcile shell.
+
+`FakeKube` stores whole objects and applies our writes the way the API server would: the status write
+as a JSON merge patch (RFC 7386, implemented here independently of agent_rollout.statuspatch so a bug
+there cannot hide), the route write as a JSON patch whose failed `test` op is a Conflict. Every write
+is recorded in order, so tests assert on what was stored and on how many writes it took.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import jsonpatch  # type: ignore[import-untyped]
+
+from agent_rollout.analysis.prometheus import PrometheusGateway, PrometheusUnavailable
+from agent_rollout.kube import Conflict, KubeClient
+
+Key = tuple[str, str]
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge recursively, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result
+
+
+@dataclass(frozen=True)
+class Write:
+    kind: Literal["status", "route"]
+    namespace: str
+    name: str
+    body: Any  # the merge patch (status) or the JSON patch ops (route)
+
+
+@dataclass
+class FakeKube(KubeClient):
+    """The API server's storage for AgentRollouts and HTTPRoutes, with resourceVersions."""
+
+    rollouts: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    routes: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    writes: list[Write] = field(default_factory=list)
+    conflicts: int = 0
+    # Called just before a status patch is applied: someone else writing "meanwhile".
+    before_status_patch: Callable[[], None] | None = None
+    _version: int = 1000
+
+    def _next_version(self) -> str:
+        self._version += 1
+        return str(self._version)
+
+    def create_rollout(self, body: dict[str, Any]) -> None:
+        stored = copy.deepcopy(body)
+        stored["metadata"]["resourceVersion"] = self._next_version()
+        stored["metadata"].setdefault("generation", 1)
+        self.rollouts[(stored["metadata"]["namespace"], stored["metadata"]["name"])] = stored
+
+    def rollout(self, namespace: str, name: str) -> dict[str, Any]:
+        """The object as a watch would deliver it now (a copy: the shell must not rely on aliasing)."""
+        return copy.deepcopy(self.rollouts[(namespace, name)])
+
+    def edit_rollout(self, namespace: str, name: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """Someone else (a human, Git) changes the object; the resourceVersion moves."""
+        stored = self.rollouts[(namespace, name)]
+        change(stored)
+        stored["metadata"]["resourceVersion"] = self._next_version()
+
+    def route_spec(self, namespace: str, name: str) -> dict[str, Any] | None:
+        stored = self.routes.get((namespace, name))
+        return copy.deepcopy(stored["spec"]) if stored is not None else None
+
+    def writes_of(self, kind: Literal["status", "route"]) -> list[Write]:
+        return [w for w in self.writes if w.kind == kind]
+
+    async def patch_rollout_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        if self.before_status_patch is not None:
+            self.before_status_patch()
+        stored = self.rollouts[(namespace, name)]
+        stored["status"] = apply_merge_patch(stored.get("status") or {}, copy.deepcopy(patch))
+        stored["metadata"]["resourceVersion"] = self._next_version()
+        self.writes.append(Write("status", namespace, name, copy.deepcopy(patch)))
+        return copy.deepcopy(stored)
+
+    async def patch_route(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+        stored = self.routes[(namespace, name)]
+        try:
+            patched = jsonpatch.apply_patch(stored, ops)
+        except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as e:
+            # The API server answers 422 here, which kube.KubeClient turns into Conflict.
+            self.conflicts += 1
+            raise Conflict(f"HTTPRoute {namespace}/{name} changed while patching: {e}") from e
+        self.routes[(namespace, name)] = patched
+        self.writes.append(Write("route", namespace, name, copy.deepcopy(ops)))
+
+
+Answer = Mapping[str, float | None] | Callable[[str], float | None]
+
+
+class FakePrometheus(PrometheusGateway):
+    """Answers PromQL from a dict (an unknown query is a test bug: KeyError) or a function."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.down: str | None = None  # set to make every query fail as PrometheusGateway would
+        self.queries: list[str] = []
+
+    async def scalar(self, promql: str) -> float | None:
+        self.queries.append(promql)
+        if self.down is not None:
+            raise PrometheusUnavailable(self.down)
+        if callable(self.answer):
+            return self.answer(promql)
+        return self.answer[promql]
+
+
+@dataclass
+class FakeClock:
+    now: datetime = field(default_factory=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class EventLog:
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+    def __call__(self, body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        self.events.append((type, reason, message))
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.events]

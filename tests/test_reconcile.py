@@ -1,0 +1,341 @@
+"""The reconcile shell against in-memory fakes: what ends up stored, and how many API writes it took.
+
+Each test drives `Reconciler.reconcile` the way the kopf daemon does (body from the watch, Deployments
+and the HTTPRoute from indices) and asserts on the objects FakeKube stores, never on mock calls alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from fakes import EventLog, FakeClock, FakeKube, FakePrometheus
+
+from agent_rollout import api
+from agent_rollout.analysis.templates import GateQueries, gate_queries
+from agent_rollout.domain import DeploymentState, iso
+from agent_rollout.reconcile import Reconciler, WrittenStatus
+
+NS, NAME, ROUTE = "support", "ticket-triage", "triage"
+LEGACY, CANDIDATE = "triage-rules", "triage-agent"
+ERROR_RATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
+THREE_WEIGHTS = [{"setWeight": 5}, {"setWeight": 25}, {"setWeight": 50}]
+
+
+def rollout_body(
+    steps: list[dict[str, Any]], interval: str = "30s", status: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "metadata": {"namespace": NS, "name": NAME, "generation": 1},
+        "spec": {
+            "legacy": {"deployment": LEGACY},
+            "candidate": {"deployment": CANDIDATE},
+            "traffic": {
+                "gatewayAPI": {"httpRoute": ROUTE, "legacyBackend": LEGACY, "candidateBackend": CANDIDATE}
+            },
+            "analysis": {
+                "prometheus": {"url": "http://prometheus.monitoring:9090"},
+                "interval": interval,
+                "minSamples": 100,
+                "gates": [ERROR_RATE],
+            },
+            "steps": steps,
+        },
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def route_object(legacy: int = 100, candidate: int = 0) -> dict[str, Any]:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"namespace": NS, "name": ROUTE},
+        "spec": {
+            "parentRefs": [{"name": "gateway"}],
+            "rules": [
+                {
+                    "backendRefs": [
+                        {"name": LEGACY, "port": 80, "weight": legacy},
+                        {"name": CANDIDATE, "port": 80, "weight": candidate},
+                    ]
+                }
+            ],
+        },
+    }
+
+
+def _error_rate_queries() -> GateQueries:
+    spec = api.parse_spec(rollout_body(THREE_WEIGHTS)["spec"])
+    assert spec.analysis is not None
+    return gate_queries(spec.analysis.gates[0], spec, NS, "candidate")
+
+
+ERROR_RATE_QUERIES = _error_rate_queries()
+
+
+@dataclass
+class Metrics:
+    """The candidate's error rate and request count as Prometheus would answer the gate's queries."""
+
+    error_rate: float = 0.001
+    samples: float = 1000.0
+    asked: list[str] = field(default_factory=list)
+
+    def __call__(self, promql: str) -> float | None:
+        self.asked.append(promql)
+        if promql == ERROR_RATE_QUERIES.value:
+            return self.error_rate
+        if promql == ERROR_RATE_QUERIES.samples:
+            return self.samples
+        raise AssertionError(f"unexpected query {promql}")
+
+
+class World:
+    """One rollout, its route and Deployments, and the shell that reconciles them."""
+
+    def __init__(self, body: dict[str, Any], route: dict[str, Any] | None = None) -> None:
+        self.kube = FakeKube()
+        self.kube.create_rollout(body)
+        self.kube.routes[(NS, ROUTE)] = route or route_object()
+        self.metrics = Metrics()
+        self.prometheus = FakePrometheus(self.metrics)
+        self.clock = FakeClock()
+        self.events = EventLog()
+        self.deployments = {
+            (NS, LEGACY): DeploymentState(LEGACY, exists=True, template_hash="rules-1"),
+            (NS, CANDIDATE): DeploymentState(CANDIDATE, exists=True, template_hash="agent-1"),
+        }
+        self.route_index: dict[tuple[str, str], dict[str, Any]] | None = None  # None: index is current
+        self.written = WrittenStatus()
+        self.reconciler = Reconciler(
+            kube=self.kube,
+            gateway_for=lambda url, timeout: self.prometheus,
+            events=self.events,
+            clock=self.clock,
+        )
+
+    def body(self) -> dict[str, Any]:
+        return self.kube.rollout(NS, NAME)
+
+    def tick(self, body: dict[str, Any] | None = None, advance: float = 30.0) -> float:
+        """One reconcile `advance` seconds after the previous one; `body` defaults to the stored object."""
+        self.clock.advance(advance)
+        seen = body if body is not None else self.body()
+
+        def route_lookup(namespace: str, name: str) -> dict[str, Any] | None:
+            if self.route_index is not None:
+                return copy.deepcopy(self.route_index.get((namespace, name)))
+            return self.kube.route_spec(namespace, name)
+
+        return asyncio.run(
+            self.reconciler.reconcile(
+                seen,
+                deployments=lambda namespace, name: self.deployments.get((namespace, name)),
+                routes=route_lookup,
+                written=self.written,
+            )
+        )
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.kube.rollouts[(NS, NAME)].get("status") or {})
+
+    def route_weights(self) -> dict[str, int]:
+        """Backend name -> weight on the stored route, whatever order the backendRefs are in."""
+        spec = self.kube.routes[(NS, ROUTE)]["spec"]
+        return {ref["name"]: ref["weight"] for ref in spec["rules"][0]["backendRefs"]}
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next(c for c in self.status["conditions"] if c["type"] == type_)
+
+    def history_reasons(self) -> list[str]:
+        return [d["reason"] for d in self.status.get("history", [])]
+
+
+def test_steady_state_makes_no_api_write_at_all() -> None:
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}, {"setWeight": 50}]))
+    for _ in range(3):  # start, complete step 1, record the first analysis of the pause step
+        world.tick()
+    assert (world.status["phase"], world.status["currentStep"]) == ("Progressing", 1)
+    writes, events = len(world.kube.writes), len(world.events.events)
+    version = world.body()["metadata"]["resourceVersion"]
+    asked = len(world.metrics.asked)
+
+    world.tick()
+    world.tick()
+
+    assert world.kube.writes[writes:] == []
+    assert world.body()["metadata"]["resourceVersion"] == version
+    assert world.events.events[events:] == []
+    assert len(world.metrics.asked) > asked  # the gates were evaluated; they just changed nothing
+
+
+def test_failed_gate_routes_all_traffic_to_legacy_before_writing_status() -> None:
+    world = World(rollout_body(THREE_WEIGHTS))
+    world.tick()
+    assert world.route_weights() == {LEGACY: 95, CANDIDATE: 5}
+    before = len(world.kube.writes)
+    world.metrics.error_rate = 0.2
+
+    world.tick()
+
+    assert world.route_weights() == {LEGACY: 100, CANDIDATE: 0}
+    assert [w.kind for w in world.kube.writes[before:]] == ["route", "status"]
+    assert world.status["phase"] == "RolledBack"
+    assert world.status["weights"] == {"legacy": 100, "candidate": 0}
+    assert world.history_reasons()[-1] == "GateFailed"
+    assert ("Warning", "GateFailed") in [(t, r) for t, r, _ in world.events.events]
+
+
+def test_route_conflict_is_logged_and_retried_on_the_next_reconcile(caplog: pytest.LogCaptureFixture) -> None:
+    world = World(rollout_body(THREE_WEIGHTS))
+    world.tick()  # step 1: legacy 95 / candidate 5
+    # Someone reorders the backendRefs; our index has not seen it yet, so our patch's positions are stale.
+    world.route_index = {(NS, ROUTE): copy.deepcopy(world.kube.routes[(NS, ROUTE)]["spec"])}
+    world.kube.routes[(NS, ROUTE)]["spec"]["rules"][0]["backendRefs"].reverse()
+
+    with caplog.at_level(logging.WARNING, logger="agent_rollout.reconcile"):
+        delay = world.tick()  # step 1 completes and wants 75 / 25
+
+    assert world.kube.conflicts == 1
+    assert any("will retry" in r.getMessage() for r in caplog.records)
+    assert world.route_weights() == {LEGACY: 95, CANDIDATE: 5}  # no weight landed on the wrong backend
+    assert world.status["currentStep"] == 1
+    assert world.condition("TrafficRouted")["status"] == "False"
+    assert delay < 30  # a route that must change is retried soon, not an interval later
+
+    world.route_index = None  # the index caught up
+    world.tick(advance=delay)
+
+    assert world.route_weights() == {LEGACY: 75, CANDIDATE: 25}
+    assert world.kube.conflicts == 1
+
+
+def test_watch_lag_plans_from_the_status_we_wrote_not_the_stale_body() -> None:
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "10m"}}, {"setWeight": 50}]))
+    world.tick()
+    stale = world.body()
+    world.tick(stale)  # step 1 completes: step 2 (the pause) entered
+    assert world.status["currentStep"] == 1
+
+    world.tick(stale)  # the watch still delivers the object as it was before that write
+
+    assert world.status["currentStep"] == 1
+    assert world.history_reasons().count("StepCompleted") == 1
+    assert world.events.reasons().count("StepCompleted") == 1
+
+
+def test_watch_lag_over_two_writes_plans_from_the_latest_write() -> None:
+    world = World(rollout_body([{"setWeight": 5}, {"setWeight": 25}, {"pause": {"duration": "1h"}}]))
+    world.tick()
+    body_a = world.body()
+    world.tick(body_a)  # step 1 -> step 2 (25%)
+    body_b = world.body()
+    world.tick(body_a)  # watch lags: step 2 -> step 3 (pause), planned from our first write
+    assert world.status["currentStep"] == 2
+    pause_started = world.status["stepStartedAt"]
+
+    world.tick(body_b)  # the watch delivers our first write, not yet our second
+
+    assert world.status["currentStep"] == 2
+    assert world.status["stepStartedAt"] == pause_started  # the pause clock did not restart
+    assert world.history_reasons().count("StepCompleted") == 2
+    assert world.events.reasons().count("StepCompleted") == 2
+
+
+def test_prometheus_unavailable_holds_weights_with_analysis_unknown() -> None:
+    world = World(rollout_body(THREE_WEIGHTS))
+    world.tick()
+    routes_before = len(world.kube.writes_of("route"))
+    world.prometheus.down = "http://prometheus.monitoring:9090: ConnectionError: connection refused"
+
+    for _ in range(5):  # beyond consecutiveErrorLimit (3): the default policy only holds
+        world.tick()
+
+    analysis = world.condition("AnalysisHealthy")
+    assert (analysis["status"], analysis["reason"]) == ("Unknown", "PrometheusUnavailable")
+    assert "connection refused" in analysis["message"]
+    assert (world.status["phase"], world.status["currentStep"]) == ("Progressing", 0)
+    assert world.status["weights"] == {"legacy": 95, "candidate": 5}
+    assert world.route_weights() == {LEGACY: 95, CANDIDATE: 5}
+    assert len(world.kube.writes_of("route")) == routes_before
+
+
+def test_spec_that_fails_parsing_fails_the_rollout_naming_the_field() -> None:
+    # CEL refuses interval < 5s at admission; a cluster without that check still hands it to us.
+    world = World(rollout_body(THREE_WEIGHTS, interval="1s"))
+
+    world.tick()
+
+    assert world.status["phase"] == "Failed"
+    spec_valid = world.condition("SpecValid")
+    assert (spec_valid["status"], spec_valid["reason"]) == ("False", "InvalidSpec")
+    assert "spec.analysis.interval" in spec_valid["message"]
+    assert world.kube.writes_of("route") == []  # never started: the route is not ours
+    assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in world.events.events]
+    writes = len(world.kube.writes)
+    world.tick()
+    assert world.kube.writes[writes:] == []  # a Failed rollout is a steady state too
+
+
+def test_spec_that_fails_parsing_mid_rollout_sends_traffic_to_legacy() -> None:
+    world = World(rollout_body(THREE_WEIGHTS))
+    world.tick()
+    world.tick()
+    assert world.route_weights() == {LEGACY: 75, CANDIDATE: 25}
+
+    def bad_interval(stored: dict[str, Any]) -> None:
+        stored["spec"]["analysis"]["interval"] = "1s"
+        stored["metadata"]["generation"] += 1
+
+    world.kube.edit_rollout(NS, NAME, bad_interval)
+    world.tick()
+
+    assert world.status["phase"] == "Failed"
+    assert world.route_weights() == {LEGACY: 100, CANDIDATE: 0}
+
+
+def test_status_patch_keeps_foreign_keys_and_an_abort_set_meanwhile() -> None:
+    kopf_state = {"progress": {"run_rollout": {"started": "2026-03-01T11:59:00Z"}}}
+    world = World(rollout_body(THREE_WEIGHTS, status={"kopf": copy.deepcopy(kopf_state)}))
+
+    def human_aborts() -> None:  # kubectl agentrollout abort, between our read and our write
+        world.kube.edit_rollout(NS, NAME, lambda stored: stored["status"].update(abort=True))
+        world.kube.before_status_patch = None
+
+    world.kube.before_status_patch = human_aborts
+    world.tick()
+
+    assert world.status["kopf"] == kopf_state
+    assert world.status["abort"] is True
+    owned = {f.alias or n for n, f in api.AgentRolloutStatus.model_fields.items()}
+    assert all(set(w.body) <= owned for w in world.kube.writes_of("status"))
+
+    world.tick()
+
+    assert world.status["phase"] == "RolledBack"
+    assert world.route_weights() == {LEGACY: 100, CANDIDATE: 0}
+    assert world.status["kopf"] == kopf_state
+
+
+def test_hand_edited_step_start_does_not_break_the_reconcile() -> None:
+    steps = [{"setWeight": 5}, {"pause": {"duration": "1h", "minRequests": 100}}]
+    world = World(rollout_body(steps))
+    world.tick()
+    world.tick()
+    assert world.status["currentStep"] == 1
+    world.kube.edit_rollout(NS, NAME, lambda stored: stored["status"].update(stepStartedAt="yesterday"))
+
+    world.tick()
+
+    # The planner repairs an unreadable start time to now; the shell must not trip over it first.
+    assert world.status["stepStartedAt"] == iso(world.clock.now)
+    assert world.status["currentStep"] == 1
