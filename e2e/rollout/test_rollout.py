@@ -8,7 +8,8 @@ from typing import Any
 
 from prometheus_api_client import PrometheusConnect
 
-from e2e.rollout.conftest import CANDIDATE, LEGACY, OperatorProcess, Scene, wait_until
+from e2e.rollout.breach import watch_breach_to_rollback
+from e2e.rollout.scene import CANDIDATE, LEGACY, OperatorProcess, Scene, wait_until
 
 ERROR_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.05, "window": "30s"}
 
@@ -33,7 +34,7 @@ def test_healthy_candidate_walks_every_step_and_is_promoted(scene: Callable[...,
     assert s.route_weights() == {LEGACY: 0, CANDIDATE: 100}
     assert status["weights"] == {"legacy": 0, "candidate": 100}
     # The driver saw the route walk through every step in order: 10 -> 50 -> 100, nothing skipped.
-    seen = [w.weights.get(CANDIDATE, 0) for w in s.driver.weight_history()]
+    seen = [w.weights.get(CANDIDATE, 0) for w in s.driver.weight_history]
     walked = [w for i, w in enumerate(seen) if i == 0 or w != seen[i - 1]]
     assert walked == [0, 10, 50, 100]
     assert [g["verdict"] for g in status["lastAnalysis"]] == ["Pass"]
@@ -45,39 +46,19 @@ def test_candidate_serving_errors_is_rolled_back_to_legacy(
     scene: Callable[..., Scene], prometheus: PrometheusConnect
 ) -> None:
     s = scene(candidate={"error_ratio": 0.2})
-    s.apply(
-        s.rollout_manifest(
-            "bad",
-            steps=[{"setWeight": 20}, {"pause": {"duration": "5m"}}, {"setWeight": 100}],
-            minSamples=10,
-            gates=[ERROR_GATE],
-        )
+    manifest = s.rollout_manifest(
+        "bad",
+        steps=[{"setWeight": 20}, {"pause": {"duration": "5m"}}, {"setWeight": 100}],
+        minSamples=10,
+        gates=[ERROR_GATE],
     )
-    wait_until("candidate traffic", lambda: s.route_weights()[CANDIDATE] == 20, timeout_s=60)
+    s.apply(manifest)
 
-    # Watch Prometheus with the operator's own query for the first moment the breach is visible.
-    query = wait_until(
-        "gate query in status", lambda: (s.status("bad").get("lastAnalysis") or [{}])[0].get("query")
-    )
-    breach_at: float | None = None
-    rolled_back_at: float | None = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and rolled_back_at is None:
-        now = time.monotonic()
-        if breach_at is None:
-            result = prometheus.custom_query(query)
-            if result and float(result[0]["value"][1]) > ERROR_GATE["max"]:
-                breach_at = now
-        if s.route_weights()[CANDIDATE] == 0:
-            rolled_back_at = now
-        time.sleep(0.1)
+    timing = watch_breach_to_rollback(manifest, prometheus, lambda: s.route_weights()[CANDIDATE])
+    print(f"\nbreach visible in Prometheus -> candidate weight 0: {timing.seconds:.2f}s (interval 5s)")
 
-    assert rolled_back_at is not None, "candidate still receives traffic"
     status = s.wait_for_phase("bad", "RolledBack", timeout_s=10)
     assert s.route_weights() == {LEGACY: 100, CANDIDATE: 0}
-    if breach_at is not None:
-        took = rolled_back_at - breach_at
-        print(f"\nbreach visible in Prometheus -> candidate weight 0: {took:.2f}s (interval 5s)")
     failed = [d for d in status["history"] if d["reason"] == "GateFailed"]
     assert failed, status["history"]
     evidence = failed[-1]["evidence"][0]

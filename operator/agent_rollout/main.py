@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # kopf logs every handled watch event at INFO; at 10k rollouts that drowns what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
     import agent_rollout.handlers  # noqa: F401  (registers the handlers)
 
