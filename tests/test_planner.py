@@ -18,6 +18,7 @@ from agent_rollout.api import (
 )
 from agent_rollout.domain import DeploymentState, EmitEvent, Observations, Plan, SetWeights, SpecProblem
 from agent_rollout.planner import plan
+from tests.specs import analysis_dict, spec_dict
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 T0_TEXT = "2026-03-01T12:00:00Z"
@@ -29,20 +30,9 @@ ERROR_RATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
 def make_spec(
     steps: list[dict[str, Any]] | None = None, gates: list[dict[str, Any]] | None = None, **analysis: Any
 ) -> AgentRolloutSpec:
-    raw: dict[str, Any] = {
-        "legacy": {"deployment": "triage-rules"},
-        "candidate": {"deployment": "triage-agent"},
-        "traffic": {
-            "gatewayAPI": {
-                "httpRoute": "triage",
-                "legacyBackend": "triage-rules",
-                "candidateBackend": "triage-agent",
-            }
-        },
-        "steps": steps if steps is not None else [{"setWeight": 5}, {"setWeight": 25}, {"setWeight": 50}],
-    }
+    raw = spec_dict() if steps is None else spec_dict(steps=steps)
     if gates is not None:
-        raw["analysis"] = {"prometheus": {"url": "http://prometheus:9090"}, "gates": gates, **analysis}
+        raw["analysis"] = analysis_dict(*gates, **analysis)
     return AgentRolloutSpec.model_validate(raw)
 
 

@@ -9,31 +9,20 @@ import pytest
 from agent_rollout.api import AgentRolloutSpec
 from agent_rollout.domain import SpecProblem
 from agent_rollout.validation import validate
+from tests.specs import analysis_dict, spec_dict
 
 
 def make_spec(**overrides: Any) -> AgentRolloutSpec:
-    raw: dict[str, Any] = {
-        "legacy": {"deployment": "triage-rules"},
-        "candidate": {"deployment": "triage-agent"},
-        "traffic": {
-            "gatewayAPI": {
-                "httpRoute": "triage",
-                "legacyBackend": "triage-rules",
-                "candidateBackend": "triage-agent",
-            }
-        },
-        "analysis": {
-            "prometheus": {"url": "http://prometheus:9090"},
-            "gates": [{"name": "error-rate", "template": "errorRate", "max": 0.01}],
-        },
-        "steps": [{"setWeight": 5}, {"pause": {"duration": "1h"}}, {"setWeight": 50}],
-    }
+    raw = spec_dict(
+        analysis=analysis_dict({"name": "error-rate", "template": "errorRate", "max": 0.01}),
+        steps=[{"setWeight": 5}, {"pause": {"duration": "1h"}}, {"setWeight": 50}],
+    )
     raw.update(overrides)
     return AgentRolloutSpec.model_validate(raw)
 
 
 def gates(*gate_list: dict[str, Any]) -> dict[str, Any]:
-    return {"prometheus": {"url": "http://prometheus:9090"}, "gates": list(gate_list)}
+    return analysis_dict(*gate_list)
 
 
 def fields(spec: AgentRolloutSpec) -> list[str]:
@@ -78,7 +67,7 @@ def test_two_proportion_rejects_continuous_templates(template: str) -> None:
 
 
 def test_two_proportion_on_a_custom_query_needs_samples_query() -> None:
-    custom = {"name": "g", "query": "sum(rate(x{v=\"{{version}}\"}[2m]))", "compare": {"twoProportion": True}}
+    custom = {"name": "g", "query": 'sum(rate(x{v="{{version}}"}[2m]))', "compare": {"twoProportion": True}}
     assert fields(make_spec(analysis=gates(custom))) == ["spec.analysis.gates[0].compare.twoProportion"]
     counted = {**custom, "samplesQuery": "sum(increase(requests[2m]))"}
     assert validate(make_spec(analysis=gates(counted))) == []
@@ -121,17 +110,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_custom_queries_that_cannot_be_rendered_or_compared_name_the_field() -> None:
     def fields(**gate: Any) -> list[str]:
-        spec = AgentRolloutSpec.model_validate(
-            {
-                "legacy": {"deployment": "rules"},
-                "candidate": {"deployment": "agent"},
-                "traffic": {
-                    "gatewayAPI": {"httpRoute": "r", "legacyBackend": "rules", "candidateBackend": "agent"}
-                },
-                "analysis": {"prometheus": {"url": "http://p"}, "gates": [{"name": "g", **gate}]},
-                "steps": [{"setWeight": 10}],
-            }
-        )
+        spec = make_spec(analysis=gates({"name": "g", **gate}))
         return [p.field for p in validate(spec)]
 
     assert fields(template="errorRate", max=0.01) == []
