@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import jsonpatch  # type: ignore[import-untyped]
+import jsonpatch
 
 from agent_rollout.analysis.prometheus import PrometheusGateway, PrometheusUnavailable
 from agent_rollout.kube import Conflict, KubeClient

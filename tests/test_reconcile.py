@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from fakes import EventLog, FakeClock, FakeKube, FakePrometheus
 
 from agent_rollout import api
 from agent_rollout.analysis.templates import GateQueries, gate_queries
 from agent_rollout.domain import DeploymentState, iso
 from agent_rollout.reconcile import Reconciler, WrittenStatus
+from tests.fakes import EventLog, FakeClock, FakeKube, FakePrometheus
+from tests.specs import CANDIDATE, LEGACY, ROUTE, analysis_dict, spec_dict
 
-NS, NAME, ROUTE = "support", "ticket-triage", "triage"
-LEGACY, CANDIDATE = "triage-rules", "triage-agent"
+NS, NAME = "support", "ticket-triage"
 ERROR_RATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
 THREE_WEIGHTS = [{"setWeight": 5}, {"setWeight": 25}, {"setWeight": 50}]
 
@@ -33,20 +33,7 @@ def rollout_body(
         "apiVersion": f"{api.GROUP}/{api.VERSION}",
         "kind": api.KIND,
         "metadata": {"namespace": NS, "name": NAME, "generation": 1},
-        "spec": {
-            "legacy": {"deployment": LEGACY},
-            "candidate": {"deployment": CANDIDATE},
-            "traffic": {
-                "gatewayAPI": {"httpRoute": ROUTE, "legacyBackend": LEGACY, "candidateBackend": CANDIDATE}
-            },
-            "analysis": {
-                "prometheus": {"url": "http://prometheus.monitoring:9090"},
-                "interval": interval,
-                "minSamples": 100,
-                "gates": [ERROR_RATE],
-            },
-            "steps": steps,
-        },
+        "spec": spec_dict(steps=steps, analysis=analysis_dict(ERROR_RATE, interval=interval, minSamples=100)),
     }
     if status is not None:
         body["status"] = status
@@ -233,6 +220,19 @@ def test_watch_lag_plans_from_the_status_we_wrote_not_the_stale_body() -> None:
     assert world.events.reasons().count("StepCompleted") == 1
 
 
+def test_copy_of_our_write_is_dropped_once_the_watch_delivers_it() -> None:
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}, {"setWeight": 50}]))
+    for _ in range(3):
+        world.tick()
+    assert world.written.status  # kept while the watch may still deliver the older object
+    writes = len(world.kube.writes)
+
+    world.tick()  # the body carries our last write, and the steady state writes nothing new
+
+    assert world.kube.writes[writes:] == []
+    assert world.written.status == {}  # 10,000 daemons must not each hold a status copy for nothing
+
+
 def test_watch_lag_over_two_writes_plans_from_the_latest_write() -> None:
     world = World(rollout_body([{"setWeight": 5}, {"setWeight": 25}, {"pause": {"duration": "1h"}}]))
     world.tick()
@@ -327,7 +327,7 @@ def test_status_patch_keeps_foreign_keys_and_an_abort_set_meanwhile() -> None:
 
 
 def test_hand_edited_step_start_does_not_break_the_reconcile() -> None:
-    steps = [{"setWeight": 5}, {"pause": {"duration": "1h", "minRequests": 100}}]
+    steps: list[dict[str, Any]] = [{"setWeight": 5}, {"pause": {"duration": "1h", "minRequests": 100}}]
     world = World(rollout_body(steps))
     world.tick()
     world.tick()

@@ -128,6 +128,36 @@ def test_invalid_names_are_refused_even_without_model_validation() -> None:
         template_queries(Template.ERROR_RATE, MetricNames(), version="v", namespace="n", window="2m]")
 
 
+@pytest.mark.parametrize(
+    ("window", "rendered"),
+    [
+        ("2m", "2m"),
+        ("1h30m", "1h30m"),
+        ("0h5m", "0h5m"),
+        ("1m500ms", "1m500ms"),
+        ("30s2m", "150s"),  # PromQL wants units in order: "[30s2m]" is a parse error
+        ("1m1m", "120s"),  # and each unit once
+        ("500ms1s", "1500ms"),
+    ],
+)
+def test_windows_render_as_durations_promql_parses(window: str, rendered: str) -> None:
+    queries = template_queries(Template.ERROR_RATE, MetricNames(), version="v", namespace="n", window=window)
+    assert re.findall(r"\[([^]]+)\]", queries.value) == [rendered, rendered]
+    spec = make_spec([{"name": "c", "query": "rate(x[{{window}}])", "max": 1, "window": window}])
+    assert spec.analysis is not None
+    assert gate_queries(spec.analysis.gates[0], spec, "n", "candidate").value == f"rate(x[{rendered}])"
+
+
+def test_a_zero_window_cannot_be_rendered() -> None:
+    # PromQL refuses "[0s]", which would fail every query of the evaluation as if Prometheus were down.
+    with pytest.raises(TemplateError, match="longer than 0"):
+        template_queries(Template.FLAG_RATE, MetricNames(), version="v", namespace="n", window="0s")
+    spec = make_spec([{"name": "c", "query": "rate(x[{{window}}])", "max": 1, "window": "0m0s"}])
+    assert spec.analysis is not None
+    with pytest.raises(TemplateError, match="longer than 0"):
+        gate_queries(spec.analysis.gates[0], spec, "n", "candidate")
+
+
 # ---------------------------------------------------------------- versions and variables
 
 
@@ -292,6 +322,14 @@ def test_templates_measure_the_candidate_with_prometheus_engine(tmp_path: Path) 
     expected[queries(Template.LATENCY_QUANTILE, quantile=0.5)[0]] = 2.0
     expected[queries(Template.COST_PER_REQUEST, m=MetricNames(price_per_token=0.001))[0]] = 0.01
     promtool_expect(tmp_path, input_series, expected)
+
+
+def test_a_window_written_out_of_order_measures_with_prometheus_engine(tmp_path: Path) -> None:
+    input_series = agent_series(CANDIDATE, ok=3, errors=1, flagged=1, cost=0.5, tokens=(30, 10), evals=(4, 3))
+    queries = template_queries(
+        Template.ERROR_RATE, MetricNames(), version="triage-agent-v2", namespace="support", window="30s1m"
+    )
+    promtool_expect(tmp_path, input_series, {queries.value: 0.25})
 
 
 def test_error_free_candidate_has_error_rate_zero_not_no_data(tmp_path: Path) -> None:

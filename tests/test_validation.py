@@ -118,3 +118,11 @@ def test_custom_queries_that_cannot_be_rendered_or_compared_name_the_field() -> 
     assert fields(query='x{v="{{candidate}}"}', compare={"maxRatio": 2}) == ["spec.analysis.gates[0].query"]
     assert fields(query="x{{version}}", minSamples=10, max=1) == ["spec.analysis.gates[0].minSamples"]
     assert fields(query="x{{version}}", samplesQuery="y{{version}}", minSamples=10, max=1) == []
+
+
+def test_a_zero_window_names_the_field() -> None:
+    gate = {"name": "error-rate", "template": "errorRate", "max": 0.01}
+    spec = make_spec(analysis=gates({**gate, "window": "0s"}, {**gate, "name": "later", "window": "30s2m"}))
+    assert validate(spec) == [
+        SpecProblem("spec.analysis.gates[0].window", "gate 'error-rate': window must be longer than 0")
+    ]

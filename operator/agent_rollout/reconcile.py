@@ -67,7 +67,9 @@ class WrittenStatus:
     def status_to_plan_on(self, resource_version: str | None, body_status: dict[str, Any]) -> dict[str, Any]:
         if resource_version is not None and resource_version in self.stale_versions:
             return dict(self.status)  # the watch has not caught up with our own write yet
+        # The body is our write or newer: drop the copy (at 10,000 rollouts it is ~140 MiB held for nothing).
         self.stale_versions.clear()
+        self.status = {}
         return body_status
 
     def remember(

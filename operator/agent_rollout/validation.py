@@ -14,7 +14,7 @@ from agent_rollout.analysis.templates import (
     query_variables,
     render_variables,
 )
-from agent_rollout.api import AgentRolloutSpec, Analysis, Gate, Step
+from agent_rollout.api import AgentRolloutSpec, Analysis, Gate, Step, duration_seconds
 from agent_rollout.domain import SpecProblem
 
 # Yes/no signals: a count of "bad" (or "correct") answers out of a count of requests, which is what a
@@ -96,6 +96,8 @@ def _gate_problems(gate: Gate, path: str) -> list[SpecProblem]:
         problems.append(
             SpecProblem(f"{path}.compare", f"gate {gate.name!r}: compare needs maxRatio or twoProportion")
         )
+    if duration_seconds(gate.window) <= 0:  # PromQL refuses a [0s] range
+        problems.append(SpecProblem(f"{path}.window", f"gate {gate.name!r}: window must be longer than 0"))
     if gate.min is not None and gate.max is not None and gate.min > gate.max:
         problems.append(
             SpecProblem(

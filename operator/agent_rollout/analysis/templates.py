@@ -14,7 +14,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from agent_rollout.api import DURATION_PATTERN, AgentRolloutSpec, Gate, MetricNames, Template
+from agent_rollout.api import (
+    DURATION_PATTERN,
+    AgentRolloutSpec,
+    Gate,
+    MetricNames,
+    Template,
+    duration_seconds,
+)
 
 Side = Literal["legacy", "candidate"]
 
@@ -24,6 +31,8 @@ VARIABLES = ("namespace", "legacy", "candidate", "version", "window")
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# The subset of spec durations PromQL parses as written: units in this order, each at most once.
+_PROMQL_DURATION = re.compile(r"(?:[0-9]+h)?(?:[0-9]+m)?(?:[0-9]+s)?(?:[0-9]+ms)?")
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 # PromQL double-quoted strings use Go escapes; a raw newline would end the lexer's string token.
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -60,9 +69,17 @@ def _label(name: str) -> str:
 
 
 def _window(window: str) -> str:
+    """`window` as a PromQL range. The spec's durations allow units in any order and repeated (30s2m),
+    PromQL only in order and once each (2m30s), and no range of 0: either would be a parse error that
+    fails every query of the evaluation, so such windows are written out in seconds, and 0 refused."""
     if not re.fullmatch(DURATION_PATTERN, window):
         raise TemplateError(f"not a PromQL duration: {window!r}")
-    return window
+    millis = round(duration_seconds(window) * 1000)
+    if millis <= 0:
+        raise TemplateError(f"window must be longer than 0, got {window!r}")
+    if _PROMQL_DURATION.fullmatch(window):
+        return window
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
 def version_values(spec: AgentRolloutSpec) -> tuple[str, str]:
