@@ -24,6 +24,7 @@ check-crds: bootstrap
 
 lint: bootstrap
 	.venv/bin/ruff check operator tests e2e
+	$(PY) -m agent_rollout.crdgen --check
 	.venv/bin/mypy
 
 unit: bootstrap
@@ -32,7 +33,7 @@ unit: bootstrap
 e2e: bootstrap
 	@bash scripts/pytest.sh e2e $(PYTEST_ARGS)
 
-test: bootstrap
+test: bootstrap lint
 	@bash scripts/pytest.sh tests e2e $(PYTEST_ARGS)
 
 demo: bootstrap

@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "agentrollout.io"
@@ -209,11 +209,12 @@ class Analysis(_Model):
     metrics: MetricNames = Field(default_factory=MetricNames)
     gates: list[Gate] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _interval_floor(self) -> Analysis:
-        if duration_seconds(self.interval) < 5:
-            raise ValueError("spec.analysis.interval must be at least 5s")
-        return self
+    @field_validator("interval")
+    @classmethod
+    def _interval_floor(cls, interval: str) -> str:
+        if duration_seconds(interval) < 5:
+            raise ValueError("must be at least 5s")
+        return interval
 
 
 # ---------------------------------------------------------------- spec: steps
