@@ -306,7 +306,7 @@ def test_failed_gate_sends_all_traffic_to_legacy() -> None:
         assert evidence in event.message
     assert s.history[-1].reason == "GateFailed" and s.history[-1].evidence == [failed]
     assert s.message.startswith(
-        "rolled back to legacy: gate error-rate (1 failures, limit 0) failed at step 2/3"
+        "rolled back to legacy: gate error-rate failed 1 time (limit 0) at step 2/3"
     )
 
 

@@ -24,13 +24,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_session_runs() -> None:
-    """Run dirs of pytest sessions that no longer exist (killed, or kept for their logs last time)."""
+def remove_stale_session_runs(prefix: str = SESSION_PREFIX) -> None:
+    """Run dirs named <prefix><pid> whose process no longer exists (killed, or kept for their logs)."""
     for root in (RUN_ROOT, scratch_root()):
         if not root.is_dir():
             continue
-        for d in root.glob(f"{SESSION_PREFIX}*"):
-            pid = d.name.removeprefix(SESSION_PREFIX)
+        for d in root.glob(f"{prefix}*"):
+            pid = d.name.removeprefix(prefix)
             if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                 shutil.rmtree(d, ignore_errors=True)
 

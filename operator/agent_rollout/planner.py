@@ -83,6 +83,10 @@ def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[Spec
     return list(dict.fromkeys(found))
 
 
+def _times_failed(gate: str, count: int, limit: int) -> str:
+    return f"gate {gate} failed {count} time{'' if count == 1 else 's'} (limit {limit})"
+
+
 def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observations, now: datetime) -> Plan:
     """The complete new status and the actions for one reconcile. `spec` is None when it did not parse
     (obs.problems then says why). Never mutates its inputs; the same inputs give the same Plan."""
@@ -241,9 +245,9 @@ def _record_evaluation(
     if not breached:
         return False
     counts = ", ".join(
-        f"{r.name} ({failures[r.name]} failures, limit {_failure_limit(r.name, analysis)})" for r in breached
+        _times_failed(r.name, failures[r.name], _failure_limit(r.name, analysis)) for r in breached
     )
-    message = f"gate {counts} failed at step {st.current_step + 1}/{len(spec.steps)}: all traffic to legacy"
+    message = f"{counts} at step {st.current_step + 1}/{len(spec.steps)}: all traffic to legacy"
     transition(t, spec, Phase.ROLLED_BACK, Reason.GATE_FAILED, message, evidence=breached)
     return True
 
