@@ -1,0 +1,403 @@
+"""Issue 4: every gate template's PromQL, rendered by agent_rollout.analysis.templates, run against the real
+Prometheus fed by simulated agents with known profiles after a known number of requests.
+
+How the numbers are made exact: every counter a template reads is created at 0 by the agent and scraped at
+0 before the first request, and the window (10m) is longer than the data. increase() then has no start to
+extrapolate to (a counter that starts at 0 has its zero point at its first sample), and querying at the
+timestamp of the latest scrape leaves no end to extrapolate to either, so counts are exact. The one series
+that appears mid-way, the candidate's error series, is created by a warm-up that stops at its first error
+and is scraped at 1; increase()'s zero-point extrapolation then recovers that first error exactly.
+Through the operator's own adapter (queries at "now") the end extrapolation is back; it only inflates
+counts, by at most one scrape interval's worth of rate, and bounds are asserted accordingly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from prometheus_api_client import PrometheusConnect
+
+from agent_rollout import api
+from agent_rollout.analysis.prometheus import PrometheusGateway, measure_gates, parse_scalar
+from agent_rollout.analysis.templates import template_queries
+from agent_rollout.api import MetricNames, Template
+from e2e.cluster import ClusterState
+from e2e.sim.launcher import AgentGroup, start_agents
+from e2e.sim.metrics import DURATION_BUCKETS_S
+from e2e.sim.profile import FaultProfile
+
+LEGACY, CANDIDATE = "legacy", "candidate"
+SENT = 1000  # requests per version
+WINDOW = "10m"  # longer than the data
+PRICE_PER_TOKEN = 0.00001
+SIGMAS = 4.5  # statistical tolerance against the profile (the agents are seeded, so this never flakes)
+
+# Constant latencies: histogram_quantile's linear interpolation inside the one bucket they fall into is
+# then an exact expectation (2.5 s lies in (2, 3], so p95 reads 2 + 0.95 x (3 - 2)).
+PROFILES = {
+    CANDIDATE: FaultProfile(
+        error_ratio=0.1,
+        latency_distribution="constant",
+        latency_median_s=2.5,
+        latency_p95_s=2.5,
+        latency_sleep=False,
+        flagged_ratio=0.05,
+        input_tokens=400,
+        output_tokens=150,
+        cost_per_request_usd=0.004,
+        eval_accuracy=0.9,
+    ),
+    LEGACY: FaultProfile(
+        error_ratio=0.0,
+        latency_distribution="constant",
+        latency_median_s=0.7,
+        latency_p95_s=0.7,
+        latency_sleep=False,
+        flagged_ratio=0.01,
+        input_tokens=300,
+        output_tokens=100,
+        cost_per_request_usd=0.002,
+        eval_accuracy=0.97,
+    ),
+}
+
+
+def scalar(prometheus: PrometheusConnect, promql: str, at: float | None = None) -> float | None:
+    params = {"time": f"{at:.3f}"} if at is not None else None
+    return parse_scalar(prometheus.custom_query(promql, params=params))
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Totals:
+    """A version's raw counters as Prometheus stored them at `at` (no increase(), no extrapolation)."""
+
+    at: float  # timestamp of the version's latest scrape, which holds every request
+    requests: float
+    errors: float
+    flagged: float
+    cost: float
+    tokens: float
+    evals: float
+    correct: float
+
+
+@dataclass
+class KnownTraffic:
+    namespace: str
+    agents: AgentGroup
+    stats: dict[str, dict[str, Any]]  # each agent's own count of what it answered
+    totals: dict[str, Totals]
+    scraped_since: float  # time.time() by which Prometheus had scraped every counter at 0
+
+    def selector(self, version: str, extra: str = "") -> str:
+        return f'{{version="{version}",namespace="{self.namespace}"{extra}}}'
+
+    def spec(self, gates: list[dict[str, Any]], **metrics: Any) -> api.AgentRolloutSpec:
+        return api.parse_spec(
+            {
+                "legacy": {"deployment": LEGACY},
+                "candidate": {"deployment": CANDIDATE},
+                "traffic": {
+                    "gatewayAPI": {"httpRoute": "r", "legacyBackend": LEGACY, "candidateBackend": CANDIDATE}
+                },
+                "analysis": {"prometheus": {"url": "unused"}, "metrics": metrics, "gates": gates},
+                "steps": [{"setWeight": 100}],
+            }
+        )
+
+
+def _totals(prometheus: PrometheusConnect, known: KnownTraffic, version: str) -> Totals:
+    sel = known.selector
+    at = scalar(prometheus, f"max(timestamp(gen_ai_client_operation_duration_seconds_count{sel(version)}))")
+    assert at is not None
+
+    def total(metric: str, extra: str = "") -> float:
+        return scalar(prometheus, f"sum({metric}{sel(version, extra)})", at) or 0.0
+
+    return Totals(
+        at=at,
+        requests=total("gen_ai_client_operation_duration_seconds_count"),
+        errors=total("gen_ai_client_operation_duration_seconds_count", ',error_type!=""'),
+        flagged=total("agent_answers_flagged_total"),
+        cost=total("agent_cost_usd_total"),
+        tokens=total("gen_ai_client_token_usage_sum"),
+        evals=total("agent_eval_total"),
+        correct=total("agent_eval_correct_total"),
+    )
+
+
+@pytest.fixture(scope="module")
+def known(cluster: ClusterState, prometheus: PrometheusConnect) -> Iterator[KnownTraffic]:
+    """SENT requests sent straight to each agent (no route), every one of them scraped."""
+    namespace = f"e2e-templates-{secrets.token_hex(3)}"  # only a label value: no Kubernetes objects
+    agents = start_agents(
+        namespace,
+        PROFILES,
+        file_sd_dir=cluster.file_sd_dir,
+        prometheus_url=cluster.prometheus_url,
+        log_dir=cluster.run_dir / "agents",
+        seed=4,
+    )
+    try:
+        agents.wait_scraped()
+        scraped_since = time.time()
+        known = KnownTraffic(namespace, agents, {}, {}, scraped_since)
+        failed = known.selector(CANDIDATE, ',error_type!=""')
+        errors = f"sum(gen_ai_client_operation_duration_seconds_count{failed})"
+        # Warm-up: until the candidate's first error, then let Prometheus see its error series at 1.
+        warm_up = 0
+        while True:
+            warm_up += 1
+            if agents[CANDIDATE].invoke(1) != [200]:
+                break
+            assert warm_up < 200, "a 10% error profile answered 200 times without an error"
+        wait_for("the candidate's first error in Prometheus", lambda: scalar(prometheus, errors) == 1.0)
+
+        agents[CANDIDATE].invoke(SENT - warm_up)
+        agents[LEGACY].invoke(SENT)
+
+        def all_scraped() -> bool:
+            requests = "sum(gen_ai_client_operation_duration_seconds_count{})"
+            return all(scalar(prometheus, requests.format(known.selector(v))) == SENT for v in PROFILES)
+
+        wait_for(f"{SENT} requests per version in Prometheus", all_scraped)
+        known.stats = {v: agents[v].stats() for v in PROFILES}
+        known.totals = {v: _totals(prometheus, known, v) for v in PROFILES}
+        yield known
+    finally:
+        agents.stop()
+
+
+# ---------------------------------------------------------------- expectations
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    template: Template
+    quantile: float = 0.95
+    price_per_token: float | None = None
+
+    def metrics(self) -> MetricNames:
+        return MetricNames(price_per_token=self.price_per_token)
+
+    def exact(self, t: Totals, profile: FaultProfile) -> tuple[float, float]:
+        """(value, samples) from the raw counters: what the template must read."""
+        if self.template is Template.ERROR_RATE:
+            return t.errors / t.requests, t.requests
+        if self.template is Template.LATENCY_QUANTILE:
+            lower, upper = _bucket(profile.latency_median_s)
+            return lower + self.quantile * (upper - lower), t.requests
+        if self.template is Template.FLAG_RATE:
+            return t.flagged / t.requests, t.requests
+        if self.template is Template.COST_PER_REQUEST and self.price_per_token is None:
+            return t.cost / t.requests, t.requests
+        if self.template is Template.COST_PER_REQUEST:
+            return t.tokens * self.price_per_token / t.requests, t.requests
+        if self.template is Template.TOKENS_PER_REQUEST:
+            return t.tokens / t.requests, t.requests
+        assert self.template is Template.EVAL_ACCURACY
+        return t.correct / t.evals, t.evals
+
+    def from_profile(self, p: FaultProfile) -> tuple[float, float]:
+        """(expected value, tolerance) from the profile alone: SIGMAS binomial standard deviations."""
+        ok = 1.0 - p.error_ratio  # failed calls carry no tokens, cost, flag or evaluation
+
+        def proportion(share: float, n: float) -> tuple[float, float]:
+            return share, SIGMAS * math.sqrt(share * (1 - share) / n) + 1e-12
+
+        def per_request(amount: float) -> tuple[float, float]:
+            return amount * ok, SIGMAS * amount * math.sqrt(ok * (1 - ok) / SENT) + 1e-12
+
+        tokens = p.input_tokens + p.output_tokens
+        if self.template is Template.ERROR_RATE:
+            return proportion(p.error_ratio, SENT)
+        if self.template is Template.LATENCY_QUANTILE:
+            lower, upper = _bucket(p.latency_median_s)
+            return (lower + upper) / 2, (upper - lower) / 2  # the true latency's bucket
+        if self.template is Template.FLAG_RATE:
+            return proportion(p.flagged_ratio * ok, SENT)
+        if self.template is Template.COST_PER_REQUEST and self.price_per_token is None:
+            return per_request(p.cost_per_request_usd)
+        if self.template is Template.COST_PER_REQUEST:
+            return per_request(tokens * self.price_per_token)
+        if self.template is Template.TOKENS_PER_REQUEST:
+            return per_request(tokens)
+        return proportion(p.eval_accuracy, SENT * ok)
+
+
+def _bucket(latency_s: float) -> tuple[float, float]:
+    bounds = (0.0, *DURATION_BUCKETS_S)
+    return next((lo, hi) for lo, hi in itertools.pairwise(bounds) if lo < latency_s <= hi)
+
+
+CASES = [
+    Case("errorRate", Template.ERROR_RATE),
+    Case("latency-p50", Template.LATENCY_QUANTILE, quantile=0.5),
+    Case("latency-p95", Template.LATENCY_QUANTILE, quantile=0.95),
+    Case("latency-p99", Template.LATENCY_QUANTILE, quantile=0.99),
+    Case("flagRate", Template.FLAG_RATE),
+    Case("costPerRequest-counter", Template.COST_PER_REQUEST),
+    Case("costPerRequest-pricePerToken", Template.COST_PER_REQUEST, price_per_token=PRICE_PER_TOKEN),
+    Case("tokensPerRequest", Template.TOKENS_PER_REQUEST),
+    Case("evalAccuracy", Template.EVAL_ACCURACY),
+]
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_prometheus_holds_exactly_what_the_agents_answered(known: KnownTraffic) -> None:
+    for version, profile in PROFILES.items():
+        t, stats = known.totals[version], known.stats[version]
+        assert stats["requests"] == SENT and t.requests == SENT
+        assert t.errors == stats["by_code"].get("500", 0)
+        successes = SENT - t.errors
+        assert t.evals == successes
+        assert t.tokens == successes * (profile.input_tokens + profile.output_tokens)
+        assert t.cost == pytest.approx(successes * profile.cost_per_request_usd)
+    assert known.totals[CANDIDATE].errors > 0 and known.totals[LEGACY].errors == 0
+
+
+@pytest.mark.parametrize("version", [CANDIDATE, LEGACY])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_template_reads_the_known_profile(
+    case: Case, version: str, known: KnownTraffic, prometheus: PrometheusConnect
+) -> None:
+    queries = template_queries(
+        case.template,
+        case.metrics(),
+        version=version,
+        namespace=known.namespace,
+        window=WINDOW,
+        quantile=case.quantile,
+    )
+    totals, profile = known.totals[version], PROFILES[version]
+    assert queries.samples is not None
+    value = scalar(prometheus, queries.value, totals.at)
+    samples = scalar(prometheus, queries.samples, totals.at)
+    want_value, want_samples = case.exact(totals, profile)
+    print(f"\n{case.id} {version}: {value} over {samples} samples; raw counters give {want_value}")
+
+    assert value is not None and samples is not None, queries
+    assert samples == pytest.approx(want_samples, abs=1e-6)
+    if case.template is not Template.EVAL_ACCURACY:
+        assert samples == pytest.approx(SENT, abs=1e-6), "every request sent is one sample"
+    assert value == pytest.approx(want_value, rel=1e-9, abs=1e-12)
+    expected, tolerance = case.from_profile(profile)
+    assert abs(value - expected) <= tolerance, f"{value} not within {tolerance:.3g} of {expected}"
+
+
+def _fresh_scrape(prometheus: PrometheusConnect, known: KnownTraffic) -> float:
+    """Wait for the next scrape of the candidate; returns its timestamp."""
+    query = f"max(timestamp(gen_ai_client_operation_duration_seconds_count{known.selector(CANDIDATE)}))"
+    before = scalar(prometheus, query)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        latest = scalar(prometheus, query)
+        if latest is not None and latest != before:
+            return latest
+        time.sleep(0.02)
+    raise AssertionError("Prometheus stopped scraping the candidate")
+
+
+def test_measure_gates_through_the_prometheus_gateway(
+    known: KnownTraffic, cluster: ClusterState, prometheus: PrometheusConnect
+) -> None:
+    """The operator's async path: render, query concurrently through the thread pool, evaluate."""
+    gates = [
+        {"name": "error-rate", "template": "errorRate", "max": 0.05},
+        {"name": "error-rate-wait", "template": "errorRate", "max": 0.05, "minSamples": 5000},
+        {"name": "p50", "template": "latencyQuantile", "quantile": 0.5, "max": 8},
+        {"name": "p95-vs-legacy", "template": "latencyQuantile", "compare": {"maxRatio": 1.2}},
+        {"name": "p99", "template": "latencyQuantile", "quantile": 0.99, "max": 8},
+        {"name": "flagged", "template": "flagRate", "compare": {"twoProportion": True}},
+        {"name": "cost", "template": "costPerRequest", "max": 0.004},
+        {"name": "tokens", "template": "tokensPerRequest", "max": 1000, "compare": {"maxRatio": 1.5}},
+        {"name": "accuracy", "template": "evalAccuracy", "min": 0.95},
+    ]
+    for gate in gates:
+        gate["window"] = WINDOW
+    priced = [{"name": "cost-by-tokens", "template": "costPerRequest", "max": 0.004, "window": WINDOW}]
+    gateway = PrometheusGateway(cluster.prometheus_url, timeout=5.0)
+
+    async def measure() -> tuple[list[api.GateResult], list[api.GateResult]]:
+        by_counter, by_tokens = await asyncio.gather(
+            measure_gates(known.spec(gates), known.namespace, gateway),
+            measure_gates(known.spec(priced, pricePerToken=PRICE_PER_TOKEN), known.namespace, gateway),
+        )
+        return list(by_counter), list(by_tokens)
+
+    last_scrape = _fresh_scrape(prometheus, known)  # measure right after one: little to extrapolate
+    by_counter, by_tokens = asyncio.run(measure())
+    finished = time.time()
+    results = {r.name: r for r in by_counter + by_tokens}
+    for r in results.values():
+        print(f"\n{r.name}: {r.verdict.value} value={r.value} legacy={r.legacy_value} samples={r.samples}")
+
+    verdicts = {name: r.verdict.value for name, r in results.items()}
+    assert verdicts == {
+        "error-rate": "Fail",  # 0.1 > 0.05
+        "error-rate-wait": "Inconclusive",  # the same value, but 1000 < 5000 samples
+        "p50": "Pass",
+        "p95-vs-legacy": "Fail",  # 2.95 s vs 0.975 s
+        "p99": "Pass",
+        "flagged": "Fail",  # 4.5% vs 1% over 1000 requests each: p far below 0.05
+        "cost": "Pass",  # the cost counter: 0.004 x 0.9 = 0.0036 per request
+        "tokens": "Pass",  # 495 vs 400 per request: within 1.5 x legacy
+        "accuracy": "Fail",  # 0.9 < 0.95
+        "cost-by-tokens": "Fail",  # the same bound on tokens x price: 550 x 0.9 x 1e-5 = 0.00495
+    }
+    waiting = results["error-rate-wait"]
+    assert waiting.message == f"waiting for samples {waiting.samples}/5000"
+    assert waiting.value == pytest.approx(results["error-rate"].value)  # measured, recorded, not judged
+
+    # Queried at "now", increase() extrapolates from the latest scrape to the query time, at most
+    # `finished - last_scrape`, at the rate of a sampled interval of at least `last_scrape - scraped_since`:
+    # counts may only grow, and by that share at most.
+    slack = (finished - last_scrape) / (last_scrape - known.scraped_since)
+    print(f"\ncounts may read up to {slack:.1%} high ({finished - last_scrape:.2f}s past the latest scrape)")
+    cases = {
+        "error-rate": CASES[0],
+        "p50": CASES[1],
+        "p95-vs-legacy": CASES[2],
+        "p99": CASES[3],
+        "flagged": CASES[4],
+        "cost": CASES[5],
+        "cost-by-tokens": CASES[6],
+        "tokens": CASES[7],
+        "accuracy": CASES[8],
+    }
+    for name, case in cases.items():
+        r = results[name]
+        value, samples = case.exact(known.totals[CANDIDATE], PROFILES[CANDIDATE])
+        assert r.samples is not None and r.value is not None, r
+        assert round(samples) <= r.samples <= samples * (1 + slack) + 1, (name, r.samples, samples, slack)
+        # Ratios of counters of one scrape target: the extrapolation cancels but for the error series,
+        # which started later than the others.
+        assert r.value == pytest.approx(value, rel=2 * slack), (name, r.value, value)
+        assert r.query.startswith(("sum(", "(sum(", "histogram_quantile(")) and known.namespace in r.query
+        if r.legacy_value is not None:
+            legacy_value, _ = case.exact(known.totals[LEGACY], PROFILES[LEGACY])
+            assert r.legacy_value == pytest.approx(legacy_value, rel=2 * slack), (name, r.legacy_value)
+    for name in ("p95-vs-legacy", "flagged", "tokens"):
+        assert results[name].legacy_value is not None, name
