@@ -1,0 +1,56 @@
+"""`make bench`: python -m e2e.bench [--only planner|rollback] [--runs N]
+
+planner   e2e/bench/planner_scale.py: the planner's CPU and memory at 10k rollouts (no cluster)
+rollback  e2e/bench/rollback_speed.py: breach-to-rollback time on the real control plane, N runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import logging
+import sys
+
+from e2e.bench import rollback_speed
+
+PLANNER_MODULE = "e2e.bench.planner_scale"
+
+
+def run_planner() -> bool:
+    """False when the planner benchmark is not there (yet); imported only when asked for."""
+    if importlib.util.find_spec(PLANNER_MODULE) is None:
+        print(f"== planner scale: skipped, {PLANNER_MODULE} does not exist")
+        return False
+    planner_main = importlib.import_module(PLANNER_MODULE).main
+    # Its own argument parser must not read ours (--only, --runs) from sys.argv.
+    if inspect.signature(planner_main).parameters:
+        planner_main([])
+    else:
+        planner_main()
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m e2e.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", choices=["planner", "rollback"], help="run just this benchmark")
+    parser.add_argument("--runs", type=int, default=7, help="breach-to-rollback runs (default 7)")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    status = 0
+    if args.only in (None, "planner"):
+        if not run_planner() and args.only == "planner":
+            status = 1
+        sys.stdout.flush()
+    if args.only in (None, "rollback"):
+        rollback_speed.main(runs=args.runs)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
