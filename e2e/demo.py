@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -251,7 +250,9 @@ class Demo:
             f"(stops by itself after {duration:.0f}s)"
         )
 
-        self.operator = operator = NamespacedOperator(cluster.kubeconfig, log_dir / "operator.log", ns)
+        self.operator = operator = OperatorProcess(
+            cluster.kubeconfig, log_dir / "operator.log", args=["--namespace", ns]
+        )
         operator.start()
         self.cleanups.callback(operator.stop)
         say(
@@ -407,25 +408,6 @@ class Demo:
             self.clock.say(
                 f"cleaned up in {time.monotonic() - t0:.1f}s: traffic, agents and operator stopped, "
                 f"namespace {self.namespace} deleted"
-            )
-
-
-class NamespacedOperator(OperatorProcess):
-    """The operator watching only the demo's namespace: other rollouts on a shared cluster are not its."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path, namespace: str) -> None:
-        super().__init__(kubeconfig, log_path)
-        self.namespace = namespace
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent_rollout.main", "--namespace", self.namespace],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
 
 

@@ -38,7 +38,8 @@ class ProcessInfo:
         )
 
 
-def _die_with_parent() -> None:
+def set_parent_death_signal() -> None:
+    """preexec_fn: the child gets SIGTERM when its parent dies, so an interrupted run leaves nothing."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -62,7 +63,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=set_parent_death_signal if die_with_parent else None,
         )
     # Popen would warn when garbage-collected while the child still runs; we track it by pid.
     proc.returncode = 0

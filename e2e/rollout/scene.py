@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import yaml
 
 from agent_rollout import api
 from e2e.cluster.kubeapi import KubeApi
+from e2e.cluster.procs import set_parent_death_signal
 from e2e.sim.launcher import AgentGroup
 from e2e.sim.traffic import TrafficDriver
 
@@ -40,24 +41,29 @@ def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 60.0, eve
 
 
 class OperatorProcess:
-    """The operator as a child process with its own log; kill() is a hard kill -9."""
+    """The operator as a child process with its own log; kill() is a hard kill -9.
 
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    The child dies with its parent, so an interrupted test, demo or bench never leaves an operator
+    behind to act on the next cluster.
+    """
+
+    def __init__(self, kubeconfig: Path, log_path: Path, args: Sequence[str] = ()) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent_rollout.main"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent_rollout.main", *self.args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=set_parent_death_signal,
+            )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
