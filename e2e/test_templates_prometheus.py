@@ -26,8 +26,9 @@ import pytest
 from prometheus_api_client import PrometheusConnect
 
 from agent_rollout import api
-from agent_rollout.analysis.prometheus import PrometheusGateway, measure_gates, parse_scalar
-from agent_rollout.analysis.templates import template_queries
+from agent_rollout.analysis.batch import BatchReader
+from agent_rollout.analysis.prometheus import PrometheusGateway, measure_gates, parse_scalar, parse_vector
+from agent_rollout.analysis.templates import BlockValues, template_queries, template_read
 from agent_rollout.api import MetricNames, Template
 from e2e.cluster import ClusterState
 from e2e.sim.launcher import AgentGroup, start_agents
@@ -307,9 +308,9 @@ def test_template_reads_the_known_profile(
     assert abs(value - expected) <= tolerance, f"{value} not within {tolerance:.3g} of {expected}"
 
 
-def _fresh_scrape(prometheus: PrometheusConnect, known: KnownTraffic) -> float:
-    """Wait for the next scrape of the candidate; returns its timestamp."""
-    query = f"max(timestamp(gen_ai_client_operation_duration_seconds_count{known.selector(CANDIDATE)}))"
+def _fresh_scrape(prometheus: PrometheusConnect, known: KnownTraffic, version: str = CANDIDATE) -> float:
+    """Wait for the next scrape of `version`; returns its timestamp."""
+    query = f"max(timestamp(gen_ai_client_operation_duration_seconds_count{known.selector(version)}))"
     before = scalar(prometheus, query)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -317,7 +318,57 @@ def _fresh_scrape(prometheus: PrometheusConnect, known: KnownTraffic) -> float:
         if latest is not None and latest != before:
             return latest
         time.sleep(0.02)
-    raise AssertionError("Prometheus stopped scraping the candidate")
+    raise AssertionError(f"Prometheus stopped scraping the {version}")
+
+
+@pytest.mark.parametrize("version", [CANDIDATE, LEGACY])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_batched_read_equals_the_per_rollout_query(
+    case: Case, version: str, known: KnownTraffic, cluster: ClusterState, prometheus: PrometheusConnect
+) -> None:
+    """What the operator computes from the shared building blocks (every namespace and version this
+    Prometheus holds, other tests' agents included) is what the per-rollout query, the one recorded
+    as evidence, gives."""
+    metrics = case.metrics()
+    read = template_read(case.template, metrics, window=WINDOW, quantile=case.quantile)
+    queries = template_queries(
+        case.template,
+        metrics,
+        version=version,
+        namespace=known.namespace,
+        window=WINDOW,
+        quantile=case.quantile,
+    )
+    assert queries.samples is not None
+    labels = (metrics.namespace_label, metrics.version_label)
+
+    # Evaluated at one instant: the same numbers, up to the order of floating-point sums.
+    at = time.time()
+    vectors = {
+        b: parse_vector(prometheus.custom_query(b.promql, params={"time": f"{at:.3f}"}), labels)
+        for b in read.blocks
+    }
+    value, samples = read.measure(vectors, known.namespace, version)
+    assert value == pytest.approx(scalar(prometheus, queries.value, at), rel=1e-12, abs=1e-15)
+    assert samples == pytest.approx(scalar(prometheus, queries.samples, at), rel=1e-12)
+
+    # Through the operator's gateway, at "now": increase() extrapolates from the version's latest
+    # scrape to the query time, so both readings may exceed the exact counts by up to `slack` (see the
+    # test below). Each version is scraped at its own moment, hence the wait for this version's scrape.
+    gateway = PrometheusGateway(cluster.prometheus_url, timeout=5.0, reader=BatchReader(ttl=0))
+
+    async def read_blocks() -> list[BlockValues]:
+        return await asyncio.gather(*(gateway.block(b) for b in read.blocks))
+
+    last_scrape = _fresh_scrape(prometheus, known, version)
+    batched = read.measure(
+        dict(zip(read.blocks, asyncio.run(read_blocks()), strict=True)), known.namespace, version
+    )
+    per_rollout = scalar(prometheus, queries.value), scalar(prometheus, queries.samples)
+    slack = (time.time() - last_scrape) / (last_scrape - known.scraped_since)
+    print(f"\n{case.id} {version}: batched {batched}, per-rollout {per_rollout}, slack {slack:.2%}")
+    assert batched[0] == pytest.approx(per_rollout[0], rel=2 * slack + 1e-12), (batched, per_rollout)
+    assert batched[1] == pytest.approx(per_rollout[1], rel=slack + 1e-12), (batched, per_rollout)
 
 
 def test_measure_gates_through_the_prometheus_gateway(
@@ -338,7 +389,7 @@ def test_measure_gates_through_the_prometheus_gateway(
     for gate in gates:
         gate["window"] = WINDOW
     priced = [{"name": "cost-by-tokens", "template": "costPerRequest", "max": 0.004, "window": WINDOW}]
-    gateway = PrometheusGateway(cluster.prometheus_url, timeout=5.0)
+    gateway = PrometheusGateway(cluster.prometheus_url, timeout=5.0, reader=BatchReader(ttl=60))
 
     async def measure() -> tuple[list[api.GateResult], list[api.GateResult]]:
         by_counter, by_tokens = await asyncio.gather(
@@ -350,6 +401,9 @@ def test_measure_gates_through_the_prometheus_gateway(
     last_scrape = _fresh_scrape(prometheus, known)  # measure right after one: little to extrapolate
     by_counter, by_tokens = asyncio.run(measure())
     finished = time.time()
+    # Both rollouts' 10 template gates read 10 shared blocks, each queried once: requests, errors,
+    # p50/p95/p99, flagged, cost, tokens, eval total and correct.
+    assert gateway.reader.fetches == 10
     results = {r.name: r for r in by_counter + by_tokens}
     for r in results.values():
         print(f"\n{r.name}: {r.verdict.value} value={r.value} legacy={r.legacy_value} samples={r.samples}")

@@ -12,14 +12,16 @@ import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import jsonpatch
 
+from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway, PrometheusUnavailable
 from agent_rollout.kube import Conflict, KubeClient
 
 Key = tuple[str, str]
+T = TypeVar("T")
 
 
 def apply_merge_patch(target: Any, patch: Any) -> Any:
@@ -103,24 +105,32 @@ class FakeKube(KubeClient):
         self.writes.append(Write("route", namespace, name, copy.deepcopy(ops)))
 
 
-Answer = Mapping[str, float | None] | Callable[[str], float | None]
+# A scalar query's answer (a number, or None for an empty result), or a building block's series.
+Reply = float | None | list[tuple[dict[str, str], float]]
+Answer = Mapping[str, Reply] | Callable[[str], Reply]
 
 
 class FakePrometheus(PrometheusGateway):
-    """Answers PromQL from a dict (an unknown query is a test bug: KeyError) or a function."""
+    """Answers PromQL from a dict (an unknown query is a test bug: KeyError) or a function. Only the
+    HTTP call is faked: building blocks still go through a BatchReader (ttl 0: nothing is reused
+    between reconciles) and every answer through the real parsing."""
 
     def __init__(self, answer: Answer) -> None:
+        super().__init__("http://fake-prometheus:9090", reader=BatchReader(ttl=0))
         self.answer = answer
         self.down: str | None = None  # set to make every query fail as PrometheusGateway would
         self.queries: list[str] = []
 
-    async def scalar(self, promql: str) -> float | None:
+    async def _run(self, promql: str, parse: Callable[[Any], T]) -> T:
         self.queries.append(promql)
         if self.down is not None:
             raise PrometheusUnavailable(self.down)
-        if callable(self.answer):
-            return self.answer(promql)
-        return self.answer[promql]
+        reply = self.answer(promql) if callable(self.answer) else self.answer[promql]
+        if reply is None:
+            return parse([])
+        if isinstance(reply, list):
+            return parse([{"metric": labels, "value": [0, repr(value)]} for labels, value in reply])
+        return parse([{"metric": {}, "value": [0, repr(reply)]}])
 
 
 @dataclass

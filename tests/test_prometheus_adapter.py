@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -21,62 +16,12 @@ from agent_rollout.analysis.prometheus import (
     candidate_requests,
     measure_gates,
     parse_scalar,
+    parse_vector,
     prometheus_client,
 )
-from agent_rollout.analysis.templates import gate_queries
-from agent_rollout.api import AgentRolloutSpec, Verdict, parse_spec
-
-# (status, JSON body, seconds to wait before answering) for a query
-Responder = Callable[[str], tuple[int, Any, float]]
-
-
-def vector(*values: str) -> dict[str, Any]:
-    result = [{"metric": {"i": str(i)}, "value": [1700000000.0, v]} for i, v in enumerate(values)]
-    return {"status": "success", "data": {"resultType": "vector", "result": result}}
-
-
-class FakePrometheus:
-    def __init__(self) -> None:
-        self.respond: Responder = lambda query: (200, vector("1"), 0.0)
-        self.queries: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlparse(self.path)
-                query = parse_qs(url.query).get("query", [""])[0]
-                fake.queries.append(query)
-                status, body, delay = fake.respond(query) if url.path == "/api/v1/query" else (404, {}, 0.0)
-                time.sleep(delay)
-                payload = json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the client gave up first: that is what the timeout tests want
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def prometheus() -> Iterator[FakePrometheus]:
-    fake = FakePrometheus()
-    yield fake
-    fake.close()
+from agent_rollout.analysis.templates import Block, BlockValues, gate_queries, template_read
+from agent_rollout.api import AgentRolloutSpec, MetricNames, Template, Verdict, parse_spec
+from tests.prometheus_http import FakePrometheusServer, vector
 
 
 def scalar(url: str, query: str = "up", timeout: float = 2.0) -> float | None:
@@ -86,37 +31,37 @@ def scalar(url: str, query: str = "up", timeout: float = 2.0) -> float | None:
 # ---------------------------------------------------------------- scalar()
 
 
-def test_single_series_value_is_parsed(prometheus: FakePrometheus) -> None:
+def test_single_series_value_is_parsed(prometheus: FakePrometheusServer) -> None:
     prometheus.respond = lambda q: (200, vector("0.0125"), 0.0)
     assert scalar(prometheus.url, 'sum(x{a="b"})') == 0.0125
     assert prometheus.queries == ['sum(x{a="b"})']
 
 
-def test_nan_and_inf_come_back_as_floats_for_gates_to_judge(prometheus: FakePrometheus) -> None:
+def test_nan_and_inf_come_back_as_floats_for_gates_to_judge(prometheus: FakePrometheusServer) -> None:
     prometheus.respond = lambda q: (200, vector("NaN" if q == "a" else "+Inf"), 0.0)
     nan = scalar(prometheus.url, "a")
     assert nan is not None and nan != nan
     assert scalar(prometheus.url, "b") == float("inf")
 
 
-def test_empty_result_is_none(prometheus: FakePrometheus) -> None:
+def test_empty_result_is_none(prometheus: FakePrometheusServer) -> None:
     prometheus.respond = lambda q: (200, vector(), 0.0)
     assert scalar(prometheus.url) is None
 
 
-def test_scalar_result_type_is_parsed(prometheus: FakePrometheus) -> None:
+def test_scalar_result_type_is_parsed(prometheus: FakePrometheusServer) -> None:
     body = {"status": "success", "data": {"resultType": "scalar", "result": [1700000000.0, "42"]}}
     prometheus.respond = lambda q: (200, body, 0.0)
     assert scalar(prometheus.url, "scalar(x)") == 42.0
 
 
-def test_several_series_is_an_error_not_a_guess(prometheus: FakePrometheus) -> None:
+def test_several_series_is_an_error_not_a_guess(prometheus: FakePrometheusServer) -> None:
     prometheus.respond = lambda q: (200, vector("1", "2"), 0.0)
     with pytest.raises(PrometheusUnavailable, match="2 series"):
         scalar(prometheus.url)
 
 
-def test_slow_prometheus_times_out_as_unavailable(prometheus: FakePrometheus) -> None:
+def test_slow_prometheus_times_out_as_unavailable(prometheus: FakePrometheusServer) -> None:
     prometheus.respond = lambda q: (200, vector("1"), 3.0)
     started = time.monotonic()
     with pytest.raises(PrometheusUnavailable, match=r"within 0\.3s"):
@@ -124,7 +69,7 @@ def test_slow_prometheus_times_out_as_unavailable(prometheus: FakePrometheus) ->
     assert time.monotonic() - started < 1.5
 
 
-def test_timed_out_query_frees_its_thread_soon(prometheus: FakePrometheus) -> None:
+def test_timed_out_query_frees_its_thread_soon(prometheus: FakePrometheusServer) -> None:
     # The HTTP timeout, not only asyncio's, must end the request: otherwise threads pile up.
     prometheus.respond = lambda q: (200, vector("1"), 3.0)
     executor = ThreadPoolExecutor(max_workers=1)
@@ -136,7 +81,7 @@ def test_timed_out_query_frees_its_thread_soon(prometheus: FakePrometheus) -> No
     assert time.monotonic() - started < 1.5
 
 
-def test_http_500_is_unavailable(prometheus: FakePrometheus) -> None:
+def test_http_500_is_unavailable(prometheus: FakePrometheusServer) -> None:
     prometheus.respond = lambda q: (500, {"status": "error", "error": "boom"}, 0.0)
     started = time.monotonic()
     with pytest.raises(PrometheusUnavailable, match="500"):
@@ -144,14 +89,14 @@ def test_http_500_is_unavailable(prometheus: FakePrometheus) -> None:
     assert time.monotonic() - started < 1.0  # no retries with backoff inside one evaluation
 
 
-def test_bad_query_is_unavailable(prometheus: FakePrometheus) -> None:
+def test_bad_query_is_unavailable(prometheus: FakePrometheusServer) -> None:
     body = {"status": "error", "errorType": "bad_data", "error": "parse error"}
     prometheus.respond = lambda q: (400, body, 0.0)
     with pytest.raises(PrometheusUnavailable, match="parse error"):
         scalar(prometheus.url, "sum(")
 
 
-def test_non_json_answer_is_unavailable(prometheus: FakePrometheus) -> None:
+def test_non_json_answer_is_unavailable(prometheus: FakePrometheusServer) -> None:
     prometheus.respond = lambda q: (200, "not the prometheus api", 0.0)
     with pytest.raises(PrometheusUnavailable):
         scalar(prometheus.url)
@@ -170,7 +115,7 @@ def test_clients_are_cached_per_url() -> None:
     assert prometheus_client("http://a:9090") is not prometheus_client("http://b:9090")
 
 
-def test_slow_prometheus_does_not_block_the_event_loop(prometheus: FakePrometheus) -> None:
+def test_slow_prometheus_does_not_block_the_event_loop(prometheus: FakePrometheusServer) -> None:
     prometheus.respond = lambda q: (200, vector("1"), 0.5)
 
     async def scenario() -> int:
@@ -210,17 +155,32 @@ def make_spec(gates: list[dict[str, Any]], min_samples: int = 100) -> AgentRollo
     )
 
 
-class FakeGateway:
-    """Answers by exact query text; records concurrency so the test can see queries overlap."""
+def test_parse_vector_keys_series_by_namespace_and_version() -> None:
+    result = [
+        {"metric": {"namespace": "a", "version": "v1"}, "value": [1, "2"]},
+        {"metric": {"namespace": "a"}, "value": [1, "NaN"]},  # an absent label is "", as in a matcher
+    ]
+    values = parse_vector(result, ("namespace", "version"))
+    assert values[("a", "v1")] == 2.0 and values[("a", "")] != values[("a", "")]
+    with pytest.raises(PrometheusUnavailable, match="instant vector"):
+        parse_vector([1700000000.0, "42"], ("namespace", "version"))  # a scalar
+    with pytest.raises(PrometheusUnavailable, match="not an instant vector"):
+        parse_vector([{"metric": {}, "values": [[1, "1"]]}], ("namespace", "version"))  # a range vector
+    with pytest.raises(PrometheusUnavailable, match="not an instant vector"):
+        parse_vector([{"metric": {}, "value": [1, "many"]}], ("namespace", "version"))
 
-    def __init__(self, answers: dict[str, float | None], fail: str | None = None) -> None:
+
+class FakeGateway:
+    """Answers scalars by exact query text and blocks by their PromQL; records concurrency."""
+
+    def __init__(self, answers: dict[str, Any], fail: str | None = None) -> None:
         self.answers = answers
         self.fail = fail
         self.asked: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
 
-    async def scalar(self, promql: str) -> float | None:
+    async def _answer(self, promql: str) -> Any:
         self.asked.append(promql)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -230,45 +190,64 @@ class FakeGateway:
             raise PrometheusUnavailable("connection refused")
         return self.answers.get(promql)
 
+    async def scalar(self, promql: str) -> float | None:
+        answer: float | None = await self._answer(promql)
+        return answer
 
-def test_measure_gates_queries_concurrently_and_evaluates_each_gate() -> None:
+    async def block(self, block: Block) -> BlockValues:
+        return await self._answer(block.promql) or {}
+
+
+def blocks_of(template: Template, **kwargs: Any) -> tuple[str, ...]:
+    return tuple(b.promql for b in template_read(template, MetricNames(), window="2m", **kwargs).blocks)
+
+
+def test_measure_gates_reads_blocks_and_queries_concurrently_and_evaluates_each_gate() -> None:
     spec = make_spec(
         [
             {"name": "errors", "template": "errorRate", "max": 0.01},
             {"name": "latency", "template": "latencyQuantile", "compare": {"maxRatio": 1.2}},
             {"name": "cost", "template": "costPerRequest", "max": 0.03},
-        ]
+            {"name": "custom", "query": 'x{v="{{version}}"}', "compare": {"maxRatio": 1.2}},
+        ],
+        min_samples=0,
     )
     gates = spec.analysis.gates  # type: ignore[union-attr]
-    errors = gate_queries(gates[0], spec, "support", "candidate")
-    latency_c = gate_queries(gates[1], spec, "support", "candidate")
-    latency_l = gate_queries(gates[1], spec, "support", "legacy")
+    errors, requests = blocks_of(Template.ERROR_RATE)  # (value, samples)
+    latency, _ = blocks_of(Template.LATENCY_QUANTILE)
+    candidate, legacy = ("support", "triage-agent-v2"), ("support", "triage-rules")
+    custom_c = gate_queries(gates[3], spec, "support", "candidate").value
+    custom_l = gate_queries(gates[3], spec, "support", "legacy").value
     gateway = FakeGateway(
         {
-            errors.value: 0.002,
-            errors.samples or "": 500.0,  # the same request count serves every template
-            latency_c.value: 9.0,
-            latency_l.value: 6.0,
-            latency_l.samples or "": 9000.0,
+            requests: {candidate: 500.0, legacy: 9000.0, ("other", "triage-agent-v2"): 1.0},
+            errors: {candidate: 1.0},
+            latency: {candidate: 9.0, legacy: 6.0},
+            custom_c: 1.0,
+            custom_l: 1.0,
         }
     )
     results = asyncio.run(measure_gates(spec, "support", gateway))
-    assert [(r.name, r.verdict) for r in results] == [
-        ("errors", Verdict.PASS),
-        ("latency", Verdict.FAIL),
-        ("cost", Verdict.INCONCLUSIVE),  # no cost series: no data, not "free"
+    assert [(r.name, r.verdict, r.value) for r in results] == [
+        ("errors", Verdict.PASS, 0.002),
+        ("latency", Verdict.FAIL, 9.0),
+        ("cost", Verdict.INCONCLUSIVE, None),  # no cost series: no data, not "free"
+        ("custom", Verdict.PASS, 1.0),
     ]
-    assert results[1].legacy_value == 6.0 and results[1].query == latency_c.value
-    # 6 distinct queries: the request count shared by errors, latency and cost is asked once per side
-    assert len(gateway.asked) == len(set(gateway.asked)) == 6
+    assert results[1].legacy_value == 6.0 and results[1].samples == 500
+    # Evidence is the per-rollout query a human can paste into Prometheus, as before batching.
+    assert [r.query for r in results] == [gate_queries(g, spec, "support", "candidate").value for g in gates]
+    # One read per building block (the request count serves every template) and per custom query.
+    assert sorted(gateway.asked) == sorted(
+        [requests, errors, latency, blocks_of(Template.COST_PER_REQUEST)[0], custom_c, custom_l]
+    )
     assert gateway.max_in_flight == 6
 
 
 def test_measure_gates_raises_when_any_query_fails() -> None:
     spec = make_spec([{"name": "errors", "template": "errorRate", "max": 0.01}])
-    failing = gate_queries(spec.analysis.gates[0], spec, "support", "candidate").value  # type: ignore[union-attr]
     with pytest.raises(PrometheusUnavailable):
-        asyncio.run(measure_gates(spec, "support", FakeGateway({}, fail=failing)))
+        asyncio.run(measure_gates(spec, "support", FakeGateway({}, fail=blocks_of(Template.ERROR_RATE)[0])))
 
 
 def test_unrenderable_gate_is_inconclusive_and_others_still_measured() -> None:
@@ -282,7 +261,7 @@ def test_unrenderable_gate_is_inconclusive_and_others_still_measured() -> None:
     gateway = FakeGateway({})
     results = asyncio.run(measure_gates(spec, "support", gateway))
     assert results[0].verdict is Verdict.INCONCLUSIVE and "unknown variable" in results[0].message
-    assert results[1].name == "errors" and len(gateway.asked) == 2
+    assert results[1].name == "errors" and sorted(gateway.asked) == sorted(blocks_of(Template.ERROR_RATE))
 
 
 def test_measure_gates_without_analysis_measures_nothing() -> None:

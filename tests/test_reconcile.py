@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from agent_rollout import api
-from agent_rollout.analysis.templates import GateQueries, gate_queries
+from agent_rollout.analysis.templates import template_read
+from agent_rollout.api import Template
 from agent_rollout.domain import DeploymentState, iso
 from agent_rollout.reconcile import Reconciler, WrittenStatus
-from tests.fakes import EventLog, FakeClock, FakeKube, FakePrometheus
+from tests.fakes import EventLog, FakeClock, FakeKube, FakePrometheus, Reply
 from tests.specs import CANDIDATE, LEGACY, ROUTE, analysis_dict, spec_dict
 
 NS, NAME = "support", "ticket-triage"
@@ -59,29 +60,26 @@ def route_object(legacy: int = 100, candidate: int = 0) -> dict[str, Any]:
     }
 
 
-def _error_rate_queries() -> GateQueries:
-    spec = api.parse_spec(rollout_body(THREE_WEIGHTS)["spec"])
-    assert spec.analysis is not None
-    return gate_queries(spec.analysis.gates[0], spec, NS, "candidate")
-
-
-ERROR_RATE_QUERIES = _error_rate_queries()
+ERROR_RATE_READ = template_read(Template.ERROR_RATE, api.MetricNames(), window="2m")
 
 
 @dataclass
 class Metrics:
-    """The candidate's error rate and request count as Prometheus would answer the gate's queries."""
+    """The candidate's error rate and request count as Prometheus would answer the gate's building
+    blocks (errors and requests of every version), with other rollouts' series among them."""
 
     error_rate: float = 0.001
     samples: float = 1000.0
     asked: list[str] = field(default_factory=list)
 
-    def __call__(self, promql: str) -> float | None:
+    def __call__(self, promql: str) -> Reply:
         self.asked.append(promql)
-        if promql == ERROR_RATE_QUERIES.value:
-            return self.error_rate
-        if promql == ERROR_RATE_QUERIES.samples:
-            return self.samples
+        candidate = {"namespace": NS, "version": CANDIDATE}
+        other = {"namespace": "elsewhere", "version": CANDIDATE}
+        if promql == ERROR_RATE_READ.value.promql:
+            return [(candidate, self.error_rate * self.samples), (other, 500.0)]
+        if promql == ERROR_RATE_READ.samples.promql:
+            return [(candidate, self.samples), (other, 500.0)]
         raise AssertionError(f"unexpected query {promql}")
 
 

@@ -25,7 +25,14 @@ Measured, in this process, with no network unless said:
  5. reconciles per second implied by a 30s interval against the measured CPU per reconcile: the
     share of one core needed and the headroom factor. Plus, to keep (5) honest, the CPU this process
     spends per real Prometheus HTTP query (PrometheusGateway against a stub server in a child
-    process), which the fakes in (2) leave out.
+    process), which the fakes in (2) leave out: a per-rollout instant query, and a shared
+    building-block query answering one series per version of every rollout on that Prometheus.
+
+Prometheus queries: template gates read building blocks shared by all rollouts on one Prometheus
+(analysis.batch), each refreshed at most once per BATCH_TTL; in (2) the rollouts' reconciles are
+spread evenly over one interval on a simulated clock, as the daemons spread them, so the fakes count
+how many block queries a reconcile costs. The per-rollout figure before batching is the number of
+distinct per-rollout queries the same gates render (what measure_gates sent until batching).
 
 Not measured: load on the API server and on Prometheus (query evaluation); kopf's own per-object
 cost (watch stream decoding, one daemon task and its state per rollout, annotation patches, event
@@ -46,14 +53,15 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from agent_rollout import api
+from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway, measure_gates
-from agent_rollout.analysis.templates import gate_queries
+from agent_rollout.analysis.templates import Block, Side, gate_queries, template_read
 from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, Decision, GateResult, Weights
 from agent_rollout.domain import DeploymentState, Observations, iso
 from agent_rollout.kube import KubeClient
@@ -69,9 +77,15 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 REQUESTS = 5000.0  # every count query: enough samples for every gate and every pause's minRequests
 ETCD_REQUEST_LIMIT = 1.5 * 1024 * 1024  # etcd --max-request-bytes default, the ceiling on one object
 PROMETHEUS_QUERIES = 300
+PROMETHEUS_SERVERS = 4  # rollout i reads prometheus-{i % 4}
+BATCH_TTL = DEFAULT_TTL
 
 
 # ---------------------------------------------------------------- 10,000 distinct rollouts
+
+
+def prometheus_url(i: int) -> str:
+    return f"http://prometheus-{i % PROMETHEUS_SERVERS}.monitoring:9090"
 
 
 def rollout_body(i: int) -> dict[str, Any]:
@@ -94,7 +108,7 @@ def rollout_body(i: int) -> dict[str, Any]:
                 "gatewayAPI": {"httpRoute": name, "legacyBackend": legacy, "candidateBackend": candidate}
             },
             "analysis": {
-                "prometheus": {"url": f"http://prometheus-{i % 4}.monitoring:9090", "timeout": "10s"},
+                "prometheus": {"url": prometheus_url(i), "timeout": "10s"},
                 "interval": "30s",
                 "minSamples": 100 + 50 * (i % 5),
                 "failureLimit": i % 2,
@@ -138,22 +152,46 @@ def route_spec(name: str, legacy: str, candidate: str, weights: Weights) -> dict
 
 
 class SteadyPrometheus(PrometheusGateway):
-    """A healthy candidate: an answer for every query from its shape alone, no I/O."""
+    """A healthy candidate on one Prometheus: every answer from the query's shape alone, no I/O.
 
-    def __init__(self) -> None:
-        self.queries = 0
+    Building blocks answer one series per version of every rollout on this Prometheus, already parsed
+    (their HTTP and parsing cost is measured in 2b); the shared BatchReader runs for real.
+    """
 
-    async def scalar(self, promql: str) -> float | None:
-        self.queries += 1
+    def __init__(self, versions: Sequence[tuple[str, str]], clock: Callable[[], float]) -> None:
+        super().__init__("http://steady-prometheus", reader=BatchReader(ttl=BATCH_TTL, clock=clock))
+        self.versions = versions
+        self.scalars = 0
+        self.blocks = 0
+        self._answers: dict[float, dict[tuple[str, str], float]] = {}  # built once: no cost per query
+
+    async def _run(self, promql: str, parse: Callable[[Any], T]) -> T:
+        if not promql.startswith(("sum by (", "histogram_quantile(")):
+            self.scalars += 1
+            return REQUESTS  # type: ignore[return-value]  # the only per-rollout query: minRequests
+        self.blocks += 1
         if promql.startswith("histogram_quantile("):
-            return 2.5
-        if " / " not in promql:
-            return REQUESTS  # request and sample counts
-        if "error_type" in promql:
-            return 0.002
-        if "flagged" in promql:
-            return 0.004
-        return 0.012  # cost per request
+            value = 2.5
+        elif "error_type" in promql:
+            value = 0.002 * REQUESTS
+        elif "flagged" in promql:
+            value = 0.004 * REQUESTS
+        elif "cost" in promql:
+            value = 0.012 * REQUESTS
+        else:
+            value = REQUESTS  # request counts
+        if value not in self._answers:
+            self._answers[value] = dict.fromkeys(self.versions, value)
+        return self._answers[value]  # type: ignore[return-value]
+
+
+def steady_prometheus(count: int, clock: Callable[[], float]) -> dict[str, SteadyPrometheus]:
+    """One fake per Prometheus URL, each knowing the versions of the rollouts that read it."""
+    versions: dict[str, list[tuple[str, str]]] = {prometheus_url(k): [] for k in range(PROMETHEUS_SERVERS)}
+    for i in range(count):
+        namespace, name = f"team-{i % NAMESPACES:03d}", f"agent-{i:05d}"
+        versions[prometheus_url(i)] += [(namespace, f"{name}-rules"), (namespace, f"{name}-v{2 + i % 7}")]
+    return {url: SteadyPrometheus(v, clock) for url, v in versions.items()}
 
 
 class CountingKube(KubeClient):
@@ -201,7 +239,7 @@ def read_route(spec: dict[str, Any]) -> Weights:
     return Weights(legacy=legacy["weight"], candidate=candidate["weight"])
 
 
-async def seed(i: int, prometheus: SteadyPrometheus) -> Rollout:
+async def seed(i: int, prometheus: PrometheusGateway) -> Rollout:
     """Rollout `i` walked by the real planner into the steady state of its pause step."""
     body = rollout_body(i)
     spec = api.parse_spec(body["spec"])
@@ -232,8 +270,8 @@ async def seed(i: int, prometheus: SteadyPrometheus) -> Rollout:
 
 
 async def seed_all(count: int) -> list[Rollout]:
-    prometheus = SteadyPrometheus()
-    return [await seed(i, prometheus) for i in range(count)]
+    prometheus = steady_prometheus(count, time.monotonic)
+    return [await seed(i, prometheus[prometheus_url(i)]) for i in range(count)]
 
 
 # ---------------------------------------------------------------- 1. planner
@@ -282,15 +320,19 @@ class ReconcileFigures:
     cpu_ns: list[int]  # per reconcile, CPU time of the event loop's thread (the fakes never leave it)
     process_cpu_s: float  # whole process over all reconciles
     writes: int
-    queries_per_reconcile: float
+    scalars_per_reconcile: float  # per-rollout queries (minRequests since the step began)
+    blocks_per_reconcile: float  # shared building-block queries, spread over the rollouts
+    series_per_block: float  # series one building-block answer holds (versions on one Prometheus)
 
 
 def measure_reconcile(rollouts: Sequence[Rollout]) -> ReconcileFigures:
-    kube, prometheus = CountingKube(), SteadyPrometheus()
+    # The daemons spread their reconciles over the interval; the readers' TTL runs on that clock.
+    elapsed = [0.0]
+    kube, prometheus = CountingKube(), steady_prometheus(len(rollouts), lambda: elapsed[0])
     moment = [T0]
     reconciler = Reconciler(
         kube=kube,
-        gateway_for=lambda url, timeout: prometheus,
+        gateway_for=lambda url, timeout: prometheus[url],
         events=lambda body, type, reason, message: None,
         clock=lambda: moment[0],
     )
@@ -300,8 +342,9 @@ def measure_reconcile(rollouts: Sequence[Rollout]) -> ReconcileFigures:
     async def run() -> tuple[list[int], float]:
         per_call: list[int] = []
         process = time.process_time()
-        for r in rollouts:
+        for k, r in enumerate(rollouts):
             moment[0] = r.now
+            elapsed[0] = k * INTERVAL_S / len(rollouts)
             t = time.thread_time_ns()
             await reconciler.reconcile(
                 r.body,
@@ -313,21 +356,33 @@ def measure_reconcile(rollouts: Sequence[Rollout]) -> ReconcileFigures:
         return per_call, time.process_time() - process
 
     per_call, process = asyncio.run(run())
-    return ReconcileFigures(per_call, process, kube.writes, prometheus.queries / len(rollouts))
+    fakes = prometheus.values()
+    return ReconcileFigures(
+        per_call,
+        process,
+        kube.writes,
+        sum(p.scalars for p in fakes) / len(rollouts),
+        sum(p.blocks for p in fakes) / len(rollouts),
+        sum(len(p.versions) for p in fakes) / len(fakes),
+    )
 
 
 # ---------------------------------------------------------------- 2b. Prometheus client CPU
 
 _STUB_SERVER = """
-import json
+import json, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-answer = {"status": "success", "data": {"resultType": "vector",
-          "result": [{"metric": {}, "value": [1772366400.0, "0.002"]}]}}
-payload = json.dumps(answer).encode()
+def answer(series):
+    return json.dumps({"status": "success", "data": {"resultType": "vector", "result": series}}).encode()
+scalar = answer([{"metric": {}, "value": [1772366400.0, "0.002"]}])
+# A building block: one series per version of every rollout on this Prometheus, as `sum by` returns.
+block = answer([{"metric": {"namespace": f"team-{k % 250:03d}", "version": f"agent-{k:05d}-v3"},
+                 "value": [1772366400.0, "5000"]} for k in range(int(sys.argv[1]))])
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else headers and body in two writes meet delayed ACKs: 40 ms a query
     def do_GET(self):
+        payload = block if "sum%20by" in self.path or "sum+by" in self.path else scalar
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -341,29 +396,61 @@ server.serve_forever()
 """
 
 
-def measure_prometheus_client(query: str, count: int = PROMETHEUS_QUERIES) -> tuple[float, float] | None:
-    """(CPU seconds, wall seconds) this process spends per real query; the server runs elsewhere."""
-    server = subprocess.Popen([sys.executable, "-c", _STUB_SERVER], stdout=subprocess.PIPE, text=True)
+@dataclass
+class ClientFigures:
+    scalar_cpu_s: float  # process CPU per per-rollout instant query
+    scalar_wall_s: float
+    block_cpu_s: float  # process CPU per building-block query, parsing its series included
+    block_wall_s: float
+    block_series: int
+
+
+def measure_prometheus_client(
+    query: str, block: Block, series: int, count: int = PROMETHEUS_QUERIES
+) -> ClientFigures | None:
+    """CPU seconds and wall seconds this process spends per real query; the server runs elsewhere."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", _STUB_SERVER, str(series)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        gateway = PrometheusGateway(f"http://127.0.0.1:{port}", timeout=5.0)
+        # ttl 0: every block read is a real query (and its parse, in the query thread pool)
+        gateway = PrometheusGateway(f"http://127.0.0.1:{port}", timeout=5.0, reader=BatchReader(ttl=0))
 
-        async def run() -> tuple[float, float]:
-            for _ in range(20):  # connection pool, lazy imports
-                await gateway.scalar(query)
+        async def per_query(read: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
+            for _ in range(5):  # connection pool, lazy imports
+                await read()
             cpu, wall = time.process_time(), time.perf_counter()
-            for _ in range(count):
-                await gateway.scalar(query)
-            return (time.process_time() - cpu) / count, (time.perf_counter() - wall) / count
+            for _ in range(n):
+                await read()
+            return (time.process_time() - cpu) / n, (time.perf_counter() - wall) / n
 
-        return asyncio.run(run())
+        scalar = asyncio.run(per_query(lambda: gateway.scalar(query), count))
+        answered = len(asyncio.run(gateway.block(block)))
+        if answered != series:
+            raise RuntimeError(f"the stub answered {answered} series, not {series}")
+        blocks = asyncio.run(per_query(lambda: gateway.block(block), max(10, count // 10)))
+        return ClientFigures(*scalar, *blocks, series)
     except Exception as error:  # a benchmark row, not a crash: report it as not measured
         print(f"  (Prometheus client CPU not measured: {error})", file=sys.stderr)
         return None
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def per_rollout_queries(r: Rollout) -> int:
+    """Instant queries one reconcile sent before batching: every distinct rendered gate query (value
+    and samples, legacy too with `compare`) and the candidate's requests since the step began."""
+    assert r.spec.analysis is not None
+    queries: set[str] = set()
+    for gate in r.spec.analysis.gates:
+        sides: tuple[Side, ...] = ("candidate", "legacy") if gate.compare else ("candidate",)
+        for side in sides:
+            rendered = gate_queries(gate, r.spec, r.namespace, side)
+            queries.update(q for q in (rendered.value, rendered.samples) if q)
+    return len(queries) + 1
 
 
 # ---------------------------------------------------------------- 3. memory
@@ -512,8 +599,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"the steady state made {reconcile.writes} API writes: the benchmark is invalid")
     first = rollouts[0]
     assert first.spec.analysis is not None
-    query = gate_queries(first.spec.analysis.gates[0], first.spec, first.namespace, "candidate").value
-    client = timed("prometheus", True, lambda: measure_prometheus_client(query))
+    gate = first.spec.analysis.gates[0]
+    query = gate_queries(gate, first.spec, first.namespace, "candidate").value
+    assert gate.template is not None
+    block = template_read(gate.template, first.spec.analysis.metrics, window=gate.window).samples
+    series = round(reconcile.series_per_block)
+    client = timed("prometheus", True, lambda: measure_prometheus_client(query, block, series))
+    before_queries = per_rollout_queries(first)
     sizes = timed("sizes", False, lambda: measure_sizes(rollouts))
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -529,14 +621,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"  checks: {planner.steady_unchanged:,}/{count:,} steady plans changed nothing, "
         f"{planner.transitions_done:,}/{count:,} transitions entered the next step;\n"
-        f"  steady reconciles: {reconcile.writes} API writes, "
-        f"{reconcile.queries_per_reconcile:g} Prometheus queries each, "
+        f"  steady reconciles: {reconcile.writes} API writes, Prometheus queries each: "
+        f"{reconcile.scalars_per_reconcile:g} per-rollout + {reconcile.blocks_per_reconcile:.3f} shared "
+        f"building blocks\n  (before batching: {before_queries} per-rollout), "
         f"process CPU {per_reconcile_cpu * 1e6:.0f} us each (mean, GC included)"
     )
     if client is not None:
         print(
-            f"{'2b real Prometheus query (client side)':44}{client[0] * 1e6:9.0f} us process CPU per query "
-            f"(wall {client[1] * 1e6:.0f} us; stub server in a child process)"
+            f"{'2b real Prometheus queries (client side)':44}{client.scalar_cpu_s * 1e6:9.0f} us process CPU "
+            f"per per-rollout query (wall {client.scalar_wall_s * 1e6:.0f} us),\n{'':44}"
+            f"{client.block_cpu_s * 1e6:9.0f} us per building block of {client.block_series:,} series "
+            f"(wall {client.block_wall_s * 1e6:.0f} us); stub server in a child process"
         )
 
     print(f"3 memory{'':36}{'RSS, all':>11}  {'per rollout':>11}  {'tracemalloc':>11}")
@@ -569,18 +664,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"5 at interval {INTERVAL_S:g}s: {needed:,.0f} reconciles/s needed")
     rows = [("planner + shell with fakes", per_reconcile_cpu)]
     if client is not None:
-        rows.append(
-            (
-                f"+ {reconcile.queries_per_reconcile:g} real Prometheus queries",
-                per_reconcile_cpu + reconcile.queries_per_reconcile * client[0],
-            )
+        batched = (
+            reconcile.scalars_per_reconcile * client.scalar_cpu_s
+            + reconcile.blocks_per_reconcile * client.block_cpu_s
         )
+        rows += [
+            (f"before: + {before_queries} per-rollout queries", before_queries * client.scalar_cpu_s),
+            (
+                f"after: + {reconcile.scalars_per_reconcile:g} per-rollout + "
+                f"{reconcile.blocks_per_reconcile:.3f} blocks",
+                batched,
+            ),
+        ]
+        rows = [rows[0], *((label, per_reconcile_cpu + cpu) for label, cpu in rows[1:])]
     for label, cpu in rows:
         share = needed * cpu
         print(
             f"    {label:40} {cpu * 1e6:7.0f} us/reconcile -> {100 * share:5.1f}% of one core, "
             f"headroom x{1 / share:.1f}"
         )
+    blocks_per_s = needed * reconcile.blocks_per_reconcile
+    print(
+        f"  queries/s on Prometheus: before {needed * before_queries:,.0f}; after "
+        f"{needed * reconcile.scalars_per_reconcile:,.0f} per-rollout (pause minRequests) + "
+        f"{blocks_per_s:.0f} blocks\n  ({PROMETHEUS_SERVERS} servers, TTL {BATCH_TTL:g}s) returning "
+        f"{blocks_per_s * reconcile.series_per_block:,.0f} series/s"
+    )
     print(
         "Not measured: API server and Prometheus server load; kopf's per-object overhead (watch decoding,\n"
         "one daemon task per rollout, its annotations and event posting); Kubernetes client CPU (the steady\n"

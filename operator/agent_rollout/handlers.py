@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 
 from agent_rollout import api
+from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
 from agent_rollout.domain import DeploymentState
 from agent_rollout.kube import KubeClient, deployment_state
@@ -27,6 +28,11 @@ from agent_rollout.traffic import gatewayapi
 log = logging.getLogger(__name__)
 
 EVENT_MESSAGE_LIMIT = 1000  # Kubernetes truncates longer Event messages; keep the evidence readable
+# How long one Prometheus answer of a template's building block serves every rollout that reads it:
+# less load per rollout against, at most, this much more breach-to-rollback time.
+BATCH_TTL = float(os.environ.get("AGENT_ROLLOUT_BATCH_TTL", str(DEFAULT_TTL)))
+if not BATCH_TTL >= 0:  # NaN too: refuse at start, not at every reconcile
+    raise ValueError(f"AGENT_ROLLOUT_BATCH_TTL must be >= 0 seconds, got {BATCH_TTL!r}")
 
 
 class _Runtime:
@@ -35,12 +41,16 @@ class _Runtime:
     reconciler: Reconciler | None = None
     kube: KubeClient | None = None
     gateways: dict[tuple[str, float], PrometheusGateway] = {}
+    readers: dict[str, BatchReader] = {}
 
 
 def _gateway_for(url: str, timeout: float) -> PrometheusGateway:
+    """One gateway per (URL, timeout); all gateways of one Prometheus share one BatchReader, so every
+    rollout reading it shares its building-block queries."""
     key = (url, timeout)
     if key not in _Runtime.gateways:
-        _Runtime.gateways[key] = PrometheusGateway(url, timeout=timeout)
+        reader = _Runtime.readers.setdefault(url.rstrip("/"), BatchReader(ttl=BATCH_TTL))
+        _Runtime.gateways[key] = PrometheusGateway(url, timeout=timeout, reader=reader)
     return _Runtime.gateways[key]
 
 

@@ -1,6 +1,10 @@
 """PromQL for gates: built-in agent templates and custom queries with variables.
 
-Everything here is pure string building. Two rules keep it safe:
+A template is one recipe (counters and how they combine), rendered two ways: as building blocks
+grouped by namespace and version that all rollouts share (`template_read`, what is queried), and as
+the per-rollout PromQL for the same value (`template_queries`, what evidence shows a human).
+
+Everything here is pure string building and arithmetic. Two rules keep it safe:
 - values that come from the spec or the cluster (versions, namespace) only ever land inside PromQL
   string literals, escaped, so a value such as `a"} or vector(1) #` stays a (strange) label value;
 - names (metrics, labels) and windows are re-checked against their patterns even though the pydantic
@@ -9,10 +13,12 @@ Everything here is pure string building. Two rules keep it safe:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from agent_rollout.api import (
     DURATION_PATTERN,
@@ -68,18 +74,25 @@ def _label(name: str) -> str:
     return name
 
 
-def _window(window: str) -> str:
-    """`window` as a PromQL range. The spec's durations allow units in any order and repeated (30s2m),
-    PromQL only in order and once each (2m30s), and no range of 0: either would be a parse error that
-    fails every query of the evaluation, so such windows are written out in seconds, and 0 refused."""
+def _millis(window: str) -> int:
     if not re.fullmatch(DURATION_PATTERN, window):
         raise TemplateError(f"not a PromQL duration: {window!r}")
     millis = round(duration_seconds(window) * 1000)
     if millis <= 0:
         raise TemplateError(f"window must be longer than 0, got {window!r}")
-    if _PROMQL_DURATION.fullmatch(window):
-        return window
+    return millis
+
+
+def _seconds_or_millis(millis: int) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def _window(window: str) -> str:
+    """`window` as a PromQL range. The spec's durations allow units in any order and repeated (30s2m),
+    PromQL only in order and once each (2m30s), and no range of 0: either would be a parse error that
+    fails every query of the evaluation, so such windows are written out in seconds, and 0 refused."""
+    millis = _millis(window)
+    return window if _PROMQL_DURATION.fullmatch(window) else _seconds_or_millis(millis)
 
 
 def version_values(spec: AgentRolloutSpec) -> tuple[str, str]:
@@ -92,31 +105,78 @@ def version_values(spec: AgentRolloutSpec) -> tuple[str, str]:
     return legacy, candidate
 
 
+@dataclass(frozen=True)
+class _Increase:
+    """`increase()` of one counter over the window, summed: per rollout, or per (namespace, version)."""
+
+    metric: str
+    matcher: str = ""  # one more label matcher, e.g. error_type!=""
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """A template as arithmetic on counters: value = numerator (0 if absent and `sparse`) x factor /
+    denominator, samples = denominator. Without a numerator the value is the latency quantile.
+    Both the per-rollout PromQL (evidence) and the shared building blocks are rendered from it."""
+
+    denominator: _Increase
+    numerator: _Increase | None = None
+    sparse: bool = False
+    factor: float | None = None
+
+
+def _requests(metrics: MetricNames) -> _Increase:
+    return _Increase(f"{_metric(metrics.duration_histogram)}_count")
+
+
+def _tokens(metrics: MetricNames) -> _Increase:
+    return _Increase(f"{_metric(metrics.token_histogram)}_sum", f'{TOKEN_TYPE_LABEL}=~"input|output"')
+
+
+def _recipe(template: Template, metrics: MetricNames, quantile: float) -> _Recipe:
+    requests = _requests(metrics)
+    if template is Template.ERROR_RATE:
+        # Counters with labels appear only at their first increment: with no error yet there is no
+        # error series, and a plain ratio would be "no data" for an error-free candidate forever.
+        errors = _Increase(requests.metric, f'{_label(metrics.error_label)}!=""')
+        return _Recipe(requests, errors, sparse=True)
+    if template is Template.LATENCY_QUANTILE:
+        if not 0 < quantile < 1:
+            raise TemplateError(f"quantile must be in (0, 1), got {quantile!r}")
+        return _Recipe(requests)
+    if template is Template.FLAG_RATE:
+        return _Recipe(requests, _Increase(_metric(metrics.flagged_counter)), sparse=True)
+    if template is Template.COST_PER_REQUEST:
+        price = metrics.price_per_token
+        if price is None:
+            # Not sparse: every request costs something, so a missing cost series means a misnamed
+            # metric, and "no data" (inconclusive) is safer than reading it as free.
+            return _Recipe(requests, _Increase(_metric(metrics.cost_counter)))
+        if not math.isfinite(price) or price < 0:
+            raise TemplateError(f"pricePerToken must be a finite non-negative number, got {price!r}")
+        return _Recipe(requests, _tokens(metrics), factor=price)
+    if template is Template.TOKENS_PER_REQUEST:
+        return _Recipe(requests, _tokens(metrics))
+    if template is Template.EVAL_ACCURACY:
+        # Zero correct answers must read as accuracy 0 (a failing gate), not as "no data".
+        correct = _Increase(_metric(metrics.eval_correct_counter))
+        return _Recipe(_Increase(_metric(metrics.eval_total_counter)), correct, sparse=True)
+    raise TemplateError(f"unknown template {template!r}")
+
+
 class _Selectors:
     """PromQL fragments for one side of the rollout."""
 
     def __init__(self, metrics: MetricNames, version: str, namespace: str, window: str) -> None:
-        self.m = metrics
         self.w = _window(window)
         self.sel = (
             f'{_label(metrics.version_label)}="{promql_escape(version)}",'
             f'{_label(metrics.namespace_label)}="{promql_escape(namespace)}"'
         )
 
-    def increase(self, metric: str, extra: str = "") -> str:
-        labels = f"{self.sel},{extra}" if extra else self.sel
-        return f"sum(increase({_metric(metric)}{{{labels}}}[{self.w}]))"
-
-    def sparse(self, metric: str, extra: str = "") -> str:
-        # Counters with labels appear only at their first increment: with no error yet there is no
-        # error series, and a plain ratio would be "no data" for an error-free candidate forever.
-        return f"({self.increase(metric, extra)} or vector(0))"
-
-    def requests(self) -> str:
-        return self.increase(f"{self.m.duration_histogram}_count")
-
-    def tokens(self) -> str:
-        return self.increase(f"{self.m.token_histogram}_sum", f'{TOKEN_TYPE_LABEL}=~"input|output"')
+    def increase(self, counter: _Increase) -> str:
+        labels = f"{self.sel},{counter.matcher}" if counter.matcher else self.sel
+        return f"sum(increase({counter.metric}{{{labels}}}[{self.w}]))"
 
 
 def template_queries(
@@ -128,35 +188,100 @@ def template_queries(
     window: str,
     quantile: float = 0.95,
 ) -> GateQueries:
-    """Value and sample-count PromQL of a built-in template for one version over `window`."""
+    """Value and sample-count PromQL of a built-in template for one version over `window`: what the
+    batched read computes for that version, as one query a human can paste into Prometheus."""
+    recipe = _recipe(template, metrics, quantile)
     s = _Selectors(metrics, version, namespace, window)
-    requests = s.requests()
-    if template is Template.ERROR_RATE:
-        errors = s.sparse(f"{metrics.duration_histogram}_count", f'{_label(metrics.error_label)}!=""')
-        return GateQueries(f"{errors} / {requests}", requests)
-    if template is Template.LATENCY_QUANTILE:
-        if not 0 < quantile < 1:
-            raise TemplateError(f"quantile must be in (0, 1), got {quantile!r}")
-        buckets = f"{_metric(metrics.duration_histogram)}_bucket{{{s.sel}}}[{s.w}]"
-        return GateQueries(f"histogram_quantile({quantile!r}, sum by (le) (rate({buckets})))", requests)
-    if template is Template.FLAG_RATE:
-        return GateQueries(f"{s.sparse(metrics.flagged_counter)} / {requests}", requests)
-    if template is Template.COST_PER_REQUEST:
-        price = metrics.price_per_token
-        if price is None:
-            # No `or vector(0)`: every request costs something, so a missing cost series means a
-            # misnamed metric, and "no data" (inconclusive) is safer than reading it as free.
-            return GateQueries(f"{s.increase(metrics.cost_counter)} / {requests}", requests)
-        if not math.isfinite(price) or price < 0:
-            raise TemplateError(f"pricePerToken must be a finite non-negative number, got {price!r}")
-        return GateQueries(f"{s.tokens()} * {price!r} / {requests}", requests)
-    if template is Template.TOKENS_PER_REQUEST:
-        return GateQueries(f"{s.tokens()} / {requests}", requests)
-    if template is Template.EVAL_ACCURACY:
-        total = s.increase(metrics.eval_total_counter)
-        # Zero correct answers must read as accuracy 0 (a failing gate), not as "no data".
-        return GateQueries(f"{s.sparse(metrics.eval_correct_counter)} / {total}", total)
-    raise TemplateError(f"unknown template {template!r}")
+    samples = s.increase(recipe.denominator)
+    if recipe.numerator is None:
+        buckets = f"{metrics.duration_histogram}_bucket{{{s.sel}}}[{s.w}]"
+        return GateQueries(f"histogram_quantile({quantile!r}, sum by (le) (rate({buckets})))", samples)
+    numerator = s.increase(recipe.numerator)
+    if recipe.sparse:
+        numerator = f"({numerator} or vector(0))"
+    if recipe.factor is not None:
+        numerator = f"{numerator} * {recipe.factor!r}"
+    return GateQueries(f"{numerator} / {samples}", samples)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A building-block instant vector with one series per (namespace, version) Prometheus knows.
+
+    The query text holds everything that tells two blocks apart (metric names, label names, window,
+    quantile), so equal blocks are one query, whichever rollouts need them."""
+
+    promql: str
+    namespace_label: str
+    version_label: str
+
+
+BlockValues = Mapping[tuple[str, str], float]  # (namespace, version) -> value
+
+
+@dataclass(frozen=True)
+class TemplateRead:
+    """A template's value and samples for any (namespace, version), computed from building blocks with
+    the semantics of its per-rollout PromQL (`template_queries`)."""
+
+    samples: Block
+    value: Block  # the numerator, or the value itself when there is no denominator (latency quantile)
+    denominator: Block | None = None
+    sparse: bool = False
+    factor: float | None = None
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        return tuple(dict.fromkeys(b for b in (self.value, self.denominator, self.samples) if b))
+
+    def measure(
+        self, vectors: Mapping[Block, BlockValues], namespace: str, version: str
+    ) -> tuple[float | None, float | None]:
+        """(value, samples) for one version; None where the per-rollout query has no finite answer."""
+        key = (namespace, version)
+        samples = vectors[self.samples].get(key)
+        value = vectors[self.value].get(key)
+        if self.denominator is None:
+            return value, samples
+        if value is None and self.sparse:
+            value = 0.0  # `or vector(0)`
+        denominator = vectors[self.denominator].get(key)
+        if value is None or not denominator:
+            return None, samples  # an empty result, or x/0: NaN or Inf in PromQL, no data either way
+        if self.factor is not None:
+            value *= self.factor
+        return value / denominator, samples
+
+
+# What a template's blocks depend on: every metric name but the per-rollout version overrides.
+_READ_NAMES = tuple(n for n in MetricNames.model_fields if n not in ("legacy_version", "candidate_version"))
+
+
+def template_read(
+    template: Template, metrics: MetricNames, *, window: str, quantile: float = 0.95
+) -> TemplateRead:
+    """The building blocks a template reads, grouped by namespace and version across all rollouts.
+    Memoized: every rollout asks for the same few at every reconcile."""
+    return _template_read(template, tuple(getattr(metrics, n) for n in _READ_NAMES), window, quantile)
+
+
+@functools.lru_cache(maxsize=1024)
+def _template_read(template: Template, names: tuple[Any, ...], window: str, quantile: float) -> TemplateRead:
+    metrics = MetricNames.model_construct(**dict(zip(_READ_NAMES, names, strict=True)))
+    recipe = _recipe(template, metrics, quantile)
+    ns, ver = _label(metrics.namespace_label), _label(metrics.version_label)
+    w = _seconds_or_millis(_millis(window))  # one spelling: 2m and 120s are one block
+
+    def block(counter: _Increase) -> Block:
+        matchers = f"{{{counter.matcher}}}" if counter.matcher else ""
+        return Block(f"sum by ({ns}, {ver}) (increase({counter.metric}{matchers}[{w}]))", ns, ver)
+
+    samples = block(recipe.denominator)
+    if recipe.numerator is None:
+        rate = f"rate({metrics.duration_histogram}_bucket[{w}])"
+        by_version = f"sum by (le, {ns}, {ver}) ({rate})"
+        return TemplateRead(samples, Block(f"histogram_quantile({quantile!r}, {by_version})", ns, ver))
+    return TemplateRead(samples, block(recipe.numerator), samples, recipe.sparse, recipe.factor)
 
 
 def render_variables(query: str, variables: dict[str, str]) -> str:
@@ -204,7 +329,7 @@ def candidate_requests_query(spec: AgentRolloutSpec, namespace: str, seconds: in
         raise TemplateError(f"window must be at least 1s, got {seconds!r}")
     metrics = spec.analysis.metrics if spec.analysis else MetricNames()
     _, candidate = version_values(spec)
-    return _Selectors(metrics, candidate, namespace, f"{int(seconds)}s").requests()
+    return _Selectors(metrics, candidate, namespace, f"{int(seconds)}s").increase(_requests(metrics))
 
 
 def query_variables(query: str) -> list[str]:

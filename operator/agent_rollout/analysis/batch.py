@@ -1,0 +1,86 @@
+"""Shared reads of building-block vectors: one query per block and Prometheus, whatever the rollout count.
+
+Every rollout that reads the same Prometheus with the same metric names, window (and quantile) needs
+the same `sum by (namespace, version) (...)` vectors; each rollout picks its own two series out of
+them. A BatchReader (one per Prometheus URL) makes that one HTTP query per block:
+
+- a short TTL cache: an answer is reused for `ttl` seconds after its query was sent, so the values a
+  gate judges are at most `ttl` (plus one query's duration) older than a per-rollout query's would
+  be, and breach-to-rollback grows by at most `ttl`. ttl=0 shares only queries in flight;
+- single flight: concurrent reads of one block share one in-flight query; a failed query is not
+  cached, and raises (PrometheusUnavailable) for every rollout that waited on it, and only for them.
+
+The reader runs on the event loop and never blocks it: the query itself is the caller's `fetch`
+(PrometheusGateway runs it in its thread pool, bounded by its timeout), and each caller waits at
+most its own timeout, without cancelling a query others wait on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from agent_rollout.analysis.templates import Block, BlockValues
+
+DEFAULT_TTL = 1.0  # seconds
+
+
+@dataclass
+class _Entry:
+    expires: float
+    values: BlockValues
+
+
+class BatchReader:
+    """Building-block vectors of one Prometheus, shared by every rollout that reads it."""
+
+    def __init__(self, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        if not ttl >= 0:
+            raise ValueError(f"ttl must be >= 0 seconds, got {ttl!r}")
+        self.ttl = ttl
+        self._clock = clock
+        self._cache: dict[Block, _Entry] = {}
+        self._in_flight: dict[Block, asyncio.Task[BlockValues]] = {}
+        self.fetches = 0  # queries started, for tests and benchmarks
+
+    async def read(
+        self, block: Block, fetch: Callable[[], Awaitable[BlockValues]], timeout: float
+    ) -> BlockValues:
+        """The block's values, from the cache, from a query in flight, or from a new query `fetch()`.
+
+        Raises what the query raised, or TimeoutError after `timeout` seconds of waiting.
+        """
+        entry = self._cache.get(block)
+        if entry is not None and self._clock() < entry.expires:
+            return entry.values
+        task = self._in_flight.get(block)
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = self._start(block, fetch)
+        # shield: a caller that times out or is cancelled must not cancel the query others wait on.
+        return await asyncio.wait_for(asyncio.shield(task), timeout)
+
+    def _start(self, block: Block, fetch: Callable[[], Awaitable[BlockValues]]) -> asyncio.Task[BlockValues]:
+        expires = self._clock() + self.ttl  # from when the query is sent: the answer is that old at least
+        self.fetches += 1
+
+        async def query() -> BlockValues:
+            return await fetch()
+
+        def done(task: asyncio.Task[BlockValues]) -> None:
+            if self._in_flight.get(block) is task:
+                del self._in_flight[block]
+            if task.cancelled() or task.exception() is not None:  # retrieved, so never "unretrieved"
+                return
+            now = self._clock()
+            # Blocks nobody reads any more (a deleted rollout's window) go once they expire.
+            for stale in [b for b, e in self._cache.items() if e.expires <= now]:
+                del self._cache[stale]
+            if expires > now:
+                self._cache[block] = _Entry(expires, task.result())
+
+        task = asyncio.get_running_loop().create_task(query(), name=f"prometheus block {block.promql}")
+        task.add_done_callback(done)
+        self._in_flight[block] = task
+        return task

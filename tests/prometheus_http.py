@@ -1,0 +1,62 @@
+"""A tiny local HTTP server that answers Prometheus' query API, for adapter and batching tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+# (status, JSON body, seconds to wait before answering) for a query
+Responder = Callable[[str], tuple[int, Any, float]]
+
+
+def vector(*values: str) -> dict[str, Any]:
+    result = [{"metric": {"i": str(i)}, "value": [1700000000.0, v]} for i, v in enumerate(values)]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+class FakePrometheusServer:
+    def __init__(self) -> None:
+        self.respond: Responder = lambda query: (200, vector("1"), 0.0)
+        self.queries: list[str] = []  # every query received, in order (list.append is thread-safe)
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urlparse(self.path)
+                query = parse_qs(url.query).get("query", [""])[0]
+                fake.queries.append(query)
+                status, body, delay = fake.respond(query) if url.path == "/api/v1/query" else (404, {}, 0.0)
+                time.sleep(delay)
+                payload = json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the client gave up first: that is what the timeout tests want
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def series(*samples: tuple[dict[str, str], float | str]) -> dict[str, Any]:
+    """An instant vector answer with these (labels, value) series."""
+    result = [{"metric": labels, "value": [1700000000.0, str(value)]} for labels, value in samples]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}

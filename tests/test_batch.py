@@ -1,0 +1,229 @@
+"""Batched reads of template building blocks, against a local HTTP server that counts the queries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from agent_rollout.analysis.batch import BatchReader
+from agent_rollout.analysis.prometheus import PrometheusGateway, PrometheusUnavailable, measure_gates
+from agent_rollout.analysis.templates import Block, template_read
+from agent_rollout.api import AgentRolloutSpec, GateResult, MetricNames, Template, Verdict, parse_spec
+from tests.prometheus_http import FakePrometheusServer, series
+
+GATES: list[dict[str, Any]] = [
+    {"name": "errors", "template": "errorRate", "max": 0.01},
+    {"name": "p95", "template": "latencyQuantile", "compare": {"maxRatio": 1.5}},
+    {"name": "flagged", "template": "flagRate", "max": 0.02},
+    {"name": "cost", "template": "costPerRequest", "max": 0.05},
+    {"name": "accuracy", "template": "evalAccuracy", "min": 0.9},
+]
+ROLLOUTS = 40
+
+
+def blocks(template: Template) -> tuple[Block, ...]:
+    return template_read(template, MetricNames(), window="2m").blocks  # (value, samples)
+
+
+ERRORS, REQUESTS = blocks(Template.ERROR_RATE)
+P95, _ = blocks(Template.LATENCY_QUANTILE)
+FLAGGED, _ = blocks(Template.FLAG_RATE)
+COST, _ = blocks(Template.COST_PER_REQUEST)
+CORRECT, EVALS = blocks(Template.EVAL_ACCURACY)
+ALL_BLOCKS = {b.promql for b in (REQUESTS, ERRORS, P95, FLAGGED, COST, CORRECT, EVALS)}
+
+
+def spec(i: int, gates: list[dict[str, Any]] = GATES) -> AgentRolloutSpec:
+    return parse_spec(
+        {
+            "legacy": {"deployment": "rules"},
+            "candidate": {"deployment": f"agent-{i}"},
+            "traffic": {"gatewayAPI": {"httpRoute": "r", "legacyBackend": "a", "candidateBackend": "b"}},
+            "analysis": {"prometheus": {"url": "http://p:9090"}, "minSamples": 100, "gates": gates},
+            "steps": [{"setWeight": 5}],
+        }
+    )
+
+
+def namespace(i: int) -> str:
+    return f"team-{i}"
+
+
+def data(generation: int = 0) -> dict[str, dict[tuple[str, str], float]]:
+    """Every rollout's series, distinct per rollout; rollout 0's candidate has no error series yet."""
+    out: dict[str, dict[tuple[str, str], float]] = {b: {} for b in ALL_BLOCKS}
+    for i in range(ROLLOUTS):
+        for version in (f"agent-{i}", "rules"):
+            key, n = (namespace(i), version), 1000.0 + i + generation
+            out[REQUESTS.promql][key] = n
+            if i:
+                out[ERRORS.promql][key] = float(i % 7)
+            out[P95.promql][key] = 1.0 + i / 100 if version != "rules" else 1.0
+            out[FLAGGED.promql][key] = float(i % 5)
+            out[COST.promql][key] = 0.01 * n
+            out[EVALS.promql][key] = n / 2
+            out[CORRECT.promql][key] = 0.95 * n / 2
+    return out
+
+
+def serve(
+    prometheus: FakePrometheusServer,
+    answers: Mapping[str, Mapping[tuple[str, str], float]],
+    delay: float = 0.0,
+    fail: str = "",
+) -> None:
+    def respond(query: str) -> tuple[int, Any, float]:
+        if query == fail:
+            return 500, {"status": "error", "error": "boom"}, delay
+        vector = answers[query]
+        return 200, series(*(({"namespace": ns, "version": v}, x) for (ns, v), x in vector.items())), delay
+
+    prometheus.respond = respond
+
+
+def expected(i: int, answers: Mapping[str, Mapping[tuple[str, str], float]]) -> dict[str, float]:
+    """What each gate's per-rollout query gives for rollout i."""
+    key = (namespace(i), f"agent-{i}")
+    n = answers[REQUESTS.promql][key]
+    return {
+        "errors": answers[ERRORS.promql].get(key, 0.0) / n,
+        "p95": answers[P95.promql][key],
+        "flagged": answers[FLAGGED.promql][key] / n,
+        "cost": answers[COST.promql][key] / n,
+        "accuracy": answers[CORRECT.promql][key] / answers[EVALS.promql][key],
+    }
+
+
+async def measure_all(gateways: list[PrometheusGateway]) -> list[tuple[GateResult, ...]]:
+    return await asyncio.gather(
+        *(measure_gates(spec(i), namespace(i), gateways[i % len(gateways)]) for i in range(ROLLOUTS))
+    )
+
+
+def test_concurrent_rollouts_share_one_query_per_building_block(prometheus: FakePrometheusServer) -> None:
+    answers = data()
+    serve(prometheus, answers, delay=0.1)
+    reader = BatchReader(ttl=60)
+    # Rollouts with different timeouts have different gateways, and still share the one reader.
+    gateways = [PrometheusGateway(prometheus.url, timeout=t, reader=reader) for t in (5.0, 7.0)]
+
+    results = asyncio.run(measure_all(gateways))
+
+    assert sorted(prometheus.queries) == sorted(ALL_BLOCKS)  # 7 queries for 40 rollouts, not 40 x 6
+    for i, gates in enumerate(results):
+        assert {g.name: g.value for g in gates} == expected(i, answers)
+        assert gates[0].samples == round(answers[REQUESTS.promql][(namespace(i), f"agent-{i}")])
+        assert gates[1].legacy_value == 1.0
+        assert f'version="agent-{i}"' in gates[0].query and gates[0].query.startswith("(sum(increase(")
+    assert results[0][0].verdict is Verdict.PASS and results[0][0].value == 0.0  # no error series: 0
+
+    asyncio.run(measure_all(gateways))  # within the TTL: answered from the cache
+    assert len(prometheus.queries) == len(ALL_BLOCKS)
+
+
+def test_answers_expire_after_the_ttl(prometheus: FakePrometheusServer) -> None:
+    now = [100.0]
+    gateway = PrometheusGateway(
+        prometheus.url, timeout=5.0, reader=BatchReader(ttl=1.0, clock=lambda: now[0])
+    )
+    serve(prometheus, data(0))
+    asyncio.run(measure_all([gateway]))
+    serve(prometheus, data(1))  # new traffic arrives
+
+    now[0] += 0.9
+    stale = asyncio.run(measure_all([gateway]))
+    assert len(prometheus.queries) == len(ALL_BLOCKS)
+    assert {g.name: g.value for g in stale[3]} == expected(3, data(0))
+
+    now[0] += 0.2
+    fresh = asyncio.run(measure_all([gateway]))
+    assert len(prometheus.queries) == 2 * len(ALL_BLOCKS)
+    assert {g.name: g.value for g in fresh[3]} == expected(3, data(1))
+
+
+def test_concurrent_reads_share_the_query_in_flight(prometheus: FakePrometheusServer) -> None:
+    serve(prometheus, data(), delay=0.3)
+    gateway = PrometheusGateway(prometheus.url, timeout=5.0, reader=BatchReader(ttl=0))
+
+    async def twenty_reads() -> list[Mapping[tuple[str, str], float]]:
+        return await asyncio.gather(*(gateway.block(REQUESTS) for _ in range(20)))
+
+    reads = asyncio.run(twenty_reads())
+    assert prometheus.queries == [REQUESTS.promql]
+    assert all(r is reads[0] for r in reads) and reads[0][("team-3", "agent-3")] == 1003.0
+    asyncio.run(gateway.block(REQUESTS))  # ttl 0: shared while in flight, never cached
+    assert prometheus.queries == [REQUESTS.promql] * 2
+
+
+def test_a_failed_block_fails_only_the_rollouts_that_need_it_and_is_not_cached(
+    prometheus: FakePrometheusServer,
+) -> None:
+    serve(prometheus, data(), delay=0.05, fail=ERRORS.promql)
+    gateway = PrometheusGateway(prometheus.url, timeout=5.0, reader=BatchReader(ttl=60))
+    latency_only = spec(1, [GATES[1]])
+
+    async def both() -> Any:
+        return await asyncio.gather(
+            measure_gates(spec(1), namespace(1), gateway),
+            measure_gates(spec(2), namespace(2), gateway),
+            measure_gates(latency_only, namespace(1), gateway),
+            return_exceptions=True,
+        )
+
+    needs_errors, also_needs_errors, latency = asyncio.run(both())
+    assert isinstance(needs_errors, PrometheusUnavailable) and "500" in str(needs_errors)
+    assert isinstance(also_needs_errors, PrometheusUnavailable)
+    assert isinstance(latency, tuple) and latency[0].value == 1.01
+    assert prometheus.queries.count(ERRORS.promql) == 1  # one failed query, raised to both waiters
+
+    serve(prometheus, data())
+    assert asyncio.run(measure_gates(spec(1), namespace(1), gateway))[0].value == 1 / 1001
+    assert prometheus.queries.count(ERRORS.promql) == 2  # the failure was not cached
+
+
+def test_a_caller_gives_up_at_its_own_timeout_without_cancelling_the_shared_query(
+    prometheus: FakePrometheusServer,
+) -> None:
+    serve(prometheus, data(), delay=0.6)
+    reader = BatchReader(ttl=60)
+    impatient = PrometheusGateway(prometheus.url, timeout=0.2, reader=reader)
+    patient = PrometheusGateway(prometheus.url, timeout=3.0, reader=reader)
+
+    async def both() -> Any:
+        return await asyncio.gather(
+            patient.block(REQUESTS), impatient.block(REQUESTS), return_exceptions=True
+        )
+
+    answer, gave_up = asyncio.run(both())
+    assert isinstance(gave_up, PrometheusUnavailable) and "within 0.2s" in str(gave_up)
+    assert answer[("team-0", "rules")] == 1000.0
+    assert prometheus.queries == [REQUESTS.promql]
+
+
+def test_block_reads_do_not_block_the_event_loop(prometheus: FakePrometheusServer) -> None:
+    serve(prometheus, data(), delay=0.5)
+    gateway = PrometheusGateway(prometheus.url, timeout=2.0, reader=BatchReader(ttl=0))
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await gateway.block(REQUESTS)
+        task.cancel()
+        return ticks
+
+    assert asyncio.run(scenario()) >= 20
+
+
+def test_a_negative_ttl_is_refused() -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        BatchReader(ttl=-1)
