@@ -18,7 +18,7 @@ import itertools
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from agent_rollout.analysis.prometheus import PrometheusGateway, measure_gates, 
 from agent_rollout.analysis.templates import BlockValues, template_queries, template_read
 from agent_rollout.api import MetricNames, Template
 from e2e.cluster import ClusterState
+from e2e.rollout.scene import wait_until
 from e2e.sim.launcher import AgentGroup, start_agents
 from e2e.sim.metrics import DURATION_BUCKETS_S
 from e2e.sim.profile import FaultProfile
@@ -74,17 +75,6 @@ PROFILES = {
 def scalar(prometheus: PrometheusConnect, promql: str, at: float | None = None) -> float | None:
     params = {"time": f"{at:.3f}"} if at is not None else None
     return parse_scalar(prometheus.custom_query(promql, params=params))
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
 @dataclass
@@ -171,7 +161,11 @@ def known(cluster: ClusterState, prometheus: PrometheusConnect) -> Iterator[Know
             if agents[CANDIDATE].invoke(1) != [200]:
                 break
             assert warm_up < 200, "a 10% error profile answered 200 times without an error"
-        wait_for("the candidate's first error in Prometheus", lambda: scalar(prometheus, errors) == 1.0)
+        wait_until(
+            "the candidate's first error in Prometheus",
+            lambda: scalar(prometheus, errors) == 1.0,
+            timeout_s=20,
+        )
 
         agents[CANDIDATE].invoke(SENT - warm_up)
         agents[LEGACY].invoke(SENT)
@@ -180,7 +174,7 @@ def known(cluster: ClusterState, prometheus: PrometheusConnect) -> Iterator[Know
             requests = "sum(gen_ai_client_operation_duration_seconds_count{})"
             return all(scalar(prometheus, requests.format(known.selector(v))) == SENT for v in PROFILES)
 
-        wait_for(f"{SENT} requests per version in Prometheus", all_scraped)
+        wait_until(f"{SENT} requests per version in Prometheus", all_scraped, timeout_s=20)
         known.stats = {v: agents[v].stats() for v in PROFILES}
         known.totals = {v: _totals(prometheus, known, v) for v in PROFILES}
         yield known
