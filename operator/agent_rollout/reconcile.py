@@ -37,7 +37,8 @@ M = TypeVar("M", bound=BaseModel)
 DeploymentLookup = Callable[[str, str], DeploymentState | None]
 RouteLookup = Callable[[str, str], dict[str, Any] | None]
 
-LIVE_PHASES = {api.Phase.PENDING, api.Phase.PROGRESSING, api.Phase.PAUSED}
+# Phases that query Prometheus; Pending too, because the first tick may already enter a step.
+ANALYSED_PHASES = frozenset({api.Phase.PENDING, api.Phase.PROGRESSING, api.Phase.PAUSED})
 STATUS_KEYS = frozenset(f.alias or n for n, f in api.AgentRolloutStatus.model_fields.items())
 IDLE_INTERVAL = 30.0  # seconds between reconciles of a rollout that has no analysis section
 ROUTE_RETRY = 2.0  # seconds before retrying a route write that conflicted: traffic must not wait an interval
@@ -183,7 +184,7 @@ class Reconciler:
         prometheus_error: str | None = None
         requests: int | None = None
         # Analysis only while the rollout is live and valid: a finished rollout costs Prometheus nothing.
-        if spec.analysis is not None and status.phase in LIVE_PHASES and not problems:
+        if spec.analysis is not None and status.phase in ANALYSED_PHASES and not problems:
             gateway = self._gateway_for(
                 spec.analysis.prometheus.url, api.duration_seconds(spec.analysis.prometheus.timeout)
             )
