@@ -234,6 +234,19 @@ def test_pause_step_waits_for_duration_then_requests() -> None:
     assert (done.status.current_step, done.status.weights) == (2, w(50))
 
 
+def test_pause_entered_mid_second_never_ends_early() -> None:
+    # status times have whole seconds: the start is rounded up, so 15s are 15s at least, never 14.4s.
+    spec = make_spec(steps=[{"setWeight": 5}, {"pause": {"duration": "15s"}}, {"setWeight": 50}])
+    entered = T0 + timedelta(seconds=0.6)
+    p = plan(spec, running(0, w(5)), observe(route=w(5)), entered)
+    assert (p.status.current_step, p.status.step_started_at) == (1, "2026-03-01T12:00:01Z")
+    assert p.requeue_after is not None and p.requeue_after >= 15
+    early = plan(spec, p.status, observe(route=w(5)), entered + timedelta(seconds=14.9))
+    assert early.status.current_step == 1, "the 15s pause ended after 14.9s"
+    done = plan(spec, p.status, observe(route=w(5)), entered + timedelta(seconds=15.4))
+    assert done.status.current_step == 2
+
+
 def test_approval_step_pauses_until_a_human_promotes() -> None:
     spec = make_spec(steps=[{"setWeight": 5}, {"pause": {}}, {"setWeight": 50}])
     entered = plan(spec, running(0, w(5)), observe(route=w(5)), T0)

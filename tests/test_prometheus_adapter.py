@@ -274,8 +274,9 @@ def test_candidate_requests_counts_since_step_start() -> None:
     gateway = FakeGateway({})
     gateway.answers = {
         'sum(increase(gen_ai_client_operation_duration_seconds_count{version="triage-agent-v2",'
-        'namespace="support"}[91s]))': 1000.4
+        'namespace="support"}[90s]))': 1000.4
     }
-    assert asyncio.run(candidate_requests(spec, "support", 90.2, gateway)) == 1000
-    assert asyncio.run(candidate_requests(spec, "other", 90.2, gateway)) is None  # no series: unknown
+    # Rounded down: a [91s] window would count requests served before the step began.
+    assert asyncio.run(candidate_requests(spec, "support", 90.9, gateway)) == 1000
+    assert asyncio.run(candidate_requests(spec, "other", 90.9, gateway)) is None  # no series: unknown
     assert asyncio.run(candidate_requests(spec, "support", 0.4, gateway)) == 0

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent_rollout import api
-from agent_rollout.analysis.templates import template_read
+from agent_rollout.analysis.templates import candidate_requests_query, template_read
 from agent_rollout.api import Template
 from agent_rollout.domain import DeploymentState, iso
 from agent_rollout.reconcile import Reconciler, WrittenStatus
@@ -337,3 +337,24 @@ def test_hand_edited_step_start_does_not_break_the_reconcile() -> None:
     # The planner repairs an unreadable start time to now; the shell must not trip over it first.
     assert world.status["stepStartedAt"] == iso(world.clock.now)
     assert world.status["currentStep"] == 1
+
+
+def test_min_requests_counts_only_requests_served_since_the_step_began() -> None:
+    steps: list[dict[str, Any]] = [{"setWeight": 5}, {"pause": {"minRequests": 100}}, {"setWeight": 50}]
+    world = World(rollout_body(steps))
+    spec = api.parse_spec(world.body()["spec"])
+    # 10 candidate requests a second, whatever the window: the count tells the window that was asked.
+    counted = {s: candidate_requests_query(spec, NS, s) for s in range(1, 60)}
+    answers = {promql: 10.0 * s for s, promql in counted.items()}
+    world.prometheus.answer = lambda promql: answers.get(promql) or world.metrics(promql)
+    world.tick()
+    world.tick(advance=30.6)  # step 2 (the pause) begins mid-second, at 12:01:00.6
+    assert world.status["currentStep"] == 1
+
+    world.tick(advance=0.3)  # 0.3 s into the step: nothing counted yet, and nothing from before it
+    assert "waiting for candidate requests 0/100" in world.status["message"]
+    world.tick(advance=9.7)  # 10 s into the step
+
+    asked = [s for s, promql in counted.items() if promql in world.prometheus.queries]
+    assert asked and max(asked) <= 10, f"counted requests over {asked} s; the step began 10 s ago"
+    assert "waiting for candidate requests 90/100" in world.status["message"]

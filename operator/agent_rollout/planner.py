@@ -65,6 +65,7 @@ from agent_rollout.tick import (
     set_traffic_condition,
     settle_weights,
     status_message,
+    step_start,
     transition,
     utc,
 )
@@ -134,7 +135,7 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
     # Repairs for a status edited by hand or steps removed from the spec: judge the nearest real step.
     t.st.current_step = min(max(t.st.current_step, 0), len(spec.steps) - 1)
     if parse_time(t.st.step_started_at) is None:
-        t.st.step_started_at = iso(t.now)
+        t.st.step_started_at = step_start(t.now)
     settle_weights(t, spec)  # e.g. the candidate is back: restore its step's weights before judging the step
     held = _analyse(t, spec)
     if t.st.phase in LIVE_PHASES:
@@ -202,7 +203,7 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
     """Enter step 0 of a fresh rollout: nothing counted for an earlier attempt carries over."""
     st = t.st
     st.current_step = 0
-    st.step_started_at = iso(t.now)
+    st.step_started_at = step_start(t.now)
     st.candidate_revision = t.obs.candidate.template_hash if t.obs.candidate is not None else None
     st.gate_failures, st.consecutive_errors = {}, 0
     st.promote = st.abort = False
@@ -331,7 +332,7 @@ def _complete_step(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> None:
         transition(t, spec, Phase.PROMOTED, Reason.PROMOTED, message, evidence=evidence)
         return
     following = spec.steps[done + 1]
-    st.current_step, st.step_started_at = done + 1, iso(t.now)
+    st.current_step, st.step_started_at = done + 1, step_start(t.now)
     st.last_analysis, st.last_analysis_at = [], None
     phase = Phase.PAUSED if is_approval(following) else Phase.PROGRESSING
     reason = Reason.MANUAL_PROMOTION if manual else Reason.STEP_COMPLETED

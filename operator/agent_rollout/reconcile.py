@@ -194,8 +194,8 @@ class Reconciler:
                 # A start time edited into nonsense is the planner's to repair, not a reason to crash.
                 started = parse_time(status.step_started_at)
                 if step is not None and step.pause is not None and step.pause.min_requests and started:
-                    since = (now - started).total_seconds()
-                    requests = await candidate_requests(spec, namespace, max(since, 1.0), gateway)
+                    since = (now - started).total_seconds()  # < 1 s (even < 0: rounded up) counts 0
+                    requests = await candidate_requests(spec, namespace, since, gateway)
             except PrometheusUnavailable as e:
                 gates, prometheus_error = None, str(e)
         return Observations(

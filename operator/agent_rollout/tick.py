@@ -296,6 +296,14 @@ def parse_time(text: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+def step_start(now: datetime) -> str:
+    """status.stepStartedAt for a step entered at `now`. Status times have whole seconds, so the start
+    is rounded up, never down: a pause then never ends early, and `minRequests` never counts requests
+    served before the step began (at worst the pause lasts 1 s longer)."""
+    whole = now.replace(microsecond=0)
+    return iso(whole if whole == now else whole + timedelta(seconds=1))
+
+
 def pause_end(st: AgentRolloutStatus, pause: Pause) -> datetime | None:
     started = parse_time(st.step_started_at)
     if pause.duration is None or started is None:

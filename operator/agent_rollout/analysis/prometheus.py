@@ -290,10 +290,11 @@ async def measure_gates(
 async def candidate_requests(
     spec: AgentRolloutSpec, namespace: str, seconds: float, gateway: MetricsSource
 ) -> int | None:
-    """Candidate requests over the last `seconds` (since the step began); None when unknown."""
+    """Candidate requests over the last `seconds` (since the step began); None when unknown. The window
+    is rounded down, so it never reaches back before the step began."""
     if seconds < 1:
         return 0  # the step has just begun; an [0s] range is not valid PromQL anyway
-    value = await gateway.scalar(candidate_requests_query(spec, namespace, math.ceil(seconds)))
+    value = await gateway.scalar(candidate_requests_query(spec, namespace, math.floor(seconds)))
     if value is None or not math.isfinite(value):
         return None
     return max(0, round(value))
