@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+
+def loop_ticks_during(make: Callable[[], Awaitable[Any]]) -> int:
+    """How often a 10 ms ticker ran on the event loop while `make()` was awaited.
+
+    A slow answer awaited without blocking the loop lets the ticker run many times; a blocking call
+    inside the awaitable freezes the loop and the count stays near zero.
+    """
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await make()
+        task.cancel()
+        return ticks
+
+    return asyncio.run(scenario())
+
 
 # (status, JSON body, seconds to wait before answering) for a query
 Responder = Callable[[str], tuple[int, Any, float]]

@@ -12,7 +12,7 @@ from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway, PrometheusUnavailable, measure_gates
 from agent_rollout.analysis.templates import Block, template_read
 from agent_rollout.api import AgentRolloutSpec, GateResult, MetricNames, Template, Verdict, parse_spec
-from tests.prometheus_http import FakePrometheusServer, series
+from tests.prometheus_http import FakePrometheusServer, loop_ticks_during, series
 
 GATES: list[dict[str, Any]] = [
     {"name": "errors", "template": "errorRate", "max": 0.01},
@@ -207,21 +207,7 @@ def test_block_reads_do_not_block_the_event_loop(prometheus: FakePrometheusServe
     serve(prometheus, data(), delay=0.5)
     gateway = PrometheusGateway(prometheus.url, timeout=2.0, reader=BatchReader(ttl=0))
 
-    async def scenario() -> int:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        await gateway.block(REQUESTS)
-        task.cancel()
-        return ticks
-
-    assert asyncio.run(scenario()) >= 20
+    assert loop_ticks_during(lambda: gateway.block(REQUESTS)) >= 20
 
 
 def test_a_negative_ttl_is_refused() -> None:

@@ -21,7 +21,7 @@ from agent_rollout.analysis.prometheus import (
 )
 from agent_rollout.analysis.templates import Block, BlockValues, gate_queries, template_read
 from agent_rollout.api import AgentRolloutSpec, MetricNames, Template, Verdict, parse_spec
-from tests.prometheus_http import FakePrometheusServer, vector
+from tests.prometheus_http import FakePrometheusServer, loop_ticks_during, vector
 
 
 def scalar(url: str, query: str = "up", timeout: float = 2.0) -> float | None:
@@ -118,21 +118,7 @@ def test_clients_are_cached_per_url() -> None:
 def test_slow_prometheus_does_not_block_the_event_loop(prometheus: FakePrometheusServer) -> None:
     prometheus.respond = lambda q: (200, vector("1"), 0.5)
 
-    async def scenario() -> int:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        task = asyncio.create_task(ticker())
-        await PrometheusGateway(prometheus.url, timeout=2).scalar("up")
-        task.cancel()
-        return ticks
-
-    assert asyncio.run(scenario()) >= 20
+    assert loop_ticks_during(lambda: PrometheusGateway(prometheus.url, timeout=2).scalar("up")) >= 20
 
 
 def test_parse_scalar_refuses_range_vectors() -> None:
