@@ -318,9 +318,7 @@ def test_failed_gate_sends_all_traffic_to_legacy() -> None:
     ):
         assert evidence in event.message
     assert s.history[-1].reason == "GateFailed" and s.history[-1].evidence == [failed]
-    assert s.message.startswith(
-        "rolled back to legacy: gate error-rate failed 1 time (limit 0) at step 2/3"
-    )
+    assert s.message.startswith("rolled back to legacy: gate error-rate failed 1 time (limit 0) at step 2/3")
 
 
 def test_gate_failures_up_to_the_limit_hold_the_step() -> None:
@@ -425,6 +423,24 @@ def test_rolled_back_stays_on_legacy_until_a_new_candidate_revision() -> None:
     )
     assert (p.status.phase, p.status.current_step, p.status.weights) == (Phase.PROGRESSING, 0, w(5))
     assert (p.status.abort, p.status.candidate_revision) == (False, "agent-2")
+
+
+def test_retry_restarts_a_rolled_back_rollout_from_step_one_with_the_same_candidate() -> None:
+    rolled_back = running(1, w(0), phase=Phase.ROLLED_BACK, gate_failures={"error-rate": 1}, retry=True)
+    p = plan(make_spec(gates=[ERROR_RATE]), rolled_back, observe(route=w(0)), T0)
+    s = p.status
+    assert (s.phase, s.current_step, s.weights) == (Phase.PROGRESSING, 0, w(5))
+    assert (s.retry, s.gate_failures, s.candidate_revision) == (False, {}, "agent-1")
+    assert s.history[-1].reason == "Retried"
+    assert SetWeights(weights=w(5), reason="Retried") in p.actions
+
+
+def test_retry_outside_a_rollback_is_consumed_without_effect() -> None:
+    progressing = running(1, w(25))
+    without = plan(make_spec(), progressing, observe(route=w(25)), T0)
+    asked = plan(make_spec(), progressing.model_copy(update={"retry": True}), observe(route=w(25)), T0)
+    assert asked.status.retry is False
+    assert (asked.status, asked.actions) == (without.status, without.actions)
 
 
 def test_new_candidate_restarts_from_first_step() -> None:

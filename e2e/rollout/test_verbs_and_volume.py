@@ -208,6 +208,19 @@ def test_abort_through_the_plugin_rolls_back_at_once_not_at_the_next_interval(
     assert legacy.spec.template == legacy_before.spec.template
     assert legacy.spec.replicas == 1 and legacy.status and legacy.status.available_replicas == 1
 
+    # The on-call engineer finds the rollback was a false alarm: retry the same candidate from step 1.
+    out = plugin(cluster, "retry", "stop", s.namespace)
+    assert "retry requested" in out, out
+    wait_until(
+        "candidate 30 again", lambda: s.route_weights() == {LEGACY: 70, CANDIDATE: 30}, 15, every_s=0.1
+    )
+    # Step 1 (setWeight 30) may already be done and the rollout back at its approval pause.
+    retried = s.status("stop")
+    assert retried["phase"] in ("Progressing", "Paused") and retried["currentStep"] in (0, 1), retried
+    assert retried.get("retry") is not True and retried.get("abort") is not True, "verbs must be consumed"
+    reasons = [d["reason"] for d in retried["history"]]
+    assert reasons[reasons.index("Aborted") + 1] == "Retried", reasons
+
 
 def test_promote_through_the_plugin_ends_an_approval_pause(
     scene: Callable[..., Scene], cluster: ClusterState

@@ -337,6 +337,10 @@ class AgentRolloutStatus(_Model):
     promote: bool = Field(
         default=False, description="Set by a human (kubectl agentrollout promote): end the current pause."
     )
+    retry: bool = Field(
+        default=False,
+        description="Set by a human (kubectl agentrollout retry): restart a rolled-back rollout from step 1.",
+    )
     conditions: list[Condition] = Field(default_factory=list)
     history: list[Decision] = Field(default_factory=list)
 

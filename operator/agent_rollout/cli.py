@@ -5,6 +5,7 @@ human with `kubectl patch --subresource=status` all do exactly the same thing:
 
     abort    {"status": {"abort": true}}     roll back to legacy now
     promote  {"status": {"promote": true}}   end the current pause (human approval)
+    retry    {"status": {"retry": true}}     restart a rolled-back rollout from step 1, same candidate
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from agent_rollout import api
 VERBS = {
     "abort": {"abort": True},
     "promote": {"promote": True},
+    "retry": {"retry": True},
 }
 
 

@@ -111,7 +111,8 @@ def _first(index: kopf.Index[Any, Any], key: tuple[str | None, str]) -> Any:
 def _wants_attention(body: Mapping[str, Any]) -> tuple[Any, ...]:
     """What a human or Git changes; our own status writes do not change it."""
     status = body.get("status") or {}
-    return (body.get("metadata", {}).get("generation"), status.get("abort"), status.get("promote"))
+    verbs = (status.get("abort"), status.get("promote"), status.get("retry"))
+    return (body.get("metadata", {}).get("generation"), *verbs)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)

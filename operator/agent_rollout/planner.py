@@ -125,7 +125,13 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
         t.st.current_step, t.st.step_started_at = 0, None
         transition(t, spec, Phase.PENDING, Reason.SPEC_VALID, "spec is valid again: restarting from step 1")
     legacy_ready, candidate_ready = _check_targets(t, spec)
-    if not legacy_ready or _abort(t, spec) or not candidate_ready or _new_candidate(t, spec):
+    if (
+        not legacy_ready
+        or _abort(t, spec)
+        or not candidate_ready
+        or _new_candidate(t, spec)
+        or _retry(t, spec)
+    ):
         return
     if t.st.phase is Phase.PENDING:
         _start(t, spec)
@@ -191,6 +197,21 @@ def _new_candidate(t: Tick, spec: AgentRolloutSpec) -> bool:
     return True
 
 
+def _retry(t: Tick, spec: AgentRolloutSpec) -> bool:
+    """A human retries the same candidate after a rollback (a flaky metric, a fixed dependency).
+
+    The verb only means something to a rolled-back rollout; anywhere else it is consumed without
+    effect, so that it cannot fire later, unasked, when a future rollback happens.
+    """
+    if not t.st.retry:
+        return False
+    if t.st.phase is not Phase.ROLLED_BACK:
+        t.st.retry = False
+        return False
+    _begin(t, spec, Reason.RETRIED, "retried by a human (status.retry)")
+    return True
+
+
 def _start(t: Tick, spec: AgentRolloutSpec) -> None:
     if not route_readable(t.obs):
         t.waiting = f"waiting for the route: {t.obs.route_error or 'weights could not be read'}"
@@ -206,7 +227,7 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
     st.step_started_at = step_start(t.now)
     st.candidate_revision = t.obs.candidate.template_hash if t.obs.candidate is not None else None
     st.gate_failures, st.consecutive_errors = {}, 0
-    st.promote = st.abort = False
+    st.promote = st.abort = st.retry = False
     st.last_analysis, st.last_analysis_at = [], None
     first = spec.steps[0]
     phase = Phase.PAUSED if is_approval(first) else Phase.PROGRESSING

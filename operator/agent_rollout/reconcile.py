@@ -42,9 +42,9 @@ ANALYSED_PHASES = frozenset({api.Phase.PENDING, api.Phase.PROGRESSING, api.Phase
 STATUS_KEYS = frozenset(f.alias or n for n, f in api.AgentRolloutStatus.model_fields.items())
 IDLE_INTERVAL = 30.0  # seconds between reconciles of a rollout that has no analysis section
 ROUTE_RETRY = 2.0  # seconds before retrying a route write that conflicted: traffic must not wait an interval
-# Verbs a human sets (kubectl agentrollout abort/promote). Absent reads as false, so we never write a
+# Verbs a human sets (kubectl agentrollout abort/promote/retry). Absent reads as false, so we never write a
 # false over a true that landed after we read the object; we only write them to consume them.
-HUMAN_VERBS = {"abort": False, "promote": False}
+HUMAN_VERBS = {"abort": False, "promote": False, "retry": False}
 
 
 class EventSink(Protocol):

@@ -51,6 +51,7 @@ class Reason(StrEnum):
     PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"
     ABORTED = "Aborted"
     NEW_CANDIDATE = "NewCandidate"
+    RETRIED = "Retried"  # a human's status.retry restarted a rolled-back rollout
     INVALID_SPEC = "InvalidSpec"
     SPEC_VALID = "SpecValid"  # Failed -> Pending once the spec is fixed
     CANDIDATE_NOT_FOUND = "CandidateNotFound"
