@@ -27,7 +27,6 @@ from agent_rollout.traffic import gatewayapi
 
 log = logging.getLogger(__name__)
 
-EVENT_MESSAGE_LIMIT = 1000  # Kubernetes truncates longer Event messages; keep the evidence readable
 # How long one Prometheus answer of a template's building block serves every rollout that reads it:
 # less load per rollout against, at most, this much more breach-to-rollback time.
 BATCH_TTL = float(os.environ.get("AGENT_ROLLOUT_BATCH_TTL", str(DEFAULT_TTL)))
@@ -55,7 +54,8 @@ def _gateway_for(url: str, timeout: float) -> PrometheusGateway:
 
 
 def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type, reason=reason, message=message[:EVENT_MESSAGE_LIMIT])  # type: ignore[arg-type]
+    # The planner already bounds messages (evidence.event_text); the shell posts them as they are.
+    kopf.event(body, type=type, reason=reason, message=message)  # type: ignore[arg-type]
 
 
 @kopf.on.startup()

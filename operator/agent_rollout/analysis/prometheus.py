@@ -45,9 +45,7 @@ from agent_rollout.api import (
     Gate,
     GateResult,
     MetricNames,
-    PrometheusSource,
     Verdict,
-    duration_seconds,
 )
 
 T = TypeVar("T")
@@ -152,10 +150,6 @@ class PrometheusGateway:
         self.timeout = timeout
         self.reader = reader or BatchReader()
         self._executor = executor or _EXECUTOR
-
-    @classmethod
-    def for_source(cls, source: PrometheusSource, executor: Executor | None = None) -> PrometheusGateway:
-        return cls(source.url, timeout=duration_seconds(source.timeout), executor=executor)
 
     async def scalar(self, promql: str) -> float | None:
         """The query's single value, None for an empty result; PrometheusUnavailable otherwise."""
