@@ -81,6 +81,13 @@ class FakeKube(KubeClient):
         stored = self.routes.get((namespace, name))
         return copy.deepcopy(stored["spec"]) if stored is not None else None
 
+    def route_view(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The route as the operator's index holds it: spec, resourceVersion and annotations."""
+        stored = self.routes.get((namespace, name))
+        if stored is None:
+            return None
+        return {"spec": copy.deepcopy(stored["spec"]), "metadata": copy.deepcopy(stored.get("metadata") or {})}
+
     def writes_of(self, kind: Literal["status", "route"]) -> list[Write]:
         return [w for w in self.writes if w.kind == kind]
 
@@ -101,6 +108,7 @@ class FakeKube(KubeClient):
             # The API server answers 422 here, which kube.KubeClient turns into Conflict.
             self.conflicts += 1
             raise Conflict(f"HTTPRoute {namespace}/{name} changed while patching: {e}") from e
+        patched.setdefault("metadata", {})["resourceVersion"] = self._next_version()
         self.routes[(namespace, name)] = patched
         self.writes.append(Write("route", namespace, name, copy.deepcopy(ops)))
 

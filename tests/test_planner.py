@@ -22,8 +22,12 @@ from tests.specs import analysis_dict, spec_dict
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 T0_TEXT = "2026-03-01T12:00:00Z"
-LEGACY = DeploymentState("triage-rules", exists=True, template_hash="legacy-1")
-CANDIDATE = DeploymentState("triage-agent", exists=True, template_hash="agent-1")
+LEGACY = DeploymentState(
+    "triage-rules", exists=True, template_hash="legacy-1", replicas=2, available_replicas=2
+)
+CANDIDATE = DeploymentState(
+    "triage-agent", exists=True, template_hash="agent-1", replicas=2, available_replicas=2
+)
 ERROR_RATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
 
 
@@ -194,7 +198,8 @@ def test_route_drift_is_routed_again_and_holds_the_step() -> None:
     assert p.status.current_step == 0
     assert p.actions == (SetWeights(weights=w(5), reason="Drift"),)
     assert p.status.message == "step 1/3 (setWeight 5): waiting for the route to show legacy 95 / candidate 5"
-    assert condition(p, "TrafficRouted").reason == "WeightsPending"
+    # The condition tells the route as this tick's write leaves it (a refused write says otherwise).
+    assert condition(p, "TrafficRouted").reason == "WeightsApplied"
 
 
 # ---------------------------------------------------------------- 4. step completion
@@ -418,7 +423,7 @@ def test_rolled_back_stays_on_legacy_until_a_new_candidate_revision() -> None:
     p = plan(
         make_spec(),
         rolled_back,
-        observe(route=w(0), candidate=DeploymentState("triage-agent", True, "agent-2")),
+        observe(route=w(0), candidate=DeploymentState("triage-agent", True, "agent-2", 2, 2)),
         T0,
     )
     assert (p.status.phase, p.status.current_step, p.status.weights) == (Phase.PROGRESSING, 0, w(5))
@@ -445,7 +450,9 @@ def test_retry_outside_a_rollback_is_consumed_without_effect() -> None:
 
 def test_new_candidate_restarts_from_first_step() -> None:
     status = running(2, w(50), gate_failures={"error-rate": 1}, consecutive_errors=2, promote=True)
-    new = DeploymentState("triage-agent", exists=True, template_hash="agent-2")
+    new = DeploymentState(
+        "triage-agent", exists=True, template_hash="agent-2", replicas=2, available_replicas=2
+    )
     p = plan(make_spec(gates=[ERROR_RATE]), status, observe(route=w(50), candidate=new), T0)
     s = p.status
     assert (s.phase, s.current_step, s.weights, s.candidate_revision) == (
@@ -478,12 +485,20 @@ def test_missing_candidate_sends_traffic_to_legacy_and_holds() -> None:
     assert (back.status.current_step, back.status.weights) == (1, w(25))  # same revision: step resumes
 
 
-def test_missing_legacy_holds_current_weights() -> None:
+def test_abort_with_legacy_missing_is_recorded_but_routes_nowhere_until_legacy_returns() -> None:
     gone = DeploymentState("triage-rules", exists=False)
     status = running(1, w(25), abort=True)
-    p = plan(make_spec(), status, observe(route=w(10), legacy=gone), T0)
-    assert (p.status.phase, p.status.weights, p.actions) == (Phase.PROGRESSING, w(25), ())
-    assert p.status.message == "step 2/3 (setWeight 25): holding: legacy Deployment triage-rules not found"
+    p = plan(make_spec(), status, observe(route=w(25), legacy=gone), T0)
+    assert (p.status.phase, p.status.weights) == (Phase.ROLLED_BACK, w(25))
+    assert not [a for a in p.actions if isinstance(a, SetWeights)]
+    assert [d.reason for d in p.status.history] == ["LegacyNotFound", "Aborted"]
+    traffic = condition(p, "TrafficRouted")
+    assert (traffic.status, traffic.reason) == ("False", "TargetUnavailable")
+    assert "legacy Deployment triage-rules is missing" in traffic.message
+    back = plan(make_spec(), p.status, observe(route=w(25)), T0 + timedelta(seconds=5))
+    assert back.status.weights == w(0)
+    assert SetWeights(weights=w(0), reason="Aborted") not in back.actions  # a reconcile, not a new decision
+    assert [a for a in back.actions if isinstance(a, SetWeights)][0].weights == w(0)
 
 
 def test_route_error_holds_the_step() -> None:
@@ -532,11 +547,11 @@ def test_last_analysis_at_moves_only_when_results_change() -> None:
 
 def test_condition_transition_time_moves_only_when_status_flips() -> None:
     spec = make_spec(gates=[ERROR_RATE])  # no evaluation yet: the step holds, so weights stay put
-    first = plan(spec, running(0, w(5)), observe(route=w(0)), T0)
+    first = plan(spec, running(0, w(5)), observe(route_weights=None, route_error="route not found"), T0)
     assert condition(first, "TrafficRouted").last_transition_time == T0_TEXT
     later = T0 + timedelta(minutes=5)
-    # Another wrong weight changes the message, not the status: the transition time stays.
-    still = plan(spec, first.status, observe(route=w(10)), later)
+    # Another error changes the message, not the status: the transition time stays.
+    still = plan(spec, first.status, observe(route_weights=None, route_error="no backendRef"), later)
     assert condition(still, "TrafficRouted").last_transition_time == T0_TEXT
     flipped = plan(spec, first.status, observe(route=w(5)), later)
     assert condition(flipped, "TrafficRouted").status == "True"

@@ -115,10 +115,8 @@ def observe(spec: AgentRolloutSpec, moment: Moment, route: Weights, revision: in
             for g, v in zip(spec.analysis.gates, moment.verdicts, strict=False)
         )
     return Observations(
-        legacy=DeploymentState("legacy", exists=moment.legacy_exists, template_hash="legacy-1"),
-        candidate=DeploymentState(
-            "candidate", exists=moment.candidate_exists, template_hash=f"rev-{revision}"
-        ),
+        legacy=DeploymentState("legacy", moment.legacy_exists, "legacy-1", 1, 1),
+        candidate=DeploymentState("candidate", moment.candidate_exists, f"rev-{revision}", 1, 1),
         route_weights=None if moment.route == "error" else route,
         route_error="HTTPRoute route not found" if moment.route == "error" else None,
         gates=gates,

@@ -60,7 +60,10 @@ def route_object(legacy: int = 100, candidate: int = 0) -> dict[str, Any]:
     }
 
 
-ERROR_RATE_READ = template_read(Template.ERROR_RATE, api.MetricNames(), window="2m")
+# The gate's reads over every window the planner may clamp its 2m window to (gate_windows).
+ERROR_RATE_READS = [
+    template_read(Template.ERROR_RATE, api.MetricNames(), window=f"{s}s") for s in range(5, 121, 5)
+]
 
 
 @dataclass
@@ -76,10 +79,11 @@ class Metrics:
         self.asked.append(promql)
         candidate = {"namespace": NS, "version": CANDIDATE}
         other = {"namespace": "elsewhere", "version": CANDIDATE}
-        if promql == ERROR_RATE_READ.value.promql:
-            return [(candidate, self.error_rate * self.samples), (other, 500.0)]
-        if promql == ERROR_RATE_READ.samples.promql:
-            return [(candidate, self.samples), (other, 500.0)]
+        for read in ERROR_RATE_READS:
+            if promql == read.value.promql:
+                return [(candidate, self.error_rate * self.samples), (other, 500.0)]
+            if promql == read.samples.promql:
+                return [(candidate, self.samples), (other, 500.0)]
         raise AssertionError(f"unexpected query {promql}")
 
 
@@ -95,8 +99,12 @@ class World:
         self.clock = FakeClock()
         self.events = EventLog()
         self.deployments = {
-            (NS, LEGACY): DeploymentState(LEGACY, exists=True, template_hash="rules-1"),
-            (NS, CANDIDATE): DeploymentState(CANDIDATE, exists=True, template_hash="agent-1"),
+            (NS, LEGACY): DeploymentState(
+                LEGACY, exists=True, template_hash="rules-1", replicas=1, available_replicas=1
+            ),
+            (NS, CANDIDATE): DeploymentState(
+                CANDIDATE, exists=True, template_hash="agent-1", replicas=1, available_replicas=1
+            ),
         }
         self.route_index: dict[tuple[str, str], dict[str, Any]] | None = None  # None: index is current
         self.written = WrittenStatus()
@@ -118,7 +126,7 @@ class World:
         def route_lookup(namespace: str, name: str) -> dict[str, Any] | None:
             if self.route_index is not None:
                 return copy.deepcopy(self.route_index.get((namespace, name)))
-            return self.kube.route_spec(namespace, name)
+            return self.kube.route_view(namespace, name)
 
         return asyncio.run(
             self.reconciler.reconcile(
@@ -147,7 +155,9 @@ class World:
 
 def test_steady_state_makes_no_api_write_at_all() -> None:
     world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}, {"setWeight": 50}]))
-    for _ in range(3):  # start, complete step 1, record the first analysis of the pause step
+    # Start, complete step 1, then evaluate the pause step until its gate window (2m) is all its own:
+    # until then each evaluation reads a longer window, which is new evidence.
+    for _ in range(7):
         world.tick()
     assert (world.status["phase"], world.status["currentStep"]) == ("Progressing", 1)
     writes, events = len(world.kube.writes), len(world.events.events)
@@ -184,7 +194,7 @@ def test_route_conflict_is_logged_and_retried_on_the_next_reconcile(caplog: pyte
     world = World(rollout_body(THREE_WEIGHTS))
     world.tick()  # step 1: legacy 95 / candidate 5
     # Someone reorders the backendRefs; our index has not seen it yet, so our patch's positions are stale.
-    world.route_index = {(NS, ROUTE): copy.deepcopy(world.kube.routes[(NS, ROUTE)]["spec"])}
+    world.route_index = {(NS, ROUTE): world.kube.route_view(NS, ROUTE) or {}}
     world.kube.routes[(NS, ROUTE)]["spec"]["rules"][0]["backendRefs"].reverse()
 
     with caplog.at_level(logging.WARNING, logger="agent_rollout.reconcile"):
@@ -220,7 +230,7 @@ def test_watch_lag_plans_from_the_status_we_wrote_not_the_stale_body() -> None:
 
 def test_copy_of_our_write_is_dropped_once_the_watch_delivers_it() -> None:
     world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}, {"setWeight": 50}]))
-    for _ in range(3):
+    for _ in range(6):  # as above: the 6th evaluation is the first over the full window
         world.tick()
     assert world.written.status  # kept while the watch may still deliver the older object
     writes = len(world.kube.writes)

@@ -97,6 +97,11 @@ class OnInconclusivePolicy(StrEnum):
     PAUSE = "pause"
 
 
+class OnInconclusiveLimitPolicy(StrEnum):
+    ROLLBACK = "rollback"
+    PAUSE = "pause"
+
+
 class PrometheusSource(_Model):
     url: str = Field(min_length=1, description="Base URL of the Prometheus HTTP API.")
     timeout: Duration = Field(default="10s", description="Per-query timeout.")
@@ -206,6 +211,13 @@ class Analysis(_Model):
     )
     on_prometheus_error: OnFailurePolicy = Field(default=OnFailurePolicy.HOLD)
     on_inconclusive: OnInconclusivePolicy = Field(default=OnInconclusivePolicy.HOLD)
+    inconclusive_limit: int | None = Field(
+        default=None,
+        ge=0,
+        description="Inconclusive evaluations in a row a gate may have while the candidate receives traffic "
+        "before onInconclusiveLimit applies (a candidate that serves but exports no data); unset: no limit.",
+    )
+    on_inconclusive_limit: OnInconclusiveLimitPolicy = Field(default=OnInconclusiveLimitPolicy.ROLLBACK)
     metrics: MetricNames = Field(default_factory=MetricNames)
     gates: list[Gate] = Field(default_factory=list)
 
@@ -320,7 +332,13 @@ class Decision(_Model):
 class AgentRolloutStatus(_Model):
     phase: Phase = Phase.PENDING
     message: str = ""
+    sequence: int = Field(
+        default=0,
+        description="Operator-owned counter, raised by every status write of the operator: a body with a "
+        "lower sequence is older than the operator's last write.",
+    )
     current_step: int = 0
+    step: str = Field(default="", description="1-based position for humans, e.g. 2/7 (the Step column).")
     step_started_at: str | None = None
     weights: Weights = Field(default_factory=Weights)
     observed_generation: int | None = None
@@ -328,6 +346,15 @@ class AgentRolloutStatus(_Model):
         default=None, description="Hash of the candidate Deployment's pod template the rollout is judging."
     )
     gate_failures: dict[str, int] = Field(default_factory=dict)
+    last_failure_at: dict[str, str] = Field(
+        default_factory=dict,
+        description="When each gate's last counted failure was seen: the next failure counts only samples "
+        "newer than it, so one burst is one failure.",
+    )
+    inconclusive_runs: dict[str, int] = Field(
+        default_factory=dict,
+        description="Inconclusive evaluations in a row per gate while the candidate serves.",
+    )
     consecutive_errors: int = 0
     last_analysis: list[GateResult] = Field(default_factory=list)
     last_analysis_at: str | None = None

@@ -33,6 +33,11 @@ class ConditionReason(StrEnum):
     ROUTE_NOT_FOUND = "RouteNotFound"
     WEIGHTS_APPLIED = "WeightsApplied"
     WEIGHTS_PENDING = "WeightsPending"  # a weight write has not landed (or someone changed the route)
+    ROUTE_CLAIMED = "RouteClaimed"  # an older AgentRollout manages the same route
+    TARGET_UNAVAILABLE = "TargetUnavailable"  # the wanted weights would send users to nowhere
+    ROUTE_WRITE_FAILED = "RouteWriteFailed"  # the API server failed the weight write (5xx, timeout)
+    ROUTE_WRITE_REFUSED = "RouteWriteRefused"  # refused by RBAC, validation or admission (403, 422)
+    CANDIDATE_UNAVAILABLE = "CandidateUnavailable"
     EVALUATED = "Evaluated"
     PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"
     NOT_STARTED = "NotStarted"

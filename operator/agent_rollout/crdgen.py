@@ -134,7 +134,7 @@ def crd() -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Step", "type": "integer", "jsonPath": ".status.currentStep"},
+                        {"name": "Step", "type": "string", "jsonPath": ".status.step"},
                         {
                             "name": "Candidate",
                             "type": "integer",

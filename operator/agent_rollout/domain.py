@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from agent_rollout.api import AgentRolloutStatus, GateResult, Weights
+from agent_rollout.api import AgentRolloutStatus, GateResult, Phase, Weights
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,31 @@ class DeploymentState:
     replicas: int = 0
     available_replicas: int = 0
 
+    @property
+    def can_serve(self) -> bool:
+        """At least one replica passes its readiness probe: traffic sent here gets an answer."""
+        return self.exists and self.available_replicas > 0
+
+
+@dataclass(frozen=True)
+class RouteIntent:
+    """The operator's write-ahead record on the route, written atomically with the weights.
+
+    The route is written before status (a rollback must not wait on a status write); when the status
+    write is lost (a crash, a refused write), the next reconcile finds a route newer than status and
+    resumes from this record instead of treating the operator's own write as drift.
+    """
+
+    rollout: str
+    sequence: int  # the status.sequence the status write after this route write carries
+    phase: Phase
+    step: int
+    weights: Weights
+    revision: str | None
+    step_started_at: str | None
+    reason: str
+    message: str
+
 
 @dataclass(frozen=True)
 class Observations:
@@ -43,6 +68,19 @@ class Observations:
     prometheus_error: str | None = None
     candidate_requests: int | None = None  # candidate requests since status.stepStartedAt
     generation: int | None = None
+    route_intent: RouteIntent | None = None  # this rollout's write-ahead record on the route
+    route_claimed_by: str | None = None  # an older AgentRollout that names the same route
+    # Gates not measured this tick because too little time passed since their window's anchor.
+    fresh_gates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteFailure:
+    """A route write the API server did not take. `permanent`: validation or admission refused it
+    (403, 422), so retrying the same write will fail the same way until someone changes something."""
+
+    detail: str
+    permanent: bool
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from agent_rollout import api
 from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
 from agent_rollout.domain import DeploymentState
+from agent_rollout.intent import ANNOTATION
 from agent_rollout.kube import KubeClient, deployment_state
 from agent_rollout.reconcile import Reconciler, WrittenStatus
 from agent_rollout.traffic import gatewayapi
@@ -71,8 +72,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 10
     settings.posting.level = logging.INFO
-    # A dead daemon must be restarted quickly; the rollout state itself is all in status.
-    settings.background.cancellation_timeout = 5  # type: ignore[attr-defined]
 
     _Runtime.kube = KubeClient.from_environment()
     _Runtime.reconciler = Reconciler(
@@ -98,9 +97,73 @@ def deployment_index(
 
 @kopf.index(gatewayapi.GROUP, gatewayapi.VERSION, gatewayapi.PLURAL)
 def route_index(
-    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
-    return {(namespace, name): dict(spec)}
+    # Only what the router reads: the spec, our write-ahead record, and what a patch must pin.
+    annotations = meta.get("annotations")
+    ours = {ANNOTATION: annotations[ANNOTATION]} if annotations and ANNOTATION in annotations else {}
+    metadata: dict[str, Any] = {"resourceVersion": meta.get("resourceVersion")}
+    if annotations is not None:
+        metadata["annotations"] = ours
+    return {(namespace, name): {"spec": dict(spec), "metadata": metadata}}
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL)
+def route_claims(
+    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str | None, str], tuple[str, str]]:
+    """Which AgentRollouts name which HTTPRoute: the oldest one owns it, the others hold."""
+    router = (spec.get("traffic") or {}).get("gatewayAPI") or {}
+    route = router.get("httpRoute")
+    if not isinstance(route, str):
+        return {}
+    return {(namespace, route): (str(meta.get("creationTimestamp") or ""), name)}
+
+
+@kopf.index(api.GROUP, api.VERSION, api.PLURAL)
+def rollouts_by_target(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[tuple[str, str | None, str], str]:
+    """The rollouts to wake when a route or a Deployment they name changes."""
+    router = (spec.get("traffic") or {}).get("gatewayAPI") or {}
+    keys = {
+        ("route", namespace, router.get("httpRoute")),
+        ("deployment", namespace, (spec.get("legacy") or {}).get("deployment")),
+        ("deployment", namespace, (spec.get("candidate") or {}).get("deployment")),
+    }
+    return {(kind, ns, target): name for kind, ns, target in keys if isinstance(target, str)}
+
+
+def route_owner(claims: kopf.Index[Any, Any], namespace: str, route: str) -> str | None:
+    store = claims.get((namespace, route))
+    if not store:
+        return None
+    owner: str = min(store)[1]
+    return owner  # oldest creationTimestamp, then name: the same answer in every reconcile
+
+
+# The wake-up event of each running rollout daemon, by (namespace, name).
+_WAKE: dict[tuple[str | None, str], asyncio.Event] = {}
+
+
+def _wake_all(targets: kopf.Index[Any, Any], key: tuple[str, str | None, str]) -> None:
+    for name in targets.get(key) or ():
+        event = _WAKE.get((key[1], name))
+        if event is not None:
+            event.set()
+
+
+@kopf.on.event(gatewayapi.GROUP, gatewayapi.VERSION, gatewayapi.PLURAL)
+def wake_on_route(namespace: str | None, name: str, **kwargs: Any) -> None:
+    """A route edited by someone else (Argo CD self-heal, kubectl apply of the Git copy) is re-asserted
+    at once, not an interval later. Our own writes wake us too; that reconcile finds nothing to do."""
+    _wake_all(kwargs["rollouts_by_target"], ("route", namespace, name))
+
+
+@kopf.on.event("apps", "v1", "deployments")
+def wake_on_deployment(namespace: str | None, name: str, **kwargs: Any) -> None:
+    """A candidate that loses its last available replica, a legacy deleted, a new revision: at once."""
+    _wake_all(kwargs["rollouts_by_target"], ("deployment", namespace, name))
 
 
 def _first(index: kopf.Index[Any, Any], key: tuple[str | None, str]) -> Any:
@@ -137,28 +200,36 @@ async def run_rollout(
     # kopf passes each index by its function's name.
     deployments: kopf.Index[tuple[str | None, str], DeploymentState] = kwargs["deployment_index"]
     routes: kopf.Index[tuple[str | None, str], dict[str, Any]] = kwargs["route_index"]
+    claims: kopf.Index[tuple[str | None, str], tuple[str, str]] = kwargs["route_claims"]
     wake = asyncio.Event()
     memo["wake"] = wake
     memo["seen"] = _wants_attention(body)
+    key = (body["metadata"].get("namespace"), body["metadata"]["name"])
+    _WAKE[key] = wake
     written = WrittenStatus()
-    while not stopped:
-        wake.clear()
-        try:
-            delay = await _Runtime.reconciler.reconcile(
-                body,
-                deployments=lambda ns, n: _first(deployments, (ns, n)),
-                routes=lambda ns, n: _first(routes, (ns, n)),
-                written=written,
-            )
-        except Exception:
-            # Level-based: the next reconcile starts from status again, so a transient API error is
-            # only logged; no rollout state lives only in memory.
-            logger.exception("reconcile failed; retrying")
-            delay = 5.0
-        # Sleep until the interval ends, a human/Git change wakes us, or the daemon is stopped.
-        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                delay = await _Runtime.reconciler.reconcile(
+                    body,
+                    deployments=lambda ns, n: _first(deployments, (ns, n)),
+                    routes=lambda ns, n: _first(routes, (ns, n)),
+                    written=written,
+                    route_owner=lambda ns, route: route_owner(claims, ns, route),
+                )
+            except Exception:
+                # Level-based: the next reconcile starts from status again, so a transient API error is
+                # only logged; no rollout state lives only in memory.
+                logger.exception("reconcile of AgentRollout %s/%s failed; retrying in 5 s", *key)
+                delay = 5.0
+            # Sleep until the interval ends, a human/Git change wakes us, or the daemon is stopped.
+            waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+    finally:
+        if _WAKE.get(key) is wake:
+            del _WAKE[key]

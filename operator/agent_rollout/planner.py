@@ -16,7 +16,17 @@ Choices on open questions (each is a rule a reviewer may want to change in one p
 - A candidate Deployment that disappears mid-rollout sends all traffic to legacy and holds the
   step, without RolledBack: a missing Deployment is usually a rename or an Argo CD re-create, and
   when it returns with the same revision its step weight is restored; with a new revision the
-  rollout restarts. A missing (or unobserved) legacy holds everything, including abort.
+  rollout restarts. A candidate without an available replica is treated the same way (its traffic
+  goes to legacy, the step holds and restarts when it serves again), and a rollout does not start
+  until the candidate can answer.
+- A missing legacy holds the step but not the analysis: a failing gate or an abort is decided and
+  recorded at once (RolledBack, with its Event); the route goes to legacy when legacy exists again,
+  never before, and TrafficRouted says so meanwhile. Traffic never goes to a Deployment seen missing.
+- Gate windows never reach back before the step began or before the gate's last counted failure
+  (gate_windows): a restarted revision and a new weight are judged on their own samples, and one
+  burst is one failure however many overlapping evaluations see it.
+- The route carries a write-ahead record (agent_rollout.intent) of the status write that follows
+  it; a route newer than status is resumed from (a lost status write), never undone as drift.
 - Only a new candidate revision (pod template hash) restarts a rolled-back rollout; editing the
   spec does not. To retry the same agent, `kubectl rollout restart` the candidate (new hash).
 - `promote` ends the current step whatever holds it (approval, inconclusive pause, a pause timer),
@@ -31,14 +41,17 @@ Choices on open questions (each is a rule a reviewer may want to change in one p
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
+from agent_rollout import api
 from agent_rollout.api import (
     AgentRolloutSpec,
     AgentRolloutStatus,
     Analysis,
     GateResult,
     OnFailurePolicy,
+    OnInconclusiveLimitPolicy,
     OnInconclusivePolicy,
     Pause,
     Phase,
@@ -46,18 +59,20 @@ from agent_rollout.api import (
 )
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionType as CT
-from agent_rollout.conditions import remove_condition
-from agent_rollout.domain import Observations, Plan, SpecProblem, iso
+from agent_rollout.conditions import find_condition, remove_condition
+from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, SpecProblem, iso
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
 from agent_rollout.tick import (
     LIVE_PHASES,
     Reason,
     Tick,
+    cannot_serve,
     condition,
     exists,
     parse_time,
     pause_end,
     problems_text,
+    record,
     request_weights,
     route_readable,
     route_shows,
@@ -71,7 +86,13 @@ from agent_rollout.tick import (
 )
 from agent_rollout.validation import validate
 
-__all__ = ["Reason", "plan", "spec_problems"]
+__all__ = ["Reason", "gate_windows", "note_route_failure", "plan", "spec_problems"]
+
+# Shortest window a gate is measured over, and the step windows are rounded down to: a window may not
+# reach back before the step began (or before the gate's last counted failure), so right after either
+# a gate waits up to this long for samples of its own; rounding keeps the windows of many rollouts
+# few, so they still share building-block queries.
+MIN_WINDOW_SECONDS = 5
 
 
 def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[SpecProblem]:
@@ -94,21 +115,97 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     t = Tick(obs=obs, now=utc(now), st=status.model_copy(deep=True))
     if obs.generation is not None:
         t.st.observed_generation = obs.generation
+    _recover(t)
     problems = spec_problems(spec, obs)
     if spec is None or problems:
         _fail(t, spec, problems)
+    elif obs.route_claimed_by is not None:
+        t.waiting = f"holding: HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
     else:
         _reconcile(t, spec)
     settle_weights(t, spec)
     request_weights(t)
     if spec is not None:
-        set_traffic_condition(t)
+        set_traffic_condition(t, spec)
     set_completed_condition(t)
     t.st.message = status_message(t, spec, problems)
+    t.st.step = _step_label(t.st, spec)
     return Plan(status=t.st, actions=tuple(t.actions), requeue_after=_requeue_after(t, spec))
 
 
+def note_route_failure(status: AgentRolloutStatus, failure: RouteFailure, now: datetime) -> Plan:
+    """The status to write when the route write of a plan was not taken: the plan's decisions stand
+    (they are already in `status`), TrafficRouted says why the route lags, and a Warning Event goes
+    out when the failure is new, so a refusal retried every few seconds is one Event, not thousands."""
+    t = Tick(obs=Observations(), now=utc(now), st=status.model_copy(deep=True))
+    reason = CR.ROUTE_WRITE_REFUSED if failure.permanent else CR.ROUTE_WRITE_FAILED
+    old = find_condition(status.conditions, CT.TRAFFIC_ROUTED.value)
+    message = f"route write {'refused' if failure.permanent else 'failed'}: {failure.detail}"
+    condition(t, CT.TRAFFIC_ROUTED, "False", reason, message)
+    if old is None or (old.reason, old.message) != (reason.value, message):
+        t.actions.append(EmitEvent(type="Warning", reason=Reason.ROUTE_WRITE_FAILED.value, message=message))
+    return Plan(status=t.st, actions=tuple(t.actions))
+
+
+def gate_windows(spec: AgentRolloutSpec, status: AgentRolloutStatus, now: datetime) -> dict[str, int | None]:
+    """Seconds of data each gate is judged on at `now`: its window, clamped so it never reaches back
+    before the current step began or before the gate's last counted failure. A new candidate revision
+    (same version label) or a new weight is then judged on its own samples only, and the samples of
+    one burst that failed a gate once are not counted again by the overlapping windows that follow.
+    None: less than MIN_WINDOW_SECONDS since that moment, so the gate is not measured this time."""
+    windows: dict[str, int | None] = {}
+    if spec.analysis is None:
+        return windows
+    started = parse_time(status.step_started_at)
+    for gate in spec.analysis.gates:
+        full = math.floor(api.duration_seconds(gate.window))
+        anchors = [a for a in (started, parse_time(status.last_failure_at.get(gate.name))) if a is not None]
+        if not anchors:
+            windows[gate.name] = full
+            continue
+        elapsed = (utc(now) - max(anchors)).total_seconds()
+        if elapsed >= full:
+            windows[gate.name] = full
+        elif elapsed < MIN_WINDOW_SECONDS:
+            windows[gate.name] = None
+        else:
+            windows[gate.name] = int(elapsed // MIN_WINDOW_SECONDS) * MIN_WINDOW_SECONDS
+    return windows
+
+
 # ---------------------------------------------------------------- stages
+
+
+def _recover(t: Tick) -> None:
+    """The route carries a write-ahead record newer than status: our status write after it was lost
+    (a crash between the two writes, a refused status write). Resume from the record, so traffic
+    never moves backwards, and record what was decided; only the evidence of that decision is lost."""
+    intent, st = t.obs.route_intent, t.st
+    if intent is None or intent.sequence <= st.sequence:
+        return
+    if st.candidate_revision is not None and intent.revision not in (None, st.candidate_revision):
+        return  # written for an earlier candidate: today's planning decides afresh
+    if (intent.phase, intent.step, intent.weights) == (st.phase, st.current_step, st.weights):
+        return
+    entered_step = intent.step != st.current_step
+    st.phase, st.current_step, st.weights = intent.phase, intent.step, intent.weights.model_copy()
+    st.candidate_revision = intent.revision or st.candidate_revision
+    st.step_started_at = intent.step_started_at
+    st.promote = st.abort = st.retry = False
+    if entered_step:
+        st.last_analysis, st.last_analysis_at, st.inconclusive_runs = [], None, {}
+    try:
+        reason = Reason(intent.reason)
+    except ValueError:
+        reason = Reason.RECOVERED
+    record(t, reason, f"{intent.message} (recovered from the route's write-ahead record)", [])
+
+
+def _step_label(st: AgentRolloutStatus, spec: AgentRolloutSpec | None) -> str:
+    if spec is None:
+        return st.step
+    total = len(spec.steps)
+    return f"{min(st.current_step + 1, total)}/{total}"
 
 
 def _fail(t: Tick, spec: AgentRolloutSpec | None, problems: list[SpecProblem]) -> None:
@@ -124,17 +221,15 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
         # The spec was fixed: start over from step 0 rather than resume under rules that changed.
         t.st.current_step, t.st.step_started_at = 0, None
         transition(t, spec, Phase.PENDING, Reason.SPEC_VALID, "spec is valid again: restarting from step 1")
-    legacy_ready, candidate_ready = _check_targets(t, spec)
-    if (
-        not legacy_ready
-        or _abort(t, spec)
-        or not candidate_ready
-        or _new_candidate(t, spec)
-        or _retry(t, spec)
-    ):
+    legacy_found, candidate_found = _check_targets(t, spec)
+    # A decision is recorded even when legacy is missing; the route follows when it returns.
+    if _abort(t, spec) or not candidate_found or _new_candidate(t, spec) or _retry(t, spec):
         return
     if t.st.phase is Phase.PENDING:
-        _start(t, spec)
+        if legacy_found and not cannot_serve(t.obs.candidate):
+            _start(t, spec)
+        elif legacy_found:
+            t.waiting = f"waiting for candidate {spec.candidate.deployment} to have an available replica"
         return
     if t.st.phase not in LIVE_PHASES:
         return
@@ -142,10 +237,23 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
     t.st.current_step = min(max(t.st.current_step, 0), len(spec.steps) - 1)
     if parse_time(t.st.step_started_at) is None:
         t.st.step_started_at = step_start(t.now)
+    restored = t.st.weights.candidate == 0
     settle_weights(t, spec)  # e.g. the candidate is back: restore its step's weights before judging the step
+    if restored and t.st.weights.candidate > 0 and t.weights_reason is not None:
+        # The candidate serves again: its step restarts, judged only on samples at this weight.
+        t.st.step_started_at = step_start(t.now)
+        t.st.last_analysis, t.st.last_analysis_at, t.st.inconclusive_runs = [], None, {}
+    # Analysis goes on while a target is missing or unavailable: a candidate that turns bad is rolled
+    # back (recorded at once, routed as soon as legacy exists again), but no step is completed.
     held = _analyse(t, spec)
-    if t.st.phase in LIVE_PHASES:
-        _progress(t, spec, held)
+    if t.st.phase not in LIVE_PHASES:
+        return
+    if not legacy_found:
+        return
+    if cannot_serve(t.obs.candidate):
+        t.waiting = f"holding: candidate {spec.candidate.deployment} has no available replica"
+        return
+    _progress(t, spec, held)
 
 
 def _check_targets(t: Tick, spec: AgentRolloutSpec) -> tuple[bool, bool]:
@@ -160,8 +268,17 @@ def _check_targets(t: Tick, spec: AgentRolloutSpec) -> tuple[bool, bool]:
     ]
     if missing:
         text = "; ".join(missing)
+        old = find_condition(t.st.conditions, CT.TARGETS_READY.value)
         condition(t, CT.TARGETS_READY, "False", CR.DEPLOYMENT_NOT_FOUND, text)
         t.waiting = f"holding: {text}"
+        legacy_lost = legacy is not None and not legacy.exists
+        if legacy_lost and t.st.phase in LIVE_PHASES and (old is None or old.message != text):
+            # Said at once and loudly: until legacy returns a rollback can only be recorded, not routed.
+            message = (
+                f"legacy Deployment {spec.legacy.deployment} not found: a rollback has nowhere to go; "
+                "analysis goes on, and a rollback decided meanwhile is routed as soon as legacy returns"
+            )
+            record(t, Reason.LEGACY_NOT_FOUND, message, [])
     else:
         found = f"legacy {spec.legacy.deployment} and candidate {spec.candidate.deployment} found"
         condition(t, CT.TARGETS_READY, "True", CR.DEPLOYMENTS_FOUND, found)
@@ -227,6 +344,7 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
     st.step_started_at = step_start(t.now)
     st.candidate_revision = t.obs.candidate.template_hash if t.obs.candidate is not None else None
     st.gate_failures, st.consecutive_errors = {}, 0
+    st.last_failure_at, st.inconclusive_runs = {}, {}
     st.promote = st.abort = st.retry = False
     st.last_analysis, st.last_analysis_at = [], None
     first = spec.steps[0]
@@ -256,14 +374,30 @@ def _record_evaluation(
     if results != st.last_analysis:
         st.last_analysis, st.last_analysis_at = results, iso(t.now)
     condition(t, CT.ANALYSIS_HEALTHY, "True", CR.EVALUATED, "the latest gate evaluation ran")
-    failures = dict(st.gate_failures)
-    breached = []
+    failures, failed_at = dict(st.gate_failures), dict(st.last_failure_at)
+    runs = dict(st.inconclusive_runs)
+    serving = st.weights.candidate > 0 and route_shows(t.obs, st.weights)
+    breached, stuck = [], []
     for result in results:
-        if result.verdict is Verdict.FAIL and not _dry_run(result, analysis):
+        if _dry_run(result, analysis):
+            continue
+        if result.verdict is Verdict.FAIL:
             failures[result.name] = failures.get(result.name, 0) + 1
+            # The next failure of this gate counts only samples newer than this one (gate_windows).
+            failed_at[result.name] = step_start(t.now)
             if failures[result.name] > _failure_limit(result.name, analysis):
                 breached.append(result)
-    st.gate_failures = failures
+        if analysis.inconclusive_limit is None or result.name in t.obs.fresh_gates:
+            continue  # counted only when limited, so an unlimited steady state writes nothing
+        if result.verdict is Verdict.INCONCLUSIVE and serving:
+            runs[result.name] = runs.get(result.name, 0) + 1
+            if runs[result.name] > analysis.inconclusive_limit:
+                stuck.append(result)
+        else:
+            runs.pop(result.name, None)
+    st.gate_failures, st.last_failure_at, st.inconclusive_runs = failures, failed_at, runs
+    if not breached and stuck:
+        return _inconclusive_limit(t, spec, analysis, stuck)
     if not breached:
         return False
     counts = ", ".join(
@@ -271,6 +405,28 @@ def _record_evaluation(
     )
     message = f"{counts} at step {st.current_step + 1}/{len(spec.steps)}: all traffic to legacy"
     transition(t, spec, Phase.ROLLED_BACK, Reason.GATE_FAILED, message, evidence=breached)
+    return True
+
+
+def _inconclusive_limit(t: Tick, spec: AgentRolloutSpec, analysis: Analysis, stuck: list[GateResult]) -> bool:
+    """The candidate takes traffic but a gate has had no verdict too many times in a row: a candidate
+    that serves without exporting data must not hold its share forever."""
+    st = t.st
+    names = ", ".join(f"{r.name} ({st.inconclusive_runs[r.name]} in a row)" for r in stuck)
+    limit = analysis.inconclusive_limit
+    position = f"step {st.current_step + 1}/{len(spec.steps)}"
+    if analysis.on_inconclusive_limit is OnInconclusiveLimitPolicy.ROLLBACK:
+        message = (
+            f"gates inconclusive beyond inconclusiveLimit {limit}: {names} at {position}: "
+            "all traffic to legacy"
+        )
+        transition(t, spec, Phase.ROLLED_BACK, Reason.INCONCLUSIVE_LIMIT, message, evidence=stuck)
+    elif st.phase is not Phase.PAUSED:
+        message = (
+            f"{position} paused: gates inconclusive beyond inconclusiveLimit {limit}: {names}; "
+            "set status.promote or status.abort"
+        )
+        transition(t, spec, Phase.PAUSED, Reason.INCONCLUSIVE_LIMIT, message, evidence=stuck)
     return True
 
 
@@ -354,7 +510,7 @@ def _complete_step(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> None:
         return
     following = spec.steps[done + 1]
     st.current_step, st.step_started_at = done + 1, step_start(t.now)
-    st.last_analysis, st.last_analysis_at = [], None
+    st.last_analysis, st.last_analysis_at, st.inconclusive_runs = [], None, {}
     phase = Phase.PAUSED if is_approval(following) else Phase.PROGRESSING
     reason = Reason.MANUAL_PROMOTION if manual else Reason.STEP_COMPLETED
     message = f"step {done + 1}/{total} {how}; entering step {done + 2}/{total} ({step_text(following)})"

@@ -22,9 +22,19 @@ from agent_rollout.analysis.prometheus import (
     candidate_requests,
     measure_gates,
 )
-from agent_rollout.domain import DeploymentState, EmitEvent, Observations, SetWeights, SpecProblem
-from agent_rollout.kube import Conflict, KubeClient
-from agent_rollout.planner import plan
+from agent_rollout.domain import (
+    DeploymentState,
+    EmitEvent,
+    Observations,
+    Plan,
+    RouteFailure,
+    RouteIntent,
+    SetWeights,
+    SpecProblem,
+)
+from agent_rollout.intent import ANNOTATION, annotation_patch, decode, intent_for
+from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
+from agent_rollout.planner import gate_windows, note_route_failure, plan
 from agent_rollout.statuspatch import merge_patch
 from agent_rollout.tick import parse_time
 from agent_rollout.traffic import gatewayapi
@@ -35,13 +45,18 @@ M = TypeVar("M", bound=BaseModel)
 
 # (namespace, name) -> summary, fed by kopf indices in production and by dicts in tests.
 DeploymentLookup = Callable[[str, str], DeploymentState | None]
+# (namespace, name) -> {"spec": ..., "metadata": {"resourceVersion", "annotations"}} of an HTTPRoute.
 RouteLookup = Callable[[str, str], dict[str, Any] | None]
+# (namespace, route) -> the AgentRollout that owns it: the oldest one naming it.
+RouteOwnerLookup = Callable[[str, str], str | None]
 
 # Phases that query Prometheus; Pending too, because the first tick may already enter a step.
 ANALYSED_PHASES = frozenset({api.Phase.PENDING, api.Phase.PROGRESSING, api.Phase.PAUSED})
 STATUS_KEYS = frozenset(f.alias or n for n, f in api.AgentRolloutStatus.model_fields.items())
 IDLE_INTERVAL = 30.0  # seconds between reconciles of a rollout that has no analysis section
-ROUTE_RETRY = 2.0  # seconds before retrying a route write that conflicted: traffic must not wait an interval
+ROUTE_RETRY = 2.0  # seconds before retrying a route write that failed: traffic must not wait an interval
+ROUTE_RETRY_MAX = 30.0  # a refusal repeated (RBAC, admission) backs off to this
+TOO_RECENT = "the step (or this gate's last failure) is too recent for a window of its own"
 # Verbs a human sets (kubectl agentrollout abort/promote/retry). Absent reads as false, so we never write a
 # false over a true that landed after we read the object; we only write them to consume them.
 HUMAN_VERBS = {"abort": False, "promote": False, "retry": False}
@@ -54,30 +69,34 @@ class EventSink(Protocol):
 @dataclass
 class WrittenStatus:
     """Our last status write as the API server stored it, kept until the watch delivers it, so the next
-    tick never plans on a status older than our own write (which would repeat a step entry).
+    tick never plans on a status older than our own write (which would repeat a step entry or undo a
+    rollback on the route).
 
-    `stale_versions` are the resourceVersions that precede our last write: the one each write was
-    planned on and the ones earlier writes of ours produced. resourceVersions are opaque, so only
-    equality is used. A version outside the set is our last write or newer, and the body is trusted.
+    Age is told by `status.sequence`, a counter only the operator raises (one per status write; an
+    admission policy keeps everyone else from changing it). A body whose sequence is below our last
+    write's is older than that write, whatever else changed meanwhile (a label from Argo CD, a verb):
+    resourceVersions are opaque and a foreign write lands between our read and our write with a
+    version we never saw, which is how a stale body used to slip through.
     """
 
     status: dict[str, Any] = field(default_factory=dict)
-    resource_version: str | None = None  # of the object our last write produced
-    stale_versions: set[str] = field(default_factory=set)
+    sequence: int = 0
+    route_failures: int = 0  # route writes refused or failed in a row: paces the retries
 
-    def status_to_plan_on(self, resource_version: str | None, body_status: dict[str, Any]) -> dict[str, Any]:
-        if resource_version is not None and resource_version in self.stale_versions:
+    def status_to_plan_on(self, body_status: dict[str, Any]) -> dict[str, Any]:
+        if self.status and _sequence(body_status) < self.sequence:
             return dict(self.status)  # the watch has not caught up with our own write yet
         # The body is our write or newer: drop the copy (at 10,000 rollouts it is ~140 MiB held for nothing).
-        self.stale_versions.clear()
         self.status = {}
         return body_status
 
-    def remember(
-        self, planned_on: str | None, stored_status: dict[str, Any], stored_version: str | None
-    ) -> None:
-        self.stale_versions.update(v for v in (planned_on, self.resource_version) if v is not None)
-        self.status, self.resource_version = stored_status, stored_version
+    def remember(self, stored_status: dict[str, Any]) -> None:
+        self.status, self.sequence = stored_status, _sequence(stored_status)
+
+
+def _sequence(status: Mapping[str, Any]) -> int:
+    value = status.get("sequence", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def spec_problems_from(error: ValidationError) -> tuple[SpecProblem, ...]:
@@ -111,94 +130,57 @@ class Reconciler:
         deployments: DeploymentLookup,
         routes: RouteLookup,
         written: WrittenStatus,
+        route_owner: RouteOwnerLookup = lambda namespace, route: None,
     ) -> float:
         """Reconcile once; returns seconds until the next reconcile is due."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        raw_status = written.status_to_plan_on(meta.get("resourceVersion"), dict(body.get("status") or {}))
+        raw_status = written.status_to_plan_on(dict(body.get("status") or {}))
         status = api.parse_status(raw_status)
         now = self._clock()
         raw_spec = dict(body.get("spec") or {})
 
         try:
-            spec = api.parse_spec(raw_spec)
-            problems = tuple(validate(spec))
+            spec: api.AgentRolloutSpec | None = api.parse_spec(raw_spec)
+            problems = tuple(validate(spec)) if spec is not None else ()
         except ValidationError as e:
             spec, problems = None, spec_problems_from(e)
+
+        def deployment(ref: api.DeploymentRef | None) -> DeploymentState:
+            # Absent from the watch-fed index means absent from the cluster; a reference that does not
+            # even parse is no Deployment we could route to either.
+            if ref is None:
+                return DeploymentState("(unparsable reference)", exists=False)
+            return deployments(namespace, ref.deployment) or DeploymentState(ref.deployment, exists=False)
 
         if spec is None:
             # The spec as a whole did not parse, but its parts may: a Failed rollout still sends the
             # candidate's traffic to legacy, as the planner asks (and never to a missing legacy).
             traffic = _parse_alone(api.Traffic, raw_spec.get("traffic"))
             router = traffic.gateway_api if traffic is not None else None
-            route_spec = routes(namespace, router.http_route) if router is not None else None
-            reading = gatewayapi.read_weights(route_spec, router) if router is not None else None
-            legacy_ref = _parse_alone(api.DeploymentRef, raw_spec.get("legacy"))
-            obs = Observations(
-                problems=problems,
-                legacy=deployments(namespace, legacy_ref.deployment) if legacy_ref is not None else None,
-                route_weights=reading.weights if reading is not None else None,
-                route_error=reading.error if reading is not None else "spec.traffic did not parse",
-                generation=meta.get("generation"),
-            )
-            result = plan(None, status, obs, now)
-            conflicted = await self._act(body, router, route_spec, result.actions, obs)
-            await self._write_status(namespace, name, meta, raw_status, result.status, written)
-            return ROUTE_RETRY if conflicted else IDLE_INTERVAL
+            legacy = deployment(_parse_alone(api.DeploymentRef, raw_spec.get("legacy")))
+            candidate = None
+        else:
+            router = spec.traffic.gateway_api
+            legacy, candidate = deployment(spec.legacy), deployment(spec.candidate)
 
-        route_spec = None
-        if spec.traffic.gateway_api is not None:
-            route_spec = routes(namespace, spec.traffic.gateway_api.http_route)
-        obs = await self._observe(namespace, spec, status, problems, meta, deployments, route_spec, now)
-        result = plan(spec, status, obs, now)
-        conflicted = await self._act(body, spec.traffic.gateway_api, route_spec, result.actions, obs)
-        await self._write_status(namespace, name, meta, raw_status, result.status, written)
+        route = routes(namespace, router.http_route) if router is not None else None
+        route_spec = route.get("spec") if route is not None else None
+        if router is not None:
+            reading = gatewayapi.read_weights(route_spec, router)
+        else:
+            reading = gatewayapi.RouteReading(None, "spec.traffic did not parse")
+        claimed_by = None
+        if router is not None:
+            owner = route_owner(namespace, router.http_route)
+            claimed_by = owner if owner not in (None, name) else None
+        route_intent = _our_intent(route, name)
 
-        interval = api.duration_seconds(spec.analysis.interval) if spec.analysis else IDLE_INTERVAL
-        if result.requeue_after is not None:
-            interval = max(0.5, min(interval, result.requeue_after))
-        return min(interval, ROUTE_RETRY) if conflicted else interval
-
-    async def _observe(
-        self,
-        namespace: str,
-        spec: api.AgentRolloutSpec,
-        status: api.AgentRolloutStatus,
-        problems: tuple[SpecProblem, ...],
-        meta: Mapping[str, Any],
-        deployments: DeploymentLookup,
-        route_spec: dict[str, Any] | None,
-        now: datetime,
-    ) -> Observations:
-        legacy = deployments(namespace, spec.legacy.deployment) or DeploymentState(
-            spec.legacy.deployment, exists=False
-        )
-        candidate = deployments(namespace, spec.candidate.deployment) or DeploymentState(
-            spec.candidate.deployment, exists=False
-        )
-        reading = gatewayapi.RouteReading(None, "no router configured")
-        if spec.traffic.gateway_api is not None:
-            reading = gatewayapi.read_weights(route_spec, spec.traffic.gateway_api)
-
-        gates: tuple[api.GateResult, ...] | None = None
-        prometheus_error: str | None = None
-        requests: int | None = None
-        # Analysis only while the rollout is live and valid: a finished rollout costs Prometheus nothing.
-        if spec.analysis is not None and status.phase in ANALYSED_PHASES and not problems:
-            gateway = self._gateway_for(
-                spec.analysis.prometheus.url, api.duration_seconds(spec.analysis.prometheus.timeout)
-            )
-            try:
-                gates = await measure_gates(spec, namespace, gateway)
-                step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
-                # A start time edited into nonsense is the planner's to repair, not a reason to crash.
-                started = parse_time(status.step_started_at)
-                if step is not None and step.pause is not None and step.pause.min_requests and started:
-                    since = (now - started).total_seconds()  # < 1 s (even < 0: rounded up) counts 0
-                    requests = await candidate_requests(spec, namespace, since, gateway)
-            except PrometheusUnavailable as e:
-                gates, prometheus_error = None, str(e)
-        return Observations(
+        gates, prometheus_error, requests = None, None, None
+        fresh: tuple[str, ...] = ()
+        if spec is not None and not problems and claimed_by is None:
+            gates, prometheus_error, requests, fresh = await self._measure(namespace, spec, status, now)
+        obs = Observations(
             problems=problems,
             legacy=legacy,
             candidate=candidate,
@@ -208,58 +190,149 @@ class Reconciler:
             prometheus_error=prometheus_error,
             candidate_requests=requests,
             generation=meta.get("generation"),
+            route_intent=route_intent,
+            route_claimed_by=claimed_by,
+            fresh_gates=fresh,
         )
-
-    async def _act(
-        self,
-        body: Mapping[str, Any],
-        router: api.GatewayAPIRouter | None,
-        route_spec: dict[str, Any] | None,
-        actions: tuple[Any, ...],
-        obs: Observations,
-    ) -> bool:
-        """Route, then emit events. True when a route write conflicted (retry soon, on fresh data)."""
-        namespace = body["metadata"]["namespace"]
-        conflicted = False
+        result = plan(spec, status, obs, now)
+        sequence = _sequence(raw_status) + 1  # what our next status write will carry
+        failure = await self._route(namespace, name, router, route, result, obs, sequence)
+        new_status, actions = result.status, result.actions
+        if failure is not None:
+            written.route_failures += 1
+            noted = note_route_failure(new_status, failure, now)
+            new_status, actions = noted.status, (*actions, *noted.actions)
+        else:
+            written.route_failures = 0
         for action in actions:
-            if isinstance(action, SetWeights):
-                if router is None or route_spec is None:
-                    continue
-                if obs.route_weights == action.weights:
-                    continue  # no API write when nothing would change
-                ops = gatewayapi.weight_patch(route_spec, router, action.weights)
-                if not ops:
-                    continue
-                try:
-                    await self._kube.patch_route(namespace, router.http_route, ops)
-                except Conflict as e:
-                    conflicted = True
-                    log.warning("%s; will retry on the next reconcile", e)
-            elif isinstance(action, EmitEvent):
+            if isinstance(action, EmitEvent):
                 self._events(body, action.type, action.reason, action.message)
-        return conflicted
+        await self._write_status(namespace, name, raw_status, new_status, written, force=failure is not None)
+
+        if failure is not None:
+            # Quickly while it may be transient; a refusal backs off, visible in TrafficRouted meanwhile.
+            return min(ROUTE_RETRY * 2.0 ** (written.route_failures - 1), ROUTE_RETRY_MAX)
+        if spec is None:
+            return IDLE_INTERVAL
+        interval: float = api.duration_seconds(spec.analysis.interval) if spec.analysis else IDLE_INTERVAL
+        if result.requeue_after is not None:
+            interval = max(0.5, min(interval, result.requeue_after))
+        return interval
+
+    async def _measure(
+        self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
+    ) -> tuple[tuple[api.GateResult, ...] | None, str | None, int | None, tuple[str, ...]]:
+        """Gate results, Prometheus error, candidate requests since the step began, gates too fresh to
+        measure. Analysis only while the rollout is live: a finished rollout costs Prometheus nothing."""
+        if spec.analysis is None or status.phase not in ANALYSED_PHASES:
+            return None, None, None, ()
+        gateway = self._gateway_for(
+            spec.analysis.prometheus.url, api.duration_seconds(spec.analysis.prometheus.timeout)
+        )
+        windows = gate_windows(spec, status, now)
+        fresh = tuple(name for name, seconds in windows.items() if seconds is None)
+        try:
+            measured = await measure_gates(_with_windows(spec, windows), namespace, gateway)
+            requests = None
+            step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
+            # A start time edited into nonsense is the planner's to repair, not a reason to crash.
+            started = parse_time(status.step_started_at)
+            if step is not None and step.pause is not None and step.pause.min_requests and started:
+                since = (now - started).total_seconds()  # < 1 s (even < 0: rounded up) counts 0
+                requests = await candidate_requests(spec, namespace, since, gateway)
+        except PrometheusUnavailable as e:
+            return None, str(e), None, fresh
+        by_name = {r.name: r for r in measured}
+        results = []
+        for gate in spec.analysis.gates:
+            if gate.name in by_name:
+                results.append(by_name[gate.name])
+            else:
+                results.append(
+                    api.GateResult(
+                        name=gate.name,
+                        verdict=api.Verdict.INCONCLUSIVE,
+                        message=TOO_RECENT,
+                        dry_run=gate.dry_run,
+                    )
+                )
+        return tuple(results), None, requests, fresh
+
+    async def _route(
+        self,
+        namespace: str,
+        name: str,
+        router: api.GatewayAPIRouter | None,
+        route: dict[str, Any] | None,
+        result: Plan,
+        obs: Observations,
+        sequence: int,
+    ) -> RouteFailure | None:
+        """Write the weights the plan asks for, with the write-ahead record, before any status write."""
+        action = next((a for a in result.actions if isinstance(a, SetWeights)), None)
+        if action is None or router is None or route is None or obs.route_weights == action.weights:
+            return None  # no API write when nothing would change
+        route_spec = route.get("spec") or {}
+        ops = gatewayapi.weight_patch(route_spec, router, action.weights)
+        if not ops:
+            return None
+        record = intent_for(name, result.status, sequence)
+        ops = [*ops, *annotation_patch(route.get("metadata"), record)]
+        try:
+            await self._kube.patch_route(namespace, router.http_route, ops)
+        except Conflict as e:
+            log.warning("%s/%s: %s; will retry on fresh data", namespace, name, e)
+            return RouteFailure(
+                f"HTTPRoute changed while patching; retrying on fresh data ({e})", permanent=False
+            )
+        except RouteWriteError as e:
+            log.warning("%s/%s: %s", namespace, name, e)
+            return RouteFailure(str(e), permanent=e.permanent)
+        return None
 
     async def _write_status(
         self,
         namespace: str,
         name: str,
-        meta: Mapping[str, Any],
         raw_status: dict[str, Any],
         new_status: api.AgentRolloutStatus,
         written: WrittenStatus,
+        force: bool = False,
     ) -> None:
         new = api.dump(new_status)
+        new["sequence"] = _sequence(raw_status)
         patch = merge_patch({**HUMAN_VERBS, **raw_status}, new, owned=STATUS_KEYS)
-        if not patch:
+        if not patch and not force:
             return
+        # Every write of ours raises the sequence, so a body older than it is recognised as such.
+        patch["sequence"] = new["sequence"] = _sequence(raw_status) + 1
         stored = await self._kube.patch_rollout_status(namespace, name, patch)
         # Remember the status as stored (a verb a human set meanwhile included); with no object
         # returned, it is what we read with the patch applied.
         stored_status = stored.get("status")
         if not isinstance(stored_status, dict):
             stored_status = {k: v for k, v in {**raw_status, **new}.items() if patch.get(k, k) is not None}
-        stored_version = (stored.get("metadata") or {}).get("resourceVersion")
-        written.remember(meta.get("resourceVersion"), dict(stored_status), stored_version)
+        written.remember(dict(stored_status))
+
+
+def _with_windows(spec: api.AgentRolloutSpec, windows: Mapping[str, int | None]) -> api.AgentRolloutSpec:
+    """The spec with each gate's window clamped as the planner says; gates too fresh are left out."""
+    if spec.analysis is None:
+        return spec
+    gates = []
+    for gate in spec.analysis.gates:
+        seconds = windows.get(gate.name, -1)
+        if seconds is None:
+            continue
+        full = int(api.duration_seconds(gate.window))
+        gates.append(gate if seconds in (-1, full) else gate.model_copy(update={"window": f"{seconds}s"}))
+    return spec.model_copy(update={"analysis": spec.analysis.model_copy(update={"gates": gates})})
+
+
+def _our_intent(route: Mapping[str, Any] | None, rollout: str) -> RouteIntent | None:
+    annotations = ((route or {}).get("metadata") or {}).get("annotations") or {}
+    found = decode(annotations.get(ANNOTATION))
+    return found if found is not None and found.rollout == rollout else None
 
 
 def _parse_alone(model: type[M], raw: Any) -> M | None:

@@ -55,6 +55,11 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     SPEC_VALID = "SpecValid"  # Failed -> Pending once the spec is fixed
     CANDIDATE_NOT_FOUND = "CandidateNotFound"
+    CANDIDATE_UNAVAILABLE = "CandidateUnavailable"  # exists, but no replica is available
+    LEGACY_NOT_FOUND = "LegacyNotFound"  # a rollback would have nowhere to go
+    INCONCLUSIVE_LIMIT = "InconclusiveLimit"  # the candidate serves but its gates give no verdict
+    ROUTE_WRITE_FAILED = "RouteWriteFailed"  # the API server did not take a weight change
+    RECOVERED = "Recovered"  # resumed from the route's write-ahead record after a lost status write
     WEIGHTS_RECONCILED = "WeightsReconciled"
     DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
 
@@ -66,10 +71,17 @@ WARNING_REASONS = frozenset(
         Reason.ABORTED,
         Reason.INVALID_SPEC,
         Reason.CANDIDATE_NOT_FOUND,
+        Reason.CANDIDATE_UNAVAILABLE,
+        Reason.LEGACY_NOT_FOUND,
         Reason.INCONCLUSIVE,
+        Reason.INCONCLUSIVE_LIMIT,
+        Reason.ROUTE_WRITE_FAILED,
+        Reason.RECOVERED,
     }
 )
-ROLLBACK_REASONS = frozenset({Reason.GATE_FAILED, Reason.PROMETHEUS_UNAVAILABLE, Reason.ABORTED})
+ROLLBACK_REASONS = frozenset(
+    {Reason.GATE_FAILED, Reason.PROMETHEUS_UNAVAILABLE, Reason.ABORTED, Reason.INCONCLUSIVE_LIMIT}
+)
 LIVE_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
 
 
@@ -150,7 +162,9 @@ def route(t: Tick, spec: AgentRolloutSpec | None, reason: Reason) -> bool:
     """Set status.weights for the current phase and step; False when nothing changed."""
     want = target_weights(t, spec)
     if want is None or want == t.st.weights or routes_to_missing(t.obs, want):
-        return False  # never send traffic towards a Deployment we saw missing: keep what works
+        # Never send traffic towards a Deployment we saw missing (or a candidate that cannot answer):
+        # keep what works, and say so in TrafficRouted.
+        return False
     t.st.weights = want
     t.weights_reason = reason.value
     return True
@@ -160,7 +174,7 @@ def target_weights(t: Tick, spec: AgentRolloutSpec | None) -> Weights | None:
     phase = t.st.phase
     if phase is Phase.PENDING:
         return None  # the route is not ours until the rollout starts
-    if phase in (Phase.ROLLED_BACK, Phase.FAILED) or missing(t.obs.candidate):
+    if phase in (Phase.ROLLED_BACK, Phase.FAILED) or cannot_serve(t.obs.candidate):
         return legacy_only()
     if phase is Phase.PROMOTED:
         return candidate_only()
@@ -170,11 +184,17 @@ def target_weights(t: Tick, spec: AgentRolloutSpec | None) -> Weights | None:
 def settle_weights(t: Tick, spec: AgentRolloutSpec | None) -> None:
     """Weights that must change without a phase transition (candidate gone or back, steps edited)."""
     before = t.st.weights
-    reason = Reason.CANDIDATE_NOT_FOUND if missing(t.obs.candidate) else Reason.WEIGHTS_RECONCILED
+    reason = Reason.WEIGHTS_RECONCILED
+    if missing(t.obs.candidate):
+        reason = Reason.CANDIDATE_NOT_FOUND
+    elif cannot_serve(t.obs.candidate):
+        reason = Reason.CANDIDATE_UNAVAILABLE
     if not route(t, spec, reason):
         return
     if reason is Reason.CANDIDATE_NOT_FOUND:
         message = "candidate Deployment not found: all traffic to legacy until it returns"
+    elif reason is Reason.CANDIDATE_UNAVAILABLE:
+        message = "candidate has no available replica: all traffic to legacy until one is available"
     else:
         message = f"weights {weights_text(before)} -> {weights_text(t.st.weights)} for {t.st.phase.value}"
     record(t, reason, message, [])
@@ -183,7 +203,7 @@ def settle_weights(t: Tick, spec: AgentRolloutSpec | None) -> None:
 def request_weights(t: Tick) -> None:
     """Level-based: ask for status.weights whenever they changed or the route shows anything else."""
     st, shown = t.st, t.obs.route_weights
-    if not owns_route(st) or routes_to_missing(t.obs, st.weights):
+    if not owns_route(st) or t.obs.route_claimed_by is not None or routes_to_missing(t.obs, st.weights):
         return
     if t.weights_reason is None and (shown is None or shown == st.weights):
         return
@@ -198,15 +218,32 @@ def owns_route(st: AgentRolloutStatus) -> bool:
     return st.phase is not Phase.PENDING
 
 
-def set_traffic_condition(t: Tick) -> None:
+def set_traffic_condition(t: Tick, spec: AgentRolloutSpec | None) -> None:
     st, shown = t.st, t.obs.route_weights
-    if t.obs.route_error is not None or shown is None:
+    # Judge the route as it will be once this tick's write lands; a refused write is reported by
+    # planner.note_route_failure, so a successful rollback never reads "pending" for an interval.
+    requested = next((a.weights for a in t.actions if isinstance(a, SetWeights)), None)
+    if requested is not None and shown is not None:
+        shown = requested
+    want = target_weights(t, spec)
+    if t.obs.route_claimed_by is not None:
+        detail = (
+            f"the route is managed by AgentRollout {t.obs.route_claimed_by}, created earlier; not touching it"
+        )
+        condition(t, CT.TRAFFIC_ROUTED, "False", CR.ROUTE_CLAIMED, detail)
+    elif t.obs.route_error is not None or shown is None:
         detail = t.obs.route_error or "route weights could not be read"
         condition(t, CT.TRAFFIC_ROUTED, "False", CR.ROUTE_NOT_FOUND, detail)
     elif not owns_route(st):
         condition(
             t, CT.TRAFFIC_ROUTED, "True", CR.ROUTE_FOUND, "route found; untouched until the rollout starts"
         )
+    elif want is not None and want != st.weights and routes_to_missing(t.obs, want):
+        detail = (
+            f"want {weights_text(want)} but {unavailable_text(t.obs, want)}: "
+            f"traffic held at {weights_text(st.weights)} until it returns"
+        )
+        condition(t, CT.TRAFFIC_ROUTED, "False", CR.TARGET_UNAVAILABLE, detail)
     elif shown == st.weights:
         condition(t, CT.TRAFFIC_ROUTED, "True", CR.WEIGHTS_APPLIED, weights_text(st.weights))
     else:
@@ -275,8 +312,30 @@ def missing(state: DeploymentState | None) -> bool:
     return state is not None and not state.exists
 
 
+def cannot_serve(state: DeploymentState | None) -> bool:
+    """Observed, and absent or without an available replica; unobserved (None) is not known."""
+    return state is not None and not state.can_serve
+
+
 def routes_to_missing(obs: Observations, weights: Weights) -> bool:
-    return (weights.legacy > 0 and missing(obs.legacy)) or (weights.candidate > 0 and missing(obs.candidate))
+    """Weights that would send users to a Deployment that is gone, or to a candidate that cannot answer.
+
+    Legacy only has to exist: it is where every failure goes, and a legacy short of replicas still
+    answers better than a candidate that was judged bad.
+    """
+    return (weights.legacy > 0 and missing(obs.legacy)) or (
+        weights.candidate > 0 and cannot_serve(obs.candidate)
+    )
+
+
+def unavailable_text(obs: Observations, weights: Weights) -> str:
+    if weights.legacy > 0 and missing(obs.legacy):
+        return f"legacy Deployment {obs.legacy.name if obs.legacy else ''} is missing"
+    state = obs.candidate
+    if state is not None and not state.exists:
+        return f"candidate Deployment {state.name} is missing"
+    name = state.name if state is not None else ""
+    return f"candidate Deployment {name} has no available replica"
 
 
 def route_readable(obs: Observations) -> bool:
