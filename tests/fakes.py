@@ -86,7 +86,10 @@ class FakeKube(KubeClient):
         stored = self.routes.get((namespace, name))
         if stored is None:
             return None
-        return {"spec": copy.deepcopy(stored["spec"]), "metadata": copy.deepcopy(stored.get("metadata") or {})}
+        return {
+            "spec": copy.deepcopy(stored["spec"]),
+            "metadata": copy.deepcopy(stored.get("metadata") or {}),
+        }
 
     def writes_of(self, kind: Literal["status", "route"]) -> list[Write]:
         return [w for w in self.writes if w.kind == kind]

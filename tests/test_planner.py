@@ -498,7 +498,7 @@ def test_abort_with_legacy_missing_is_recorded_but_routes_nowhere_until_legacy_r
     back = plan(make_spec(), p.status, observe(route=w(25)), T0 + timedelta(seconds=5))
     assert back.status.weights == w(0)
     assert SetWeights(weights=w(0), reason="Aborted") not in back.actions  # a reconcile, not a new decision
-    assert [a for a in back.actions if isinstance(a, SetWeights)][0].weights == w(0)
+    assert next(a for a in back.actions if isinstance(a, SetWeights)).weights == w(0)
 
 
 def test_route_error_holds_the_step() -> None:
