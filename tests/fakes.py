@@ -55,6 +55,10 @@ class FakeKube(KubeClient):
     conflicts: int = 0
     # Called just before a status patch is applied: someone else writing "meanwhile".
     before_status_patch: Callable[[], None] | None = None
+    # Raised by every route write while set: what the API server answers (RouteWriteError, Conflict).
+    route_refusal: Exception | None = None
+    # Raised by every status write while set: a crash or a refused write between the two writes.
+    status_refusal: Exception | None = None
     _version: int = 1000
 
     def _next_version(self) -> str:
@@ -97,6 +101,8 @@ class FakeKube(KubeClient):
     async def patch_rollout_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         if self.before_status_patch is not None:
             self.before_status_patch()
+        if self.status_refusal is not None:
+            raise self.status_refusal
         stored = self.rollouts[(namespace, name)]
         stored["status"] = apply_merge_patch(stored.get("status") or {}, copy.deepcopy(patch))
         stored["metadata"]["resourceVersion"] = self._next_version()
@@ -104,6 +110,8 @@ class FakeKube(KubeClient):
         return copy.deepcopy(stored)
 
     async def patch_route(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+        if self.route_refusal is not None:
+            raise self.route_refusal
         stored = self.routes[(namespace, name)]
         try:
             patched = jsonpatch.apply_patch(stored, ops)

@@ -108,6 +108,7 @@ class World:
         }
         self.route_index: dict[tuple[str, str], dict[str, Any]] | None = None  # None: index is current
         self.written = WrittenStatus()
+        self.route_owner: str | None = None  # another AgentRollout that owns the route, if any
         self.reconciler = Reconciler(
             kube=self.kube,
             gateway_for=lambda url, timeout: self.prometheus,
@@ -134,6 +135,7 @@ class World:
                 deployments=lambda namespace, name: self.deployments.get((namespace, name)),
                 routes=route_lookup,
                 written=self.written,
+                route_owner=lambda namespace, route: self.route_owner,
             )
         )
 

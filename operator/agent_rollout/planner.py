@@ -42,6 +42,7 @@ Choices on open questions (each is a rule a reviewer may want to change in one p
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime
 
 from agent_rollout import api
@@ -125,21 +126,23 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
         _reconcile(t, spec)
     settle_weights(t, spec)
     request_weights(t)
-    if spec is not None:
-        set_traffic_condition(t, spec)
+    set_traffic_condition(t, spec)
     set_completed_condition(t)
     t.st.message = status_message(t, spec, problems)
     t.st.step = _step_label(t.st, spec)
     return Plan(status=t.st, actions=tuple(t.actions), requeue_after=_requeue_after(t, spec))
 
 
-def note_route_failure(status: AgentRolloutStatus, failure: RouteFailure, now: datetime) -> Plan:
+def note_route_failure(
+    status: AgentRolloutStatus, previous: AgentRolloutStatus, failure: RouteFailure, now: datetime
+) -> Plan:
     """The status to write when the route write of a plan was not taken: the plan's decisions stand
     (they are already in `status`), TrafficRouted says why the route lags, and a Warning Event goes
-    out when the failure is new, so a refusal retried every few seconds is one Event, not thousands."""
+    out when the failure is new since `previous` (the status the plan started from), so a refusal
+    retried every few seconds is one Event, not thousands."""
     t = Tick(obs=Observations(), now=utc(now), st=status.model_copy(deep=True))
     reason = CR.ROUTE_WRITE_REFUSED if failure.permanent else CR.ROUTE_WRITE_FAILED
-    old = find_condition(status.conditions, CT.TRAFFIC_ROUTED.value)
+    old = find_condition(previous.conditions, CT.TRAFFIC_ROUTED.value)
     message = f"route write {'refused' if failure.permanent else 'failed'}: {failure.detail}"
     condition(t, CT.TRAFFIC_ROUTED, "False", reason, message)
     if old is None or (old.reason, old.message) != (reason.value, message):
@@ -194,6 +197,8 @@ def _recover(t: Tick) -> None:
     st.promote = st.abort = st.retry = False
     if entered_step:
         st.last_analysis, st.last_analysis_at, st.inconclusive_runs = [], None, {}
+        # This tick's gates were measured over windows of the step we left: not evidence for this one.
+        t.obs = replace(t.obs, gates=None, prometheus_error=None, candidate_requests=None)
     try:
         reason = Reason(intent.reason)
     except ValueError:

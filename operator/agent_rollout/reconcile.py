@@ -200,7 +200,7 @@ class Reconciler:
         new_status, actions = result.status, result.actions
         if failure is not None:
             written.route_failures += 1
-            noted = note_route_failure(new_status, failure, now)
+            noted = note_route_failure(new_status, status, failure, now)
             new_status, actions = noted.status, (*actions, *noted.actions)
         else:
             written.route_failures = 0
