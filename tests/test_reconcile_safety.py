@@ -11,6 +11,8 @@ import contextlib
 import copy
 from typing import Any
 
+import pytest
+
 from agent_rollout import api
 from agent_rollout.domain import DeploymentState
 from agent_rollout.kube import RouteWriteError, template_hash
@@ -212,10 +214,8 @@ def test_lost_status_write_after_a_forward_route_write_resumes_forward() -> None
     world.tick()  # judged at 25%: step 4, a pause
     assert (world.status["currentStep"], world.route_weights()[CANDIDATE]) == (3, 25)
     world.kube.status_refusal = RuntimeError("operator killed between the route write and the status write")
-    try:
+    with pytest.raises(RuntimeError):
         world.tick(advance=301)  # the pause is over: step 5 wants 50%
-    except RuntimeError:
-        pass
     world.kube.status_refusal = None
     assert (world.status["currentStep"], world.route_weights()[CANDIDATE]) == (3, 50)
     world.written = type(world.written)()  # a restarted operator remembers nothing
