@@ -47,14 +47,17 @@ class OperatorProcess:
     behind to act on the next cluster.
     """
 
-    def __init__(self, kubeconfig: Path, log_path: Path, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_path: Path, args: Sequence[str] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.args = list(args)
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent_rollout.main", *self.args],

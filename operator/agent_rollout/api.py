@@ -28,10 +28,20 @@ _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 # A duration such as 30s, 5m, 48h or 1h30m; kept as text in the spec, parsed where it is used.
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN, examples=["30s", "5m", "48h"])]
+Duration = Annotated[str, Field(max_length=32, pattern=DURATION_PATTERN, examples=["30s", "5m", "48h"])]
 # Kubernetes object names (DNS-1123 subdomain).
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 Weight = Annotated[int, Field(ge=0, le=100)]
+
+# Bounds on every string and list of the spec: a megabyte URL or query would pass admission and then
+# make every status write fail on etcd's object size limit while traffic sits on the candidate. They
+# also let the apiserver estimate the cost of the CRD's CEL rules.
+MAX_GATES = 20
+MAX_STEPS = 50
+MAX_LABEL_NAME = 128
+MAX_METRIC_NAME = 200
+LabelName = Annotated[str, Field(max_length=MAX_LABEL_NAME, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+MetricName = Annotated[str, Field(max_length=MAX_METRIC_NAME, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")]
 
 
 def duration_seconds(text: str) -> float:
@@ -115,38 +125,35 @@ class MetricNames(_Model):
     names where OpenTelemetry has none (flagged answers, cost, evaluations).
     """
 
-    version_label: str = Field(default="version", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-    namespace_label: str = Field(default="namespace", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    version_label: LabelName = Field(default="version")
+    namespace_label: LabelName = Field(default="namespace")
     legacy_version: str | None = Field(
         default=None,
         min_length=1,
+        max_length=253,
         description="Value of the version label for legacy; default: the legacy Deployment name.",
     )
     candidate_version: str | None = Field(
         default=None,
         min_length=1,
+        max_length=253,
         description="Value of the version label for candidate; default: the candidate Deployment name.",
     )
-    duration_histogram: str = Field(
-        default="gen_ai_client_operation_duration_seconds", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
-    )
-    error_label: str = Field(
+    duration_histogram: MetricName = Field(default="gen_ai_client_operation_duration_seconds")
+    error_label: LabelName = Field(
         default="error_type",
-        pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$",
         description="Label present (non-empty) on failed requests.",
     )
-    token_histogram: str = Field(default="gen_ai_client_token_usage", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-    flagged_counter: str = Field(default="agent_answers_flagged_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-    cost_counter: str = Field(default="agent_cost_usd_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    token_histogram: MetricName = Field(default="gen_ai_client_token_usage")
+    flagged_counter: MetricName = Field(default="agent_answers_flagged_total")
+    cost_counter: MetricName = Field(default="agent_cost_usd_total")
     price_per_token: float | None = Field(
         default=None,
         ge=0,
         description="When set, cost per request is tokens x this price instead of the cost counter.",
     )
-    eval_total_counter: str = Field(default="agent_eval_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-    eval_correct_counter: str = Field(
-        default="agent_eval_correct_total", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
-    )
+    eval_total_counter: MetricName = Field(default="agent_eval_total")
+    eval_correct_counter: MetricName = Field(default="agent_eval_correct_total")
 
 
 class Comparison(_Model):
@@ -219,7 +226,7 @@ class Analysis(_Model):
     )
     on_inconclusive_limit: OnInconclusiveLimitPolicy = Field(default=OnInconclusiveLimitPolicy.ROLLBACK)
     metrics: MetricNames = Field(default_factory=MetricNames)
-    gates: list[Gate] = Field(default_factory=list)
+    gates: list[Gate] = Field(default_factory=list, max_length=MAX_GATES)
 
     @field_validator("interval")
     @classmethod
@@ -260,7 +267,7 @@ class AgentRolloutSpec(_Model):
     candidate: DeploymentRef
     traffic: Traffic
     analysis: Analysis | None = None
-    steps: list[Step] = Field(min_length=1)
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
 
 
 # ---------------------------------------------------------------- status

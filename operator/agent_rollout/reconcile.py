@@ -8,6 +8,7 @@ traffic first (a rollback must not wait on a status write), then sends one statu
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,11 @@ from agent_rollout.validation import validate
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+
+# Fault point for the e2e proof that a crash between the route write and the status write never moves
+# traffic backwards: with this value the process dies right after every route write that landed.
+FAULT_ENV = "AGENT_ROLLOUT_FAULT"
+CRASH_AFTER_ROUTE_WRITE = "crash-after-route-write"
 
 # (namespace, name) -> summary, fed by kopf indices in production and by dicts in tests.
 DeploymentLookup = Callable[[str, str], DeploymentState | None]
@@ -288,6 +294,9 @@ class Reconciler:
         except RouteWriteError as e:
             log.warning("%s/%s: %s", namespace, name, e)
             return RouteFailure(str(e), permanent=e.permanent)
+        if os.environ.get(FAULT_ENV) == CRASH_AFTER_ROUTE_WRITE:
+            log.error("%s/%s: fault point %s: exiting before the status write", namespace, name, FAULT_ENV)
+            os._exit(86)
         return None
 
     async def _write_status(

@@ -136,10 +136,10 @@ def record(t: Tick, reason: Reason, message: str, evidence: list[GateResult]) ->
     decision = Decision(
         time=iso(t.now),
         reason=reason.value,
-        message=message,
+        message=bounded(message),
         step=st.current_step,
         weights=st.weights.model_copy(),
-        evidence=[r.model_copy() for r in evidence],
+        evidence=[_history_evidence(r) for r in evidence],
     )
     st.history = [*st.history, decision][-api.HISTORY_LIMIT :]
     text = event_text(message, evidence)
@@ -151,7 +151,28 @@ def record(t: Tick, reason: Reason, message: str, evidence: list[GateResult]) ->
 
 def condition(t: Tick, type_: CT, status: ConditionStatus, reason: CR, message: str) -> None:
     t.st.conditions = set_condition(
-        t.st.conditions, type_.value, status, reason.value, message, t.now, t.st.observed_generation
+        t.st.conditions, type_.value, status, reason.value, bounded(message), t.now, t.st.observed_generation
+    )
+
+
+# The history keeps HISTORY_LIMIT decisions, each with up to MAX_GATES results: its texts are cut so
+# the largest status stays far below etcd's object limit (tests/test_bounds.py measures it). The full
+# query of each gate stays in lastAnalysis and in the Event.
+MESSAGE_LIMIT = 1024
+EVIDENCE_TEXT_LIMIT = 300
+
+
+def bounded(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _history_evidence(result: GateResult) -> GateResult:
+    return result.model_copy(
+        update={
+            "query": bounded(result.query, EVIDENCE_TEXT_LIMIT),
+            "message": bounded(result.message, EVIDENCE_TEXT_LIMIT),
+            "bound": bounded(result.bound, EVIDENCE_TEXT_LIMIT),
+        }
     )
 
 
@@ -273,7 +294,7 @@ def status_message(t: Tick, spec: AgentRolloutSpec | None, problems: list[SpecPr
     """One human line; a function of the new status and this tick's observations only."""
     st = t.st
     if spec is None or problems:
-        return f"invalid spec: {problems_text(problems)}"
+        return bounded(f"invalid spec: {problems_text(problems)}")
     if st.phase is Phase.PENDING:
         return t.waiting or "waiting to start"
     if st.phase is Phase.PROMOTED:

@@ -1,0 +1,259 @@
+"""Safety under crashes, concurrent writers and bad input (issue 7), on the real control plane.
+
+Every test runs the real operator process against the real apiserver, with the traffic driver
+following the HTTPRoute, and asserts on what traffic and the stored objects show.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from agent_rollout.reconcile import CRASH_AFTER_ROUTE_WRITE, FAULT_ENV
+from e2e.cluster import ClusterState
+from e2e.cluster import objects as cluster_objects
+from e2e.rollout.scene import CANDIDATE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
+
+ERROR_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.05, "window": "30s"}
+HOLD = {"pause": {"duration": "1h"}}
+
+
+def _candidate_weights_seen(s: Scene) -> list[int]:
+    seen = [w.weights.get(CANDIDATE, 0) for w in s.driver.weight_history]
+    return [w for i, w in enumerate(seen) if i == 0 or w != seen[i - 1]]
+
+
+def _git_copy(s: Scene, legacy: int, candidate: int) -> dict[str, Any]:
+    """The route as Git holds it: what Argo CD applies on a sync or a self-heal."""
+    manifest = cluster_objects.httproute(ROUTE, {LEGACY: legacy, CANDIDATE: candidate})
+    manifest["metadata"]["namespace"] = s.namespace
+    return manifest
+
+
+# ---------------------------------------------------------------- 8. route changes wake the rollout
+
+
+def test_route_reapplied_from_git_is_restored_at_once_not_an_interval_later(
+    scene: Callable[..., Scene],
+) -> None:
+    s = scene()
+    s.apply(s.rollout_manifest("reapplied", steps=[{"setWeight": 25}, HOLD], interval="30s"))
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
+    wait_until("step 2", lambda: s.status("reapplied").get("currentStep") == 1, 60)
+
+    # Argo CD's default sync: a client-side apply of the Git copy, which carries other weights.
+    s.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(_git_copy(s, 50, 50)))
+    applied = time.monotonic()
+    wait_until("the operator to restore 75/25", lambda: s.route_weights() == {LEGACY: 75, CANDIDATE: 25}, 10)
+    restored = time.monotonic() - applied
+
+    print(f"\nroute re-applied from Git -> weights restored in {restored:.2f}s (interval 30s)")
+    assert restored < 5.0  # a wake-up, not the 30 s interval
+
+
+def test_documented_argo_cd_settings_leave_the_weights_alone(scene: Callable[..., Scene]) -> None:
+    s = scene()
+    s.apply(s.rollout_manifest("gitops", steps=[{"setWeight": 25}, HOLD], interval="30s"))
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
+    before = s.kube.get_httproute(s.namespace, ROUTE)["metadata"]["generation"]
+
+    # With ignoreDifferences on the weights and RespectIgnoreDifferences=true, Argo CD copies the live
+    # weights into the desired state before it applies: the apply changes nothing the operator owns.
+    live = s.kube.get_httproute(s.namespace, ROUTE)
+    desired = _git_copy(s, 100, 0)
+    desired["spec"]["rules"][0]["backendRefs"] = live["spec"]["rules"][0]["backendRefs"]
+    s.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(desired))
+    # With ServerSideApply=true and Git carrying no weights, the weights stay the operator's fields.
+    no_weights = _git_copy(s, 100, 0)
+    for ref in no_weights["spec"]["rules"][0]["backendRefs"]:
+        ref.pop("weight", None)
+    s.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=argocd-controller",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(no_weights),
+    )
+    time.sleep(2)
+
+    assert s.route_weights() == {LEGACY: 75, CANDIDATE: 25}
+    assert s.kube.get_httproute(s.namespace, ROUTE)["metadata"]["generation"] == before
+    assert _candidate_weights_seen(s) == [0, 25]
+
+
+# ---------------------------------------------------------------- 10. crash between the two writes
+
+
+def test_operator_killed_between_route_and_status_writes_never_moves_traffic_backwards(
+    scene: Callable[..., Scene], operator: OperatorProcess, cluster: ClusterState
+) -> None:
+    s = scene(duration_s=400)
+    operator.kill()
+    faulty = OperatorProcess(
+        cluster.kubeconfig, cluster.run_dir / "operator-faulty.log", env={FAULT_ENV: CRASH_AFTER_ROUTE_WRITE}
+    )
+    crashes = 0
+    try:
+        faulty.start()
+        s.apply(
+            s.rollout_manifest(
+                "crashing",
+                steps=[{"setWeight": 10}, {"setWeight": 25}, {"setWeight": 50}, {"setWeight": 100}],
+                minSamples=5,
+                gates=[ERROR_GATE],
+            )
+        )
+        deadline = time.monotonic() + 240
+        while s.status("crashing").get("phase") != "Promoted":
+            assert time.monotonic() < deadline, (
+                f"not promoted after {crashes} crashes: {s.status('crashing')}"
+            )
+            if not faulty.alive():
+                crashes += 1
+                faulty.start()  # restarted like a Deployment would, still dying after every route write
+            time.sleep(0.2)
+    finally:
+        faulty.kill()
+        operator.start()
+
+    print(f"\npromoted through {crashes} crashes between the route write and the status write")
+    assert crashes >= 4  # the fault point fired at every weight change
+    assert _candidate_weights_seen(s) == [0, 10, 25, 50, 100]  # only ever up
+    history = s.status("crashing")["history"]
+    assert any("write-ahead" in d["message"] for d in history)
+
+
+# ---------------------------------------------------------------- 2. a refused route write
+
+
+def test_route_write_refused_by_admission_keeps_the_decision_and_says_why(
+    scene: Callable[..., Scene], kubectl: Callable[..., Any]
+) -> None:
+    s = scene()
+    policy = f"freeze-routes-{s.namespace}"[:63]
+    manifests = [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["gateway.networking.k8s.io"],
+                            "apiVersions": ["*"],
+                            "operations": ["UPDATE"],
+                            "resources": ["httproutes"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": "!has(object.metadata.labels) || !('frozen' in object.metadata.labels)",
+                        "message": "route frozen by the change freeze",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy},
+            "spec": {
+                "policyName": policy,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": s.namespace}}
+                },
+            },
+        },
+    ]
+    s.apply(s.rollout_manifest("frozen", steps=[{"setWeight": 25}, HOLD]))
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
+    kubectl("label", "httproute", ROUTE, "-n", s.namespace, "frozen=true")
+    kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
+    try:
+        time.sleep(2)  # admission policies take effect within about a second
+        kubectl(
+            "patch",
+            "agentrollout",
+            "frozen",
+            "-n",
+            s.namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status": {"abort": true}}',
+        )
+
+        status = s.wait_for_phase("frozen", "RolledBack", timeout_s=20)
+        traffic = next(c for c in status["conditions"] if c["type"] == "TrafficRouted")
+        assert (traffic["status"], traffic["reason"]) == ("False", "RouteWriteRefused"), traffic
+        assert "change freeze" in traffic["message"]
+        assert status["history"][-1]["reason"] == "Aborted"
+        time.sleep(8)  # several retries
+        assert s.event_reasons("frozen").count("RouteWriteFailed") == 1
+        assert s.route_weights() == {LEGACY: 75, CANDIDATE: 25}
+    finally:
+        kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", policy, check=False)
+        kubectl("label", "httproute", ROUTE, "-n", s.namespace, "frozen-")
+    wait_until(
+        "legacy 100 once the freeze is lifted", lambda: s.route_weights() == {LEGACY: 100, CANDIDATE: 0}, 45
+    )
+
+
+# ---------------------------------------------------------------- 7. one owner per route
+
+
+def test_second_rollout_naming_the_same_route_is_held_with_a_condition_naming_the_first(
+    scene: Callable[..., Scene],
+) -> None:
+    s = scene()
+    s.apply(s.rollout_manifest("first", steps=[{"setWeight": 25}, HOLD]))
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
+    s.apply(s.rollout_manifest("second", steps=[{"setWeight": 50}, HOLD]))
+
+    def held() -> dict[str, Any] | None:
+        conditions = {c["type"]: c for c in s.status("second").get("conditions", [])}
+        traffic = conditions.get("TrafficRouted")
+        return traffic if traffic and traffic["reason"] == "RouteClaimed" else None
+
+    traffic = wait_until("the second rollout held", held, 20)
+    assert "first" in traffic["message"]
+    time.sleep(6)
+    assert s.status("second").get("phase") == "Pending"
+    assert _candidate_weights_seen(s) == [0, 25]  # no flip-flop between the two
+
+
+# ---------------------------------------------------------------- 13. legacy deleted mid-rollout
+
+
+def test_legacy_deleted_mid_rollout_keeps_analysing_and_rolls_back_once_legacy_returns(
+    scene: Callable[..., Scene],
+) -> None:
+    s = scene()
+    s.apply(s.rollout_manifest("orphan", steps=[{"setWeight": 25}, HOLD], minSamples=5, gates=[ERROR_GATE]))
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
+    legacy = s.kube.apps.read_namespaced_deployment(LEGACY, s.namespace)
+
+    s.kube.apps.delete_namespaced_deployment(LEGACY, s.namespace)
+    wait_until("a LegacyNotFound Warning", lambda: "LegacyNotFound" in s.event_reasons("orphan"), 10)
+    s.agents[CANDIDATE].set_profile(error_ratio=0.5)
+
+    status = s.wait_for_phase("orphan", "RolledBack", timeout_s=60)
+    assert status["history"][-1]["reason"] == "GateFailed"
+    traffic = next(c for c in status["conditions"] if c["type"] == "TrafficRouted")
+    assert traffic["reason"] == "TargetUnavailable" and "legacy" in traffic["message"]
+    assert s.route_weights() == {LEGACY: 75, CANDIDATE: 25}  # nowhere else to go yet
+
+    body = s.kube.client.sanitize_for_serialization(legacy)
+    for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+        body["metadata"].pop(key, None)
+    body.pop("status", None)
+    s.kube.apps.create_namespaced_deployment(s.namespace, body)
+    wait_until("legacy 100 once legacy exists", lambda: s.route_weights() == {LEGACY: 100, CANDIDATE: 0}, 30)
