@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import math
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,16 @@ from prometheus_api_client import PrometheusConnect
 
 from agent_rollout import api
 from agent_rollout.analysis.batch import BatchReader
-from agent_rollout.analysis.prometheus import PrometheusGateway, measure_gates, parse_scalar, parse_vector
+from agent_rollout.analysis.prometheus import (
+    PrometheusGateway,
+    PrometheusUnavailable,
+    QueryRejected,
+    api_get,
+    check_queries,
+    measure_gates,
+    parse_scalar,
+    parse_vector,
+)
 from agent_rollout.analysis.templates import BlockValues, template_queries, template_read
 from agent_rollout.api import MetricNames, Template
 from e2e.cluster import ClusterState
@@ -449,3 +459,85 @@ def test_measure_gates_through_the_prometheus_gateway(
             assert r.legacy_value == pytest.approx(legacy_value, rel=2 * slack), (name, r.legacy_value)
     for name in ("p95-vs-legacy", "flagged", "tokens"):
         assert results[name].legacy_value is not None, name
+
+
+# ---------------------------------------------------------------- queries the real Prometheus rejects
+
+CHECK_NAMESPACE = "e2e-check"  # only a label value: nothing is created
+
+
+def _spec(gates: list[dict[str, Any]], steps: list[dict[str, Any]] | None = None) -> api.AgentRolloutSpec:
+    return api.parse_spec(
+        {
+            "legacy": {"deployment": LEGACY},
+            "candidate": {"deployment": CANDIDATE},
+            "traffic": {
+                "gatewayAPI": {"httpRoute": "r", "legacyBackend": LEGACY, "candidateBackend": CANDIDATE}
+            },
+            "analysis": {"prometheus": {"url": "http://prometheus.invalid:9090"}, "gates": gates},
+            "steps": steps or [{"setWeight": 100}],
+        }
+    )
+
+
+def _unreachable_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+CUSTOM = 'sum(rate(gen_ai_client_operation_duration_seconds_count{version="{{version}}"}[{{window}}]))'
+
+
+def test_prometheus_accepts_every_template_and_a_valid_custom_query(cluster: ClusterState) -> None:
+    gates: list[dict[str, Any]] = [
+        {"name": t.value.lower(), "template": t.value, "compare": {"maxRatio": 1.5}} for t in Template
+    ]
+    gates.append({"name": "custom", "query": CUSTOM, "samplesQuery": CUSTOM, "max": 5})
+    spec = _spec(gates, steps=[{"setWeight": 5}, {"pause": {"minRequests": 100}}])
+    gateway = PrometheusGateway(cluster.prometheus_url, timeout=5.0)
+    assert asyncio.run(check_queries(spec, CHECK_NAMESPACE, gateway)) == []
+    # This Prometheus has format_query, so checking parses the queries without running them.
+    assert api_get(cluster.prometheus_url, "/api/v1/format_query", "sum( up )", 5.0) == "sum(up)"
+
+
+def test_prometheus_rejects_a_missing_bracket_naming_the_field(cluster: ClusterState) -> None:
+    spec = _spec(
+        [
+            {"name": "error-rate", "template": "errorRate", "max": 0.05},
+            {"name": "custom", "query": CUSTOM, "max": 5},
+            {"name": "broken", "query": CUSTOM.removesuffix(")"), "max": 5},
+            {"name": "unterminated", "query": CUSTOM.replace("{{version}}", "{{version}"), "max": 5},
+        ]
+    )
+    gateway = PrometheusGateway(cluster.prometheus_url, timeout=5.0)
+
+    problems = asyncio.run(check_queries(spec, CHECK_NAMESPACE, gateway))
+
+    assert [p.field for p in problems] == ["spec.analysis.gates[2].query", "spec.analysis.gates[3].query"]
+    broken, unterminated = problems
+    print(f"\n{broken.field}: {broken.message}\n{unterminated.field}: {unterminated.message}")
+    # Prometheus' own parser's words, as the real Prometheus says them.
+    assert broken.message.startswith("gate 'broken': Prometheus rejected the query: ")
+    assert "parse error" in broken.message and "parenthes" in broken.message
+    assert unterminated.message.startswith("gate 'unterminated': {{ at character")
+
+    # The same query, measured: rejected (not "unavailable"), naming the gate and its field.
+    with pytest.raises(QueryRejected) as rejected:
+        asyncio.run(measure_gates(spec.model_copy(update={"analysis": _only_gate(spec, 2)}), "x", gateway))
+    assert (rejected.value.gate, rejected.value.field) == ("broken", "spec.analysis.gates[0].query")
+    assert "parse error" in rejected.value.reason
+
+
+def _only_gate(spec: api.AgentRolloutSpec, index: int) -> api.Analysis:
+    assert spec.analysis is not None
+    return spec.analysis.model_copy(update={"gates": [spec.analysis.gates[index]]})
+
+
+def test_an_unreachable_prometheus_is_unavailable_not_a_rejection() -> None:
+    spec = _spec([{"name": "broken", "query": CUSTOM.removesuffix(")"), "max": 5}])
+    gateway = PrometheusGateway(_unreachable_url(), timeout=2.0)
+    with pytest.raises(PrometheusUnavailable):
+        asyncio.run(check_queries(spec, CHECK_NAMESPACE, gateway))
+    with pytest.raises(PrometheusUnavailable):
+        asyncio.run(measure_gates(spec, CHECK_NAMESPACE, gateway))

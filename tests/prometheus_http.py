@@ -48,7 +48,10 @@ def vector(*values: str) -> dict[str, Any]:
 class FakePrometheusServer:
     def __init__(self) -> None:
         self.respond: Responder = lambda query: (200, vector("1"), 0.0)
+        # Answers /api/v1/format_query when set; None answers 404, as a Prometheus before 2.38 does.
+        self.format_query: Responder | None = None
         self.queries: list[str] = []  # every query received, in order (list.append is thread-safe)
+        self.paths: list[str] = []  # the path of each of those requests
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,7 +59,12 @@ class FakePrometheusServer:
                 url = urlparse(self.path)
                 query = parse_qs(url.query).get("query", [""])[0]
                 fake.queries.append(query)
-                status, body, delay = fake.respond(query) if url.path == "/api/v1/query" else (404, {}, 0.0)
+                fake.paths.append(url.path)
+                status, body, delay = 404, {}, 0.0
+                if url.path == "/api/v1/query":
+                    status, body, delay = fake.respond(query)
+                elif url.path == "/api/v1/format_query" and fake.format_query is not None:
+                    status, body, delay = fake.format_query(query)
                 time.sleep(delay)
                 payload = json.dumps(body).encode()
                 try:

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent_rollout.analysis.gates import Measurement, evaluate_gate, higher_is_worse
+from agent_rollout.analysis.gates import Measurement, evaluate_gate, gate_direction
 from agent_rollout.api import Analysis, Gate, GateResult, Verdict
 
 ANALYSIS = Analysis.model_validate({"prometheus": {"url": "http://p:9090"}, "minSamples": 200})
@@ -168,11 +168,60 @@ def test_gate_without_any_bound_is_inconclusive() -> None:
 
 
 def test_direction_of_each_signal() -> None:
-    assert higher_is_worse(gate(template="costPerRequest", max=1))
-    assert not higher_is_worse(gate(template="evalAccuracy", min=0.9))
-    assert higher_is_worse(gate(query="q", max=1))
-    assert higher_is_worse(gate(query="q", compare={"maxRatio": 2}))
-    assert not higher_is_worse(gate(query="q", min=0.5))
+    for template in ("errorRate", "latencyQuantile", "flagRate", "costPerRequest", "tokensPerRequest"):
+        assert gate_direction(gate(template=template, max=1)) == "higherIsWorse", template
+    assert gate_direction(gate(template="evalAccuracy", min=0.9)) == "lowerIsWorse"
+    assert gate_direction(gate(query="q", max=1)) == "higherIsWorse"
+    assert gate_direction(gate(query="q", min=0.5)) == "lowerIsWorse"
+    assert gate_direction(gate(query="q", min=0.5, direction="higherIsWorse")) == "higherIsWorse"
+    # Neither a one-sided bound nor compare says which way is worse: never guessed.
+    assert gate_direction(gate(query="q", compare={"maxRatio": 2})) is None
+    assert gate_direction(gate(query="q", min=0, max=1, compare={"twoProportion": True})) is None
+    # A template knows its direction; a contradicting one is a spec problem, never obeyed.
+    assert gate_direction(gate(template="errorRate", max=1, direction="lowerIsWorse")) == "higherIsWorse"
+
+
+def proportion(direction: str | None = None) -> Gate:
+    """A custom yes/no gate with only twoProportion: nothing in it says which way is worse."""
+    fields = {"direction": direction} if direction else {}
+    return gate(query="q{{version}}", samplesQuery="s{{version}}", compare={"twoProportion": True}, **fields)
+
+
+def test_two_proportion_custom_gate_fails_a_worse_candidate_in_its_direction() -> None:
+    # The regression: 10% errors against legacy's 1%, 2,000 requests each, used to pass.
+    worse = {"value": 0.10, "samples": 2000, "legacy_value": 0.01, "legacy_samples": 2000}
+    better = {"value": 0.01, "samples": 2000, "legacy_value": 0.10, "legacy_samples": 2000}
+    higher = proportion("higherIsWorse")
+    assert evaluate(higher, **worse).verdict is Verdict.FAIL
+    assert evaluate(higher, **better).verdict is Verdict.PASS
+    # The same numbers read as accuracy: the lower candidate is the worse one.
+    lower = proportion("lowerIsWorse")
+    assert evaluate(lower, **worse).verdict is Verdict.PASS
+    assert evaluate(lower, **better).verdict is Verdict.FAIL
+
+
+def test_relative_bounds_without_a_direction_give_no_verdict() -> None:
+    worse = {"value": 0.10, "samples": 2000, "legacy_value": 0.01, "legacy_samples": 2000}
+    result = evaluate(proportion(), **worse)
+    assert result.verdict is Verdict.INCONCLUSIVE
+    assert result.message == "direction unknown: set direction (higherIsWorse or lowerIsWorse)"
+    ratio = gate(query="q{{version}}", compare={"maxRatio": 1.2})
+    assert evaluate(ratio, value=5.0, legacy_value=1.0).verdict is Verdict.INCONCLUSIVE
+    assert evaluate(ratio, value=5.0, legacy_value=1.0).bound == "within 1.2 x legacy (direction unknown)"
+
+
+def test_max_ratio_follows_the_direction() -> None:
+    # higherIsWorse fails when candidate > ratio x legacy; lowerIsWorse when candidate < legacy / ratio.
+    higher = gate(query="q{{version}}", compare={"maxRatio": 1.25}, direction="higherIsWorse")
+    lower = gate(query="q{{version}}", compare={"maxRatio": 1.25}, direction="lowerIsWorse")
+    assert evaluate(higher, value=1.25, legacy_value=1.0).verdict is Verdict.PASS
+    assert evaluate(higher, value=1.3, legacy_value=1.0).verdict is Verdict.FAIL
+    assert evaluate(higher, value=0.1, legacy_value=1.0).verdict is Verdict.PASS
+    assert evaluate(lower, value=0.8, legacy_value=1.0).verdict is Verdict.PASS
+    assert evaluate(lower, value=0.79, legacy_value=1.0).verdict is Verdict.FAIL
+    assert evaluate(lower, value=9.0, legacy_value=1.0).verdict is Verdict.PASS
+    assert evaluate(lower, value=0.79, legacy_value=1.0).bound == ">= legacy / 1.25"
+    assert evaluate(higher, value=1.3, legacy_value=1.0).bound == "<= 1.25 x legacy"
 
 
 @given(value=st.floats(0, 1), samples=st.floats(0, 199.4))

@@ -13,14 +13,23 @@ import pytest
 from agent_rollout.analysis.prometheus import (
     PrometheusGateway,
     PrometheusUnavailable,
+    QueryRejected,
     candidate_requests,
+    check_queries,
     measure_gates,
     parse_scalar,
     parse_vector,
-    prometheus_client,
+    prometheus_session,
 )
-from agent_rollout.analysis.templates import Block, BlockValues, gate_queries, template_read
-from agent_rollout.api import AgentRolloutSpec, MetricNames, Template, Verdict, parse_spec
+from agent_rollout.analysis.templates import (
+    Block,
+    BlockValues,
+    candidate_requests_query,
+    gate_queries,
+    template_read,
+)
+from agent_rollout.api import AgentRolloutSpec, MetricNames, Step, Template, Verdict, parse_spec
+from agent_rollout.domain import SpecProblem
 from tests.prometheus_http import FakePrometheusServer, loop_ticks_during, vector
 
 
@@ -89,11 +98,36 @@ def test_http_500_is_unavailable(prometheus: FakePrometheusServer) -> None:
     assert time.monotonic() - started < 1.0  # no retries with backoff inside one evaluation
 
 
-def test_bad_query_is_unavailable(prometheus: FakePrometheusServer) -> None:
-    body = {"status": "error", "errorType": "bad_data", "error": "parse error"}
-    prometheus.respond = lambda q: (400, body, 0.0)
-    with pytest.raises(PrometheusUnavailable, match="parse error"):
+PARSE_ERROR = {
+    "status": "error",
+    "errorType": "bad_data",
+    "error": 'invalid parameter "query": 1:5: parse error: unclosed left parenthesis',
+}
+
+
+def test_query_prometheus_cannot_parse_is_rejected_not_unavailable(prometheus: FakePrometheusServer) -> None:
+    prometheus.respond = lambda q: (400, PARSE_ERROR, 0.0)
+    with pytest.raises(QueryRejected) as rejected:
         scalar(prometheus.url, "sum(")
+    assert not isinstance(rejected.value, PrometheusUnavailable)
+    assert rejected.value.reason == PARSE_ERROR["error"] and rejected.value.query == "sum("
+    assert str(rejected.value) == f"Prometheus rejected the query: {PARSE_ERROR['error']}"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (422, {"status": "error", "errorType": "execution", "error": "found duplicate series"}),
+        (400, {"error": "a proxy in between"}),  # not Prometheus' own verdict on the query
+        (400, "<html>bad request</html>"),
+        (503, {"status": "error", "errorType": "unavailable", "error": "shutting down"}),
+        (404, {}),
+    ],
+)
+def test_only_bad_data_is_a_rejection(prometheus: FakePrometheusServer, status: int, body: Any) -> None:
+    prometheus.respond = lambda q: (status, body, 0.0)
+    with pytest.raises(PrometheusUnavailable, match=str(status)):
+        scalar(prometheus.url)
 
 
 def test_non_json_answer_is_unavailable(prometheus: FakePrometheusServer) -> None:
@@ -110,9 +144,14 @@ def test_connection_refused_is_unavailable() -> None:
         scalar(f"http://127.0.0.1:{port}")
 
 
-def test_clients_are_cached_per_url() -> None:
-    assert prometheus_client("http://a:9090") is prometheus_client("http://a:9090")
-    assert prometheus_client("http://a:9090") is not prometheus_client("http://b:9090")
+def test_sessions_are_cached_per_url() -> None:
+    assert prometheus_session("http://a:9090") is prometheus_session("http://a:9090")
+    assert prometheus_session("http://a:9090") is not prometheus_session("http://b:9090")
+
+
+def test_trailing_slash_and_path_prefix_of_the_url_are_kept(prometheus: FakePrometheusServer) -> None:
+    assert scalar(prometheus.url + "/", "up") == 1.0
+    assert prometheus.paths == ["/api/v1/query"]
 
 
 def test_slow_prometheus_does_not_block_the_event_loop(prometheus: FakePrometheusServer) -> None:
@@ -162,6 +201,7 @@ class FakeGateway:
     def __init__(self, answers: dict[str, Any], fail: str | None = None) -> None:
         self.answers = answers
         self.fail = fail
+        self.reject: set[str] = set()
         self.asked: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -174,6 +214,8 @@ class FakeGateway:
         self.in_flight -= 1
         if promql == self.fail:
             raise PrometheusUnavailable("connection refused")
+        if promql in self.reject:
+            raise QueryRejected("parse error", query=promql)
         return self.answers.get(promql)
 
     async def scalar(self, promql: str) -> float | None:
@@ -194,7 +236,7 @@ def test_measure_gates_reads_blocks_and_queries_concurrently_and_evaluates_each_
             {"name": "errors", "template": "errorRate", "max": 0.01},
             {"name": "latency", "template": "latencyQuantile", "compare": {"maxRatio": 1.2}},
             {"name": "cost", "template": "costPerRequest", "max": 0.03},
-            {"name": "custom", "query": 'x{v="{{version}}"}', "compare": {"maxRatio": 1.2}},
+            {"name": "custom", "query": 'x{v="{{version}}"}', "compare": {"maxRatio": 1.2}, "max": 9},
         ],
         min_samples=0,
     )
@@ -266,3 +308,181 @@ def test_candidate_requests_counts_since_step_start() -> None:
     assert asyncio.run(candidate_requests(spec, "support", 90.9, gateway)) == 1000
     assert asyncio.run(candidate_requests(spec, "other", 90.9, gateway)) is None  # no series: unknown
     assert asyncio.run(candidate_requests(spec, "support", 0.4, gateway)) == 0
+
+
+# ---------------------------------------------------------------- rejected queries
+
+
+def test_rejected_custom_query_names_its_gate_and_field(prometheus: FakePrometheusServer) -> None:
+    spec = make_spec(
+        [
+            {"name": "errors", "template": "errorRate", "max": 0.01},
+            {"name": "fine", "query": 'sum(x{v="{{version}}"})', "max": 1},
+            {"name": "broken", "query": 'sum(x{v="{{version}}"}', "max": 1},  # the bracket is missing
+        ],
+        min_samples=0,
+    )
+    broken = gate_queries(spec.analysis.gates[2], spec, "support", "candidate").value  # type: ignore[union-attr]
+
+    def respond(query: str) -> tuple[int, Any, float]:
+        return (400, PARSE_ERROR, 0.0) if query == broken else (200, vector(), 0.0)
+
+    prometheus.respond = respond
+    with pytest.raises(QueryRejected) as rejected:
+        asyncio.run(measure_gates(spec, "support", PrometheusGateway(prometheus.url, timeout=2)))
+    assert (rejected.value.gate, rejected.value.field) == ("broken", "spec.analysis.gates[2].query")
+    assert rejected.value.reason == PARSE_ERROR["error"]
+    assert str(rejected.value) == f"gate 'broken': Prometheus rejected the query: {PARSE_ERROR['error']}"
+
+
+def test_rejected_samples_query_and_template_block_name_their_fields() -> None:
+    spec = make_spec(
+        [
+            {"name": "errors", "template": "errorRate", "max": 0.01},
+            {"name": "custom", "query": "v", "samplesQuery": "n", "max": 1},
+        ]
+    )
+    gateway = FakeGateway({})
+    gateway.reject = {"n"}
+    with pytest.raises(QueryRejected) as rejected:
+        asyncio.run(measure_gates(spec, "support", gateway))
+    assert (rejected.value.gate, rejected.value.field) == ("custom", "spec.analysis.gates[1].samplesQuery")
+    gateway.reject = {blocks_of(Template.ERROR_RATE)[0]}
+    with pytest.raises(QueryRejected) as rejected:
+        asyncio.run(measure_gates(spec, "support", gateway))
+    assert (rejected.value.gate, rejected.value.field) == ("errors", "spec.analysis.gates[0].template")
+
+
+def test_a_rejected_query_outranks_an_unavailable_one() -> None:
+    # Both in one evaluation: the rejection is the one that will not pass by waiting.
+    spec = make_spec(
+        [{"name": "a", "query": "a", "max": 1}, {"name": "b", "query": "b", "max": 1}], min_samples=0
+    )
+    gateway = FakeGateway({}, fail="a")
+    gateway.reject = {"b"}
+    with pytest.raises(QueryRejected, match="gate 'b'"):
+        asyncio.run(measure_gates(spec, "support", gateway))
+
+
+def test_candidate_requests_raises_rejected_too() -> None:
+    spec = make_spec([])
+    gateway = FakeGateway({})
+    gateway.reject = {candidate_requests_query(spec, "support", 90)}
+    with pytest.raises(QueryRejected):
+        asyncio.run(candidate_requests(spec, "support", 90.5, gateway))
+
+
+# ---------------------------------------------------------------- check(), check_queries()
+
+
+def check(url: str, promql: str) -> str | None:
+    return asyncio.run(PrometheusGateway(url, timeout=2).check(promql))
+
+
+def test_check_parses_without_running_the_query(prometheus: FakePrometheusServer) -> None:
+    prometheus.format_query = lambda q: (200, {"status": "success", "data": q}, 0.0)
+    assert check(prometheus.url, "sum(up)") is None
+    prometheus.format_query = lambda q: (400, PARSE_ERROR, 0.0)
+    assert check(prometheus.url, "sum(up") == PARSE_ERROR["error"]
+    assert prometheus.paths == ["/api/v1/format_query"] * 2  # never /api/v1/query
+
+
+def test_check_runs_the_query_once_where_format_query_is_missing(prometheus: FakePrometheusServer) -> None:
+    # A Prometheus before 2.38 answers 404 to format_query.
+    prometheus.respond = lambda q: (400, PARSE_ERROR, 0.0) if q == "sum(up" else (200, vector("1"), 0.0)
+    assert check(prometheus.url, "sum(up)") is None
+    assert check(prometheus.url, "sum(up") == PARSE_ERROR["error"]
+    assert prometheus.paths == ["/api/v1/format_query", "/api/v1/query"] * 2
+
+
+def test_check_raises_unavailable_when_prometheus_cannot_tell(prometheus: FakePrometheusServer) -> None:
+    prometheus.format_query = lambda q: (503, {"status": "error", "errorType": "unavailable"}, 0.0)
+    with pytest.raises(PrometheusUnavailable, match="503"):
+        check(prometheus.url, "sum(up)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(PrometheusUnavailable, match=str(port)):
+        check(f"http://127.0.0.1:{port}", "sum(up)")
+
+
+class FakeChecker:
+    def __init__(self, rejects: dict[str, str] | None = None, fail: bool = False) -> None:
+        self.rejects = rejects or {}
+        self.fail = fail
+        self.asked: list[str] = []
+
+    async def check(self, promql: str) -> str | None:
+        self.asked.append(promql)
+        if self.fail:
+            raise PrometheusUnavailable("connection refused")
+        return next((why for part, why in self.rejects.items() if part in promql), None)
+
+
+def test_check_queries_names_each_rejected_field_in_spec_order() -> None:
+    spec = make_spec(
+        [
+            {"name": "errors", "template": "errorRate", "max": 0.01},
+            {"name": "fine", "query": 'sum(ok{v="{{version}}"})', "max": 1},
+            {
+                "name": "broken",
+                "query": 'sum(bad{v="{{version}}"}',
+                "samplesQuery": "sum(badcount",
+                "compare": {"maxRatio": 1.2},
+                "direction": "higherIsWorse",
+            },
+        ]
+    )
+    checker = FakeChecker({"bad{": "unclosed left parenthesis", "badcount": "unclosed left parenthesis"})
+    problems = asyncio.run(check_queries(spec, "support", checker))
+    assert problems == [
+        SpecProblem(
+            "spec.analysis.gates[2].query",
+            "gate 'broken': Prometheus rejected the query: unclosed left parenthesis",
+        ),
+        SpecProblem(
+            "spec.analysis.gates[2].samplesQuery",
+            "gate 'broken': Prometheus rejected the query: unclosed left parenthesis",
+        ),
+    ]
+    gates = spec.analysis.gates  # type: ignore[union-attr]
+    # Every query the rollout will send, once each: blocks, evidence, both sides of a comparison.
+    expected = {
+        *blocks_of(Template.ERROR_RATE),
+        gate_queries(gates[0], spec, "support", "candidate").value,
+        gate_queries(gates[1], spec, "support", "candidate").value,
+        gate_queries(gates[2], spec, "support", "candidate").value,
+        gate_queries(gates[2], spec, "support", "legacy").value,
+        "sum(badcount",
+    }
+    assert sorted(checker.asked) == sorted(expected)
+
+
+def test_check_queries_accepts_a_valid_spec_and_checks_the_request_count() -> None:
+    spec = make_spec([{"name": "errors", "template": "errorRate", "max": 0.01}])
+    spec = spec.model_copy(
+        update={"steps": [*spec.steps, Step.model_validate({"pause": {"minRequests": 1000}})]}
+    )
+    checker = FakeChecker()
+    assert asyncio.run(check_queries(spec, "support", checker)) == []
+    assert candidate_requests_query(spec, "support", 60) in checker.asked
+    checker = FakeChecker({"increase(gen_ai_client_operation_duration_seconds_count{version=": "bad"})
+    problems = asyncio.run(check_queries(spec, "support", checker))
+    assert [p.field for p in problems] == [
+        "spec.analysis.gates[0].template",
+        "spec.steps[1].pause.minRequests",
+    ]
+
+
+def test_check_queries_reports_unrenderable_queries_and_raises_when_prometheus_is_down() -> None:
+    spec = make_spec([{"name": "custom", "query": "x{{nope}}", "max": 1}])
+    problems = asyncio.run(check_queries(spec, "support", FakeChecker()))
+    assert [p.field for p in problems] == ["spec.analysis.gates[0].query"]
+    assert "unknown variable {{nope}}" in problems[0].message
+    with pytest.raises(PrometheusUnavailable):
+        asyncio.run(
+            check_queries(
+                make_spec([{"name": "e", "template": "errorRate", "max": 1}]), "s", FakeChecker(fail=True)
+            )
+        )
+    assert asyncio.run(check_queries(spec.model_copy(update={"analysis": None}), "s", FakeChecker())) == []

@@ -117,6 +117,17 @@ def test_unknown_variable_is_an_error() -> None:
         render_variables('x{a="{{candidat}}"}', {"candidate": "v2"})
 
 
+@pytest.mark.parametrize(
+    ("query", "at"),
+    [('x{v="{{version}"}', 6), ("x{{", 2), ("{{{version}}}", 1), ('x{v="{{ver sion}}"}', 6)],
+)
+def test_a_brace_pair_that_opens_no_variable_is_an_error(query: str, at: int) -> None:
+    # Left alone, it would reach Prometheus as text and fail every evaluation of the gate.
+    with pytest.raises(TemplateError, match=rf"^{{{{ at character {at} opens no variable"):
+        render_variables(query, {"version": "v2"})
+    assert render_variables('x{v="{{ version }}"}', {"version": "v2"}) == 'x{v="v2"}'
+
+
 def test_invalid_names_are_refused_even_without_model_validation() -> None:
     metrics = MetricNames.model_construct(**{**MetricNames().model_dump(), "version_label": 'v"} or x'})
     with pytest.raises(TemplateError, match="label name"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from agent_rollout.api import AgentRolloutSpec
 from agent_rollout.domain import SpecProblem
@@ -67,7 +68,12 @@ def test_two_proportion_rejects_continuous_templates(template: str) -> None:
 
 
 def test_two_proportion_on_a_custom_query_needs_samples_query() -> None:
-    custom = {"name": "g", "query": 'sum(rate(x{v="{{version}}"}[2m]))', "compare": {"twoProportion": True}}
+    custom = {
+        "name": "g",
+        "query": 'sum(rate(x{v="{{version}}"}[2m]))',
+        "compare": {"twoProportion": True},
+        "direction": "higherIsWorse",
+    }
     assert fields(make_spec(analysis=gates(custom))) == ["spec.analysis.gates[0].compare.twoProportion"]
     counted = {**custom, "samplesQuery": "sum(increase(requests[2m]))"}
     assert validate(make_spec(analysis=gates(counted))) == []
@@ -115,7 +121,13 @@ def test_custom_queries_that_cannot_be_rendered_or_compared_name_the_field() -> 
 
     assert fields(template="errorRate", max=0.01) == []
     assert fields(query="x{{nope}}", max=1) == ["spec.analysis.gates[0].query"]
-    assert fields(query='x{v="{{candidate}}"}', compare={"maxRatio": 2}) == ["spec.analysis.gates[0].query"]
+    assert fields(query='x{v="{{candidate}}"}', compare={"maxRatio": 2}, max=9) == [
+        "spec.analysis.gates[0].query"
+    ]
+    assert fields(query='x{v="{{version}"}', max=1) == ["spec.analysis.gates[0].query"]
+    assert fields(query="x{{version}}", samplesQuery="y{{version", max=1) == [
+        "spec.analysis.gates[0].samplesQuery"
+    ]
     assert fields(query="x{{version}}", minSamples=10, max=1) == ["spec.analysis.gates[0].minSamples"]
     assert fields(query="x{{version}}", samplesQuery="y{{version}}", minSamples=10, max=1) == []
 
@@ -126,3 +138,107 @@ def test_a_zero_window_names_the_field() -> None:
     assert validate(spec) == [
         SpecProblem("spec.analysis.gates[0].window", "gate 'error-rate': window must be longer than 0")
     ]
+
+
+# ---------------------------------------------------------------- gate direction
+
+
+def direction_problems(**gate: Any) -> list[SpecProblem]:
+    return [p for p in validate(make_spec(analysis=gates({"name": "g", **gate}))) if "direction" in p.field]
+
+
+@pytest.mark.parametrize(
+    "gate",
+    [
+        {"query": 'x{v="{{version}}"}', "samplesQuery": "n", "compare": {"twoProportion": True}},
+        {"query": 'x{v="{{version}}"}', "compare": {"maxRatio": 1.2}},
+        {"query": 'x{v="{{version}}"}', "min": 0, "max": 1, "compare": {"maxRatio": 1.2}},
+    ],
+    ids=["twoProportion-only", "maxRatio-only", "min-and-max"],
+)
+def test_custom_compare_without_a_one_sided_bound_needs_a_direction(gate: dict[str, Any]) -> None:
+    assert direction_problems(**gate) == [
+        SpecProblem(
+            "spec.analysis.gates[0].direction",
+            "gate 'g': compare needs direction (higherIsWorse or lowerIsWorse): "
+            "it is inferred for a custom query only from max alone or min alone",
+        )
+    ]
+    assert direction_problems(**gate, direction="higherIsWorse") == []
+    assert direction_problems(**gate, direction="lowerIsWorse") == []
+
+
+def test_direction_is_inferred_from_a_one_sided_bound_or_a_template() -> None:
+    compare = {"compare": {"maxRatio": 1.2}}
+    assert direction_problems(query='x{v="{{version}}"}', max=1, **compare) == []
+    assert direction_problems(query='x{v="{{version}}"}', min=1, **compare) == []
+    assert direction_problems(template="latencyQuantile", **compare) == []
+    assert direction_problems(template="evalAccuracy", **compare, direction="lowerIsWorse") == []
+    # Without compare the direction is never needed: min and max are absolute.
+    assert direction_problems(query="x", min=0, max=1) == []
+
+
+@pytest.mark.parametrize(
+    ("template", "direction"),
+    [("errorRate", "lowerIsWorse"), ("latencyQuantile", "lowerIsWorse"), ("evalAccuracy", "higherIsWorse")],
+)
+def test_a_direction_contradicting_the_template_is_a_problem(template: str, direction: str) -> None:
+    [problem] = direction_problems(template=template, max=1, direction=direction)
+    assert problem.field == "spec.analysis.gates[0].direction"
+    assert "contradicts" in problem.message and template in problem.message
+
+
+# ---------------------------------------------------------------- Prometheus source
+
+
+def prometheus_problems(**source: Any) -> list[SpecProblem]:
+    spec = make_spec(
+        analysis={**analysis_dict({"name": "e", "template": "errorRate", "max": 0.01}), "prometheus": source}
+    )
+    return validate(spec)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://prometheus.monitoring:9090", "https://prom.example.com/prometheus/", "http://[::1]:9090"],
+)
+def test_a_plain_prometheus_url_is_accepted(url: str) -> None:
+    assert prometheus_problems(url=url) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("unused", "URL needs the scheme http:// or https://"),
+        ("prometheus:9090", "URL needs the scheme http:// or https://"),
+        ("ftp://prometheus", "URL needs the scheme http:// or https://"),
+        ("http://", "URL has no host"),
+        ("http://prometheus :9090", "URL contains whitespace or control characters"),
+        ("http://prometheus:9090\n", "URL contains whitespace or control characters"),
+        ("http://prometheus:99999", "not a URL (Port out of range 0-65535)"),
+        ("http://prometheus:9090/?x=1", "URL must not have a query string or fragment"),
+    ],
+)
+def test_a_garbage_prometheus_url_names_the_field(url: str, why: str) -> None:
+    [problem] = prometheus_problems(url=url)
+    assert problem.field == "spec.analysis.prometheus.url"
+    assert problem.message.startswith(why), problem.message
+
+
+def test_an_overlong_url_is_refused_by_the_schema() -> None:
+    with pytest.raises(ValidationError, match="at most 2048 characters"):
+        prometheus_problems(url="http://" + "p" * 2050)
+
+
+@pytest.mark.parametrize("timeout", ["0s", "0ms", "5m1s", "1h"])
+def test_a_timeout_of_zero_or_over_five_minutes_names_the_field(timeout: str) -> None:
+    assert prometheus_problems(url="http://p:9090", timeout=timeout) == [
+        SpecProblem(
+            "spec.analysis.prometheus.timeout", f"timeout {timeout} must be longer than 0s and at most 5m"
+        )
+    ]
+
+
+@pytest.mark.parametrize("timeout", ["1ms", "10s", "5m"])
+def test_a_timeout_within_bounds_is_accepted(timeout: str) -> None:
+    assert prometheus_problems(url="http://p:9090", timeout=timeout) == []

@@ -113,8 +113,12 @@ class OnInconclusiveLimitPolicy(StrEnum):
 
 
 class PrometheusSource(_Model):
-    url: str = Field(min_length=1, description="Base URL of the Prometheus HTTP API.")
-    timeout: Duration = Field(default="10s", description="Per-query timeout.")
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="Base URL of the Prometheus HTTP API: http(s)://host[:port][/path].",
+    )
+    timeout: Duration = Field(default="10s", description="Per-query timeout; more than 0s, at most 5m.")
 
 
 class MetricNames(_Model):
@@ -160,10 +164,15 @@ class Comparison(_Model):
     """Judge the candidate against legacy over the same window instead of (or besides) fixed bounds."""
 
     max_ratio: float | None = Field(
-        default=None, gt=0, description="Fail when candidate > maxRatio x legacy (e.g. 1.2 for p95 latency)."
+        default=None,
+        gt=0,
+        description="higherIsWorse gates fail when candidate > maxRatio x legacy (e.g. 1.2 for p95 latency); "
+        "lowerIsWorse gates fail when candidate < legacy / maxRatio.",
     )
     two_proportion: bool = Field(
-        default=False, description="For yes/no signals: a two-proportion z-test on candidate vs legacy."
+        default=False,
+        description="For yes/no signals: a one-sided two-proportion z-test of whether the candidate is "
+        "worse than legacy, in the gate's direction.",
     )
     confidence: float = Field(
         default=0.95, gt=0.5, lt=1.0, description="Confidence of the two-proportion test."
@@ -191,6 +200,11 @@ class Gate(_Model):
     min: float | None = None
     max: float | None = None
     compare: Comparison | None = None
+    direction: Literal["higherIsWorse", "lowerIsWorse"] | None = Field(
+        default=None,
+        description="Which way the signal gets worse, for compare. Templates know theirs; a custom query "
+        "with only max is higherIsWorse, with only min lowerIsWorse; otherwise required with compare.",
+    )
     min_samples: int | None = Field(
         default=None, ge=0, description="Overrides analysis.minSamples for this gate."
     )

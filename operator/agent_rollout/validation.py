@@ -7,6 +7,10 @@ with condition SpecValid=False, reason InvalidSpec.
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit
+
+from agent_rollout.analysis.gates import TEMPLATE_DIRECTIONS, inferred_direction
 from agent_rollout.analysis.templates import (
     PROPORTION_TEMPLATES,
     VARIABLES,
@@ -14,8 +18,20 @@ from agent_rollout.analysis.templates import (
     query_variables,
     render_variables,
 )
-from agent_rollout.api import AgentRolloutSpec, Analysis, Gate, Step, duration_seconds
+from agent_rollout.api import (
+    AgentRolloutSpec,
+    Analysis,
+    Gate,
+    PrometheusSource,
+    Step,
+    duration_seconds,
+)
 from agent_rollout.domain import SpecProblem
+
+# A query that takes longer than this holds a reconcile (and a worker thread) too long to be useful;
+# every analysis interval starts new ones anyway.
+TIMEOUT_MAX_SECONDS = 300.0
+_WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 
 # Yes/no signals: a count of "bad" (or "correct") answers out of a count of requests, which is what a
 # two-proportion test needs. Latency, cost and tokens are not proportions.
@@ -70,7 +86,7 @@ def _step_problems(steps: list[Step]) -> list[SpecProblem]:
 def _analysis_problems(analysis: Analysis | None) -> list[SpecProblem]:
     if analysis is None:
         return []
-    problems = []
+    problems = _prometheus_problems(analysis.prometheus, "spec.analysis.prometheus")
     first_index: dict[str, int] = {}
     for i, gate in enumerate(analysis.gates):
         path = f"spec.analysis.gates[{i}]"
@@ -85,6 +101,48 @@ def _analysis_problems(analysis: Analysis | None) -> list[SpecProblem]:
             first_index[gate.name] = i
         problems.extend(_gate_problems(gate, path))
     return problems
+
+
+def _prometheus_problems(source: PrometheusSource, path: str) -> list[SpecProblem]:
+    """A URL or timeout the adapter could never use: caught before any traffic moves, instead of
+    a rollout whose every evaluation reports "Prometheus unavailable" (or raises)."""
+    problems = []
+    url_problem = _url_problem(source.url)
+    if url_problem:
+        problems.append(SpecProblem(f"{path}.url", f"{url_problem}: {source.url[:100]!r}"))
+    try:
+        seconds = duration_seconds(source.timeout)
+    except ValueError as error:
+        problems.append(SpecProblem(f"{path}.timeout", str(error)))
+    else:
+        if not 0 < seconds <= TIMEOUT_MAX_SECONDS:
+            problems.append(
+                SpecProblem(
+                    f"{path}.timeout",
+                    f"timeout {source.timeout} must be longer than 0s and at most "
+                    f"{TIMEOUT_MAX_SECONDS / 60:g}m",
+                )
+            )
+    return problems
+
+
+def _url_problem(url: str) -> str | None:
+    # Its length is bounded by the schema (maxLength), so the apiserver refuses a huge one.
+    if _WHITESPACE_OR_CONTROL.search(url):
+        return "URL contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError on a port that is not a number in 0-65535
+    except ValueError as error:
+        return f"not a URL ({error})"
+    if parts.scheme not in ("http", "https"):
+        return "URL needs the scheme http:// or https://"
+    if not parts.hostname:
+        return "URL has no host"
+    if parts.query or parts.fragment:
+        # The adapter appends /api/v1/query to the URL; a query string or fragment would swallow it.
+        return "URL must not have a query string or fragment"
+    return None
 
 
 def _gate_problems(gate: Gate, path: str) -> list[SpecProblem]:
@@ -112,8 +170,34 @@ def _gate_problems(gate: Gate, path: str) -> list[SpecProblem]:
                 "evalAccuracy, or a custom query with samplesQuery",
             )
         )
+    problems.extend(_direction_problems(gate, path))
     problems.extend(_query_problems(gate, path))
     return problems
+
+
+def _direction_problems(gate: Gate, path: str) -> list[SpecProblem]:
+    """Relative bounds judge "worse" in the gate's direction, which must be known and not contradict
+    the template's: a wrong direction passes a worse candidate and fails a better one."""
+    if gate.template is not None:
+        own = TEMPLATE_DIRECTIONS[gate.template]
+        if gate.direction is not None and gate.direction != own:
+            return [
+                SpecProblem(
+                    f"{path}.direction",
+                    f"gate {gate.name!r}: template {gate.template.value} is {own}; "
+                    f"direction {gate.direction} contradicts it (leave direction out)",
+                )
+            ]
+        return []
+    if gate.compare is not None and gate.direction is None and inferred_direction(gate) is None:
+        return [
+            SpecProblem(
+                f"{path}.direction",
+                f"gate {gate.name!r}: compare needs direction (higherIsWorse or lowerIsWorse): "
+                "it is inferred for a custom query only from max alone or min alone",
+            )
+        ]
+    return []
 
 
 def _query_problems(gate: Gate, path: str) -> list[SpecProblem]:

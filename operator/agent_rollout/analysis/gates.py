@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from agent_rollout.analysis.stats import significantly_worse, two_proportion_test, within_ratio
 from agent_rollout.api import Analysis, Comparison, Gate, GateResult, Template, Verdict
 
-_HIGHER_IS_WORSE = frozenset(
-    {
-        Template.ERROR_RATE,
-        Template.FLAG_RATE,
-        Template.LATENCY_QUANTILE,
-        Template.COST_PER_REQUEST,
-        Template.TOKENS_PER_REQUEST,
-    }
-)
+Direction = Literal["higherIsWorse", "lowerIsWorse"]
+HIGHER_IS_WORSE: Direction = "higherIsWorse"
+LOWER_IS_WORSE: Direction = "lowerIsWorse"
+
+TEMPLATE_DIRECTIONS: dict[Template, Direction] = {
+    Template.ERROR_RATE: HIGHER_IS_WORSE,
+    Template.LATENCY_QUANTILE: HIGHER_IS_WORSE,
+    Template.FLAG_RATE: HIGHER_IS_WORSE,
+    Template.COST_PER_REQUEST: HIGHER_IS_WORSE,
+    Template.TOKENS_PER_REQUEST: HIGHER_IS_WORSE,
+    Template.EVAL_ACCURACY: LOWER_IS_WORSE,
+}
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,29 @@ class _Check:
     text: str
 
 
-def higher_is_worse(gate: Gate) -> bool:
-    """Direction of the signal. Custom gates: a `max` or `maxRatio` says higher is worse."""
+def inferred_direction(gate: Gate) -> Direction | None:
+    """The direction the gate's bounds imply: a template's own, or a custom query's one-sided bound
+    (only `max`: higher is worse; only `min`: lower is worse). None when nothing implies one."""
     if gate.template is not None:
-        return gate.template in _HIGHER_IS_WORSE
-    return gate.max is not None or (gate.compare is not None and gate.compare.max_ratio is not None)
+        return TEMPLATE_DIRECTIONS[gate.template]
+    if gate.max is not None and gate.min is None:
+        return HIGHER_IS_WORSE
+    if gate.min is not None and gate.max is None:
+        return LOWER_IS_WORSE
+    return None
+
+
+def gate_direction(gate: Gate) -> Direction | None:
+    """Which way the gate's signal gets worse: a template's own (a contradicting `direction` is a
+    spec problem, never obeyed), else `direction` as given, else inferred from a one-sided bound.
+
+    Never guessed from `compare` alone: a custom query with only `twoProportion` (or `maxRatio`) can
+    be an error rate or an accuracy, and guessing wrong passes a worse candidate and fails a better
+    one. Validation requires `direction` there; the relative bounds of such a gate stay Inconclusive.
+    """
+    if gate.template is None and gate.direction is not None:
+        return gate.direction
+    return inferred_direction(gate)
 
 
 def counts_samples(gate: Gate) -> bool:
@@ -71,9 +93,12 @@ def _num(x: float) -> str:
 
 
 def _ratio_bound(gate: Gate, max_ratio: float) -> str:
-    # Lower-is-worse signals (accuracy) mirror the ratio: legacy <= maxRatio x candidate.
+    # Lower-is-worse signals (accuracy) mirror the ratio: candidate >= legacy / maxRatio.
     ratio = _num(max_ratio)
-    return f"<= {ratio} x legacy" if higher_is_worse(gate) else f">= legacy / {ratio}"
+    direction = gate_direction(gate)
+    if direction is None:
+        return f"within {ratio} x legacy (direction unknown)"
+    return f"<= {ratio} x legacy" if direction == HIGHER_IS_WORSE else f">= legacy / {ratio}"
 
 
 def bound_text(gate: Gate) -> str:
@@ -113,7 +138,7 @@ def _absolute_checks(gate: Gate, value: float) -> list[_Check]:
 
 
 def _two_proportion_check(
-    gate: Gate,
+    direction: Direction,
     compare: Comparison,
     value: float,
     samples: int | None,
@@ -125,7 +150,8 @@ def _two_proportion_check(
     if not (0.0 <= value <= 1.0 and 0.0 <= legacy <= 1.0):
         return _Check(None, "twoProportion needs proportions in [0, 1]")
     x_c, x_l = value * samples, legacy * legacy_samples
-    if higher_is_worse(gate):
+    # One-sided, in the direction in which the candidate would be worse.
+    if direction == HIGHER_IS_WORSE:
         test = two_proportion_test(x_c, samples, x_l, legacy_samples, compare.margin)
     else:
         test = two_proportion_test(x_l, legacy_samples, x_c, samples, compare.margin)
@@ -152,9 +178,13 @@ def _relative_checks(
         return [_Check(None, f"no legacy data: waiting for legacy samples {legacy_samples or 0}/{need}")]
     if need > 0 and (legacy_samples or 0) < need:
         return [_Check(None, f"waiting for legacy samples {legacy_samples or 0}/{need}")]
+    direction = gate_direction(gate)
+    if direction is None:
+        return [_Check(None, "direction unknown: set direction (higherIsWorse or lowerIsWorse)")]
     checks: list[_Check] = []
     if compare.max_ratio is not None:
-        ok = within_ratio(value, legacy, compare.max_ratio, higher_is_worse=higher_is_worse(gate))
+        higher = direction == HIGHER_IS_WORSE
+        ok = within_ratio(value, legacy, compare.max_ratio, higher_is_worse=higher)
         ratio = f"{value / legacy:.3g} x legacy" if legacy else "legacy is 0"
         verb = "within" if ok else "outside"
         checks.append(
@@ -165,7 +195,7 @@ def _relative_checks(
             )
         )
     if compare.two_proportion:
-        checks.append(_two_proportion_check(gate, compare, value, samples, legacy, legacy_samples))
+        checks.append(_two_proportion_check(direction, compare, value, samples, legacy, legacy_samples))
     return checks
 
 

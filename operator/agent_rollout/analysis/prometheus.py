@@ -5,8 +5,14 @@ Two timeouts bound it: asyncio.wait_for bounds how long a reconcile waits, and t
 the requests call bounds how long a worker thread stays busy after the reconcile gave up, so a hung
 Prometheus cannot pile up threads. Queued (not yet started) queries are cancelled with the wait.
 
-Every failure (connection refused, HTTP error, timeout, bad query, unexpected answer) surfaces as
-one exception type, PrometheusUnavailable, which the shell reports as Observations.prometheus_error.
+Failures come in two kinds, both PrometheusError:
+- QueryRejected: Prometheus answered `bad_data` (HTTP 400): it cannot parse the query, and never
+  will, so the candidate can never be measured by that gate. Carries the gate and Prometheus' text.
+- PrometheusUnavailable: everything that may pass (connection refused, timeout, HTTP 5xx or 422,
+  an unexpected answer), which the shell reports as Observations.prometheus_error.
+
+`check_queries` asks Prometheus to parse every query of a spec without running it (format_query),
+so a rollout whose queries Prometheus rejects can be stopped before any traffic moves.
 
 Built-in templates are read from building blocks shared by all rollouts (analysis.batch); custom
 queries and the candidate request count since the step began are per-rollout instant queries.
@@ -17,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 import requests
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
+from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from agent_rollout.analysis.batch import BatchReader
@@ -47,6 +53,7 @@ from agent_rollout.api import (
     MetricNames,
     Verdict,
 )
+from agent_rollout.domain import SpecProblem
 
 T = TypeVar("T")
 
@@ -55,8 +62,28 @@ _EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prometheus-que
 _MESSAGE_LIMIT = 300
 
 
-class PrometheusUnavailable(Exception):
-    """Prometheus could not answer a query with one number (or with nothing)."""
+class PrometheusError(Exception):
+    """A query got no usable answer."""
+
+
+class PrometheusUnavailable(PrometheusError):
+    """Prometheus could not answer a query with one number (or with nothing); it may next time."""
+
+
+class QueryRejected(PrometheusError):
+    """Prometheus refused the query as invalid (bad_data): it will refuse it every time.
+
+    `gate` and `field` name the spec's gate and field (spec.analysis.gates[2].query) when the query
+    belongs to one; `reason` is Prometheus' own error text.
+    """
+
+    def __init__(self, reason: str, *, query: str, gate: str | None = None, field: str | None = None):
+        self.reason, self.query, self.gate, self.field = reason, query, gate, field
+        whose = f"gate {gate!r}: " if gate else ""
+        super().__init__(f"{whose}Prometheus rejected the query: {reason}")
+
+    def for_gate(self, gate: str, field: str) -> QueryRejected:
+        return QueryRejected(self.reason, query=self.query, gate=gate, field=field)
 
 
 class MetricsSource(Protocol):
@@ -65,20 +92,74 @@ class MetricsSource(Protocol):
     async def block(self, block: Block) -> BlockValues: ...
 
 
-@functools.lru_cache(maxsize=32)
-def prometheus_client(url: str) -> PrometheusConnect:
-    """One client (and so one connection pool) per Prometheus URL.
+class QueryChecker(Protocol):
+    async def check(self, promql: str) -> str | None: ...
 
+
+@functools.lru_cache(maxsize=32)
+def prometheus_session(url: str) -> requests.Session:
+    """One HTTP session (and so one connection pool) per Prometheus URL.
+
+    Requests are sent here rather than through prometheus-api-client's custom_query, which turns
+    every non-200 answer into one exception with the body as text: telling a rejected query from an
+    unavailable Prometheus needs the status and Prometheus' errorType.
     No retries inside a query: the operator evaluates again every interval and counts consecutive
     errors (analysis.consecutiveErrorLimit), and retries with backoff would outlive the timeout.
-    requests.Session is shared by the worker threads; its urllib3 pool is thread-safe.
+    The session is shared by the worker threads; its urllib3 pool is thread-safe.
     """
-    return PrometheusConnect(url=url.rstrip("/"), retry=Retry(total=0, raise_on_status=False))
+    session = requests.Session()
+    no_retries = HTTPAdapter(max_retries=Retry(total=0, raise_on_status=False))
+    session.mount("http://", no_retries)
+    session.mount("https://", no_retries)
+    return session
+
+
+class _NotFound(Exception):
+    """HTTP 404: the endpoint does not exist on this server (format_query before Prometheus 2.38)."""
+
+
+def api_get(url: str, endpoint: str, promql: str, timeout: float) -> Any:
+    """`data` of a successful answer of the Prometheus HTTP API at `url` to GET `endpoint`?query=promql.
+
+    Raises QueryRejected for `bad_data` (Prometheus' answer to a query it cannot parse, HTTP 400),
+    PrometheusUnavailable for everything else. Blocking: call it from a worker thread.
+    """
+    try:
+        # `timeout` goes to requests as connect and read timeout.
+        response = prometheus_session(url).get(
+            f"{url.rstrip('/')}{endpoint}", params={"query": promql}, timeout=timeout
+        )
+    except requests.RequestException as error:
+        raise PrometheusUnavailable(f"{url}: {_short(error)}") from error
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    status = response.status_code
+    if not isinstance(body, dict):
+        if status == 404:
+            raise _NotFound(endpoint)
+        raise PrometheusUnavailable(
+            f"{url}: HTTP {status}, not a Prometheus API answer: {response.text:.100}"
+        )
+    if status == 200 and body.get("status") == "success" and "data" in body:
+        return body["data"]
+    text = str(body.get("error") or body)
+    # Only Prometheus' own errorType counts as a verdict on the query: a proxy's 400, or an execution
+    # error (422 `execution`: too many samples, duplicate series) may pass with other data or load.
+    if status in (400, 422) and body.get("errorType") == "bad_data":
+        raise QueryRejected(_short_text(text), query=promql)
+    if status == 404:
+        raise _NotFound(endpoint)
+    raise PrometheusUnavailable(f"{url}: HTTP {status} {body.get('errorType', '')}: {_short_text(text)}")
+
+
+def _short_text(text: str) -> str:
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
 
 
 def _short(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}"
-    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+    return _short_text(f"{type(error).__name__}: {error}")
 
 
 def _number(text: Any) -> float:
@@ -152,7 +233,8 @@ class PrometheusGateway:
         self._executor = executor or _EXECUTOR
 
     async def scalar(self, promql: str) -> float | None:
-        """The query's single value, None for an empty result; PrometheusUnavailable otherwise."""
+        """The query's single value, None for an empty result. Raises QueryRejected when Prometheus
+        refuses the query, PrometheusUnavailable for any other failure."""
         return await self._run(promql, parse_scalar)
 
     async def block(self, block: Block) -> BlockValues:
@@ -163,9 +245,19 @@ class PrometheusGateway:
         except TimeoutError:
             raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from None
 
+    async def check(self, promql: str) -> str | None:
+        """None when Prometheus parses the query, Prometheus' error text when it rejects it; raises
+        PrometheusUnavailable when it cannot tell. The query is parsed, not run (format_query), on
+        the very parser that will run it; a Prometheus older than 2.38 has no format_query and runs
+        the query once instead, which costs what one evaluation costs."""
+        return await self._in_thread(functools.partial(self._check, promql))
+
     async def _run(self, promql: str, parse: Callable[[Any], T]) -> T:
+        return await self._in_thread(functools.partial(self._query, promql, parse))
+
+    async def _in_thread(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._query, promql, parse)
+        future = loop.run_in_executor(self._executor, call)
         try:
             return await asyncio.wait_for(future, self.timeout)
         except TimeoutError:
@@ -174,26 +266,34 @@ class PrometheusGateway:
     def _query(self, promql: str, parse: Callable[[Any], T]) -> T:
         """Runs in a worker thread, parsing included: a block's thousands of series stay off the loop."""
         try:
-            client = prometheus_client(self.url)
-            # The client's `timeout` goes to requests as connect and read timeout.
-            result = client.custom_query(promql, timeout=self.timeout)
-        except (
-            PrometheusApiClientException,
-            requests.RequestException,
-            ValueError,
-            KeyError,
-            TypeError,
-        ) as error:
-            raise PrometheusUnavailable(f"{self.url}: {_short(error)}") from error
-        return parse(result)
+            data = api_get(self.url, "/api/v1/query", promql, self.timeout)
+        except _NotFound:
+            raise PrometheusUnavailable(f"{self.url}: HTTP 404: no Prometheus query API here") from None
+        if not isinstance(data, dict) or "result" not in data:
+            raise PrometheusUnavailable(f"{self.url}: unexpected answer: {data!r:.100}")
+        return parse(data["result"])
+
+    def _check(self, promql: str) -> str | None:
+        try:
+            try:
+                api_get(self.url, "/api/v1/format_query", promql, self.timeout)
+            except _NotFound:
+                api_get(self.url, "/api/v1/query", promql, self.timeout)
+        except QueryRejected as rejected:
+            return rejected.reason
+        except _NotFound:
+            raise PrometheusUnavailable(f"{self.url}: HTTP 404: no Prometheus query API here") from None
+        return None
 
 
 async def _gather_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
-    """Like gather, but lets every query finish before raising, so no task is left running."""
+    """Like gather, but lets every query finish before raising, so no task is left running. A rejected
+    query is raised before any other failure: it is the one that will not pass by itself."""
     results = await asyncio.gather(*awaitables, return_exceptions=True)
-    for item in results:
-        if isinstance(item, BaseException):
-            raise item
+    errors = [item for item in results if isinstance(item, BaseException)]
+    rejected = [e for e in errors if isinstance(e, QueryRejected)]
+    if rejected or errors:
+        raise (rejected or errors)[0]
     return results  # type: ignore[return-value]  # no exception left in the list
 
 
@@ -216,10 +316,37 @@ def _plan(gate: Gate, spec: AgentRolloutSpec, namespace: str, metrics: MetricNam
     return _Plan(evidence.value, candidate=evidence, legacy=legacy)
 
 
+def _gate_fields(i: int, gate: Gate, plan: _Plan) -> dict[str, str]:
+    """Each query the plan sends, with the spec field it comes from."""
+    path = f"spec.analysis.gates[{i}]"
+    if plan.read is not None:
+        return {b.promql: f"{path}.template" for b in plan.read.blocks}
+    fields: dict[str, str] = {}
+    for side in (plan.candidate, plan.legacy):
+        if side is not None:
+            fields.setdefault(side.value, f"{path}.query")
+            if side.samples:
+                fields.setdefault(side.samples, f"{path}.samplesQuery")
+    return fields
+
+
+def _name_the_gate(
+    rejected: QueryRejected, gates: list[Gate], plans: list[_Plan | TemplateError]
+) -> QueryRejected:
+    for i, (gate, plan) in enumerate(zip(gates, plans, strict=True)):
+        if isinstance(plan, TemplateError):
+            continue
+        field = _gate_fields(i, gate, plan).get(rejected.query)
+        if field is not None:
+            return rejected.for_gate(gate.name, field)
+    return rejected
+
+
 async def measure_gates(
     spec: AgentRolloutSpec, namespace: str, gateway: MetricsSource
 ) -> tuple[GateResult, ...]:
-    """Measure and evaluate every gate. Raises PrometheusUnavailable if any query it needs fails.
+    """Measure and evaluate every gate. Raises QueryRejected (naming the first gate whose query it is)
+    when Prometheus refuses a query, else PrometheusUnavailable if any query it needs fails.
 
     Template gates take their two series out of shared building blocks; custom gates send their own
     queries, identical ones once. Everything is awaited concurrently. A gate that cannot be rendered
@@ -245,7 +372,12 @@ async def measure_gates(
         for side in (plan.candidate, plan.legacy):
             if side is not None:
                 queries.update(dict.fromkeys(q for q in (side.value, side.samples) if q))
-    answers = await _gather_all([*(gateway.block(b) for b in blocks), *(gateway.scalar(q) for q in queries)])
+    try:
+        answers = await _gather_all(
+            [*(gateway.block(b) for b in blocks), *(gateway.scalar(q) for q in queries)]
+        )
+    except QueryRejected as rejected:
+        raise _name_the_gate(rejected, analysis.gates, plans) from rejected
     vectors = {b: cast(BlockValues, a) for b, a in zip(blocks, answers[: len(blocks)], strict=True)}
     values = {q: cast(float | None, a) for q, a in zip(queries, answers[len(blocks) :], strict=True)}
     legacy_version, candidate_version = version_values(spec)
@@ -292,3 +424,58 @@ async def candidate_requests(
     if value is None or not math.isfinite(value):
         return None
     return max(0, round(value))
+
+
+async def check_queries(spec: AgentRolloutSpec, namespace: str, gateway: QueryChecker) -> list[SpecProblem]:
+    """Every query the spec will send, as it will send it, parsed by Prometheus: a problem naming the
+    field (spec.analysis.gates[2].query) for each one it rejects or that cannot be rendered.
+
+    Raises PrometheusUnavailable when Prometheus cannot tell; nothing is judged then. Meant to run
+    before the first step, so that a rollout whose candidate could never be measured moves no traffic.
+    Pure but for `gateway.check`; distinct queries are checked once and concurrently.
+    """
+    analysis = spec.analysis
+    if analysis is None:
+        return []
+    problems: list[SpecProblem] = []
+    fields: dict[str, list[tuple[str, str | None]]] = {}  # query -> (field, gate name)
+    for i, gate in enumerate(analysis.gates):
+        try:
+            plan = _plan(gate, spec, namespace, analysis.metrics)
+        except TemplateError as error:
+            field = "query" if gate.template is None else "template"
+            problems.append(SpecProblem(f"spec.analysis.gates[{i}].{field}", f"gate {gate.name!r}: {error}"))
+            continue
+        queries = _gate_fields(i, gate, plan)
+        if plan.read is not None:
+            # The per-rollout evidence query too: it is what a human pastes into Prometheus.
+            queries.setdefault(plan.evidence, f"spec.analysis.gates[{i}].template")
+        for query, field in queries.items():
+            fields.setdefault(query, []).append((field, gate.name))
+    for j, step in enumerate(spec.steps):
+        if step.pause is not None and step.pause.min_requests:
+            count = candidate_requests_query(spec, namespace, 60)
+            fields.setdefault(count, []).append((f"spec.steps[{j}].pause.minRequests", None))
+            break  # one window stands for all: only its length differs between steps
+
+    verdicts = await _gather_all(gateway.check(q) for q in fields)
+    rejected: dict[str, str] = {}  # field -> Prometheus' reason; the first rejected query per field
+    names: dict[str, str | None] = {}
+    for query, reason in zip(fields, verdicts, strict=True):
+        if reason is None:
+            continue
+        for field, name in fields[query]:
+            rejected.setdefault(field, reason)
+            names[field] = name
+    for field, reason in rejected.items():
+        whose = f"gate {names[field]!r}: " if names[field] else ""
+        problems.append(SpecProblem(field, f"{whose}Prometheus rejected the query: {reason}"))
+    return sorted(problems, key=lambda p: _field_order(spec, p.field))
+
+
+def _field_order(spec: AgentRolloutSpec, field: str) -> tuple[int, int, str]:
+    """Gates in spec order, then steps: the order a human reads the spec in."""
+    match = re.match(r"spec\.(analysis\.gates|steps)\[(\d+)\]", field)
+    if match is None:
+        return (2, 0, field)
+    return (0 if match.group(1) == "analysis.gates" else 1, int(match.group(2)), field)

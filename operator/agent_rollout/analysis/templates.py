@@ -284,8 +284,22 @@ def _template_read(template: Template, names: tuple[Any, ...], window: str, quan
     return TemplateRead(samples, block(recipe.numerator), samples, recipe.sparse, recipe.factor)
 
 
+def _check_braces(query: str) -> None:
+    """A `{{` that does not open a well-formed {{name}} (e.g. `{{version}`) would reach Prometheus as
+    text and fail every evaluation; PromQL itself never has `{{` outside a string."""
+    variables = {m.start() for m in _VARIABLE.finditer(query)}
+    for opening in re.finditer(r"\{\{", query):
+        if opening.start() not in variables:
+            at = opening.start()
+            raise TemplateError(
+                f"{{{{ at character {at + 1} opens no variable ({query[at : at + 20]!r}): "
+                "write variables as {{name}}"
+            )
+
+
 def render_variables(query: str, variables: dict[str, str]) -> str:
     """Substitute {{name}} in one pass, so substituted text is never expanded again."""
+    _check_braces(query)
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
