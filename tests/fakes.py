@@ -139,6 +139,15 @@ class FakePrometheus(PrometheusGateway):
         self.answer = answer
         self.down: str | None = None  # set to make every query fail as PrometheusGateway would
         self.queries: list[str] = []
+        # Prometheus' parse error for a query (format_query), None when it parses.
+        self.rejects: Callable[[str], str | None] = lambda promql: None
+        self.checked: list[str] = []
+
+    async def check(self, promql: str) -> str | None:
+        self.checked.append(promql)
+        if self.down is not None:
+            raise PrometheusUnavailable(self.down)
+        return self.rejects(promql)
 
     async def _run(self, promql: str, parse: Callable[[Any], T]) -> T:
         self.queries.append(promql)

@@ -40,6 +40,7 @@ MAX_GATES = 20
 MAX_STEPS = 50
 MAX_LABEL_NAME = 128
 MAX_METRIC_NAME = 200
+MAX_QUERY = 4096
 LabelName = Annotated[str, Field(max_length=MAX_LABEL_NAME, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 MetricName = Annotated[str, Field(max_length=MAX_METRIC_NAME, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")]
 
@@ -188,10 +189,14 @@ class Gate(_Model):
     query: str | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_QUERY,
         description="Custom PromQL; variables {{namespace}} {{legacy}} {{candidate}} {{version}} {{window}}.",
     )
     samples_query: str | None = Field(
-        default=None, min_length=1, description="Custom PromQL returning the sample count behind `query`."
+        default=None,
+        min_length=1,
+        max_length=MAX_QUERY,
+        description="Custom PromQL returning the sample count behind `query`.",
     )
     quantile: float = Field(default=0.95, gt=0, lt=1, description="For latencyQuantile: 0.5, 0.95, 0.99 ...")
     window: Duration = Field(

@@ -40,6 +40,7 @@ class ConditionReason(StrEnum):
     CANDIDATE_UNAVAILABLE = "CandidateUnavailable"
     EVALUATED = "Evaluated"
     PROMETHEUS_UNAVAILABLE = "PrometheusUnavailable"
+    QUERY_REJECTED = "QueryRejected"  # Prometheus refuses a query as invalid: no retry will help
     NOT_STARTED = "NotStarted"
     IN_PROGRESS = "InProgress"
     PROMOTED = "Promoted"

@@ -70,6 +70,7 @@ from agent_rollout.tick import (
     cannot_serve,
     condition,
     exists,
+    latest_evidence,
     parse_time,
     pause_end,
     problems_text,
@@ -231,7 +232,11 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
     if _abort(t, spec) or not candidate_found or _new_candidate(t, spec) or _retry(t, spec):
         return
     if t.st.phase is Phase.PENDING:
-        if legacy_found and not cannot_serve(t.obs.candidate):
+        if t.obs.queries_unchecked is not None:
+            # Nothing moves before every gate can be measured: a rejected query fails the spec instead.
+            t.waiting = f"waiting to check the gates' queries with Prometheus: {t.obs.queries_unchecked}"
+            condition(t, CT.ANALYSIS_HEALTHY, "Unknown", CR.PROMETHEUS_UNAVAILABLE, t.obs.queries_unchecked)
+        elif legacy_found and not cannot_serve(t.obs.candidate):
             _start(t, spec)
         elif legacy_found:
             t.waiting = f"waiting for candidate {spec.candidate.deployment} to have an available replica"
@@ -363,6 +368,8 @@ def _analyse(t: Tick, spec: AgentRolloutSpec) -> bool:
     if analysis is None or not analysis.gates:
         t.st.conditions = remove_condition(t.st.conditions, CT.ANALYSIS_HEALTHY)
         return False
+    if t.obs.query_rejected is not None:
+        return _query_rejected(t, spec, t.obs.query_rejected)
     if t.obs.gates is not None:
         return _record_evaluation(t, spec, analysis, t.obs.gates)
     if t.obs.prometheus_error is not None:
@@ -374,7 +381,7 @@ def _record_evaluation(
     t: Tick, spec: AgentRolloutSpec, analysis: Analysis, gates: tuple[GateResult, ...]
 ) -> bool:
     st = t.st
-    results = [r.model_copy() for r in gates]
+    results = [latest_evidence(r) for r in gates]
     st.consecutive_errors = 0
     if results != st.last_analysis:
         st.last_analysis, st.last_analysis_at = results, iso(t.now)
@@ -432,6 +439,16 @@ def _inconclusive_limit(t: Tick, spec: AgentRolloutSpec, analysis: Analysis, stu
             "set status.promote or status.abort"
         )
         transition(t, spec, Phase.PAUSED, Reason.INCONCLUSIVE_LIMIT, message, evidence=stuck)
+    return True
+
+
+def _query_rejected(t: Tick, spec: AgentRolloutSpec, error: str) -> bool:
+    """Prometheus refuses a gate's query as invalid (it passed the check before the first step, so
+    Prometheus changed): the candidate can never be judged, whatever failureLimit or
+    onPrometheusError say, so its traffic goes back to legacy at once."""
+    condition(t, CT.ANALYSIS_HEALTHY, "False", CR.QUERY_REJECTED, error)
+    message = f"{error}: the candidate cannot be judged; all traffic to legacy"
+    transition(t, spec, Phase.ROLLED_BACK, Reason.QUERY_REJECTED, message, evidence=t.st.last_analysis)
     return True
 
 

@@ -20,7 +20,9 @@ from agent_rollout import api
 from agent_rollout.analysis.prometheus import (
     PrometheusGateway,
     PrometheusUnavailable,
+    QueryRejected,
     candidate_requests,
+    check_queries,
     measure_gates,
 )
 from agent_rollout.domain import (
@@ -88,6 +90,7 @@ class WrittenStatus:
     status: dict[str, Any] = field(default_factory=dict)
     sequence: int = 0
     route_failures: int = 0  # route writes refused or failed in a row: paces the retries
+    checked_generation: int | None = None  # the spec generation whose queries Prometheus parsed
 
     def status_to_plan_on(self, body_status: dict[str, Any]) -> dict[str, Any]:
         if self.status and _sequence(body_status) < self.sequence:
@@ -182,10 +185,14 @@ class Reconciler:
             claimed_by = owner if owner not in (None, name) else None
         route_intent = _our_intent(route, name)
 
-        gates, prometheus_error, requests = None, None, None
+        gates, prometheus_error, requests, rejected, unchecked = None, None, None, None, None
         fresh: tuple[str, ...] = ()
         if spec is not None and not problems and claimed_by is None:
-            gates, prometheus_error, requests, fresh = await self._measure(namespace, spec, status, now)
+            found, unchecked = await self._preflight(namespace, spec, status, meta.get("generation"), written)
+            problems = (*problems, *found)
+        if spec is not None and not problems and claimed_by is None:
+            measured = await self._measure(namespace, spec, status, now)
+            gates, prometheus_error, requests, fresh, rejected = measured
         obs = Observations(
             problems=problems,
             legacy=legacy,
@@ -199,6 +206,8 @@ class Reconciler:
             route_intent=route_intent,
             route_claimed_by=claimed_by,
             fresh_gates=fresh,
+            query_rejected=rejected,
+            queries_unchecked=unchecked,
         )
         result = plan(spec, status, obs, now)
         sequence = _sequence(raw_status) + 1  # what our next status write will carry
@@ -225,13 +234,43 @@ class Reconciler:
             interval = max(0.5, min(interval, result.requeue_after))
         return interval
 
+    async def _preflight(
+        self,
+        namespace: str,
+        spec: api.AgentRolloutSpec,
+        status: api.AgentRolloutStatus,
+        generation: int | None,
+        written: WrittenStatus,
+    ) -> tuple[tuple[SpecProblem, ...], str | None]:
+        """Before the first step (Pending, or Failed about to restart): Prometheus parses every query
+        the gates will send. Problems fail the spec naming the field; an unreachable Prometheus holds
+        the start (the reason). A generation that passed is not checked again."""
+        if spec.analysis is None or not spec.analysis.gates:
+            return (), None
+        if (
+            status.phase not in (api.Phase.PENDING, api.Phase.FAILED)
+            or written.checked_generation == generation
+        ):
+            return (), None
+        gateway = self._gateway_for(
+            spec.analysis.prometheus.url, api.duration_seconds(spec.analysis.prometheus.timeout)
+        )
+        try:
+            found = await check_queries(spec, namespace, gateway)
+        except PrometheusUnavailable as e:
+            return (), str(e)
+        if not found:
+            written.checked_generation = generation
+        return tuple(found), None
+
     async def _measure(
         self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
-    ) -> tuple[tuple[api.GateResult, ...] | None, str | None, int | None, tuple[str, ...]]:
+    ) -> tuple[tuple[api.GateResult, ...] | None, str | None, int | None, tuple[str, ...], str | None]:
         """Gate results, Prometheus error, candidate requests since the step began, gates too fresh to
-        measure. Analysis only while the rollout is live: a finished rollout costs Prometheus nothing."""
+        measure, a query Prometheus rejects. Analysis only while the rollout is live: a finished
+        rollout costs Prometheus nothing."""
         if spec.analysis is None or status.phase not in ANALYSED_PHASES:
-            return None, None, None, ()
+            return None, None, None, (), None
         gateway = self._gateway_for(
             spec.analysis.prometheus.url, api.duration_seconds(spec.analysis.prometheus.timeout)
         )
@@ -246,8 +285,10 @@ class Reconciler:
             if step is not None and step.pause is not None and step.pause.min_requests and started:
                 since = (now - started).total_seconds()  # < 1 s (even < 0: rounded up) counts 0
                 requests = await candidate_requests(spec, namespace, since, gateway)
+        except QueryRejected as e:
+            return None, None, None, fresh, str(e)
         except PrometheusUnavailable as e:
-            return None, str(e), None, fresh
+            return None, str(e), None, fresh, None
         by_name = {r.name: r for r in measured}
         results = []
         for gate in spec.analysis.gates:
@@ -262,7 +303,7 @@ class Reconciler:
                         dry_run=gate.dry_run,
                     )
                 )
-        return tuple(results), None, requests, fresh
+        return tuple(results), None, requests, fresh, None
 
     async def _route(
         self,

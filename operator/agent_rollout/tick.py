@@ -59,6 +59,7 @@ class Reason(StrEnum):
     LEGACY_NOT_FOUND = "LegacyNotFound"  # a rollback would have nowhere to go
     INCONCLUSIVE_LIMIT = "InconclusiveLimit"  # the candidate serves but its gates give no verdict
     ROUTE_WRITE_FAILED = "RouteWriteFailed"  # the API server did not take a weight change
+    QUERY_REJECTED = "QueryRejected"  # Prometheus refuses a gate's query: the candidate cannot be judged
     RECOVERED = "Recovered"  # resumed from the route's write-ahead record after a lost status write
     WEIGHTS_RECONCILED = "WeightsReconciled"
     DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
@@ -77,10 +78,17 @@ WARNING_REASONS = frozenset(
         Reason.INCONCLUSIVE_LIMIT,
         Reason.ROUTE_WRITE_FAILED,
         Reason.RECOVERED,
+        Reason.QUERY_REJECTED,
     }
 )
 ROLLBACK_REASONS = frozenset(
-    {Reason.GATE_FAILED, Reason.PROMETHEUS_UNAVAILABLE, Reason.ABORTED, Reason.INCONCLUSIVE_LIMIT}
+    {
+        Reason.GATE_FAILED,
+        Reason.PROMETHEUS_UNAVAILABLE,
+        Reason.ABORTED,
+        Reason.INCONCLUSIVE_LIMIT,
+        Reason.QUERY_REJECTED,
+    }
 )
 LIVE_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
 
@@ -159,11 +167,18 @@ def condition(t: Tick, type_: CT, status: ConditionStatus, reason: CR, message: 
 # the largest status stays far below etcd's object limit (tests/test_bounds.py measures it). The full
 # query of each gate stays in lastAnalysis and in the Event.
 MESSAGE_LIMIT = 1024
-EVIDENCE_TEXT_LIMIT = 300
+EVIDENCE_TEXT_LIMIT = 200
 
 
 def bounded(text: str, limit: int = MESSAGE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def latest_evidence(result: GateResult) -> GateResult:
+    """A gate result as lastAnalysis keeps it: the whole query, its texts bounded."""
+    return result.model_copy(
+        update={"message": bounded(result.message, 512), "bound": bounded(result.bound, EVIDENCE_TEXT_LIMIT)}
+    )
 
 
 def _history_evidence(result: GateResult) -> GateResult:
