@@ -286,8 +286,15 @@ def test_invalid_patch_and_unexpected_statuses_are_one_line(
     server.responses[("PATCH", patch_path)] = (500, status_error(500, "InternalError", "etcdserver: timeout"))
     broken = run("promote", "triage", "--kubeconfig", config)
 
+    server.responses[("PATCH", patch_path)] = (401, status_error(401, "Unauthorized", "Unauthorized"))
+    stranger = run("promote", "triage", "--kubeconfig", config)
+
     assert (rejected.code, rejected.err) == (1, f"error: invalid: {invalid}\n")
     assert (broken.code, broken.err) == (1, "error: 500 Internal Server Error: etcdserver: timeout\n")
+    assert (stranger.code, stranger.err) == (
+        1,
+        "error: unauthorized: Unauthorized (check the credentials in your kubeconfig)\n",
+    )
 
 
 def test_connection_refused_is_one_line_naming_the_server(run: Callable[..., Ran], tmp_path: Path) -> None:
@@ -302,6 +309,7 @@ def test_connection_refused_is_one_line_naming_the_server(run: Callable[..., Ran
     assert (ran.code, ran.out) == (1, "")
     assert ran.err.startswith(f"error: cannot reach the Kubernetes API at {url}: ")
     assert "Connection refused" in ran.err and ran.err.count("\n") == 1
+    assert ran.err.count("127.0.0.1") == 1  # urllib3's repr of the connection, which repeats it, is dropped
 
 
 # ---------------------------------------------------------------- verbs by phase

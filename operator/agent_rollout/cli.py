@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ VERBS = {
     "promote": {"promote": True},
     "retry": {"retry": True},
 }
+# "HTTPSConnection(host='127.0.0.1', port=1): " (urllib3 2) or "<...HTTPSConnection object at 0x7f...>: " (1)
+CONNECTION_REPR = re.compile(r"^<?[\w.]*Connection(\(.*?\)| object at 0x[0-9a-f]+)?>?: ")
 FINISHED = {api.Phase.PROMOTED.value, api.Phase.ROLLED_BACK.value, api.Phase.FAILED.value}
 
 
@@ -189,10 +192,8 @@ def api_error_text(
 def connection_error_text(error: Exception, host: str) -> str:
     """One line for a request that never got an answer (connection refused, DNS, TLS handshake)."""
     cause = getattr(error, "reason", None) or error
-    text = str(cause)
-    # urllib3 prefixes its messages with the connection object's repr: "<HTTPSConnection(...)>: ..."
-    if text.startswith("<") and ">: " in text:
-        text = text.split(">: ", 1)[1]
+    # urllib3 starts its messages with the connection's repr, which repeats the host: drop it.
+    text = CONNECTION_REPR.sub("", str(cause), count=1)
     return f"error: cannot reach the Kubernetes API at {host}: {text}"
 
 
