@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages the e2e harness runs: etcd (Debian's etcd-server), Prometheus, openssl.
+# Installs the system packages the tests run: etcd (Debian's etcd-server), Prometheus, openssl for the
+# e2e harness, and lua5.1 for the Argo CD health check and actions (Argo CD runs Lua 5.1, as gopher-lua).
 # Idempotent: apt-get (update included) runs only when one of the tools is missing.
 #
 # Debian's etcd-server and prometheus packages start their own daemons (etcd on :2379, Prometheus on
@@ -9,9 +10,10 @@
 # are left alone: they are somebody's, and our ports never collide with them.
 set -euo pipefail
 
-declare -A package_of=([etcd]=etcd-server [prometheus]=prometheus [openssl]=openssl)
+declare -A package_of=([etcd]=etcd-server [prometheus]=prometheus [openssl]=openssl [lua5.1]=lua5.1)
+tools=(etcd prometheus openssl lua5.1)
 missing=()
-for tool in etcd prometheus openssl; do
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
 done
 if [ ${#missing[@]} -eq 0 ]; then
@@ -38,8 +40,8 @@ printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
 "${sudo[@]}" chmod 0755 "$policy"
 
 echo "installing: ${missing[*]}" >&2
-"${sudo[@]}" apt-get update -qq
-"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+"${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
 
 # Keep the new packages' daemons from starting at boot. Never `/etc/init.d/etcd stop`: it matches
 # processes by executable and would kill every etcd on the machine, other e2e clusters' included.
@@ -57,6 +59,6 @@ for pkg in "${missing[@]}"; do
   fi
 done
 
-for tool in etcd prometheus openssl; do
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "still missing after install: $tool" >&2; exit 1; }
 done

@@ -33,10 +33,12 @@ WAITING_FOR_REQUESTS = re.compile(r"waiting for candidate requests (\d+)/(\d+)")
 TOLERANCE = 10
 
 
-def plugin(cluster: ClusterState, verb: str, name: str, namespace: str) -> str:
+def run_plugin(
+    cluster: ClusterState, verb: str, name: str, namespace: str
+) -> subprocess.CompletedProcess[str]:
     """`kubectl agentrollout VERB NAME -n NS --kubeconfig K`, the real plugin as its own process."""
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}  # --kubeconfig alone must suffice
-    done = subprocess.run(
+    return subprocess.run(
         [str(PLUGIN), verb, name, "-n", namespace, "--kubeconfig", str(cluster.kubeconfig)],
         env=env,
         capture_output=True,
@@ -44,6 +46,10 @@ def plugin(cluster: ClusterState, verb: str, name: str, namespace: str) -> str:
         timeout=60,
         check=False,
     )
+
+
+def plugin(cluster: ClusterState, verb: str, name: str, namespace: str) -> str:
+    done = run_plugin(cluster, verb, name, namespace)
     assert done.returncode == 0, f"{verb} failed: {done.stderr}"
     return done.stdout
 
@@ -207,6 +213,16 @@ def test_abort_through_the_plugin_rolls_back_at_once_not_at_the_next_interval(
     assert legacy.metadata.generation == legacy_before.metadata.generation
     assert legacy.spec.template == legacy_before.spec.template
     assert legacy.spec.replicas == 1 and legacy.status and legacy.status.available_replicas == 1
+
+    # Verbs that mean nothing in RolledBack are refused or answered, never left set for later.
+    refused = run_plugin(cluster, "promote", "stop", s.namespace)
+    assert refused.returncode == 1 and refused.stdout == "", refused
+    assert refused.stderr.startswith(
+        f"error: cannot promote agentrollout {s.namespace}/stop: it is RolledBack"
+    )
+    again = plugin(cluster, "abort", "stop", s.namespace)
+    assert "is already RolledBack" in again and "nothing to do" in again, again
+    assert s.status("stop").get("promote") is not True, "a refused verb must not be sent"
 
     # The on-call engineer finds the rollback was a false alarm: retry the same candidate from step 1.
     out = plugin(cluster, "retry", "stop", s.namespace)

@@ -1,18 +1,32 @@
 """`kubectl agentrollout ...`: the kubectl plugin. It only reads and patches.
 
 Every verb is a plain merge patch on the status subresource, so Argo CD actions, this plugin and a
-human with `kubectl patch --subresource=status` all do exactly the same thing:
+human with `kubectl patch --subresource=status --type=merge` all do exactly the same thing:
 
-    abort    {"status": {"abort": true}}     roll back to legacy now
-    promote  {"status": {"promote": true}}   end the current pause (human approval)
+    abort    {"status": {"abort": true}}     roll back to legacy now (from Promoted too: ALL traffic
+                                             goes back to legacy)
+    promote  {"status": {"promote": true}}   end the current step or pause (human approval)
     retry    {"status": {"retry": true}}     restart a rolled-back rollout from step 1, same candidate
+
+Before patching, the plugin reads the rollout and says what the verb will do in its phase, or
+refuses a verb the operator would consume without effect (retry outside RolledBack, promote of a
+rollout that has no step left to end). That check is advisory: the phase can change between the
+read and the patch, and the operator's rules stay the only authority on what a verb does.
+
+Without -n, the namespace is the kubeconfig context's (or `default`), as kubectl does.
+Errors are one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
 import time
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from agent_rollout import api
@@ -22,6 +36,13 @@ VERBS = {
     "promote": {"promote": True},
     "retry": {"retry": True},
 }
+# "HTTPSConnection(host='127.0.0.1', port=1): " (urllib3 2) or "<...HTTPSConnection object at 0x7f...>: " (1)
+CONNECTION_REPR = re.compile(r"^<?[\w.]*Connection(\(.*?\)| object at 0x[0-9a-f]+)?>?: ")
+FINISHED = {api.Phase.PROMOTED.value, api.Phase.ROLLED_BACK.value, api.Phase.FAILED.value}
+
+
+class CliError(Exception):
+    """Something the user must fix or know; main prints it as one line and exits 1."""
 
 
 def render(obj: dict[str, Any]) -> str:
@@ -52,11 +73,163 @@ def render(obj: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _custom_api(kubeconfig: str | None) -> Any:
+# ---------------------------------------------------------------- what a verb will do (pure)
+
+
+class Outcome(Enum):
+    SEND = "send"  # patch, print the text on stdout, exit 0
+    NOTHING_TO_DO = "nothing"  # do not patch, print the text on stdout, exit 0
+    REFUSE = "refuse"  # do not patch, print the text on stderr, exit 1
+
+
+@dataclass(frozen=True)
+class Advice:
+    outcome: Outcome
+    text: str
+
+
+def advise(verb: str, obj: dict[str, Any]) -> Advice:
+    """What `verb` will do to the rollout `obj` as last read, under the operator's rules."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    status = obj.get("status") or {}
+    phase = status.get("phase") or api.Phase.PENDING.value
+    ref = f"agentrollout {meta.get('namespace')}/{meta.get('name')}"
+    legacy = (spec.get("legacy") or {}).get("deployment", "legacy")
+    candidate = (spec.get("candidate") or {}).get("deployment", "candidate")
+    steps = len(spec.get("steps") or [])
+    step = min(int(status.get("currentStep") or 0) + 1, steps)
+    share = (status.get("weights") or {}).get("candidate", 0)
+
+    if verb == "abort":
+        if phase in (api.Phase.ROLLED_BACK.value, api.Phase.FAILED.value):
+            # No patch: the phase already routes everything to legacy, and a flag left set here would
+            # be a latent abort that fires, unasked, when the rollout restarts (spec fixed, retry).
+            return Advice(
+                Outcome.NOTHING_TO_DO,
+                f"{ref} is already {phase}: all traffic already goes to legacy {legacy}; nothing to do",
+            )
+        if phase == api.Phase.PROMOTED.value:
+            return Advice(
+                Outcome.SEND,
+                f"{ref}: abort requested: it is Promoted, so ALL traffic goes back to legacy {legacy} "
+                f"(candidate {candidate} drops from {share}% to 0%)",
+            )
+        return Advice(
+            Outcome.SEND,
+            f"{ref}: abort requested: all traffic goes back to legacy {legacy} "
+            f"(candidate {candidate} now at {share}%)",
+        )
+
+    if verb == "retry":
+        if phase == api.Phase.ROLLED_BACK.value:
+            return Advice(
+                Outcome.SEND,
+                f"{ref}: retry requested: candidate {candidate} restarts from step 1/{steps}",
+            )
+        hint = {
+            api.Phase.FAILED.value: "; a Failed rollout restarts by itself once its spec is valid",
+            api.Phase.PROMOTED.value: f"; to roll out another version, change Deployment {candidate}",
+        }.get(phase, "")
+        return Advice(
+            Outcome.REFUSE,
+            f"error: cannot retry {ref}: it is {phase}, and retry only restarts a RolledBack rollout "
+            f"(the operator would consume the request without effect){hint}",
+        )
+
+    if verb == "promote":
+        why_not = {
+            api.Phase.PROMOTED.value: "it is already Promoted: all traffic goes to the candidate",
+            api.Phase.ROLLED_BACK.value: "it is RolledBack; `kubectl agentrollout retry` restarts it",
+            api.Phase.FAILED.value: "it is Failed (invalid spec); fixing the spec restarts it",
+            api.Phase.PENDING.value: "it is Pending: the operator has not started it yet "
+            "(the operator would consume the request without effect)",
+        }.get(phase)
+        if why_not is not None:
+            return Advice(Outcome.REFUSE, f"error: cannot promote {ref}: {why_not}")
+        if phase == api.Phase.PAUSED.value:
+            return Advice(Outcome.SEND, f"{ref}: promote requested: ends the pause at step {step}/{steps}")
+        return Advice(
+            Outcome.SEND,
+            f"{ref}: promote requested: ends step {step}/{steps} now (failing gates still roll back)",
+        )
+
+    raise ValueError(f"unknown verb {verb}")
+
+
+# ---------------------------------------------------------------- errors as one line (pure)
+
+
+def api_error_text(
+    status: int | None, reason: str | None, body: str | None, namespace: str, name: str
+) -> str:
+    """One line for an API error response, from the Status object the apiserver sends back."""
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        parsed = {}
+    if not isinstance(parsed, dict):
+        parsed = {}
+    message = parsed.get("message") or (body or "").strip() or reason or "no details"
+    if status == 404:
+        details = parsed.get("details") or {}
+        if details.get("name") == name:
+            return f"error: agentrollout {name} not found in namespace {namespace}"
+        return (
+            f"error: the API server does not serve {api.PLURAL}.{api.GROUP}/{api.VERSION} ({message}): "
+            "is the AgentRollout CRD installed?"
+        )
+    if status == 403:
+        return f"error: forbidden: {message}"
+    if status == 401:
+        return f"error: unauthorized: {message} (check the credentials in your kubeconfig)"
+    if status == 422:
+        return f"error: invalid: {message}"
+    if not status:  # the client's own failures (TLS): no HTTP status at all
+        return f"error: cannot talk to the Kubernetes API: {' '.join((reason or message).split())}"
+    return f"error: {status} {reason or ''}: {message}".replace(" :", ":")
+
+
+def connection_error_text(error: Exception, host: str) -> str:
+    """One line for a request that never got an answer (connection refused, DNS, TLS handshake)."""
+    cause = getattr(error, "reason", None) or error
+    # urllib3 starts its messages with the connection's repr, which repeats the host: drop it.
+    text = CONNECTION_REPR.sub("", str(cause), count=1)
+    return f"error: cannot reach the Kubernetes API at {host}: {text}"
+
+
+# ---------------------------------------------------------------- the shell
+
+
+def kube_namespace(kubeconfig: str | None, context: str | None) -> str:
+    """The namespace of the chosen kubeconfig context (the current one by default), else `default`."""
     import kubernetes
 
-    kubernetes.config.load_kube_config(config_file=kubeconfig)
-    return kubernetes.client.CustomObjectsApi()
+    try:
+        contexts, current = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
+    except kubernetes.config.ConfigException as e:
+        raise CliError(f"error: kubeconfig: {e}") from e
+    chosen = current
+    if context is not None:
+        named = [c for c in contexts if c.get("name") == context]
+        if not named:
+            raise CliError(f"error: kubeconfig: no context named {context}")
+        chosen = named[0]
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else "default"
+
+
+def _custom_api(kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
+    import kubernetes
+
+    client_config = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_kube_config(
+            config_file=kubeconfig, context=context, client_configuration=client_config
+        )
+    except (kubernetes.config.ConfigException, OSError) as e:
+        raise CliError(f"error: kubeconfig: {e}") from e
+    custom = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(client_config))
+    return custom, str(client_config.host)
 
 
 def _get(custom: Any, namespace: str, name: str) -> dict[str, Any]:
@@ -66,35 +239,64 @@ def _get(custom: Any, namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
+def _send(custom: Any, verb: str, namespace: str, name: str) -> int:
+    advice = advise(verb, _get(custom, namespace, name))
+    if advice.outcome is Outcome.REFUSE:
+        print(advice.text, file=sys.stderr)
+        return 1
+    if advice.outcome is Outcome.SEND:
+        custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": VERBS[verb]}
+        )
+    print(advice.text)
+    return 0
+
+
+def _status(custom: Any, namespace: str, name: str, watch: bool) -> int:
+    while True:
+        obj = _get(custom, namespace, name)
+        print(render(obj), flush=True)
+        if not watch or (obj.get("status") or {}).get("phase") in FINISHED:
+            return 0
+        time.sleep(2)
+        print()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kubectl agentrollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("verb", choices=["status", *VERBS])
     parser.add_argument("name")
-    parser.add_argument("-n", "--namespace", default="default")
+    parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's")
     parser.add_argument("--kubeconfig", default=None)
+    parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     parser.add_argument("-w", "--watch", action="store_true", help="with status: refresh until finished")
     args = parser.parse_args(argv)
-    custom = _custom_api(args.kubeconfig)
 
-    if args.verb in VERBS:
-        custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, args.namespace, api.PLURAL, args.name, {"status": VERBS[args.verb]}
-        )
-        print(f"agentrollout {args.namespace}/{args.name}: {args.verb} requested")
-        return 0
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
 
-    while True:
-        obj = _get(custom, args.namespace, args.name)
-        print(render(obj), flush=True)
-        phase = (obj.get("status") or {}).get("phase")
-        if not args.watch or phase in {
-            p.value for p in (api.Phase.PROMOTED, api.Phase.ROLLED_BACK, api.Phase.FAILED)
-        }:
-            return 0
-        time.sleep(2)
-        print()
+    # Read $KUBECONFIG now: the kubernetes client reads it once, at import.
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or None
+    host = "?"
+    namespace = args.namespace
+    try:
+        if namespace is None:
+            namespace = kube_namespace(kubeconfig, args.context)
+        custom, host = _custom_api(kubeconfig, args.context)
+        if args.verb in VERBS:
+            return _send(custom, args.verb, namespace, args.name)
+        return _status(custom, namespace, args.name, args.watch)
+    except CliError as e:
+        print(e, file=sys.stderr)
+    except ApiException as e:
+        print(api_error_text(e.status, e.reason, e.body, namespace, args.name), file=sys.stderr)
+    except urllib3.exceptions.HTTPError as e:
+        print(connection_error_text(e, host), file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C ends `status -w`: not an error worth a traceback
+        return 130
+    return 1
 
 
 if __name__ == "__main__":

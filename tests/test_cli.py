@@ -1,0 +1,401 @@
+"""`kubectl agentrollout`, run in-process against a small HTTP server that answers as the apiserver does.
+
+The plugin goes through the real kubernetes client and a real kubeconfig file, so namespace
+resolution, the exact request sent (path, patch type, body) and the rendering of error responses
+are all observed from the outside: what the user reads, the exit code, and what reached the server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent_rollout.cli import main
+
+BASE = "/apis/agentrollout.io/v1alpha1/namespaces"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    content_type: str | None
+    body: Any
+
+
+@dataclass
+class FakeApiServer:
+    """Answers (method, path) from `responses`; anything else is the apiserver's plain 404."""
+
+    url: str
+    responses: dict[tuple[str, str], tuple[int, Any]] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+
+    def rollout(self, namespace: str, name: str, phase: str | None = None, **status: Any) -> dict[str, Any]:
+        """Serve one AgentRollout at GET and accept merge patches of its status."""
+        obj: dict[str, Any] = {
+            "apiVersion": "agentrollout.io/v1alpha1",
+            "kind": "AgentRollout",
+            "metadata": {"name": name, "namespace": namespace, "generation": 1},
+            "spec": {
+                "legacy": {"deployment": "triage-v1"},
+                "candidate": {"deployment": "triage-v2"},
+                "steps": [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}],
+            },
+            "status": {"phase": phase, **status} if phase else {},
+        }
+        path = f"{BASE}/{namespace}/agentrollouts/{name}"
+        self.responses[("GET", path)] = (200, obj)
+        self.responses[("PATCH", f"{path}/status")] = (200, obj)
+        return obj
+
+    def patches(self) -> list[Request]:
+        return [r for r in self.requests if r.method == "PATCH"]
+
+
+def status_error(code: int, reason: str, message: str, name: str | None = None) -> dict[str, Any]:
+    """The Status object the apiserver sends with an error."""
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if name is not None:
+        body["details"] = {"name": name, "group": "agentrollout.io", "kind": "agentrollouts"}
+    return body
+
+
+@pytest.fixture
+def server() -> Iterator[FakeApiServer]:
+    fake = FakeApiServer(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            path = self.path.split("?", 1)[0]
+            body = json.loads(raw) if raw else None
+            fake.requests.append(Request(self.command, path, self.headers.get("Content-Type"), body))
+            code, answer = fake.responses.get((self.command, path), (404, "404 page not found"))
+            data = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain" if isinstance(answer, str) else "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PATCH = _answer
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield fake
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def write_kubeconfig(
+    path: Path, server: str, contexts: dict[str, str | None], current: str | None = None
+) -> Path:
+    """A kubeconfig whose contexts all point at `server`, each with its namespace (None: no namespace)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server}}],
+        "users": [{"name": "me", "user": {"token": "t0ken"}}],
+        "contexts": [
+            {"name": name, "context": {"cluster": "local", "user": "me", **({"namespace": ns} if ns else {})}}
+            for name, ns in contexts.items()
+        ],
+        "current-context": current or next(iter(contexts)),
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Ran]:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+
+    def _run(*argv: str) -> Ran:
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        return Ran(code, captured.out, captured.err)
+
+    return _run
+
+
+# ---------------------------------------------------------------- the namespace
+
+
+def test_without_n_the_namespace_is_the_current_contexts(
+    server: FakeApiServer, run: Callable[..., Ran], tmp_path: Path
+) -> None:
+    config = write_kubeconfig(tmp_path / "config", server.url, {"prod": "support", "dev": "sandbox"})
+    server.rollout("support", "triage", "Progressing")
+
+    ran = run("status", "triage", "--kubeconfig", str(config))
+
+    assert ran.code == 0, ran.err
+    assert ran.out.startswith("support/triage  phase=Progressing")
+    assert [r.path for r in server.requests] == [f"{BASE}/support/agentrollouts/triage"]
+
+
+def test_context_flag_picks_that_contexts_namespace(
+    server: FakeApiServer, run: Callable[..., Ran], tmp_path: Path
+) -> None:
+    config = write_kubeconfig(tmp_path / "config", server.url, {"prod": "support", "dev": "sandbox"})
+    server.rollout("sandbox", "triage", "Paused")
+
+    ran = run("status", "triage", "--kubeconfig", str(config), "--context", "dev")
+
+    assert ran.code == 0, ran.err
+    assert ran.out.startswith("sandbox/triage  phase=Paused")
+
+
+def test_a_context_without_namespace_means_default_and_n_wins_over_the_context(
+    server: FakeApiServer, run: Callable[..., Ran], tmp_path: Path
+) -> None:
+    config = write_kubeconfig(tmp_path / "config", server.url, {"bare": None, "prod": "support"})
+    server.rollout("default", "triage", "Progressing")
+    server.rollout("elsewhere", "triage", "Promoted")
+
+    assert run("status", "triage", "--kubeconfig", str(config)).out.startswith("default/triage")
+    explicit = run("status", "triage", "--kubeconfig", str(config), "--context", "prod", "-n", "elsewhere")
+    assert explicit.out.startswith("elsewhere/triage  phase=Promoted")
+
+
+def test_kubeconfig_environment_variable_is_read_when_the_plugin_runs(
+    server: FakeApiServer, run: Callable[..., Ran], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kubectl hands its plugins KUBECONFIG, not --kubeconfig; the client library reads it only at import.
+    config = write_kubeconfig(tmp_path / "config", server.url, {"prod": "support"})
+    server.rollout("support", "triage", "Progressing")
+    monkeypatch.setenv("KUBECONFIG", str(config))
+
+    ran = run("status", "triage")
+
+    assert ran.code == 0, ran.err
+    assert ran.out.startswith("support/triage")
+
+
+def test_unknown_context_and_missing_kubeconfig_are_one_line_errors(
+    server: FakeApiServer, run: Callable[..., Ran], tmp_path: Path
+) -> None:
+    config = write_kubeconfig(tmp_path / "config", server.url, {"prod": "support"})
+
+    unknown = run("status", "triage", "--kubeconfig", str(config), "--context", "staging")
+    missing = run("status", "triage", "--kubeconfig", str(tmp_path / "nope"))
+
+    assert (unknown.code, unknown.err) == (1, "error: kubeconfig: no context named staging\n")
+    assert (
+        missing.code == 1 and missing.err.startswith("error: kubeconfig: ") and missing.err.count("\n") == 1
+    )
+    assert server.requests == []
+
+
+# ---------------------------------------------------------------- API errors
+
+
+@pytest.fixture
+def config(server: FakeApiServer, tmp_path: Path) -> str:
+    return str(write_kubeconfig(tmp_path / "config", server.url, {"prod": "support"}))
+
+
+@pytest.mark.parametrize("verb", ["status", "abort", "promote", "retry"])
+def test_a_missing_rollout_is_named_with_its_namespace(
+    server: FakeApiServer, run: Callable[..., Ran], config: str, verb: str
+) -> None:
+    server.responses[("GET", f"{BASE}/support/agentrollouts/triage")] = (
+        404,
+        status_error(404, "NotFound", 'agentrollouts.agentrollout.io "triage" not found', name="triage"),
+    )
+
+    ran = run(verb, "triage", "--kubeconfig", config)
+
+    assert (ran.code, ran.out) == (1, "")
+    assert ran.err == "error: agentrollout triage not found in namespace support\n"
+    assert server.patches() == []
+
+
+def test_a_cluster_without_the_crd_says_so(
+    server: FakeApiServer, run: Callable[..., Ran], config: str
+) -> None:
+    ran = run("status", "triage", "--kubeconfig", config)  # the server's plain "404 page not found"
+
+    assert ran.code == 1
+    assert ran.err == (
+        "error: the API server does not serve agentrollouts.agentrollout.io/v1alpha1 (404 page not found): "
+        "is the AgentRollout CRD installed?\n"
+    )
+
+
+def test_forbidden_patch_shows_the_apiservers_reason(
+    server: FakeApiServer, run: Callable[..., Ran], config: str
+) -> None:
+    server.rollout("support", "triage", "Progressing")
+    reason = (
+        'agentrollouts.agentrollout.io "triage" is forbidden: User "dev" cannot patch resource '
+        '"agentrollouts/status" in API group "agentrollout.io" in the namespace "support"'
+    )
+    server.responses[("PATCH", f"{BASE}/support/agentrollouts/triage/status")] = (
+        403,
+        status_error(403, "Forbidden", reason, name="triage"),
+    )
+
+    ran = run("abort", "triage", "--kubeconfig", config)
+
+    assert (ran.code, ran.out) == (1, "")
+    assert ran.err == f"error: forbidden: {reason}\n"
+
+
+def test_invalid_patch_and_unexpected_statuses_are_one_line(
+    server: FakeApiServer, run: Callable[..., Ran], config: str
+) -> None:
+    server.rollout("support", "triage", "Paused")
+    patch_path = f"{BASE}/support/agentrollouts/triage/status"
+    invalid = 'AgentRollout.agentrollout.io "triage" is invalid: status.promote: Invalid value: "string"'
+    server.responses[("PATCH", patch_path)] = (422, status_error(422, "Invalid", invalid, name="triage"))
+    rejected = run("promote", "triage", "--kubeconfig", config)
+
+    server.responses[("PATCH", patch_path)] = (500, status_error(500, "InternalError", "etcdserver: timeout"))
+    broken = run("promote", "triage", "--kubeconfig", config)
+
+    server.responses[("PATCH", patch_path)] = (401, status_error(401, "Unauthorized", "Unauthorized"))
+    stranger = run("promote", "triage", "--kubeconfig", config)
+
+    assert (rejected.code, rejected.err) == (1, f"error: invalid: {invalid}\n")
+    assert (broken.code, broken.err) == (1, "error: 500 Internal Server Error: etcdserver: timeout\n")
+    assert (stranger.code, stranger.err) == (
+        1,
+        "error: unauthorized: Unauthorized (check the credentials in your kubeconfig)\n",
+    )
+
+
+def test_connection_refused_is_one_line_naming_the_server(run: Callable[..., Ran], tmp_path: Path) -> None:
+    # A bound socket that never listens: connecting to it is refused, at once.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        config = write_kubeconfig(tmp_path / "config", url, {"prod": "support"})
+
+        ran = run("abort", "triage", "--kubeconfig", str(config))
+
+    assert (ran.code, ran.out) == (1, "")
+    assert ran.err.startswith(f"error: cannot reach the Kubernetes API at {url}: ")
+    assert "Connection refused" in ran.err and ran.err.count("\n") == 1
+    assert ran.err.count("127.0.0.1") == 1  # urllib3's repr of the connection, which repeats it, is dropped
+
+
+# ---------------------------------------------------------------- verbs by phase
+
+
+@pytest.mark.parametrize(
+    ("verb", "phase", "says"),
+    [
+        ("abort", "Progressing", "abort requested: all traffic goes back to legacy triage-v1"),
+        ("abort", "Paused", "abort requested: all traffic goes back to legacy triage-v1"),
+        ("abort", "Pending", "abort requested"),
+        (
+            "abort",
+            "Promoted",
+            "abort requested: it is Promoted, so ALL traffic goes back to legacy triage-v1",
+        ),
+        ("promote", "Paused", "promote requested: ends the pause at step 2/3"),
+        ("promote", "Progressing", "promote requested: ends step 2/3 now"),
+        ("retry", "RolledBack", "retry requested: candidate triage-v2 restarts from step 1/3"),
+    ],
+)
+def test_a_verb_that_applies_is_one_merge_patch_of_the_status(
+    server: FakeApiServer, run: Callable[..., Ran], config: str, verb: str, phase: str, says: str
+) -> None:
+    server.rollout("support", "triage", phase, currentStep=1, weights={"legacy": 90, "candidate": 10})
+
+    ran = run(verb, "triage", "--kubeconfig", config)
+
+    assert (ran.code, ran.err) == (0, "")
+    assert ran.out.startswith(f"agentrollout support/triage: {says}"), ran.out
+    # Exactly what an Argo CD action or `kubectl patch --subresource=status --type=merge` sends.
+    [patch] = server.patches()
+    assert patch.path == f"{BASE}/support/agentrollouts/triage/status"
+    assert patch.content_type == "application/merge-patch+json"
+    assert patch.body == {"status": {verb: True}}
+
+
+def test_abort_of_a_promoted_rollout_says_the_candidate_loses_all_its_traffic(
+    server: FakeApiServer, run: Callable[..., Ran], config: str
+) -> None:
+    server.rollout("support", "triage", "Promoted", currentStep=3, weights={"legacy": 0, "candidate": 100})
+
+    ran = run("abort", "triage", "--kubeconfig", config)
+
+    assert ran.code == 0
+    assert "(candidate triage-v2 drops from 100% to 0%)" in ran.out
+
+
+@pytest.mark.parametrize("phase", ["RolledBack", "Failed"])
+def test_abort_of_a_rolled_back_or_failed_rollout_has_nothing_to_do_and_sends_nothing(
+    server: FakeApiServer, run: Callable[..., Ran], config: str, phase: str
+) -> None:
+    server.rollout("support", "triage", phase)
+
+    ran = run("abort", "triage", "--kubeconfig", config)
+
+    assert (ran.code, ran.err) == (0, "")
+    assert ran.out == (
+        f"agentrollout support/triage is already {phase}: all traffic already goes to legacy triage-v1; "
+        "nothing to do\n"
+    )
+    assert server.patches() == []
+
+
+@pytest.mark.parametrize(
+    ("verb", "phase", "why"),
+    [
+        ("retry", "Progressing", "it is Progressing, and retry only restarts a RolledBack rollout"),
+        ("retry", "Paused", "it is Paused, and retry only restarts a RolledBack rollout"),
+        ("retry", "Pending", "it is Pending, and retry only restarts a RolledBack rollout"),
+        ("retry", "Promoted", "to roll out another version, change Deployment triage-v2"),
+        ("retry", "Failed", "a Failed rollout restarts by itself once its spec is valid"),
+        ("promote", "Promoted", "it is already Promoted"),
+        ("promote", "RolledBack", "it is RolledBack; `kubectl agentrollout retry` restarts it"),
+        ("promote", "Failed", "it is Failed (invalid spec)"),
+        ("promote", None, "it is Pending: the operator has not started it yet"),
+    ],
+)
+def test_a_verb_the_operator_would_ignore_is_refused_naming_the_phase(
+    server: FakeApiServer, run: Callable[..., Ran], config: str, verb: str, phase: str | None, why: str
+) -> None:
+    server.rollout("support", "triage", phase)
+
+    ran = run(verb, "triage", "--kubeconfig", config)
+
+    assert (ran.code, ran.out) == (1, "")
+    assert ran.err.startswith(f"error: cannot {verb} agentrollout support/triage: "), ran.err
+    assert why in ran.err and ran.err.count("\n") == 1
+    assert server.patches() == []
