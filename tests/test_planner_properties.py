@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,10 +29,9 @@ PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
 ADVANCES = {"StepCompleted", "ManualPromotion", "Promoted"}
 RESTARTS = {"Started", "NewCandidate", "Retried"}
 # The only decisions that may give a rolled-back candidate traffic again: a human's retry, or a new
-# revision of the candidate. Editing the spec does not (planner.py's docstring says so too), except
-# today through an invalid spec that is then fixed ("SpecValid"): a known bug, pinned by
-# test_fixing_an_invalid_spec_does_not_restart_a_rolled_back_candidate. Drop "SpecValid" here with it.
-RESTARTS_AFTER_ROLLBACK = {"Retried", "NewCandidate", "SpecValid"}
+# revision of the candidate. Editing the spec does not (planner.py's docstring says so too), not even
+# through an invalid spec that is then fixed (test_fixing_an_invalid_spec_does_not_restart_...).
+RESTARTS_AFTER_ROLLBACK = {"Retried", "NewCandidate"}
 REPLICAS = 2
 
 
@@ -438,11 +436,6 @@ def test_identical_ticks_reach_a_steady_status(versions: list[Version], script: 
         assert plan(spec, status, obs, last.now + timedelta(seconds=1)).status == status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner bug: a RolledBack rollout whose spec turns invalid (Failed) and is then fixed restarts "
-    "the rolled-back candidate (SpecValid, Started) without a retry or a new revision",
-)
 def test_fixing_an_invalid_spec_does_not_restart_a_rolled_back_candidate() -> None:
     analysis = {
         "prometheus": {"url": "http://prometheus:9090"},

@@ -371,6 +371,10 @@ class AgentRolloutStatus(_Model):
     candidate_revision: str | None = Field(
         default=None, description="Hash of the candidate Deployment's pod template the rollout is judging."
     )
+    rolled_back_revision: str | None = Field(
+        default=None,
+        description="The candidate revision last rolled back: it stays so until a retry or a new revision.",
+    )
     gate_failures: dict[str, int] = Field(default_factory=dict)
     last_failure_at: dict[str, str] = Field(
         default_factory=dict,

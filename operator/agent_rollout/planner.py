@@ -224,6 +224,15 @@ def _fail(t: Tick, spec: AgentRolloutSpec | None, problems: list[SpecProblem]) -
 def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
     condition(t, CT.SPEC_VALID, "True", CR.VALID, "spec passed validation")
     if t.st.phase is Phase.FAILED:
+        revision = t.obs.candidate.template_hash if t.obs.candidate is not None else t.st.candidate_revision
+        if t.st.rolled_back_revision is not None and revision == t.st.rolled_back_revision:
+            # A candidate rolled back before the spec broke stays rolled back: fixing a typo is no retry.
+            message = (
+                f"spec is valid again; candidate revision {revision} was rolled back and stays so "
+                "(kubectl agentrollout retry, or a new revision, restarts it)"
+            )
+            transition(t, spec, Phase.ROLLED_BACK, Reason.SPEC_VALID, message)
+            return
         # The spec was fixed: start over from step 0 rather than resume under rules that changed.
         t.st.current_step, t.st.step_started_at = 0, None
         transition(t, spec, Phase.PENDING, Reason.SPEC_VALID, "spec is valid again: restarting from step 1")
@@ -355,6 +364,7 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
     st.candidate_revision = t.obs.candidate.template_hash if t.obs.candidate is not None else None
     st.gate_failures, st.consecutive_errors = {}, 0
     st.last_failure_at, st.inconclusive_runs = {}, {}
+    st.rolled_back_revision = None
     st.promote = st.abort = st.retry = False
     st.last_analysis, st.last_analysis_at = [], None
     first = spec.steps[0]

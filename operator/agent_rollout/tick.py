@@ -134,6 +134,8 @@ def transition(
     evidence: list[GateResult] | None = None,
 ) -> None:
     t.st.phase = phase
+    if phase is Phase.ROLLED_BACK:
+        t.st.rolled_back_revision = t.st.candidate_revision
     route(t, spec, reason)
     record(t, reason, message, evidence or [])
 
