@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agent_rollout import api
+from agent_rollout.analysis.prometheus import QueryRejected
 from agent_rollout.domain import DeploymentState
 from agent_rollout.kube import RouteWriteError, template_hash
 from tests.specs import CANDIDATE, LEGACY
@@ -340,3 +341,52 @@ def test_kubectl_rollout_restart_is_not_a_new_candidate_revision() -> None:
 
     assert template_hash(restarted) == template_hash(template)
     assert template_hash(new_prompt) != template_hash(template)
+
+
+# ---------------------------------------------------------------- 5. nothing moves before analysis can run
+
+
+def test_query_prometheus_rejects_fails_the_spec_before_any_traffic_moves() -> None:
+    world = World(rollout_body(THREE_WEIGHTS))
+    world.prometheus.rejects = lambda promql: 'parse error: unexpected "}"'
+
+    world.tick()
+
+    assert world.status["phase"] == "Failed"
+    spec_valid = world.condition("SpecValid")
+    assert "spec.analysis.gates[0]" in spec_valid["message"] and "unexpected" in spec_valid["message"]
+    assert world.kube.writes_of("route") == []
+
+
+def test_unreachable_prometheus_holds_the_start_until_the_queries_are_checked() -> None:
+    world = World(rollout_body(THREE_WEIGHTS))
+    world.prometheus.down = "http://prometheus:9090: connection refused"
+
+    world.tick()
+
+    assert world.status["phase"] == "Pending"
+    assert "waiting to check the gates' queries" in world.status["message"]
+    assert world.kube.writes_of("route") == []
+    world.prometheus.down = None
+    world.tick()
+    assert world.route_weights() == {LEGACY: 95, CANDIDATE: 5}
+    checked = len(world.prometheus.checked)
+    world.tick()
+    assert len(world.prometheus.checked) == checked  # a generation is checked once
+
+
+def test_query_rejected_mid_rollout_rolls_back_at_once() -> None:
+    world = World(rollout_body(THREE_WEIGHTS))
+    world.tick()
+
+    def rejecting(promql: str) -> Any:
+        raise QueryRejected("bad_data: unknown function", query=promql)
+
+    world.prometheus.answer = rejecting
+    world.tick()
+
+    assert world.status["phase"] == "RolledBack"
+    assert world.history_reasons()[-1] == "QueryRejected"
+    analysis = world.condition("AnalysisHealthy")
+    assert (analysis["status"], analysis["reason"]) == ("False", "QueryRejected")
+    assert world.route_weights() == {LEGACY: 100, CANDIDATE: 0}
