@@ -66,18 +66,22 @@ def test_documented_argo_cd_settings_leave_the_weights_alone(scene: Callable[...
     desired = _git_copy(s, 100, 0)
     desired["spec"]["rules"][0]["backendRefs"] = live["spec"]["rules"][0]["backendRefs"]
     s.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(desired))
-    # With ServerSideApply=true and Git carrying no weights, the weights stay the operator's fields.
+    # With ServerSideApply=true: Gateway API's `spec.rules` is an atomic list, so the operator's weight
+    # patch makes it the owner of all of it, and Argo CD's apply of the Git copy (even without weights)
+    # is refused with a conflict naming the operator instead of silently moving traffic.
     no_weights = _git_copy(s, 100, 0)
     for ref in no_weights["spec"]["rules"][0]["backendRefs"]:
         ref.pop("weight", None)
-    s.kubectl(
+    refused = s.kubectl(
         "apply",
         "--server-side",
         "--field-manager=argocd-controller",
         "-f",
         "-",
         stdin=yaml.safe_dump(no_weights),
+        check=False,
     )
+    assert refused.returncode != 0 and 'conflict with "agent-rollout"' in refused.stderr, refused.stderr
     time.sleep(2)
 
     assert s.route_weights() == {LEGACY: 75, CANDIDATE: 25}
