@@ -6,6 +6,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +21,9 @@ from e2e.sim.launcher import AgentGroup
 from e2e.sim.traffic import TrafficDriver
 
 pytestmark = pytest.mark.e2e
+
+# Past the controller-manager's node-monitor-grace-period (50 s) and a kwok lease (40 s) by a margin.
+NODE_CHECK_AFTER_S = 70.0
 
 
 def _eventually(check: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25) -> Any:
@@ -242,3 +246,33 @@ def test_traffic_splits_by_httproute_weights_and_follows_changes(
     assert after["candidate"] - before["candidate"] + legacy == 2000
     print(f"50/50 route: legacy share {legacy / 2000:.3f} over 2000 requests (agents' counts)")
     assert abs(legacy / 2000 - 0.50) <= 0.03
+
+
+def test_fake_node_and_deployments_stay_ready_past_the_node_grace_period(
+    cluster: ClusterState, kube_api: KubeApi, namespace: str
+) -> None:
+    """The controller-manager marks a node NotReady (and all its pods Ready=False) when its heartbeat
+    is older than --node-monitor-grace-period (50 s); kwok must keep the fake node's heartbeat going.
+    Last in this file, so the session's other tests pass most of that time."""
+    kube_api.create_deployment(namespace, "steady", version="legacy")
+    kube_api.wait_deployment_available(namespace, "steady", timeout_s=60)
+    node: Any = kube_api.core.read_node(FAKE_NODE_NAME)
+    check_at = node.metadata.creation_timestamp + timedelta(seconds=NODE_CHECK_AFTER_S)
+
+    def node_ready() -> str:
+        n: Any = kube_api.core.read_node(FAKE_NODE_NAME)
+        return str(next(c.status for c in n.status.conditions if c.type == "Ready"))
+
+    def available() -> tuple[int, str]:
+        dep: Any = kube_api.apps.read_namespaced_deployment_status("steady", namespace)
+        conditions = {c.type: c.status for c in dep.status.conditions}
+        return dep.status.available_replicas or 0, conditions["Available"]
+
+    # Checked all along, so a lapse fails when it happens rather than at the end. A lost node is back
+    # within seconds (kwok re-initializes it), its pods stay Ready=False: the Deployment shows it.
+    while datetime.now(UTC) < check_at:
+        assert node_ready() == "True", f"node {FAKE_NODE_NAME} lost Ready"
+        assert available() == (1, "True")
+        time.sleep(1)
+    assert node_ready() == "True"
+    assert available() == (1, "True")

@@ -103,10 +103,24 @@ def kwok_argv(bin_dir: Path, kubeconfig: Path, config: Path) -> list[str]:
     ]
 
 
+# The fake node's heartbeat, as a kubelet's: kwok renews the node's Lease every quarter of this.
+NODE_LEASE_DURATION_S = 40
+
+
 def write_kwok_config(path: Path) -> None:
-    # An explicit, empty config: otherwise kwok reads ~/.kwok/kwok.yaml of whoever runs the tests.
-    # With no stages configured kwok uses its defaults (node heartbeat, pods become Running/Ready).
-    path.write_text("apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n")
+    # An explicit config: otherwise kwok reads ~/.kwok/kwok.yaml of whoever runs the tests. With no
+    # stages configured kwok uses its default stages (node initialize and heartbeat, pods turn
+    # Running/Ready). The lease is what keeps the node Ready: the kwok binary's lease duration
+    # defaults to 0 (no Lease), and v0.7.0 then picks its slow heartbeat stage, which posts node
+    # status every 600 s. The controller-manager declares a node lost after 50 s without either
+    # (--node-monitor-grace-period) and marks every pod on it Ready=False; kwok soon restores the
+    # node, never the pods, so every Deployment stayed at 0 available from ~50 s on.
+    config = {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokConfiguration",
+        "options": {"nodeLeaseDurationSeconds": NODE_LEASE_DURATION_S},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def write_kubeconfig(path: Path, server: str, pki: Pki) -> None:
