@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from prometheus_api_client import PrometheusConnect
 from e2e.cluster import ClusterState
 from e2e.cluster.components import FAKE_NODE_NAME
 from e2e.cluster.kubeapi import KubeApi
-from e2e.cluster.paths import GATEWAY_API_VERSION, KUBE_VERSION
+from e2e.cluster.paths import GATEWAY_API_VERSION, KUBE_VERSION, REPO_ROOT, scratch_root
 from e2e.sim.launcher import AgentGroup
 from e2e.sim.traffic import TrafficDriver
 
@@ -246,6 +247,12 @@ def test_traffic_splits_by_httproute_weights_and_follows_changes(
     assert after["candidate"] - before["candidate"] + legacy == 2000
     print(f"50/50 route: legacy share {legacy / 2000:.3f} over 2000 requests (agents' counts)")
     assert abs(legacy / 2000 - 0.50) <= 0.03
+
+
+def test_scratch_dir_is_private_to_the_clone() -> None:
+    # /dev/shm is machine-wide: two clones must not share (and wipe) each other's etcd data.
+    assert scratch_root(Path("/src/clone-a")) != scratch_root(Path("/src/clone-b"))
+    assert scratch_root() == scratch_root(REPO_ROOT)
 
 
 def test_fake_node_and_deployments_stay_ready_past_the_node_grace_period(
