@@ -289,6 +289,40 @@ def test_agents_export_every_gate_series_at_zero_before_any_call(
     assert burst.get("candidate", 0.0) >= 2.5, burst
 
 
+def test_deployment_availability_follows_the_agent_process(
+    kube_api: KubeApi, namespace: str, sim_agents: Callable[..., AgentGroup]
+) -> None:
+    fast = {"latency_sleep": False}
+    agents = sim_agents(namespace, {"legacy": fast, "candidate": fast}, wait_scraped=False)
+    kube_api.create_agent_backends(namespace, {"legacy": "legacy", "candidate": "candidate"}, replicas=2)
+    for name in ("legacy", "candidate"):
+        kube_api.wait_deployment_available(namespace, name, timeout_s=60)
+
+    def candidate_pods_ready() -> set[str]:
+        pods: list[Any] = kube_api.core.list_namespaced_pod(
+            namespace, label_selector="app.kubernetes.io/name=candidate"
+        ).items
+        return {next(c.status for c in p.status.conditions if c.type == "Ready") for p in pods}
+
+    for stop in (agents.kill, agents.stop):  # a crash, then a clean shutdown
+        started = time.monotonic()
+        stop("candidate")
+        kube_api.wait_available_replicas(namespace, "candidate", 0, timeout_s=10)
+        print(f"{stop.__name__}: candidate availableReplicas 0 after {time.monotonic() - started:.1f}s")
+        assert candidate_pods_ready() == {"False"}
+        legacy: Any = kube_api.apps.read_namespaced_deployment_status("legacy", namespace)
+        assert legacy.status.available_replicas == 2  # only the candidate's pods follow its agent
+        dep: Any = kube_api.apps.read_namespaced_deployment_status("candidate", namespace)
+        assert {c.type: c.status for c in dep.status.conditions}["Available"] == "False"
+
+        started = time.monotonic()
+        agents.start("candidate")
+        kube_api.wait_deployment_available(namespace, "candidate", timeout_s=10)
+        print(f"start: candidate Available again after {time.monotonic() - started:.1f}s")
+        assert candidate_pods_ready() == {"True"}
+        assert agents["candidate"].invoke(2) == [200, 200]  # same URL as before
+
+
 def test_scratch_dir_is_private_to_the_clone() -> None:
     # /dev/shm is machine-wide: two clones must not share (and wipe) each other's etcd data.
     assert scratch_root(Path("/src/clone-a")) != scratch_root(Path("/src/clone-b"))
