@@ -116,6 +116,11 @@ def sim_agents(cluster: ClusterState) -> Iterator[StartAgents]:
     versions maps a version name (the `version` label) to a FaultProfile or a dict of its fields;
     default {"legacy": {}, "candidate": {}}. Agents are registered with Prometheus under that
     namespace and stopped (and unregistered) at the end of the test.
+
+    The pods labelled agent-rollout.dev/version=<version> in that namespace (kube_api.create_deployment
+    labels them so) are Ready only while that version's agent serves: group.kill("candidate") or
+    group.stop("candidate") takes the candidate Deployment's availableReplicas to 0 within about a
+    second, group.start("candidate") brings it back on the same URL (see e2e/sim/launcher.py).
     """
     groups: list[AgentGroup] = []
 
@@ -133,6 +138,7 @@ def sim_agents(cluster: ClusterState) -> Iterator[StartAgents]:
             prometheus_url=cluster.prometheus_url,
             log_dir=cluster.run_dir / "agents",
             seed=seed,
+            kubeconfig=cluster.kubeconfig,
         )
         groups.append(group)
         if wait_scraped:
@@ -141,7 +147,7 @@ def sim_agents(cluster: ClusterState) -> Iterator[StartAgents]:
 
     yield start
     for group in groups:
-        group.stop()
+        group.close()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from prometheus_api_client import PrometheusConnect
 from e2e.cluster import ClusterState
 from e2e.cluster.components import FAKE_NODE_NAME
 from e2e.cluster.kubeapi import KubeApi
-from e2e.cluster.paths import GATEWAY_API_VERSION, KUBE_VERSION
+from e2e.cluster.paths import GATEWAY_API_VERSION, KUBE_VERSION, REPO_ROOT, scratch_root
 from e2e.sim.launcher import AgentGroup
 from e2e.sim.traffic import TrafficDriver
 
@@ -189,13 +190,20 @@ def test_prometheus_returns_each_versions_agent_metrics(
     # The profile changes while the agent runs: now every legacy call fails with a 500.
     agents["legacy"].set_profile(error_ratio=1.0)
     assert agents["legacy"].invoke(5) == [500] * 5
+    # The error series exist from the start at 0 (see test_agents_export_every_gate_series_at_zero...).
     errors = _eventually(
-        lambda: per_version("gen_ai_client_operation_duration_seconds_count", ',error_type!=""'),
+        lambda: (
+            (v := per_version("gen_ai_client_operation_duration_seconds_count", ',error_type!=""')).get(
+                "legacy"
+            )
+            == 5.0
+            and v
+        ),
         15,
-        "error series in Prometheus",
+        "5 errors of legacy in Prometheus",
     )
-    assert errors == {"legacy": 5.0}
-    assert per_version("agent_requests_total", ',code="500"') == {"legacy": 5.0}
+    assert errors == {"legacy": 5.0, "candidate": 0.0}
+    assert per_version("agent_requests_total", ',code="500"') == {"legacy": 5.0, "candidate": 0.0}
 
 
 def _agent_counts(agents: AgentGroup) -> dict[str, int]:
@@ -246,6 +254,79 @@ def test_traffic_splits_by_httproute_weights_and_follows_changes(
     assert after["candidate"] - before["candidate"] + legacy == 2000
     print(f"50/50 route: legacy share {legacy / 2000:.3f} over 2000 requests (agents' counts)")
     assert abs(legacy / 2000 - 0.50) <= 0.03
+
+
+def test_agents_export_every_gate_series_at_zero_before_any_call(
+    sim_agents: Callable[..., AgentGroup], namespace: str, prometheus: PrometheusConnect
+) -> None:
+    agents = sim_agents(namespace, {"candidate": {"latency_sleep": False, "error_code": 503}})
+    sel = f'namespace="{namespace}",version="candidate"'
+    zero_series = [
+        f'gen_ai_client_operation_duration_seconds_count{{{sel},error_type="500"}}',
+        f'gen_ai_client_operation_duration_seconds_count{{{sel},error_type="503"}}',
+        f'agent_requests_total{{{sel},code="500"}}',
+        f'agent_requests_total{{{sel},code="503"}}',
+        f"agent_answers_flagged_total{{{sel}}}",
+        f"agent_cost_usd_total{{{sel}}}",
+        f"agent_eval_total{{{sel}}}",
+        f"agent_eval_correct_total{{{sel}}}",
+        f'gen_ai_client_token_usage_sum{{{sel},gen_ai_token_type="output"}}',
+    ]
+    for promql in zero_series:  # scraped (wait_scraped), before any call
+        assert [float(r["value"][1]) for r in prometheus.custom_query(promql)] == [0.0], promql
+
+    # A short burst on that error series: increase() sees it because the series was at 0 before; had it
+    # appeared with the burst, its first sample (3) would count as nothing.
+    agents["candidate"].set_profile(error_ratio=1.0)
+    assert agents["candidate"].invoke(3) == [503] * 3
+    failed = f'gen_ai_client_operation_duration_seconds_count{{{sel},error_type!=""}}'
+    _eventually(
+        lambda: _by_version(prometheus, f"sum by (version) ({failed})") == {"candidate": 3.0},
+        15,
+        "3 errors scraped",
+    )
+    burst = _by_version(prometheus, f"sum by (version) (increase({failed}[1m]))")
+    assert burst.get("candidate", 0.0) >= 2.5, burst
+
+
+def test_deployment_availability_follows_the_agent_process(
+    kube_api: KubeApi, namespace: str, sim_agents: Callable[..., AgentGroup]
+) -> None:
+    fast = {"latency_sleep": False}
+    agents = sim_agents(namespace, {"legacy": fast, "candidate": fast}, wait_scraped=False)
+    kube_api.create_agent_backends(namespace, {"legacy": "legacy", "candidate": "candidate"}, replicas=2)
+    for name in ("legacy", "candidate"):
+        kube_api.wait_deployment_available(namespace, name, timeout_s=60)
+
+    def candidate_pods_ready() -> set[str]:
+        pods: list[Any] = kube_api.core.list_namespaced_pod(
+            namespace, label_selector="app.kubernetes.io/name=candidate"
+        ).items
+        return {next(c.status for c in p.status.conditions if c.type == "Ready") for p in pods}
+
+    for stop in (agents.kill, agents.stop):  # a crash, then a clean shutdown
+        started = time.monotonic()
+        stop("candidate")
+        kube_api.wait_available_replicas(namespace, "candidate", 0, timeout_s=10)
+        print(f"{stop.__name__}: candidate availableReplicas 0 after {time.monotonic() - started:.1f}s")
+        assert candidate_pods_ready() == {"False"}
+        legacy: Any = kube_api.apps.read_namespaced_deployment_status("legacy", namespace)
+        assert legacy.status.available_replicas == 2  # only the candidate's pods follow its agent
+        dep: Any = kube_api.apps.read_namespaced_deployment_status("candidate", namespace)
+        assert {c.type: c.status for c in dep.status.conditions}["Available"] == "False"
+
+        started = time.monotonic()
+        agents.start("candidate")
+        kube_api.wait_deployment_available(namespace, "candidate", timeout_s=10)
+        print(f"start: candidate Available again after {time.monotonic() - started:.1f}s")
+        assert candidate_pods_ready() == {"True"}
+        assert agents["candidate"].invoke(2) == [200, 200]  # same URL as before
+
+
+def test_scratch_dir_is_private_to_the_clone() -> None:
+    # /dev/shm is machine-wide: two clones must not share (and wipe) each other's etcd data.
+    assert scratch_root(Path("/src/clone-a")) != scratch_root(Path("/src/clone-b"))
+    assert scratch_root() == scratch_root(REPO_ROOT)
 
 
 def test_fake_node_and_deployments_stay_ready_past_the_node_grace_period(

@@ -95,3 +95,17 @@ class KubeApi:
                     f"deployment {namespace}/{name} not available after {timeout_s}s: {dep.status}"
                 )
             time.sleep(0.2)
+
+    def wait_available_replicas(self, namespace: str, name: str, count: int, timeout_s: float = 30.0) -> Any:
+        """Until the Deployment reports exactly `count` available replicas (0: unavailable)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            dep: Any = self.apps.read_namespaced_deployment_status(name, namespace)
+            if ((dep.status and dep.status.available_replicas) or 0) == count:
+                return dep
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"deployment {namespace}/{name}: not {count} available replicas after {timeout_s}s: "
+                    f"{dep.status}"
+                )
+            time.sleep(0.1)

@@ -11,10 +11,12 @@ from typing import Any
 # Never pulled: kwok fakes the kubelet, so the image only has to be a valid reference.
 SIM_AGENT_IMAGE = "registry.invalid/agent-rollout/sim-agent:e2e"
 SERVICE_PORT = 80
+# Which simulated agent serves a pod: the readiness bridge (e2e/sim/readiness.py) matches pods by it.
+VERSION_LABEL = "agent-rollout.dev/version"
 
 
 def deployment(name: str, *, version: str, replicas: int = 1, image: str = SIM_AGENT_IMAGE) -> dict[str, Any]:
-    labels = {"app.kubernetes.io/name": name, "agent-rollout.dev/version": version}
+    labels = {"app.kubernetes.io/name": name, VERSION_LABEL: version}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

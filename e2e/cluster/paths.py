@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -19,9 +20,15 @@ GATEWAY_API_VERSION = "v1.6.3"
 SHARED_CLUSTER_NAME = "cluster"
 
 
-def scratch_root() -> Path:
-    """etcd and Prometheus data go to RAM when /dev/shm exists: faster and nothing left on disk."""
+def scratch_root(repo_root: Path = REPO_ROOT) -> Path:
+    """etcd and Prometheus data go to RAM when /dev/shm exists: faster and nothing left on disk.
+
+    /dev/shm is shared by the whole machine, so the directory is named after this clone: two clones
+    starting a cluster of the same name (`cluster`, from `python -m e2e.cluster up`) would otherwise
+    wipe each other's etcd data.
+    """
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm / "agent-rollout-e2e"
-    return CACHE_DIR / "scratch"
+        clone = hashlib.sha256(str(repo_root.resolve()).encode()).hexdigest()[:12]
+        return shm / f"agent-rollout-e2e-{clone}"
+    return repo_root / ".cache" / "scratch"

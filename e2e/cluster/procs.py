@@ -115,6 +115,17 @@ def stop(info: ProcessInfo, grace_s: float = 5.0) -> None:
             time.sleep(0.05)
 
 
+def kill(info: ProcessInfo, timeout_s: float = 5.0) -> None:
+    """SIGKILL at once, as a crash would end it; returns once it is gone."""
+    if not is_running(info):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(info.pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while not _reap(info.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def stop_all(infos: Sequence[ProcessInfo], grace_s: float = 5.0) -> None:
     """SIGTERM everything first so shutdowns overlap, then wait and escalate one by one."""
     for info in infos:

@@ -33,7 +33,7 @@ class Agent:
 
     def __init__(self, version: str, profile: FaultProfile, seed: int | None = None) -> None:
         self.version = version
-        self.metrics = AgentMetrics(version)
+        self.metrics = AgentMetrics(version, error_codes=[profile.error_code])
         self._profile = profile
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -46,6 +46,8 @@ class Agent:
     def update_profile(self, changes: dict[str, Any]) -> FaultProfile:
         with self._lock:
             self._profile = self._profile.updated(changes)
+            # Before any call can fail with it: the new code's series must be scraped at 0 first.
+            self.metrics.precreate_error(self._profile.error_code)
             return self._profile
 
     def invoke(self) -> AgentOutcome:

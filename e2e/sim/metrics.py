@@ -5,6 +5,7 @@ Every series carries version="<version name>"; Prometheus adds namespace from th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -13,6 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 10, 15, 20, 30, 45, 60)
 # Powers of four, as in the OpenTelemetry GenAI semantic conventions.
 TOKEN_BUCKETS = tuple(float(4**i) for i in range(12))
+# Error statuses whose series exist from start-up, plus the profile's error_code (any status it is
+# changed to at run time is created at that moment).
+COMMON_ERROR_CODES = (429, 500, 502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class AgentOutcome:
 
 
 class AgentMetrics:
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, error_codes: Iterable[int] = ()) -> None:
         self.version = version
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -56,8 +60,10 @@ class AgentMetrics:
         self.evals_correct = Counter(
             "agent_eval_correct", "Evaluated answers judged correct.", ["version"], registry=r
         )
-        # Create the success series up front: a gate's rate() over a series that does not exist yet is
-        # "no data", which is not the same as zero.
+        # Every series a gate reads exists from start-up, at 0. For success series: rate() over a series
+        # that does not exist yet is "no data", which is not zero. For error and flag series it matters
+        # more: increase() and rate() need two samples of a series, so the scrape that first sees a new
+        # series counts nothing, and a short burst on a fresh error series is undercounted or invisible.
         v = version
         self.duration.labels(v, "")
         self.requests.labels(v, "200")
@@ -65,6 +71,13 @@ class AgentMetrics:
             self.tokens.labels(v, kind)
         for counter in (self.flagged, self.cost, self.evals, self.evals_correct):
             counter.labels(v)
+        for code in (*COMMON_ERROR_CODES, *error_codes):
+            self.precreate_error(code)
+
+    def precreate_error(self, code: int) -> None:
+        """The error series of one status code at 0 (duration histogram by error_type, requests by code)."""
+        self.duration.labels(self.version, str(code))
+        self.requests.labels(self.version, str(code))
 
     def record(self, outcome: AgentOutcome) -> None:
         v = self.version
