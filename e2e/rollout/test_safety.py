@@ -46,10 +46,14 @@ def test_route_reapplied_from_git_is_restored_at_once_not_an_interval_later(
 
     # Argo CD's default sync: a client-side apply of the Git copy, which carries other weights.
     s.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(_git_copy(s, 50, 50)))
-    applied = time.monotonic()
     wait_until("the operator to restore 75/25", lambda: s.route_weights() == {LEGACY: 75, CANDIDATE: 25}, 10)
-    restored = time.monotonic() - applied
+    wait_until("the driver to follow", lambda: s.driver.weight_history[-1].weights.get(CANDIDATE) == 25, 5)
 
+    # From the driver's watch: when Git's 50/50 reached the route, and when 75/25 was back.
+    history = s.driver.weight_history
+    flipped = next(i for i, w in enumerate(history) if w.weights.get(CANDIDATE) == 50)
+    back = next(i for i in range(flipped, len(history)) if history[i].weights.get(CANDIDATE) == 25)
+    restored = history[back].observed_at - history[flipped].observed_at
     print(f"\nroute re-applied from Git -> weights restored in {restored:.2f}s (interval 30s)")
     assert restored < 5.0  # a wake-up, not the 30 s interval
 
@@ -261,3 +265,55 @@ def test_legacy_deleted_mid_rollout_keeps_analysing_and_rolls_back_once_legacy_r
     body.pop("status", None)
     s.kube.apps.create_namespaced_deployment(s.namespace, body)
     wait_until("legacy 100 once legacy exists", lambda: s.route_weights() == {LEGACY: 100, CANDIDATE: 0}, 30)
+
+
+# ---------------------------------------------------------------- 3. never route to nowhere
+
+
+def test_candidate_that_cannot_answer_gets_no_traffic_and_gets_it_back_when_it_serves(
+    scene: Callable[..., Scene],
+) -> None:
+    s = scene()
+    s.agents.kill(CANDIDATE)  # its pods turn Ready=False: the Deployment has no available replica
+    wait_until(
+        "the candidate Deployment unavailable",
+        lambda: (
+            not (
+                s.kube.apps.read_namespaced_deployment_status(
+                    CANDIDATE, s.namespace
+                ).status.available_replicas
+            )
+        ),
+        15,
+    )
+    s.apply(s.rollout_manifest("dead", steps=[{"setWeight": 25}, HOLD], minSamples=5, gates=[ERROR_GATE]))
+    time.sleep(8)
+    assert s.status("dead").get("phase") == "Pending"  # never started towards a candidate that cannot answer
+    assert "available replica" in s.status("dead")["message"]
+    assert s.route_weights() == {LEGACY: 100, CANDIDATE: 0}
+
+    s.agents.start(CANDIDATE)
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 30)
+    time.sleep(6)  # at least one evaluation at 25%
+
+    s.agents.kill(CANDIDATE)  # mid-step: its share must go to legacy, not to nowhere
+    killed = time.monotonic()
+    wait_until("the candidate's share back on legacy", lambda: s.route_weights()[CANDIDATE] == 0, 15)
+    print(f"\ncandidate killed -> its share on legacy in {time.monotonic() - killed:.2f}s")
+    assert "CandidateUnavailable" in s.event_reasons("dead")
+    assert s.status("dead")["phase"] == "Progressing"  # held, not rolled back: it may come back
+
+    s.agents.start(CANDIDATE)
+    wait_until("25% on the candidate again", lambda: s.route_weights()[CANDIDATE] == 25, 30)
+    assert _candidate_weights_seen(s) == [0, 25, 0, 25]
+
+
+def test_inconclusive_limit_rolls_back_a_candidate_that_serves_but_exports_no_metrics(
+    scene: Callable[..., Scene],
+) -> None:
+    s = scene()
+    gate = {**ERROR_GATE, "minSamples": 100000}  # never enough samples: always inconclusive
+    s.apply(s.rollout_manifest("silent", steps=[{"setWeight": 25}, HOLD], gates=[gate], inconclusiveLimit=3))
+    status = s.wait_for_phase("silent", "RolledBack", timeout_s=60)
+    assert status["history"][-1]["reason"] == "InconclusiveLimit"
+    assert s.route_weights() == {LEGACY: 100, CANDIDATE: 0}
