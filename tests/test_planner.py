@@ -524,25 +524,21 @@ def test_steady_state_changes_nothing() -> None:
     assert again.actions == ()
 
 
-def test_last_analysis_at_moves_only_when_results_change() -> None:
-    spec = make_spec(gates=[ERROR_RATE])
+def test_last_analysis_is_rewritten_on_a_verdict_change_or_when_stale_not_on_every_new_value() -> None:
+    spec = make_spec(steps=[{"setWeight": 5}, {"pause": {"duration": "1h"}}], gates=[ERROR_RATE])
     status = running(
-        0, w(5), last_analysis=[result(Verdict.INCONCLUSIVE, samples=10)], last_analysis_at=T0_TEXT
+        1, w(5), last_analysis=[result(Verdict.INCONCLUSIVE, samples=10)], last_analysis_at=T0_TEXT
     )
-    same = plan(
-        spec,
-        status,
-        observe(route=w(5), gates=(result(Verdict.INCONCLUSIVE, samples=10),)),
-        T0 + timedelta(minutes=1),
-    )
-    assert same.status.last_analysis_at == T0_TEXT
-    more = plan(
-        spec,
-        status,
-        observe(route=w(5), gates=(result(Verdict.INCONCLUSIVE, samples=20),)),
-        T0 + timedelta(minutes=1),
-    )
-    assert more.status.last_analysis_at == "2026-03-01T12:01:00Z"
+
+    def at(minutes: float, samples: int, verdict: Verdict = Verdict.INCONCLUSIVE) -> AgentRolloutStatus:
+        obs = observe(route=w(5), gates=(result(verdict, samples=samples),))
+        return plan(spec, status, obs, T0 + timedelta(minutes=minutes)).status
+
+    assert at(1, 20).last_analysis_at == T0_TEXT  # a new value, same verdict: no status write for it
+    assert at(1, 20).last_analysis[0].samples == 10
+    assert at(1, 400, Verdict.PASS).last_analysis_at == "2026-03-01T12:01:00Z"  # a verdict changed
+    assert at(5, 20).last_analysis_at == "2026-03-01T12:05:00Z"  # refreshed after 5 minutes
+    assert at(5, 20).last_analysis[0].samples == 20
 
 
 def test_condition_transition_time_moves_only_when_status_flips() -> None:

@@ -232,7 +232,7 @@ def test_watch_lag_plans_from_the_status_we_wrote_not_the_stale_body() -> None:
 
 def test_copy_of_our_write_is_dropped_once_the_watch_delivers_it() -> None:
     world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}, {"setWeight": 50}]))
-    for _ in range(6):  # as above: the 6th evaluation is the first over the full window
+    for _ in range(3):  # start, complete step 1, the first evaluation of the pause step
         world.tick()
     assert world.written.status  # kept while the watch may still deliver the older object
     writes = len(world.kube.writes)
@@ -370,3 +370,16 @@ def test_min_requests_counts_only_requests_served_since_the_step_began() -> None
     asked = [s for s, promql in counted.items() if promql in world.prometheus.queries]
     assert asked and max(asked) <= 10, f"counted requests over {asked} s; the step began 10 s ago"
     assert "waiting for candidate requests 90/100" in world.status["message"]
+
+
+def test_values_drifting_within_their_bounds_cost_one_status_write_per_five_minutes() -> None:
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "2h"}}, {"setWeight": 50}]))
+    for _ in range(3):  # start, complete step 1, first evaluation of the pause step
+        world.tick()
+    writes = len(world.kube.writes_of("status"))
+
+    for i in range(20):  # 10 minutes at the 30s interval, a new value every evaluation
+        world.metrics.error_rate = 0.001 + 0.0001 * i
+        world.tick()
+
+    assert len(world.kube.writes_of("status")) - writes == 2  # lastAnalysis refreshed at 5 and 10 min

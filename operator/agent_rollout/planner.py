@@ -95,6 +95,9 @@ __all__ = ["Reason", "gate_windows", "note_route_failure", "plan", "spec_problem
 # a gate waits up to this long for samples of its own; rounding keeps the windows of many rollouts
 # few, so they still share building-block queries.
 MIN_WINDOW_SECONDS = 5
+# How stale the measured values in status.lastAnalysis may get while no verdict changes (writes budget:
+# at most one status write per rollout per this many seconds in a steady state).
+ANALYSIS_REFRESH_SECONDS = 300
 
 
 def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[SpecProblem]:
@@ -393,7 +396,8 @@ def _record_evaluation(
     st = t.st
     results = [latest_evidence(r) for r in gates]
     st.consecutive_errors = 0
-    if results != st.last_analysis:
+    t.latest = results
+    if _worth_writing(st, results, t.now):
         st.last_analysis, st.last_analysis_at = results, iso(t.now)
     condition(t, CT.ANALYSIS_HEALTHY, "True", CR.EVALUATED, "the latest gate evaluation ran")
     failures, failed_at = dict(st.gate_failures), dict(st.last_failure_at)
@@ -428,6 +432,19 @@ def _record_evaluation(
     message = f"{counts} at step {st.current_step + 1}/{len(spec.steps)}: all traffic to legacy"
     transition(t, spec, Phase.ROLLED_BACK, Reason.GATE_FAILED, message, evidence=breached)
     return True
+
+
+def _worth_writing(st: AgentRolloutStatus, results: list[GateResult], now: datetime) -> bool:
+    """lastAnalysis is rewritten when a verdict changes (a decision may follow) or when the stored
+    values are older than ANALYSIS_REFRESH_SECONDS; a steady rollout whose values drift within their
+    bounds then costs one status write per refresh, not one per evaluation. Decisions always use this
+    evaluation's results (Tick.latest), never the stored copy."""
+    if [(r.name, r.verdict) for r in results] != [(r.name, r.verdict) for r in st.last_analysis]:
+        return True
+    if results == st.last_analysis:
+        return False
+    written = parse_time(st.last_analysis_at)
+    return written is None or (utc(now) - written).total_seconds() >= ANALYSIS_REFRESH_SECONDS
 
 
 def _inconclusive_limit(t: Tick, spec: AgentRolloutSpec, analysis: Analysis, stuck: list[GateResult]) -> bool:
@@ -533,7 +550,7 @@ def _pause_over(t: Tick, pause: Pause) -> bool:
 def _complete_step(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> None:
     st = t.st
     done, total = st.current_step, len(spec.steps)
-    evidence = list(st.last_analysis)
+    evidence = list(t.latest if t.latest is not None else st.last_analysis)
     how = "approved by a human (status.promote)" if manual else "completed"
     if done + 1 >= total:
         st.current_step = total  # past the last step, as Argo Rollouts marks a finished rollout

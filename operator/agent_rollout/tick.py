@@ -102,6 +102,7 @@ class Tick:
     st: AgentRolloutStatus
     actions: list[Action] = field(default_factory=list)
     weights_reason: str | None = None  # set when status.weights changed this tick
+    latest: list[GateResult] | None = None  # this tick's gate results (status.lastAnalysis may lag)
     waiting: str = ""  # what holds the rollout, for status.message
 
 
