@@ -6,7 +6,8 @@
   rollout and the route stay as they were. The same person CAN abort (with the real plugin), and the
   operator rolls back; a verb once set is the operator's to clear.
 - The chart's namespaced mode (`watchNamespaces`): an operator bound only by Roles in its namespace
-  (plus the few cluster-scoped reads kopf needs) runs a rollout to the end, refused nothing.
+  (plus the few cluster-scoped reads kopf needs) runs a rollout to the end, refused nothing, and the
+  apiserver's audit log shows it used every permission the chart grants: none missing, none in excess.
 
 Every operator in this suite runs as the chart's ServiceAccount under the chart's ClusterRole (see
 conftest.py), so the cluster-wide mode is proven by every other test.
@@ -25,7 +26,8 @@ import pytest
 from kubernetes import client
 
 from agent_rollout import api
-from e2e.cluster import ClusterState, chart, identity
+from e2e.cluster import ClusterState, audit, chart, identity
+from e2e.cluster.components import audit_log_path
 from e2e.cluster.kubeapi import KubeApi, new_api_client
 from e2e.cluster.kubectl import run_kubectl
 from e2e.rollout.conftest import permission_trouble, wait_for_rbac
@@ -247,3 +249,11 @@ def test_the_namespaced_chart_runs_a_rollout_under_roles_in_its_namespace_only(
         operator.start()
     trouble = permission_trouble(namespaced.log_path.read_text(errors="replace"))
     assert not trouble, "the namespaced operator was refused something:\n" + "\n".join(trouble[:20])
+    used = audit.used_permissions(
+        audit_log_path(cluster.run_dir),
+        identity.username(chart.NAMESPACED_RELEASE_NAMESPACE, chart.NAMESPACED_RELEASE),
+    )
+    granted = audit.granted_permissions(chart.render(values, **release))
+    # Exactly what it uses: a missing permission is refused (and logged, above), an unused one is excess.
+    assert not used - granted, f"used but not granted: {sorted(used - granted)}"
+    assert not granted - used, f"granted but never used, remove from the chart: {sorted(granted - used)}"

@@ -2,6 +2,9 @@
 Names and RBAC rules shared by the templates. The operator's rules live here once, in two lists:
 namespacedRules (granted cluster-wide, or per watched namespace in namespaced mode) and clusterRules
 (cluster-scoped resources, always a ClusterRole). Add a permission the operator gains to exactly one.
+Exactly what the operator uses, no more: reads come from kopf's watches (list+watch), never a get. The
+e2e test of namespaced mode compares these rules with the apiserver's audit log of a whole rollout and
+fails on a rule never used as on a request refused.
 */}}
 
 {{- define "agent-rollout.serviceAccountName" -}}
@@ -22,7 +25,7 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "agent-rollout.service
 # The rollouts: kopf lists and watches them and patches metadata (its finalizer while a daemon runs).
 - apiGroups: ["agentrollout.io"]
   resources: ["agentrollouts"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Status is written with merge patches only; reads come from the watch.
 - apiGroups: ["agentrollout.io"]
   resources: ["agentrollouts/status"]
@@ -30,11 +33,11 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "agent-rollout.service
 # Legacy and candidate are only ever read: the operator never scales, edits or deletes them.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # Only backendRef weights are patched (a JSON patch guarded by `test` ops).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # kopf posts core/v1 Events on the rollout (never events.k8s.io, never updates them).
 - apiGroups: [""]
   resources: ["events"]
