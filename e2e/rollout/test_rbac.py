@@ -4,7 +4,8 @@
   agentrollouts, patch agentrollouts/status) cannot forge status.currentStep, weights, phase or history
   through the status subresource: the chart's ValidatingAdmissionPolicy denies the request, the stored
   rollout and the route stay as they were. The same person CAN abort (with the real plugin), and the
-  operator rolls back; a verb once set is the operator's to clear.
+  operator rolls back; a verb once set is the operator's to clear. On a rollout the operator has not
+  written yet (no status at all) a verb is allowed and anything else is not.
 - The chart's namespaced mode (`watchNamespaces`): an operator bound only by Roles in its namespace
   (plus the few cluster-scoped reads kopf needs) runs a rollout to the end, refused nothing, and the
   apiserver's audit log shows it used every permission the chart grants: none missing, none in excess.
@@ -184,6 +185,49 @@ def test_a_release_manager_with_only_the_verb_permission_can_abort_but_not_steer
         assert s.status("owned").get("abort") is True
     finally:
         writer.close()
+
+
+def test_before_the_operator_writes_any_status_a_verb_is_allowed_and_nothing_else(
+    namespace: str, release_manager: Path, operator: OperatorProcess, cluster: ClusterState, kubectl: Any
+) -> None:
+    # With the operator stopped, a new rollout keeps no status at all: the policy's `has()` cases.
+    manifest = {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "metadata": {"name": "fresh", "namespace": namespace},
+        "spec": {
+            "legacy": {"deployment": LEGACY},
+            "candidate": {"deployment": CANDIDATE},
+            "traffic": {
+                "gatewayAPI": {"httpRoute": "triage", "legacyBackend": LEGACY, "candidateBackend": CANDIDATE}
+            },
+            "analysis": {"prometheus": {"url": cluster.prometheus_url}, "interval": "5s"},
+            "steps": [{"setWeight": 100}],
+        },
+    }
+    operator.stop()
+    writer = StatusWriter(release_manager, namespace, "fresh")
+    try:
+        kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+        custom = client.CustomObjectsApi(writer.api_client)
+        stored: Any = custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, "fresh"
+        )
+        assert "status" not in stored, stored
+        wait_until(
+            "the status policy to be enforced",
+            lambda: denied_by_policy(writer.merge({"currentStep": 0}, dry_run=True)),
+            timeout_s=30,
+        )
+        assert writer.merge({"abort": True}, dry_run=True) is None
+        assert writer.merge({"promote": True, "retry": True}, dry_run=True) is None
+        assert "status.weights" in denied_by_policy(
+            writer.merge({"abort": True, "weights": {"legacy": 0, "candidate": 100}}, dry_run=True)
+        )
+    finally:
+        writer.close()
+        kubectl("delete", f"{api.PLURAL}.{api.GROUP}", "fresh", "-n", namespace, "--wait=false")
+        operator.start()
 
 
 def test_the_namespaced_chart_runs_a_rollout_under_roles_in_its_namespace_only(
