@@ -53,6 +53,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         tools.ensure_system_deps()
         tools.kube_bin_dir()
         tools.gateway_api_crd_dir()
+        tools.helm_bin()
     except tools.ToolError as e:
         _prepare_error = str(e)
 

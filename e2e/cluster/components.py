@@ -33,7 +33,33 @@ def etcd_argv(data_dir: Path, client_port: int, peer_port: int) -> list[str]:
     ]
 
 
-def apiserver_argv(bin_dir: Path, pki: Pki, etcd_url: str, port: int, cert_dir: Path) -> list[str]:
+# Requests made with ServiceAccount tokens outside kube-system (the operator's, and the identities tests
+# mint) are audited at Metadata level: tests compare what an identity used with what its RBAC grants.
+# The controller-manager's own ServiceAccounts (kube-system) and the admin certificate are not logged.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
+
+
+def audit_log_path(run_dir: Path) -> Path:
+    return run_dir / "logs" / "audit.log"
+
+
+def write_audit_policy(path: Path) -> None:
+    path.write_text(AUDIT_POLICY)
+
+
+def apiserver_argv(
+    bin_dir: Path, pki: Pki, etcd_url: str, port: int, cert_dir: Path, audit_policy: Path, audit_log: Path
+) -> list[str]:
     return [
         str(bin_dir / "kube-apiserver"),
         f"--etcd-servers={etcd_url}",
@@ -57,6 +83,9 @@ def apiserver_argv(bin_dir: Path, pki: Pki, etcd_url: str, port: int, cert_dir: 
         # with a growing back-off (Pods took 5-30 s to turn Ready). Clients asking for watch-lists
         # explicitly fall back to list+watch.
         "--feature-gates=WatchList=false",
+        f"--audit-policy-file={audit_policy}",
+        f"--audit-log-path={audit_log}",
+        "--audit-log-format=json",
     ]
 
 

@@ -115,9 +115,19 @@ def start_cluster(name: str, *, die_with_parent: bool) -> ClusterState:
         )
 
         step("etcd ready")
+        audit_policy = run_dir / "audit-policy.yaml"
+        components.write_audit_policy(audit_policy)
         apiserver = spawn(
             "kube-apiserver",
-            components.apiserver_argv(bin_dir, pki, etcd_url, api_port, run_dir / "apiserver-certs"),
+            components.apiserver_argv(
+                bin_dir,
+                pki,
+                etcd_url,
+                api_port,
+                run_dir / "apiserver-certs",
+                audit_policy,
+                components.audit_log_path(run_dir),
+            ),
         )
         tls = _client_tls(pki)
         procs.wait_until(

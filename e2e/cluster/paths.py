@@ -15,6 +15,9 @@ INSTALL_DEPS_SCRIPT = REPO_ROOT / "scripts" / "install-system-deps.sh"
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "v1.36.3")
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
 GATEWAY_API_VERSION = "v1.6.3"
+# Renders the chart in e2e, so the operator runs under exactly the RBAC the chart ships.
+HELM_MODULE = "helm.sh/helm/v3/cmd/helm"
+HELM_VERSION = "v3.22.0"
 
 # The long-lived cluster of `python -m e2e.cluster up`; pytest sessions may reuse it.
 SHARED_CLUSTER_NAME = "cluster"

@@ -17,6 +17,8 @@ from e2e.cluster.paths import (
     CACHE_DIR,
     GATEWAY_API_MODULE,
     GATEWAY_API_VERSION,
+    HELM_MODULE,
+    HELM_VERSION,
     INSTALL_DEPS_SCRIPT,
     KUBE_VERSION,
 )
@@ -79,3 +81,17 @@ def gateway_api_crd_dir() -> Path:
     if not (crd_dir / "gateway.networking.k8s.io_httproutes.yaml").is_file():
         raise ToolError(f"no HTTPRoute CRD under {crd_dir}")
     return crd_dir
+
+
+def helm_bin() -> Path:
+    """helm at a pinned release, built once with `go install` from the Go module proxy into .cache/bin."""
+    bin_dir = CACHE_DIR / "bin" / f"helm-{HELM_VERSION}"
+    helm = bin_dir / "helm"
+    if os.access(helm, os.X_OK):
+        return helm
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOBIN": str(bin_dir), "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+    _run(["go", "install", "-ldflags=-s -w", f"{HELM_MODULE}@{HELM_VERSION}"], "go install helm", 1800, env)
+    if not os.access(helm, os.X_OK):
+        raise ToolError(f"go install {HELM_MODULE}@{HELM_VERSION} did not produce {helm}")
+    return helm

@@ -1,21 +1,26 @@
 """Fixtures for operator e2e tests: the CRD installed, the real operator process, and a scene builder.
 
 The operator runs as its own process (`agent-rollout-operator`), exactly as in production, against the
-real apiserver and Prometheus of the session; tests can kill -9 and restart it.
+real apiserver and Prometheus of the session; tests can kill -9 and restart it. It authenticates as the
+chart's ServiceAccount (a TokenRequest token), bound by the RBAC the chart renders, with the chart's
+status admission policy installed: a permission the chart lacks fails the suite.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent_rollout import api
-from e2e.cluster import ClusterState
+from e2e.cluster import ClusterState, chart, identity
 from e2e.cluster.kubeapi import KubeApi
-from e2e.rollout.scene import CANDIDATE, CRD_FILE, LEGACY, ROUTE, OperatorProcess, Scene
+from e2e.cluster.kubectl import run_kubectl
+from e2e.rollout.scene import CANDIDATE, CRD_FILE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
 from e2e.sim.launcher import AgentGroup
 from e2e.sim.traffic import TrafficDriver
 
@@ -26,9 +31,51 @@ def crd_installed(cluster: ClusterState, kubectl: Callable[..., Any]) -> None:
     kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{api.PLURAL}.{api.GROUP}")
 
 
+# What kopf logs when RBAC refuses it something (it then degrades instead of failing), and what the
+# Kubernetes client's ApiException says for a 403.
+PERMISSION_TROUBLE = re.compile(r"\bforbidden\b|not enough permissions", re.IGNORECASE)
+
+
+def permission_trouble(log_text: str) -> list[str]:
+    return [line for line in log_text.splitlines() if PERMISSION_TROUBLE.search(line)]
+
+
+def wait_for_rbac(cluster: ClusterState, kubeconfig: Path, *checks: tuple[str, ...]) -> None:
+    """Until the kubeconfig's identity is allowed each `kubectl auth can-i`: RBAC caches take a moment."""
+
+    def allowed() -> bool:
+        for check in checks:
+            done = run_kubectl(cluster.kubectl_bin, kubeconfig, "auth", "can-i", *check, check=False)
+            if done.stdout.strip() != "yes":
+                return False
+        return True
+
+    wait_until(f"RBAC of {kubeconfig.name} to take effect", allowed, timeout_s=30)
+
+
 @pytest.fixture(scope="session")
-def operator(cluster: ClusterState, crd_installed: None, kube_api: KubeApi) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(cluster.kubeconfig, cluster.run_dir / "operator.log")
+def operator_kubeconfig(cluster: ClusterState, crd_installed: None, kubectl: Any, kube_api: KubeApi) -> Path:
+    """A kubeconfig with a token of the chart's ServiceAccount, bound by the chart's own rendered RBAC."""
+    chart.install_access(kubectl, chart.SESSION_VALUES)
+    path = identity.service_account_kubeconfig(
+        kube_api, chart.RELEASE_NAMESPACE, chart.RELEASE, chart.operator_kubeconfig_path(cluster.run_dir)
+    )
+    wait_for_rbac(
+        cluster,
+        path,
+        ("watch", f"{api.PLURAL}.{api.GROUP}", "--all-namespaces"),
+        ("patch", f"{api.PLURAL}.{api.GROUP}", "--subresource=status", "--all-namespaces"),
+        ("create", "events", "--all-namespaces"),
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: ClusterState, operator_kubeconfig: Path, kube_api: KubeApi
+) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(operator_kubeconfig, cluster.run_dir / "operator.log")
+    log_start = proc.log_path.stat().st_size if proc.log_path.exists() else 0  # a reused cluster appends
     proc.start()
     yield proc
     # Delete rollouts while the operator still runs, so it releases its finalizers and namespaces go.
@@ -39,6 +86,11 @@ def operator(cluster: ClusterState, crd_installed: None, kube_api: KubeApi) -> I
         )
     time.sleep(1)
     proc.stop()
+    # kopf only warns when RBAC refuses it a list or watch, and carries on degraded: make it loud here.
+    with proc.log_path.open("rb") as log:
+        log.seek(log_start)
+        trouble = permission_trouble(log.read().decode(errors="replace"))
+    assert not trouble, "the operator was refused something by the chart's RBAC:\n" + "\n".join(trouble[:20])
 
 
 @pytest.fixture(autouse=True)

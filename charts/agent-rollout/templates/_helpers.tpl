@@ -1,0 +1,58 @@
+{{/*
+Names and RBAC rules shared by the templates. The operator's rules live here once, in two lists:
+namespacedRules (granted cluster-wide, or per watched namespace in namespaced mode) and clusterRules
+(cluster-scoped resources, always a ClusterRole). Add a permission the operator gains to exactly one.
+Exactly what the operator uses, no more: reads come from kopf's watches (list+watch), never a get. The
+e2e test of namespaced mode compares these rules with the apiserver's audit log of a whole rollout and
+fails on a rule never used as on a request refused.
+*/}}
+
+{{- define "agent-rollout.serviceAccountName" -}}
+{{- .Values.serviceAccount.name | default .Release.Name -}}
+{{- end }}
+
+{{/* The username the apiserver gives the operator's ServiceAccount tokens. */}}
+{{- define "agent-rollout.operatorUsername" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "agent-rollout.serviceAccountName" . }}
+{{- end }}
+
+{{/* Every identity allowed to write all of status: the operator itself and statusWriters. */}}
+{{- define "agent-rollout.statusWriters" -}}
+{{- prepend (.Values.statusWriters | default list) (include "agent-rollout.operatorUsername" .) | uniq | toJson -}}
+{{- end }}
+
+{{- define "agent-rollout.namespacedRules" -}}
+# The rollouts: kopf lists and watches them and patches metadata (its finalizer while a daemon runs).
+- apiGroups: ["agentrollout.io"]
+  resources: ["agentrollouts"]
+  verbs: ["list", "watch", "patch"]
+# Status is written with merge patches only; reads come from the watch.
+- apiGroups: ["agentrollout.io"]
+  resources: ["agentrollouts/status"]
+  verbs: ["patch"]
+# Legacy and candidate are only ever read: the operator never scales, edits or deletes them.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["list", "watch"]
+# Only backendRef weights are patched (a JSON patch guarded by `test` ops).
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["list", "watch", "patch"]
+# kopf posts core/v1 Events on the rollout (never events.k8s.io, never updates them).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{- define "agent-rollout.clusterRules" -}}
+# kopf watches CRDs to notice the AgentRollout CRD being (re)installed.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+# With a namespace list (not cluster-wide) kopf lists and watches namespaces to notice them come and go.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- end }}

@@ -1,0 +1,45 @@
+"""Reads the apiserver's audit log (see components.AUDIT_POLICY): what an identity actually asked for."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+# (apiGroup, resource or resource/subresource, verb), with "" for the core group, as in RBAC rules.
+Permission = tuple[str, str, str]
+
+
+def used_permissions(audit_log: Path, username: str) -> set[Permission]:
+    """Every resource request the user made, allowed or not (discovery and other URLs are not resources).
+
+    Requests from kubectl are left out: with the same token, tests ask `kubectl auth can-i` (a
+    SelfSubjectAccessReview, which every authenticated user may create).
+    """
+    if not audit_log.exists():
+        raise FileNotFoundError(f"no audit log at {audit_log}: a cluster started before auditing? restart it")
+    used: set[Permission] = set()
+    for line in audit_log.read_text(errors="replace").splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef")
+        if event.get("user", {}).get("username") != username or not ref or "resource" not in ref:
+            continue
+        if str(event.get("userAgent", "")).startswith("kubectl/"):
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+    return used
+
+
+def granted_permissions(manifests: Iterable[Mapping[str, Any]]) -> set[Permission]:
+    """Every (group, resource, verb) the Roles and ClusterRoles of a rendering grant (no wildcards here)."""
+    granted: set[Permission] = set()
+    for manifest in manifests:
+        if manifest["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in manifest.get("rules", []):
+            for group in rule.get("apiGroups", []):
+                for resource in rule.get("resources", []):
+                    granted.update((group, resource, verb) for verb in rule.get("verbs", []))
+    return granted
