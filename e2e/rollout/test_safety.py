@@ -101,8 +101,8 @@ def test_operator_killed_between_route_and_status_writes_never_moves_traffic_bac
 ) -> None:
     s = scene(duration_s=400)
     operator.kill()
-    faulty = OperatorProcess(
-        cluster.kubeconfig, cluster.run_dir / "operator-faulty.log", env={FAULT_ENV: CRASH_AFTER_ROUTE_WRITE}
+    faulty = OperatorProcess(  # the same identity as the session's operator: the chart's ServiceAccount
+        operator.kubeconfig, cluster.run_dir / "operator-faulty.log", env={FAULT_ENV: CRASH_AFTER_ROUTE_WRITE}
     )
     crashes = 0
     try:
