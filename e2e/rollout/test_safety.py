@@ -15,6 +15,7 @@ import yaml
 from agent_rollout.reconcile import CRASH_AFTER_ROUTE_WRITE, FAULT_ENV
 from e2e.cluster import ClusterState
 from e2e.cluster import objects as cluster_objects
+from e2e.rollout.breach import watch_breach_to_rollback
 from e2e.rollout.scene import CANDIDATE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
 
 ERROR_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.05, "window": "30s"}
@@ -317,3 +318,31 @@ def test_inconclusive_limit_rolls_back_a_candidate_that_serves_but_exports_no_me
     status = s.wait_for_phase("silent", "RolledBack", timeout_s=60)
     assert status["history"][-1]["reason"] == "InconclusiveLimit"
     assert s.route_weights() == {LEGACY: 100, CANDIDATE: 0}
+
+
+# ---------------------------------------------------------------- issue 8: the fast check
+
+
+def test_breach_reaches_the_route_in_seconds_at_a_30s_interval(
+    scene: Callable[..., Scene], prometheus: Any, operator: OperatorProcess
+) -> None:
+    s = scene()
+    gate = {**ERROR_GATE, "window": "20s"}
+    manifest = s.rollout_manifest(
+        "fast", steps=[{"setWeight": 25}, HOLD], interval="30s", minSamples=10, gates=[gate]
+    )
+    s.apply(manifest)
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
+    wait_until(
+        "a passing evaluation at 25%",
+        lambda: [g["verdict"] for g in s.status("fast").get("lastAnalysis", [])] == ["Pass"],
+        90,
+    )
+    s.agents[CANDIDATE].set_profile(error_ratio=0.6)
+
+    timing = watch_breach_to_rollback(manifest, prometheus, lambda: s.route_weights()[CANDIDATE])
+
+    print(f"\nbreach visible in Prometheus -> candidate weight 0: {timing.seconds:.2f}s (interval 30s)")
+    assert s.status("fast")["phase"] == "RolledBack"
+    assert "breached between evaluations" in operator.log_tail(400)
+    assert timing.seconds < 10  # the interval is 30 s: only the fast check gets there this soon

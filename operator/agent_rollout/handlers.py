@@ -24,6 +24,7 @@ from agent_rollout.domain import DeploymentState
 from agent_rollout.intent import ANNOTATION
 from agent_rollout.kube import KubeClient, deployment_state
 from agent_rollout.reconcile import Reconciler, WrittenStatus
+from agent_rollout.sentinel import PERIOD, Sentinel
 from agent_rollout.traffic import gatewayapi
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 BATCH_TTL = float(os.environ.get("AGENT_ROLLOUT_BATCH_TTL", str(DEFAULT_TTL)))
 if not BATCH_TTL >= 0:  # NaN too: refuse at start, not at every reconcile
     raise ValueError(f"AGENT_ROLLOUT_BATCH_TTL must be >= 0 seconds, got {BATCH_TTL!r}")
+# How often every live rollout's hard bounds are checked between its evaluations (sentinel.py).
+FAST_CHECK_PERIOD = float(os.environ.get("AGENT_ROLLOUT_FAST_CHECK_PERIOD", str(PERIOD)))
+if not FAST_CHECK_PERIOD > 0:
+    raise ValueError(f"AGENT_ROLLOUT_FAST_CHECK_PERIOD must be > 0 seconds, got {FAST_CHECK_PERIOD!r}")
 
 
 class _Runtime:
@@ -40,6 +45,8 @@ class _Runtime:
 
     reconciler: Reconciler | None = None
     kube: KubeClient | None = None
+    sentinel: Sentinel | None = None
+    sentinel_task: asyncio.Task[None] | None = None
     gateways: dict[tuple[str, float], PrometheusGateway] = {}
     readers: dict[str, BatchReader] = {}
 
@@ -60,7 +67,7 @@ def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Our own prefixes, so we never collide with another kopf operator on the same objects.
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
@@ -74,6 +81,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
 
     _Runtime.kube = KubeClient.from_environment()
+    _Runtime.sentinel = Sentinel(clock=lambda: datetime.now(UTC), period=FAST_CHECK_PERIOD)
+    _Runtime.sentinel_task = asyncio.get_running_loop().create_task(_Runtime.sentinel.run())
     _Runtime.reconciler = Reconciler(
         kube=_Runtime.kube,
         gateway_for=_gateway_for,
@@ -84,6 +93,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 def shutdown(**_: Any) -> None:
+    if _Runtime.sentinel_task is not None:
+        _Runtime.sentinel_task.cancel()
     if _Runtime.kube is not None:
         _Runtime.kube.close()
 
@@ -207,6 +218,8 @@ async def run_rollout(
     key = (body["metadata"].get("namespace"), body["metadata"]["name"])
     _WAKE[key] = wake
     written = WrittenStatus()
+    sentinel = _Runtime.sentinel
+    assert sentinel is not None, "startup handler did not run"
     try:
         while not stopped:
             wake.clear()
@@ -217,6 +230,7 @@ async def run_rollout(
                     routes=lambda ns, n: _first(routes, (ns, n)),
                     written=written,
                     route_owner=lambda ns, route: route_owner(claims, ns, route),
+                    planned=lambda spec, status, source: sentinel.update(key, spec, status, source, wake),
                 )
             except Exception:
                 # Level-based: the next reconcile starts from status again, so a transient API error is
@@ -231,5 +245,6 @@ async def run_rollout(
                 for waiter in waiters:
                     waiter.cancel()
     finally:
+        sentinel.forget(key)
         if _WAKE.get(key) is wake:
             del _WAKE[key]

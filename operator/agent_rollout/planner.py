@@ -88,7 +88,7 @@ from agent_rollout.tick import (
 )
 from agent_rollout.validation import validate
 
-__all__ = ["Reason", "gate_windows", "note_route_failure", "plan", "spec_problems"]
+__all__ = ["Reason", "fast_gates", "gate_windows", "note_route_failure", "plan", "spec_problems"]
 
 # Shortest window a gate is measured over, and the step windows are rounded down to: a window may not
 # reach back before the step began (or before the gate's last counted failure), so right after either
@@ -152,6 +152,20 @@ def note_route_failure(
     if old is None or (old.reason, old.message) != (reason.value, message):
         t.actions.append(EmitEvent(type="Warning", reason=Reason.ROUTE_WRITE_FAILED.value, message=message))
     return Plan(status=t.st, actions=tuple(t.actions))
+
+
+def fast_gates(spec: AgentRolloutSpec, status: AgentRolloutStatus) -> tuple[str, ...]:
+    """The gates checked every second between evaluations (the shell's sentinel): hard bounds (`min`,
+    `max`) of built-in templates, which read the building blocks every rollout shares, while the
+    candidate takes traffic in a live phase. A breach only wakes the rollout: the evaluation that
+    follows, on the same blocks, decides with every rule (failureLimit, windows, dry runs)."""
+    if spec.analysis is None or status.phase not in LIVE_PHASES or status.weights.candidate == 0:
+        return ()
+    return tuple(
+        g.name
+        for g in spec.analysis.gates
+        if g.template is not None and (g.min is not None or g.max is not None) and not g.dry_run
+    )
 
 
 def gate_windows(spec: AgentRolloutSpec, status: AgentRolloutStatus, now: datetime) -> dict[str, int | None]:

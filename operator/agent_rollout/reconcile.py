@@ -57,6 +57,10 @@ DeploymentLookup = Callable[[str, str], DeploymentState | None]
 RouteLookup = Callable[[str, str], dict[str, Any] | None]
 # (namespace, route) -> the AgentRollout that owns it: the oldest one naming it.
 RouteOwnerLookup = Callable[[str, str], str | None]
+# Told the spec, the planned status and the rollout's Prometheus after each plan (the fast check's feed).
+PlannedCallback = Callable[
+    [api.AgentRolloutSpec | None, api.AgentRolloutStatus, PrometheusGateway | None], None
+]
 
 # Phases that query Prometheus; Pending too, because the first tick may already enter a step.
 ANALYSED_PHASES = frozenset({api.Phase.PENDING, api.Phase.PROGRESSING, api.Phase.PAUSED})
@@ -140,6 +144,7 @@ class Reconciler:
         routes: RouteLookup,
         written: WrittenStatus,
         route_owner: RouteOwnerLookup = lambda namespace, route: None,
+        planned: PlannedCallback | None = None,
     ) -> float:
         """Reconcile once; returns seconds until the next reconcile is due."""
         meta = body["metadata"]
@@ -210,6 +215,12 @@ class Reconciler:
             queries_unchecked=unchecked,
         )
         result = plan(spec, status, obs, now)
+        if planned is not None:
+            source = None
+            if spec is not None and spec.analysis is not None:
+                prometheus = spec.analysis.prometheus
+                source = self._gateway_for(prometheus.url, api.duration_seconds(prometheus.timeout))
+            planned(spec, result.status, source)
         sequence = _sequence(raw_status) + 1  # what our next status write will carry
         failure = await self._route(namespace, name, router, route, result, obs, sequence)
         new_status, actions = result.status, result.actions

@@ -239,3 +239,14 @@ def evaluate_gate(gate: Gate, analysis: Analysis, measurement: Measurement) -> G
         return result(Verdict.INCONCLUSIVE, "; ".join(pending))
     over = f" over {samples} samples" if samples is not None else ""
     return result(Verdict.PASS, "; ".join(c.text for c in checks) + over)
+
+
+def breaches_hard_bound(gate: Gate, analysis: Analysis, value: float | None, samples: float | None) -> bool:
+    """True when evaluate_gate would fail this gate on its `min`/`max` alone: enough samples and a
+    finite value outside a bound. The fast check's question, without building a GateResult."""
+    finite = _finite(value)
+    if finite is None or (_count(_finite(samples)) or 0) < effective_min_samples(gate, analysis):
+        return False
+    if not counts_samples(gate) and effective_min_samples(gate, analysis) > 0:
+        return False
+    return (gate.min is not None and finite < gate.min) or (gate.max is not None and finite > gate.max)

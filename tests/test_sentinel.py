@@ -1,0 +1,88 @@
+"""The fast check between evaluations: which rollouts it watches, and that it wakes exactly those
+whose hard bound is breached, from the shared building blocks (one read per block, not per rollout)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from agent_rollout import api
+from agent_rollout.api import Phase, Weights
+from agent_rollout.domain import iso
+from agent_rollout.sentinel import Sentinel
+from tests.fakes import FakeClock, FakePrometheus
+from tests.test_reconcile import Metrics, rollout_body
+
+STEPS = [{"setWeight": 5}, {"pause": {"duration": "1h"}}]
+
+
+def _spec() -> api.AgentRolloutSpec:
+    return api.parse_spec(rollout_body(STEPS)["spec"])
+
+
+def _status(clock: FakeClock, candidate: int = 5, started_ago: float = 600) -> api.AgentRolloutStatus:
+    return api.AgentRolloutStatus(
+        phase=Phase.PROGRESSING,
+        current_step=1,
+        step_started_at=iso(clock.now - timedelta(seconds=started_ago)),
+        weights=Weights(legacy=100 - candidate, candidate=candidate),
+    )
+
+
+def _sweep(sentinel: Sentinel) -> int:
+    return asyncio.run(sentinel.sweep())
+
+
+def test_breached_bound_wakes_the_rollout_and_a_healthy_one_sleeps() -> None:
+    clock, metrics = FakeClock(), Metrics()
+    prometheus = FakePrometheus(metrics)
+    sentinel = Sentinel(clock=clock)
+    healthy, breached = asyncio.Event(), asyncio.Event()
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus, healthy)
+
+    assert _sweep(sentinel) == 0 and not healthy.is_set()
+
+    metrics.error_rate = 0.2
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus, breached)
+    assert _sweep(sentinel) == 1
+    assert breached.is_set()
+
+
+def test_one_read_per_block_whatever_the_number_of_rollouts() -> None:
+    clock, metrics = FakeClock(), Metrics()
+    prometheus = FakePrometheus(metrics)
+    sentinel = Sentinel(clock=clock)
+    for i in range(50):
+        sentinel.update(("support", f"r{i}"), _spec(), _status(clock), prometheus, asyncio.Event())
+
+    _sweep(sentinel)
+
+    assert len(prometheus.queries) == 2  # the error-rate template's two blocks, shared by all 50
+
+
+def test_only_live_rollouts_with_candidate_traffic_and_a_window_of_their_own_are_checked() -> None:
+    clock, metrics = FakeClock(), Metrics(error_rate=0.5)
+    prometheus = FakePrometheus(metrics)
+    sentinel = Sentinel(clock=clock)
+    no_traffic, rolled_back, fresh = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    sentinel.update(("support", "a"), _spec(), _status(clock, candidate=0), prometheus, no_traffic)
+    done = _status(clock).model_copy(update={"phase": Phase.ROLLED_BACK})
+    sentinel.update(("support", "b"), _spec(), done, prometheus, rolled_back)
+    sentinel.update(("support", "c"), _spec(), _status(clock, started_ago=2), prometheus, fresh)
+
+    assert len(sentinel) == 1  # only "c" is watched, and its step is 2 s old: no window of its own yet
+    assert _sweep(sentinel) == 0
+    assert not (no_traffic.is_set() or rolled_back.is_set() or fresh.is_set())
+    clock.advance(10)
+    assert _sweep(sentinel) == 1 and fresh.is_set()
+
+
+def test_prometheus_down_wakes_nobody() -> None:
+    clock, metrics = FakeClock(), Metrics(error_rate=0.5)
+    prometheus = FakePrometheus(metrics)
+    prometheus.down = "connection refused"
+    sentinel = Sentinel(clock=clock)
+    wake = asyncio.Event()
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus, wake)
+
+    assert _sweep(sentinel) == 0 and not wake.is_set()
