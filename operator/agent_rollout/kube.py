@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
@@ -43,22 +45,76 @@ class RouteWriteError(Exception):
 PERMANENT_STATUSES = frozenset({400, 403, 422})
 
 
+class RateLimiter:
+    """A token bucket: at most `qps` calls a second on average, `burst` at once. The one place that
+    paces the operator's API calls, so 10,000 rollouts waking together queue here, not at the
+    apiserver (which would answer 429, or slow every other client down)."""
+
+    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if not (qps > 0 and burst >= 1):
+            raise ValueError(f"need qps > 0 and burst >= 1, got {qps!r}, {burst!r}")
+        self.qps, self.burst, self._clock = qps, burst, clock
+        self._tokens, self._at = float(burst), clock()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:  # first come, first served
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.qps)
+            self._at = now
+            if self._tokens < 1:
+                await asyncio.sleep((1 - self._tokens) / self.qps)
+                self._tokens, self._at = 1.0, self._clock()
+            self._tokens -= 1
+
+
+def client_settings() -> tuple[float, int]:
+    """(qps, burst) from AGENT_ROLLOUT_KUBE_QPS / AGENT_ROLLOUT_KUBE_BURST; client-go's defaults are
+    5/10, far too few for thousands of rollouts, and the apiserver's priority and fairness protects it."""
+    qps = float(os.environ.get("AGENT_ROLLOUT_KUBE_QPS", "50"))
+    burst = int(os.environ.get("AGENT_ROLLOUT_KUBE_BURST", "100"))
+    return qps, burst
+
+
+MAX_THROTTLED_RETRIES = 5
+
+
 class KubeClient:
-    def __init__(self, client: kubernetes.client.ApiClient, pool_size: int = POOL_SIZE) -> None:
-        client.configuration.connection_pool_maxsize = pool_size
+    def __init__(
+        self,
+        client: kubernetes.client.ApiClient,
+        pool_size: int = POOL_SIZE,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        # The urllib3 pool is built with the ApiClient; from_environment sizes it before that.
         self._custom = kubernetes.client.CustomObjectsApi(client)
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube")
+        self._limiter = limiter or RateLimiter(*client_settings())
 
     @classmethod
-    def from_environment(cls) -> KubeClient:
+    def from_environment(cls, pool_size: int = POOL_SIZE, kubeconfig: str | None = None) -> KubeClient:
+        configuration = kubernetes.client.Configuration()
         try:
-            kubernetes.config.load_incluster_config()
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config()
-        return cls(kubernetes.client.ApiClient())
+            kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        # One connection per worker thread, set before the pool exists: set afterwards (as it was) it
+        # stayed at urllib3's default, and the operator logged "connection pool is full" under load.
+        configuration.connection_pool_maxsize = pool_size
+        return cls(kubernetes.client.ApiClient(configuration), pool_size=pool_size)
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        """One API call in the thread pool, paced by the rate limiter, retried when the apiserver
+        answers 429 (after its Retry-After, else with a doubling backoff)."""
+        for attempt in range(MAX_THROTTLED_RETRIES + 1):
+            await self._limiter.acquire()
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+            except ApiException as e:
+                if e.status != 429 or attempt == MAX_THROTTLED_RETRIES:
+                    raise
+                await asyncio.sleep(_retry_after(e, attempt))
+        raise AssertionError("unreachable")
 
     async def patch_rollout_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """JSON merge patch on the status subresource; returns the object as stored."""
@@ -98,6 +154,14 @@ class KubeClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _retry_after(error: ApiException, attempt: int) -> float:
+    headers = error.headers or {}
+    try:
+        return min(float(str(headers.get("Retry-After", ""))), 30.0)
+    except ValueError:
+        return min(0.5 * 2.0**attempt, 30.0)
 
 
 def _api_error_text(error: ApiException) -> str:
