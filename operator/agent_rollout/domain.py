@@ -76,6 +76,9 @@ class Observations:
     query_rejected: str | None = None
     # Before the first step: the gates' queries could not be checked with Prometheus yet (why).
     queries_unchecked: str | None = None
+    # How stale the measured values in status.lastAnalysis may get while no verdict changes: the
+    # operator's setting (AGENT_ROLLOUT_ANALYSIS_REFRESH), a write budget, not a rollout rule.
+    analysis_refresh: float = 300.0
 
 
 @dataclass(frozen=True)

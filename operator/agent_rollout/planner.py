@@ -95,9 +95,6 @@ __all__ = ["Reason", "fast_gates", "gate_windows", "note_route_failure", "plan",
 # a gate waits up to this long for samples of its own; rounding keeps the windows of many rollouts
 # few, so they still share building-block queries.
 MIN_WINDOW_SECONDS = 5
-# How stale the measured values in status.lastAnalysis may get while no verdict changes (writes budget:
-# at most one status write per rollout per this many seconds in a steady state).
-ANALYSIS_REFRESH_SECONDS = 300
 
 
 def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[SpecProblem]:
@@ -408,10 +405,13 @@ def _record_evaluation(
     t: Tick, spec: AgentRolloutSpec, analysis: Analysis, gates: tuple[GateResult, ...]
 ) -> bool:
     st = t.st
-    results = [latest_evidence(r) for r in gates]
+    # A gate too fresh to measure was not evaluated: it neither changes nor clears what status holds.
+    results = [latest_evidence(r) for r in gates if r.name not in t.obs.fresh_gates]
+    if not results:
+        return False
     st.consecutive_errors = 0
     t.latest = results
-    if _worth_writing(st, results, t.now):
+    if _worth_writing(st, results, t.now, t.obs.analysis_refresh):
         st.last_analysis, st.last_analysis_at = results, iso(t.now)
     condition(t, CT.ANALYSIS_HEALTHY, "True", CR.EVALUATED, "the latest gate evaluation ran")
     failures, failed_at = dict(st.gate_failures), dict(st.last_failure_at)
@@ -448,17 +448,17 @@ def _record_evaluation(
     return True
 
 
-def _worth_writing(st: AgentRolloutStatus, results: list[GateResult], now: datetime) -> bool:
+def _worth_writing(st: AgentRolloutStatus, results: list[GateResult], now: datetime, refresh: float) -> bool:
     """lastAnalysis is rewritten when a verdict changes (a decision may follow) or when the stored
-    values are older than ANALYSIS_REFRESH_SECONDS; a steady rollout whose values drift within their
-    bounds then costs one status write per refresh, not one per evaluation. Decisions always use this
+    values are older than `refresh` seconds (default 5 minutes); a steady rollout whose values drift
+    within their bounds then costs one status write per refresh, not one per evaluation. Decisions always use this
     evaluation's results (Tick.latest), never the stored copy."""
     if [(r.name, r.verdict) for r in results] != [(r.name, r.verdict) for r in st.last_analysis]:
         return True
     if results == st.last_analysis:
         return False
     written = parse_time(st.last_analysis_at)
-    return written is None or (utc(now) - written).total_seconds() >= ANALYSIS_REFRESH_SECONDS
+    return written is None or (utc(now) - written).total_seconds() >= refresh
 
 
 def _inconclusive_limit(t: Tick, spec: AgentRolloutSpec, analysis: Analysis, stuck: list[GateResult]) -> bool:

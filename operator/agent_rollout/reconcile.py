@@ -68,6 +68,9 @@ STATUS_KEYS = frozenset(f.alias or n for n, f in api.AgentRolloutStatus.model_fi
 IDLE_INTERVAL = 30.0  # seconds between reconciles of a rollout that has no analysis section
 ROUTE_RETRY = 2.0  # seconds before retrying a route write that failed: traffic must not wait an interval
 ROUTE_RETRY_MAX = 30.0  # a refusal repeated (RBAC, admission) backs off to this
+# Seconds the measured values in status may lag while no verdict changes: one status write per rollout
+# per this long in a steady state (the live values are the operator's to export, not status').
+ANALYSIS_REFRESH = float(os.environ.get("AGENT_ROLLOUT_ANALYSIS_REFRESH", "300"))
 TOO_RECENT = "the step (or this gate's last failure) is too recent for a window of its own"
 # Verbs a human sets (kubectl agentrollout abort/promote/retry). Absent reads as false, so we never write a
 # false over a true that landed after we read the object; we only write them to consume them.
@@ -213,6 +216,7 @@ class Reconciler:
             fresh_gates=fresh,
             query_rejected=rejected,
             queries_unchecked=unchecked,
+            analysis_refresh=ANALYSIS_REFRESH,
         )
         result = plan(spec, status, obs, now)
         if planned is not None:
