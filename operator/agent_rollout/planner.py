@@ -451,8 +451,8 @@ def _record_evaluation(
 def _worth_writing(st: AgentRolloutStatus, results: list[GateResult], now: datetime, refresh: float) -> bool:
     """lastAnalysis is rewritten when a verdict changes (a decision may follow) or when the stored
     values are older than `refresh` seconds (default 5 minutes); a steady rollout whose values drift
-    within their bounds then costs one status write per refresh, not one per evaluation. Decisions always use this
-    evaluation's results (Tick.latest), never the stored copy."""
+    within their bounds then costs one status write per refresh, not one per evaluation. Decisions
+    always use this evaluation's results (Tick.latest), never the stored copy."""
     if [(r.name, r.verdict) for r in results] != [(r.name, r.verdict) for r in st.last_analysis]:
         return True
     if results == st.last_analysis:
