@@ -343,6 +343,6 @@ def test_breach_reaches_the_route_in_seconds_at_a_30s_interval(
     timing = watch_breach_to_rollback(manifest, prometheus, lambda: s.route_weights()[CANDIDATE])
 
     print(f"\nbreach visible in Prometheus -> candidate weight 0: {timing.seconds:.2f}s (interval 30s)")
-    assert s.status("fast")["phase"] == "RolledBack"
+    s.wait_for_phase("fast", "RolledBack", timeout_s=10)  # status is written right after the route
     assert "breached between evaluations" in operator.log_tail(400)
     assert timing.seconds < 10  # the interval is 30 s: only the fast check gets there this soon
