@@ -527,13 +527,12 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def spread(values: Sequence[float], unit: str = "s") -> str:
+def spread(values: Sequence[float], unit: str = "s", digits: int = 1) -> str:
     if not values:
         return "none"
-    return (
-        f"min {min(values):.1f}{unit} p50 {statistics.median(values):.1f}{unit} "
-        f"p99 {pct(values, 0.99):.1f}{unit} max {max(values):.1f}{unit} (n={len(values)})"
-    )
+    parts = [("min", min(values)), ("p50", statistics.median(values)), ("p99", pct(values, 0.99))]
+    text = " ".join(f"{name} {v:.{digits}f}{unit}" for name, v in [*parts, ("max", max(values))])
+    return f"{text} (n={len(values)})"
 
 
 def machine() -> str:
@@ -542,7 +541,8 @@ def machine() -> str:
         model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     with open("/proc/meminfo") as f:
         mem_kib = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1])
-    return f"{os.cpu_count()} CPUs ({model}), {mem_kib / 1024**2:.0f} GiB, {platform.system()} {platform.release()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} CPUs ({model}), {mem_kib / 1024**2:.0f} GiB, {system}"
 
 
 def loadavg() -> str:
@@ -552,7 +552,7 @@ def loadavg() -> str:
 
 def git_revision() -> str:
     out = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %s"],
+        ["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %s", "--", "operator"],
         capture_output=True,
         text=True,
         check=False,
@@ -732,9 +732,7 @@ class Bench:
         note = f"; {missing} had not left the pause" if missing else ""
         self.figures.add(
             f"4. pause-end lateness ({SHORT_PAUSE_S}s pauses, history: next step entered - pause due; "
-            f"whole seconds, +-1 s): p50 {statistics.median(late) if late else float('nan'):.0f}s "
-            f"p99 {pct(late, 0.99) if late else float('nan'):.0f}s max {max(late) if late else float('nan'):.0f}s "
-            f"(n={len(late)}{note})"
+            f"whole seconds, +-1 s): {spread(late, digits=0)}{note}"
         )
 
     # -- 1, 3, 6. the steady window
@@ -756,7 +754,8 @@ class Bench:
         minutes = (t1 - t0) / 60
         rss = statistics.median(samples)
         self.figures.add(
-            f"1. operator RSS: empty cluster {baseline_empty:.0f} MiB; 0 rollouts with {2 * self.n} Deployments "
+            f"1. operator RSS: empty cluster {baseline_empty:.0f} MiB; "
+            f"0 rollouts with {2 * self.n} Deployments "
             f"and {self.n} routes indexed {baseline_objects:.0f} MiB; {self.n} rollouts steady {rss:.0f} MiB "
             f"(min {min(samples):.0f} max {max(samples):.0f} over the window) -> "
             f"{(rss - baseline_objects) * 1024 / self.n:.1f} KiB per rollout above 0 rollouts, "
@@ -765,8 +764,10 @@ class Bench:
         writes = delta(after, before)
         status = writes.get((api.PLURAL, "status", "PATCH"), 0.0)
         self.figures.add(
-            f"3. status writes over {t1 - t0:.0f}s steady (apiserver_request_total PATCH agentrollouts/status): "
-            f"{status:.0f} = {status / minutes:.0f}/min = {status / self.n * 5 / minutes:.2f} per rollout per 5 min "
+            f"3. status writes over {t1 - t0:.0f}s steady "
+            f"(apiserver_request_total PATCH agentrollouts/status): {status:.0f} "
+            f"= {status / minutes:.0f}/min "
+            f"= {status / self.n * 5 / minutes:.2f} per rollout per 5 min "
             f"(one per interval would be {5 * 60 / self.interval_s:.0f})"
         )
         others = {
@@ -792,7 +793,8 @@ class Bench:
         self.figures.add(
             f"6. operator CPU over the steady window: {cpu1 - cpu0:.1f}s in {t1 - t0:.0f}s "
             f"= {100 * (cpu1 - cpu0) / (t1 - t0):.1f}% of one core; 'connection pool is full' warnings: "
-            f"{pool_warnings(op.log_path, log_start, log_end)} in the window, {pool_warnings(op.log_path)} since start "
+            f"{pool_warnings(op.log_path, log_start, log_end)} in the window, "
+            f"{pool_warnings(op.log_path)} since start "
             f"(load average {load_before} before, {loadavg()} after)"
         )
 
@@ -806,7 +808,8 @@ class Bench:
         routes = RouteWatch(self.state.kubeconfig, "breach", candidates)
         # Deployment names need no regex escaping ([a-z0-9-]); a backslash would be a PromQL string escape.
         versions = "|".join(t.candidate for t in chosen)
-        errors_q = f'sum by (namespace, version) (increase({METRIC}_count{{error_type!="",version=~"{versions}"}}[{GATE_WINDOW}]))'
+        errors = f'{METRIC}_count{{error_type!="",version=~"{versions}"}}'
+        errors_q = f"sum by (namespace, version) (increase({errors}[{GATE_WINDOW}]))"
         total_q = (
             f'sum by (namespace, version) (increase({METRIC}_count{{version=~"{versions}"}}[{GATE_WINDOW}]))'
         )
@@ -862,11 +865,13 @@ class Bench:
         unseen = [f"{ns}/{n}" for ns, n in candidates if (ns, n) in routes.zero_at and (ns, n) not in visible]
         self.figures.add(
             f"5. breach -> candidate weight 0 at interval {interval_s}s with {self.n} live rollouts "
-            f"({len(chosen)} rollouts, {int(BREACH_ERROR_RATIO * 100)}% errors from t, spaced {spacing:.1f}s): "
+            f"({len(chosen)} rollouts, {int(BREACH_ERROR_RATIO * 100)}% errors from t, "
+            f"spaced {spacing:.1f}s): "
             f"{spread(seconds)}"
         )
         notes = [
-            f"breach became visible in Prometheus {spread(to_visible)} after the errors started (scrape {SCRAPE_S}s)"
+            f"breach became visible in Prometheus {spread(to_visible)} after the errors started "
+            f"(scrape {SCRAPE_S}s)"
         ]
         if early:
             notes.append(
@@ -907,12 +912,14 @@ class Bench:
             routes.close()
         from_start = [routes.zero_at[k] - started for k in candidates if k in routes.zero_at]
         from_patch = [routes.zero_at[k] - patched[k] for k in candidates if k in routes.zero_at]
+        last_patch = max(patched.values(), default=started)
         missing = len(chosen) - len(from_start)
         note = f"; {missing} NOT at 0 within {120 + 0.05 * self.n:.0f}s" if missing else ""
         note += f"; {len(not_ten)} were not at weight 10 before the restart" if not_ten else ""
         self.figures.add(
-            f"2b. abort at a restart with {self.n} rollouts mid-pause (patched {patched and max(patched.values()) - started:.2f}s "
-            f"after the operator started): route candidate weight 0 after, from operator start: {spread(from_start)}; "
+            f"2b. abort at a restart with {self.n} rollouts mid-pause "
+            f"(patched {last_patch - started:.2f}s after the operator started): route candidate weight 0 "
+            f"after, from operator start: {spread(from_start)}; "
             f"from the abort patch: {spread(from_patch)}{note}"
         )
         return op
@@ -989,7 +996,8 @@ def run(
             startup_s = bench.startup(op, started)
             writes = delta(apiserver_requests(state), before).get((api.PLURAL, "status", "PATCH"), 0.0)
             figures.add(
-                f"   status writes during start-up ({startup_s:.0f}s): {writes:.0f} ({writes / n:.2f} per rollout); "
+                f"   status writes during start-up ({startup_s:.0f}s): {writes:.0f} "
+                f"({writes / n:.2f} per rollout); "
                 f"RSS at the end of start-up {rss_mib(operator_pid(op)):.0f} MiB"
             )
             # The 60 s pauses end during this; the steady window starts after them.
