@@ -4,12 +4,13 @@ PY := .venv/bin/python
 SCENARIO ?= good
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap crds check-crds lint unit e2e test demo bench cluster-up cluster-down clean
+.PHONY: help bootstrap crds check-crds lint unit e2e test demo bench bench-scale cluster-up cluster-down clean
 
 help:
 	@echo "make demo [SCENARIO=good|bad]  set up everything and watch a rollout (bad: automatic rollback)"
 	@echo "make test                      all tests: unit, property and e2e on a real control plane"
-	@echo "make bench                     breach-to-rollback timing over repeated runs"
+	@echo "make bench                     planner cost, breach-to-rollback timing, the operator at 1,000 rollouts"
+	@echo "make bench-scale               the operator process at 10,000 rollouts (e2e/bench/operator_scale.py)"
 	@echo "make cluster-up / cluster-down local kube-apiserver, controller-manager, etcd, Prometheus"
 	@echo "make crds / lint / unit / e2e"
 
@@ -41,6 +42,9 @@ demo: bootstrap
 
 bench: bootstrap
 	$(PY) -m e2e.bench
+
+bench-scale: bootstrap
+	$(PY) -m e2e.bench --only scale --rollouts 10000
 
 cluster-up: bootstrap
 	$(PY) -m e2e.cluster up

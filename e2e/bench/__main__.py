@@ -1,7 +1,10 @@
-"""`make bench`: python -m e2e.bench [--only planner|rollback] [--runs N]
+"""`make bench`: python -m e2e.bench [--only planner|rollback|scale] [--runs N] [--rollouts N] ...
 
 planner   e2e/bench/planner_scale.py: the planner's CPU and memory at 10k rollouts (no cluster)
 rollback  e2e/bench/rollback_speed.py: breach-to-rollback time on the real control plane, N runs
+scale     e2e/bench/operator_scale.py: the real operator process at N rollouts (default 1000) on a
+          cluster of its own: RSS, start-up, status writes, pause-end lateness, breach-to-rollback,
+          CPU (`make bench-scale`: N=10000)
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import inspect
 import logging
 import sys
 
-from e2e.bench import rollback_speed
+from e2e.bench import operator_scale, rollback_speed
 
 PLANNER_MODULE = "e2e.bench.planner_scale"
 
@@ -36,11 +39,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m e2e.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["planner", "rollback"], help="run just this benchmark")
+    parser.add_argument("--only", choices=["planner", "rollback", "scale"], help="run just this benchmark")
     parser.add_argument("--runs", type=int, default=7, help="breach-to-rollback runs (default 7)")
+    scale = parser.add_argument_group("scale")
+    scale.add_argument("--rollouts", type=int, default=operator_scale.ROLLOUTS, help="N (default %(default)s)")
+    scale.add_argument("--window", type=int, default=operator_scale.WINDOW_S, help="steady window, s")
+    scale.add_argument("--breaches", type=int, default=operator_scale.BREACHES, help="breached rollouts")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.rollouts <= args.breaches + operator_scale.ABORTS or args.window < 10:
+        parser.error(f"need --rollouts > --breaches + {operator_scale.ABORTS} and --window >= 10")
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     status = 0
     if args.only in (None, "planner"):
@@ -49,6 +58,9 @@ def main() -> int:
         sys.stdout.flush()
     if args.only in (None, "rollback"):
         rollback_speed.main(runs=args.runs)
+        sys.stdout.flush()
+    if args.only in (None, "scale"):
+        operator_scale.run(args.rollouts, args.window, args.breaches)
     return status
 
 

@@ -1,0 +1,1054 @@
+"""The real operator process at N AgentRollouts: `python -m e2e.bench.operator_scale [--rollouts N]`.
+
+A benchmark, not a test: it prints figures and asserts nothing. One operator process
+(`python -m agent_rollout.main`) against a real kube-apiserver, etcd, controller-manager, kwok and
+Prometheus, all started by the benchmark for itself (a cluster of its own, never a shared `cluster up`
+one: N rollouts' objects and the apiserver's counters must be ours alone) and stopped at the end,
+which deletes everything it created (etcd's data lives in the run's scratch dir).
+
+Per rollout, 100 to a namespace: legacy and candidate Deployments of 1 replica each (kwok pods, bound
+to the fake node by nodeName: no scheduler), a headless selector-less Service each (the cluster's
+/24 service range holds 254 ClusterIPs; the operator never reads Services), an HTTPRoute with the two
+backendRefs (legacy 100, candidate 0), and an AgentRollout: interval 30s, gates errorRate max 0.05
+and latencyQuantile p95 max 8s (window 1m), minSamples 20, steps [setWeight 10, pause 1h,
+setWeight 50, pause 1h, setWeight 100], so it sits in a steady pause; every 10th rollout pauses
+60s instead of the first hour (pause-end lateness). Metrics: one exporter process (e2e/sim/fleet.py)
+serves the series the two gates read for every (namespace, version), registered through file_sd and
+scraped every 5 s (the cluster's 1 s default would be 100,000 samples a second at N=10,000).
+
+The controller-manager gets --kube-api-qps=500 (default 20): at 20 requests a second creating 2N
+ReplicaSets and 2N pods alone takes over 30 minutes at N=10,000.
+
+Printed, with N, interval, machine and date:
+ 1. operator RSS: empty cluster, 0 rollouts but the 2N Deployments and N routes it indexes, and
+    the steady state at N (median of samples every 10 s over the window); per rollout above both;
+ 2. start-up: operator start -> every rollout has status.phase (a Table list every 1-2 s, so the
+    poll interval is the resolution): p50, p90, all; status writes during start-up; and, after a
+    restart of the operator with N rollouts mid-pause, `status.abort` patched on a few rollouts
+    right after the start -> their route's candidate weight 0 (route watch);
+ 3. status writes (PATCH agentrollouts/status, from the apiserver's own apiserver_request_total)
+    and other operator writes over the steady window; per rollout per 5 minutes;
+ 4. pause-end lateness of the 60 s pauses: history decision entering the next step minus (pause
+    start + 60 s), p50/p99/max; status times have whole seconds, so +-1 s;
+ 5. breach -> candidate weight 0: K rollouts (different ones) start answering 50% errors at times
+    spread over one interval; from the first 0.25 s poll at which Prometheus shows the error rate
+    over 1m above 0.05 with >= 20 samples, to the route watch seeing the candidate's weight 0;
+ 6. "connection pool is full" warnings in the operator log, and the operator's CPU seconds
+    (utime + stime from /proc/<pid>/stat) over the steady window.
+
+The benchmark's own load during the measurements: reading /proc, a Table list (no objects) during
+start-up, a label-selected watch on the few routes it breaches or aborts, two Prometheus queries
+every 0.25 s during the breaches. Nothing runs during the steady window but /proc reads. Other
+processes on the machine (other benchmarks, tests) are not ours: the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar, cast
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from agent_rollout import api
+from e2e.cluster import components, objects, prometheus
+from e2e.cluster.kubectl import run_kubectl
+from e2e.cluster.lifecycle import start_cluster, stop_cluster
+from e2e.cluster.paths import REPO_ROOT, RUN_ROOT, scratch_root
+from e2e.cluster.state import ClusterState
+from e2e.rollout.scene import CRD_FILE, OperatorProcess
+from e2e.sim.fleet import METRIC, Fleet, start_fleet
+from e2e.sim.route import GATEWAY_GROUP, HTTPROUTE_PLURAL, HTTPROUTE_VERSION
+
+T = TypeVar("T")
+
+ROLLOUTS = 1000
+PER_NAMESPACE = 100
+INTERVAL_S = 30
+WINDOW_S = 300
+BREACHES = 20
+ABORTS = 5
+SHORT_PAUSE_S = 60
+SHORT_EVERY = 10  # every 10th rollout pauses SHORT_PAUSE_S
+LONG_PAUSE = "1h"
+ERROR_MAX = 0.05
+LATENCY_MAX_S = 8
+GATE_WINDOW = "1m"
+GATE_WINDOW_S = 60
+MIN_SAMPLES = 20
+BREACH_ERROR_RATIO = 0.5
+SCRAPE_S = 5
+WORKERS = 16
+CM_QPS = 500
+RUN_PREFIX = "bench-scale-"
+LABEL = "bench.agent-rollout.dev/role"  # on routes: breach / abort; on rollouts: short / long
+SCALE_LABEL = "bench.agent-rollout.dev/scale"
+
+
+# ---------------------------------------------------------------- what is created
+
+
+@dataclass(frozen=True)
+class Target:
+    namespace: str
+    name: str  # rollout and route
+    legacy: str
+    candidate: str
+    role: str  # "short" (60 s pause), "breach", "abort" or "steady"
+
+
+def plan_targets(n: int, breaches: int, aborts: int) -> list[Target]:
+    roles = ["short" if i % SHORT_EVERY == SHORT_EVERY // 2 else "steady" for i in range(n)]
+    steady = [i for i, r in enumerate(roles) if r == "steady"]
+    # Spread over the namespaces: every k-th steady rollout, the aborts offset from the breaches.
+    for role, count, offset in (("breach", breaches, 0), ("abort", aborts, 1)):
+        free = [i for i in steady if roles[i] == "steady"]
+        if count > len(free):
+            raise SystemExit(f"{count} {role} rollouts do not fit in {len(free)} steady ones")
+        stride = max(1, len(free) // max(1, count))
+        for j in range(count):
+            roles[free[(j * stride + offset) % len(free)]] = role
+    return [
+        Target(
+            f"scale-{i // PER_NAMESPACE:03d}",
+            f"agent-{i:05d}",
+            f"agent-{i:05d}-legacy",
+            f"agent-{i:05d}-cand",
+            r,
+        )
+        for i, r in enumerate(roles)
+    ]
+
+
+def steps(short: bool) -> list[dict[str, Any]]:
+    first = f"{SHORT_PAUSE_S}s" if short else LONG_PAUSE
+    return [
+        {"setWeight": 10},
+        {"pause": {"duration": first}},
+        {"setWeight": 50},
+        {"pause": {"duration": LONG_PAUSE}},
+        {"setWeight": 100},
+    ]
+
+
+def rollout_body(t: Target, prometheus_url: str, interval_s: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "metadata": {
+            "name": t.name,
+            "labels": {SCALE_LABEL: "true", LABEL: "short" if t.role == "short" else "long"},
+        },
+        "spec": {
+            "legacy": {"deployment": t.legacy},
+            "candidate": {"deployment": t.candidate},
+            "traffic": {
+                "gatewayAPI": {
+                    "httpRoute": t.name,
+                    "legacyBackend": t.legacy,
+                    "candidateBackend": t.candidate,
+                }
+            },
+            "analysis": {
+                "prometheus": {"url": prometheus_url, "timeout": "10s"},
+                "interval": f"{interval_s}s",
+                "minSamples": MIN_SAMPLES,
+                "gates": [
+                    {"name": "error-rate", "template": "errorRate", "max": ERROR_MAX, "window": GATE_WINDOW},
+                    {
+                        "name": "p95-latency",
+                        "template": "latencyQuantile",
+                        "quantile": 0.95,
+                        "max": LATENCY_MAX_S,
+                        "window": GATE_WINDOW,
+                    },
+                ],
+            },
+            "steps": steps(t.role == "short"),
+        },
+    }
+
+
+def deployment_body(name: str) -> dict[str, Any]:
+    body = objects.deployment(name, version=name, replicas=1)
+    body["metadata"]["labels"][SCALE_LABEL] = "true"
+    # Bound to kwok's node directly: the scheduler would add 2N bindings at its own 50 requests/s.
+    body["spec"]["template"]["spec"]["nodeName"] = components.FAKE_NODE_NAME
+    return body
+
+
+def service_body(name: str) -> dict[str, Any]:
+    # Headless and without a selector: no ClusterIP (the /24 range would run out at 254) and no
+    # EndpointSlices to maintain. Routes only name the Service; the operator never reads it.
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "clusterIP": "None",
+            "ports": [{"name": "http", "port": objects.SERVICE_PORT, "targetPort": 8080}],
+        },
+    }
+
+
+def route_body(t: Target) -> dict[str, Any]:
+    body = objects.httproute(t.name, {t.legacy: 100, t.candidate: 0})
+    body["metadata"]["labels"] = {SCALE_LABEL: "true", LABEL: t.role}
+    return body
+
+
+# ---------------------------------------------------------------- Kubernetes, in bulk and lightly
+
+
+def bulk_client(kubeconfig: Path, pool: int) -> client.ApiClient:
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)  # type: ignore[no-untyped-call]
+    cfg.connection_pool_maxsize = pool
+    return client.ApiClient(cfg)
+
+
+def run_all(what: str, calls: Sequence[Callable[[], Any]], workers: int = WORKERS) -> float:
+    """Every call on a thread pool; AlreadyExists counts as done, throttling and 5xx are retried.
+    Returns the seconds it took; raises with the first error that retries did not cure."""
+
+    def one(call: Callable[[], Any]) -> str | None:
+        for attempt in range(8):
+            try:
+                call()
+                return None
+            except ApiException as e:
+                if e.status == 409:
+                    return None
+                if e.status not in (429, 500, 502, 503, 504) or attempt == 7:
+                    return f"{e.status} {e.reason}: {(e.body or '')[:300]}"
+            except Exception as e:  # a dropped connection under load
+                if attempt == 7:
+                    return f"{type(e).__name__}: {e}"
+            time.sleep(0.2 * 2**attempt)
+        return "unreachable"
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        errors = [e for e in pool.map(one, calls) if e]
+    took = time.monotonic() - t0
+    if errors:
+        raise RuntimeError(f"{what}: {len(errors)} of {len(calls)} calls failed, first: {errors[0]}")
+    print(f"  {what}: {len(calls)} in {took:.0f}s ({len(calls) / max(took, 1e-9):.0f}/s)", flush=True)
+    return took
+
+
+def raw_get(
+    api_client: client.ApiClient, path: str, query: dict[str, str], accept: str = "application/json"
+) -> Any:
+    """GET without the client's model deserialization (slow at 20,000 objects)."""
+    url = f"{api_client.configuration.host}{path}?{urllib.parse.urlencode(query)}"
+    resp = api_client.call_api("GET", url, header_params={"Accept": accept}, _request_timeout=120)
+    data = resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"GET {path}: {resp.status} {resp.reason}: {data[:300]!r}")
+    return json.loads(data)
+
+
+def phase_table(api_client: client.ApiClient) -> dict[str, dict[str, Any]]:
+    """name -> {Phase, Step, Candidate} for every AgentRollout: the server-side Table of the CRD's
+    printer columns, from the watch cache (resourceVersion=0), without the objects: ~100 bytes a row."""
+    table = raw_get(
+        api_client,
+        f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}",
+        {"resourceVersion": "0", "includeObject": "None", "labelSelector": f"{SCALE_LABEL}=true"},
+        accept="application/json;as=Table;v=v1;g=meta.k8s.io",
+    )
+    names = [c["name"] for c in table["columnDefinitions"]]
+    return {row["cells"][0]: dict(zip(names, row["cells"], strict=False)) for row in table.get("rows") or []}
+
+
+def list_rollouts(api_client: client.ApiClient, selector: str) -> list[dict[str, Any]]:
+    body = raw_get(
+        api_client,
+        f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}",
+        {"resourceVersion": "0", "labelSelector": selector},
+    )
+    return cast(list[dict[str, Any]], body.get("items") or [])
+
+
+def count_available(api_client: client.ApiClient) -> int:
+    """Deployments with an available replica, from the server-side Table (the Available column), not
+    the objects: a full list of 20,000 Deployments every few seconds was a good part of the
+    apiserver's CPU while kwok's pods were coming up."""
+    table = raw_get(
+        api_client,
+        "/apis/apps/v1/deployments",
+        {"resourceVersion": "0", "includeObject": "None", "labelSelector": f"{SCALE_LABEL}=true"},
+        accept="application/json;as=Table;v=v1;g=meta.k8s.io",
+    )
+    column = [c["name"] for c in table["columnDefinitions"]].index("Available")
+    return sum(1 for row in table.get("rows") or [] if int(row["cells"][column] or 0) >= 1)
+
+
+def candidate_weight(route: dict[str, Any], candidate: str) -> int | None:
+    for rule in (route.get("spec") or {}).get("rules") or []:
+        for ref in rule.get("backendRefs") or []:
+            if ref.get("name") == candidate:
+                return int(ref.get("weight", 1))
+    return None
+
+
+class RouteWatch:
+    """A cluster-wide watch on the routes with one value of LABEL: when each first gave its candidate
+    weight 0 after arm(). Few routes, so its own load is nothing."""
+
+    def __init__(self, kubeconfig: Path, role: str, candidates: dict[tuple[str, str], str]) -> None:
+        self._client = bulk_client(kubeconfig, 2)
+        self._custom = client.CustomObjectsApi(self._client)
+        self._selector = f"{LABEL}={role}"
+        self._candidates = candidates  # (namespace, route) -> candidate service
+        self._armed: dict[tuple[str, str], float] = {}
+        self.zero_at: dict[tuple[str, str], float] = {}
+        self.weights: dict[tuple[str, str], int | None] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"route-watch-{role}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError(f"route watch {role}: no initial list within 30 s")
+
+    def arm(self, key: tuple[str, str], at: float) -> None:
+        """From `at` on, the first weight-0 event of this route counts (or now, if it is 0 already)."""
+        with self._lock:
+            self._armed[key] = at
+            if self.weights.get(key) == 0:
+                self.zero_at.setdefault(key, time.monotonic())
+
+    def _record(self, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if key not in self._candidates:
+            return
+        weight = candidate_weight(obj, self._candidates[key])
+        now = time.monotonic()
+        with self._lock:
+            self.weights[key] = weight
+            if weight == 0 and key in self._armed and key not in self.zero_at:
+                self.zero_at[key] = now
+
+    def _run(self) -> None:
+        rv: str | None = None
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    listing: Any = self._custom.list_cluster_custom_object(
+                        GATEWAY_GROUP, HTTPROUTE_VERSION, HTTPROUTE_PLURAL, label_selector=self._selector
+                    )
+                    for item in listing.get("items") or []:
+                        self._record(item)
+                    rv = str(listing["metadata"]["resourceVersion"])
+                    self._ready.set()
+                w = watch.Watch()  # type: ignore[no-untyped-call]
+                for event in w.stream(  # type: ignore[no-untyped-call]
+                    self._custom.list_cluster_custom_object,
+                    GATEWAY_GROUP,
+                    HTTPROUTE_VERSION,
+                    HTTPROUTE_PLURAL,
+                    label_selector=self._selector,
+                    resource_version=rv,
+                    timeout_seconds=5,
+                    _request_timeout=15,
+                ):
+                    if event["type"] == "ERROR":
+                        rv = None
+                        break
+                    rv = str(event["object"]["metadata"]["resourceVersion"])
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._record(event["object"])
+                    if self._stop.is_set():
+                        w.stop()  # type: ignore[no-untyped-call]
+            except Exception:
+                rv = None
+                self._stop.wait(0.2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(20)
+        self._client.close()  # type: ignore[no-untyped-call]
+
+
+# ---------------------------------------------------------------- the operator process, from outside
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the command: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def operator_pid(op: OperatorProcess) -> int:
+    assert op.proc is not None
+    return op.proc.pid
+
+
+def pool_warnings(log: Path, start: int = 0, end: int | None = None) -> int:
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read(None if end is None else max(0, end - start))
+    return len(re.findall(rb"connection pool is full", text, flags=re.IGNORECASE))
+
+
+def settled_rss(op: OperatorProcess, min_s: float = 20.0, max_s: float = 120.0) -> float:
+    """RSS once it stops growing: two samples 10 s apart within 2%, after at least min_s."""
+    pid = operator_pid(op)
+    t0 = time.monotonic()
+    time.sleep(min_s)
+    last = rss_mib(pid)
+    while time.monotonic() - t0 < max_s:
+        time.sleep(10)
+        now = rss_mib(pid)
+        if abs(now - last) <= 0.02 * last:
+            return now
+        last = now
+    return last
+
+
+# ---------------------------------------------------------------- apiserver and Prometheus metrics
+
+
+def apiserver_requests(state: ClusterState) -> dict[tuple[str, str, str], float]:
+    """apiserver_request_total summed over codes etc.: (resource, subresource, verb) -> count."""
+    pki = state.run_dir / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    with urllib.request.urlopen(f"{state.apiserver_url}/metrics", context=ctx, timeout=30) as resp:
+        text = resp.read().decode()
+    totals: dict[tuple[str, str, str], float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_text, value = line[len("apiserver_request_total{") :].rsplit("} ", 1)
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels_text))
+        key = (labels.get("resource", ""), labels.get("subresource", ""), labels.get("verb", ""))
+        totals[key] = totals.get(key, 0.0) + float(value)
+    return totals
+
+
+def delta(
+    after: dict[tuple[str, str, str], float], before: dict[tuple[str, str, str], float]
+) -> dict[tuple[str, str, str], float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+def _series(prometheus_url: str, promql: str) -> dict[tuple[str, str], float]:
+    return {
+        (r["metric"].get("namespace", ""), r["metric"].get("version", "")): float(r["value"][1])
+        for r in prometheus.query(prometheus_url, promql, timeout_s=10)
+    }
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+@contextmanager
+def own_cluster() -> Iterator[ClusterState]:
+    """A cluster of our own, with the controller-manager's client allowed CM_QPS requests a second."""
+    original = components.controller_manager_argv
+
+    def faster(*args: Any, **kwargs: Any) -> list[str]:
+        return [
+            *original(*args, **kwargs),
+            f"--kube-api-qps={CM_QPS}",
+            f"--kube-api-burst={2 * CM_QPS}",
+            "--concurrent-deployment-syncs=10",
+            "--concurrent-replicaset-syncs=10",
+        ]
+
+    for root in (RUN_ROOT, scratch_root()):  # run dirs of earlier benchmarks that have exited
+        for d in root.glob(f"{RUN_PREFIX}*") if root.is_dir() else ():
+            pid = d.name.removeprefix(RUN_PREFIX)
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                subprocess.run(["rm", "-rf", str(d)], check=False)
+    components.controller_manager_argv = faster  # type: ignore[assignment]
+    try:
+        t0 = time.monotonic()
+        state = start_cluster(f"{RUN_PREFIX}{os.getpid()}", die_with_parent=True)
+    finally:
+        components.controller_manager_argv = original  # type: ignore[assignment]
+    print(f"  cluster of its own up in {time.monotonic() - t0:.0f}s ({state.run_dir})", flush=True)
+    ok = False
+    try:
+        yield state
+        ok = True
+    finally:
+        stop_cluster(state, keep_logs=not ok)
+        if not ok:
+            print(f"cluster stopped; its logs are kept in {state.run_dir / 'logs'}")
+
+
+@contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def spread(values: Sequence[float], unit: str = "s", digits: int = 1) -> str:
+    if not values:
+        return "none"
+    parts = [("min", min(values)), ("p50", statistics.median(values)), ("p99", pct(values, 0.99))]
+    text = " ".join(f"{name} {v:.{digits}f}{unit}" for name, v in [*parts, ("max", max(values))])
+    return f"{text} (n={len(values)})"
+
+
+def machine() -> str:
+    model = ""
+    with suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    with open("/proc/meminfo") as f:
+        mem_kib = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1])
+    system = f"{platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} CPUs ({model}), {mem_kib / 1024**2:.0f} GiB, {system}"
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def git_revision() -> str:
+    out = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %s", "--", "operator"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip()[:90] or "unknown"
+
+
+def parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class Figures:
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        self.lines.append(text)
+        print(text, flush=True)
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Bench:
+    state: ClusterState
+    n: int
+    window_s: int
+    breaches: int
+    interval_s: int
+    targets: list[Target]
+    figures: Figures
+    bulk: client.ApiClient
+    log_dir: Path
+    fleet: Fleet = field(init=False)  # started once the Deployments exist
+
+    @property
+    def prometheus_url(self) -> str:
+        return self.state.prometheus_url
+
+    def operator(self, label: str) -> OperatorProcess:
+        op = OperatorProcess(self.state.kubeconfig, self.log_dir / f"operator-{label}.log")
+        op.start()
+        return op
+
+    # -- set-up
+
+    def create_backends(self) -> None:
+        core, apps = client.CoreV1Api(self.bulk), client.AppsV1Api(self.bulk)
+        custom = client.CustomObjectsApi(self.bulk)
+        namespaces = sorted({t.namespace for t in self.targets})
+        run_all(
+            "namespaces",
+            [lambda ns=ns: core.create_namespace(cast(Any, {"metadata": {"name": ns}})) for ns in namespaces],
+        )
+        deployments = [(t.namespace, name) for t in self.targets for name in (t.legacy, t.candidate)]
+        run_all(
+            "Deployments",
+            [
+                lambda ns=ns, n=n: apps.create_namespaced_deployment(ns, cast(Any, deployment_body(n)))
+                for ns, n in deployments
+            ],
+        )
+        run_all(
+            "Services",
+            [
+                lambda ns=ns, n=n: core.create_namespaced_service(ns, cast(Any, service_body(n)))
+                for ns, n in deployments
+            ],
+        )
+        run_all(
+            "HTTPRoutes",
+            [
+                lambda t=t: custom.create_namespaced_custom_object(
+                    GATEWAY_GROUP, HTTPROUTE_VERSION, t.namespace, HTTPROUTE_PLURAL, route_body(t)
+                )
+                for t in self.targets
+            ],
+        )
+
+    def wait_available(self) -> None:
+        want = 2 * self.n
+        t0 = time.monotonic()
+        deadline = t0 + 300 + 0.3 * want
+        last_print = t0
+        while True:
+            available = count_available(self.bulk)
+            if available >= want:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {available} of {want} Deployments available after {time.monotonic() - t0:.0f}s "
+                    f"(controller-manager at --kube-api-qps={CM_QPS}, kwok pods)"
+                )
+            if time.monotonic() - last_print > 60:
+                print(f"  ... {available}/{want} Deployments available", flush=True)
+                last_print = time.monotonic()
+            time.sleep(10)
+        print(
+            f"  {want} Deployments available (1 kwok pod each) after {time.monotonic() - t0:.0f}s", flush=True
+        )
+
+    def create_rollouts(self) -> None:
+        custom = client.CustomObjectsApi(self.bulk)
+        run_all(
+            "AgentRollouts",
+            [
+                lambda t=t: custom.create_namespaced_custom_object(
+                    api.GROUP,
+                    api.VERSION,
+                    t.namespace,
+                    api.PLURAL,
+                    rollout_body(t, self.prometheus_url, self.interval_s),
+                )
+                for t in self.targets
+            ],
+        )
+
+    # -- 2. start-up
+
+    def startup(self, op: OperatorProcess, started: float) -> float:
+        """Seconds from operator start until every rollout has a phase; prints p50/p90/all."""
+        first: dict[str, float] = {}
+        every = 1.0 if self.n <= 2000 else 2.0
+        deadline = started + 600 + 0.1 * self.n
+        while len(first) < self.n:
+            if not op.alive():
+                raise RuntimeError(f"the operator exited during start-up:\n{op.log_tail()}")
+            if time.monotonic() > deadline:
+                self.figures.add(
+                    f"2. start-up: only {len(first)} of {self.n} rollouts had a status after "
+                    f"{time.monotonic() - started:.0f}s"
+                )
+                return time.monotonic() - started
+            rows = phase_table(self.bulk)
+            now = time.monotonic()
+            for name, row in rows.items():
+                if row.get("Phase") and name not in first:
+                    first[name] = now - started
+            time.sleep(max(0.0, every - (time.monotonic() - now)))
+        times = list(first.values())
+        self.figures.add(
+            f"2. start-up, operator start -> status.phase set (Table list every {every:g}s): "
+            f"first {min(times):.1f}s p50 {statistics.median(times):.1f}s p90 {pct(times, 0.9):.1f}s "
+            f"all {max(times):.1f}s"
+        )
+        return max(times)
+
+    # -- 4. pause-end lateness
+
+    def wait_short_pauses(self, timeout_s: float) -> None:
+        shorts = {t.name for t in self.targets if t.role == "short"}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = phase_table(self.bulk)
+            waiting = [n for n in shorts if (rows.get(n) or {}).get("Step") in ("", None, "1/5", "2/5")]
+            if not waiting:
+                return
+            time.sleep(2)
+        print(f"  {len(waiting)} short pauses had not ended after {timeout_s:.0f}s", flush=True)
+
+    def lateness(self) -> None:
+        late: list[float] = []
+        missing = 0
+        for obj in list_rollouts(self.bulk, f"{LABEL}=short"):
+            history = (obj.get("status") or {}).get("history") or []
+            entered = next((d for d in history if d.get("step") == 1), None)
+            left = next((d for d in history if d.get("step") == 2), None)
+            if entered is None or left is None:
+                missing += 1
+                continue
+            # stepStartedAt is the entering reconcile's time rounded UP to a whole second (tick.step_start);
+            # the decision's time is rounded down. So the pause was due at decision time + 1 s + pause,
+            # unless that reconcile ran at a whole second exactly (then 1 s later than said here).
+            due = parse_time(entered["time"]) + 1 + SHORT_PAUSE_S
+            late.append(parse_time(left["time"]) - due)
+        note = f"; {missing} had not left the pause" if missing else ""
+        self.figures.add(
+            f"4. pause-end lateness ({SHORT_PAUSE_S}s pauses, history: next step entered - pause due; "
+            f"whole seconds, +-1 s): {spread(late, digits=0)}{note}"
+        )
+
+    # -- 1, 3, 6. the steady window
+
+    def steady_window(self, op: OperatorProcess, baseline_empty: float, baseline_objects: float) -> None:
+        pid = operator_pid(op)
+        log_start = op.log_path.stat().st_size
+        load_before = loadavg()
+        before = apiserver_requests(self.state)
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        samples: list[float] = []
+        while time.monotonic() - t0 < self.window_s:
+            samples.append(rss_mib(pid))
+            time.sleep(min(10.0, max(0.0, self.window_s - (time.monotonic() - t0))))
+        cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        after = apiserver_requests(self.state)
+        samples.append(rss_mib(pid))
+        log_end = op.log_path.stat().st_size
+        minutes = (t1 - t0) / 60
+        rss = statistics.median(samples)
+        self.figures.add(
+            f"1. operator RSS: empty cluster {baseline_empty:.0f} MiB; "
+            f"0 rollouts with {2 * self.n} Deployments "
+            f"and {self.n} routes indexed {baseline_objects:.0f} MiB; {self.n} rollouts steady {rss:.0f} MiB "
+            f"(min {min(samples):.0f} max {max(samples):.0f} over the window) -> "
+            f"{(rss - baseline_objects) * 1024 / self.n:.1f} KiB per rollout above 0 rollouts, "
+            f"{(rss - baseline_empty) * 1024 / self.n:.1f} KiB per rollout above the empty cluster"
+        )
+        writes = delta(after, before)
+        status = writes.get((api.PLURAL, "status", "PATCH"), 0.0)
+        self.figures.add(
+            f"3. status writes over {t1 - t0:.0f}s steady "
+            f"(apiserver_request_total PATCH agentrollouts/status): {status:.0f} "
+            f"= {status / minutes:.0f}/min "
+            f"= {status / self.n * 5 / minutes:.2f} per rollout per 5 min "
+            f"(one per interval would be {5 * 60 / self.interval_s:.0f})"
+        )
+        others = {
+            k: v
+            for k, v in writes.items()
+            if k[0] in (api.PLURAL, "httproutes", "events")
+            and k[2] not in ("WATCH", "LIST", "GET")
+            and k != (api.PLURAL, "status", "PATCH")
+        }
+        reads = {
+            k: v
+            for k, v in writes.items()
+            if k[0] in (api.PLURAL, "httproutes", "deployments") and k[2] in ("GET", "LIST")
+        }
+        fmt = ", ".join(
+            f"{v:.0f} {verb} {res}{'/' + sub if sub else ''}"
+            for (res, sub, verb), v in sorted(others.items())
+        )
+        fmt_reads = ", ".join(
+            f"{v:.0f} {verb} {res}{'/' + sub if sub else ''}" for (res, sub, verb), v in sorted(reads.items())
+        )
+        self.figures.add(f"   other writes in the window: {fmt or 'none'}; reads: {fmt_reads or 'none'}")
+        self.figures.add(
+            f"6. operator CPU over the steady window: {cpu1 - cpu0:.1f}s in {t1 - t0:.0f}s "
+            f"= {100 * (cpu1 - cpu0) / (t1 - t0):.1f}% of one core; 'connection pool is full' warnings: "
+            f"{pool_warnings(op.log_path, log_start, log_end)} in the window, "
+            f"{pool_warnings(op.log_path)} since start "
+            f"(load average {load_before} before, {loadavg()} after)"
+        )
+
+    # -- 5. breach -> weight 0
+
+    def breach_run(self, interval_s: int) -> None:
+        chosen = [t for t in self.targets if t.role == "breach"]
+        if not chosen:
+            return
+        candidates = {(t.namespace, t.name): t.candidate for t in chosen}
+        routes = RouteWatch(self.state.kubeconfig, "breach", candidates)
+        # Deployment names need no regex escaping ([a-z0-9-]); a backslash would be a PromQL string escape.
+        versions = "|".join(t.candidate for t in chosen)
+        errors = f'{METRIC}_count{{error_type!="",version=~"{versions}"}}'
+        errors_q = f"sum by (namespace, version) (increase({errors}[{GATE_WINDOW}]))"
+        total_q = (
+            f'sum by (namespace, version) (increase({METRIC}_count{{version=~"{versions}"}}[{GATE_WINDOW}]))'
+        )
+        visible: dict[tuple[str, str], float] = {}
+        started: dict[tuple[str, str], float] = {}
+        stop = threading.Event()
+        poll_errors: list[str] = []
+
+        def poll() -> None:
+            by_version = {(t.namespace, t.candidate): (t.namespace, t.name) for t in chosen}
+            while not stop.is_set():
+                try:
+                    errors, total = (
+                        _series(self.prometheus_url, errors_q),
+                        _series(self.prometheus_url, total_q),
+                    )
+                except Exception as e:
+                    poll_errors.append(f"{type(e).__name__}: {e}")
+                    stop.wait(0.25)
+                    continue
+                now = time.monotonic()
+                for pair, samples in total.items():
+                    key = by_version.get(pair)
+                    if key is None or key not in started or key in visible or not samples:
+                        continue
+                    if errors.get(pair, 0.0) / samples > ERROR_MAX and samples >= MIN_SAMPLES:
+                        visible[key] = now
+                stop.wait(0.25)
+
+        poller = threading.Thread(target=poll, name="breach-poll", daemon=True)
+        poller.start()
+        fleet = self.fleet
+        try:
+            spacing = interval_s / len(chosen)
+            t0 = time.monotonic()
+            for j, t in enumerate(chosen):
+                time.sleep(max(0.0, t0 + j * spacing - time.monotonic()))
+                key = (t.namespace, t.name)
+                started[key] = time.monotonic()
+                routes.arm(key, started[key])
+                fleet.breach(t.namespace, t.candidate, BREACH_ERROR_RATIO)
+            deadline = time.monotonic() + GATE_WINDOW_S + 4 * interval_s + 60
+            while time.monotonic() < deadline and len(routes.zero_at) < len(chosen):
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            poller.join(15)
+            routes.close()
+        seconds = [routes.zero_at[k] - visible[k] for k in candidates if k in routes.zero_at and k in visible]
+        to_visible = [visible[k] - started[k] for k in candidates if k in visible]
+        early = sum(1 for s in seconds if s < 0)
+        never = [f"{ns}/{n}" for ns, n in candidates if (ns, n) not in routes.zero_at]
+        unseen = [f"{ns}/{n}" for ns, n in candidates if (ns, n) in routes.zero_at and (ns, n) not in visible]
+        self.figures.add(
+            f"5. breach -> candidate weight 0 at interval {interval_s}s with {self.n} live rollouts "
+            f"({len(chosen)} rollouts, {int(BREACH_ERROR_RATIO * 100)}% errors from t, "
+            f"spaced {spacing:.1f}s): "
+            f"{spread(seconds)}"
+        )
+        notes = [
+            f"breach became visible in Prometheus {spread(to_visible)} after the errors started "
+            f"(scrape {SCRAPE_S}s)"
+        ]
+        if early:
+            notes.append(
+                f"{early} cut off before our 0.25 s poll saw the breach (negative, counted as measured)"
+            )
+        if unseen:
+            notes.append(f"{len(unseen)} cut off with no breach seen by our poll: {', '.join(unseen[:5])}")
+        if poll_errors:
+            notes.append(f"{len(poll_errors)} Prometheus polls failed, last: {poll_errors[-1][:200]}")
+        if never:
+            notes.append(f"{len(never)} NOT cut off in time: {', '.join(never[:5])}")
+        self.figures.add("   " + "; ".join(notes))
+
+    # -- 2b. abort from the first second, at a restart with N rollouts mid-pause
+
+    def abort_at_restart(self, old: OperatorProcess) -> OperatorProcess:
+        chosen = [t for t in self.targets if t.role == "abort"]
+        candidates = {(t.namespace, t.name): t.candidate for t in chosen}
+        routes = RouteWatch(self.state.kubeconfig, "abort", candidates)
+        try:
+            not_ten = [k for k in candidates if routes.weights.get(k) != 10]
+            old.stop()
+            op = self.operator("restart")
+            started = time.monotonic()
+            custom = client.CustomObjectsApi(self.bulk)
+            patched: dict[tuple[str, str], float] = {}
+            for t in chosen:
+                custom.patch_namespaced_custom_object_status(
+                    api.GROUP, api.VERSION, t.namespace, api.PLURAL, t.name, {"status": {"abort": True}}
+                )
+                key = (t.namespace, t.name)
+                patched[key] = time.monotonic()
+                routes.arm(key, patched[key])
+            deadline = time.monotonic() + 120 + 0.05 * self.n
+            while time.monotonic() < deadline and len(routes.zero_at) < len(chosen):
+                time.sleep(0.1)
+        finally:
+            routes.close()
+        from_start = [routes.zero_at[k] - started for k in candidates if k in routes.zero_at]
+        from_patch = [routes.zero_at[k] - patched[k] for k in candidates if k in routes.zero_at]
+        last_patch = max(patched.values(), default=started)
+        missing = len(chosen) - len(from_start)
+        note = f"; {missing} NOT at 0 within {120 + 0.05 * self.n:.0f}s" if missing else ""
+        note += f"; {len(not_ten)} were not at weight 10 before the restart" if not_ten else ""
+        self.figures.add(
+            f"2b. abort at a restart with {self.n} rollouts mid-pause "
+            f"(patched {last_patch - started:.2f}s after the operator started): route candidate weight 0 "
+            f"after, from operator start: {spread(from_start)}; "
+            f"from the abort patch: {spread(from_patch)}{note}"
+        )
+        return op
+
+
+def run(
+    n: int, window_s: int, breaches: int, interval_s: int = INTERVAL_S, aborts: int = ABORTS
+) -> list[str]:
+    figures = Figures()
+    print(
+        f"== operator at scale: N={n} AgentRollouts, interval {interval_s}s, steady window {window_s}s, "
+        f"{breaches} breaches; {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"   machine: {machine()}; operator: {git_revision()}",
+        flush=True,
+    )
+    targets = plan_targets(n, breaches, aborts)
+    with terminate_as_exit(), own_cluster() as state:
+        log_dir = state.run_dir / "bench"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        run_kubectl(
+            state.kubectl_bin,
+            state.kubeconfig,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(CRD_FILE),
+        )
+        run_kubectl(
+            state.kubectl_bin,
+            state.kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            f"crd/{api.PLURAL}.{api.GROUP}",
+        )
+        bulk = bulk_client(state.kubeconfig, WORKERS + 4)
+        bench = Bench(state, n, window_s, breaches, interval_s, targets, figures, bulk, log_dir)
+        operators: list[OperatorProcess] = []
+        try:
+            op = bench.operator("empty")
+            operators.append(op)
+            empty = settled_rss(op, min_s=15, max_s=60)
+            op.stop()
+
+            print("setting up:", flush=True)
+            bench.create_backends()
+            pairs = [
+                (t.namespace, v, t.role == "breach" and v == t.candidate)
+                for t in targets
+                for v in (t.legacy, t.candidate)
+            ]
+            bench.fleet = start_fleet(
+                pairs,
+                file_sd_dir=state.file_sd_dir,
+                prometheus_url=state.prometheus_url,
+                work_dir=log_dir,
+                scrape_interval_s=SCRAPE_S,
+            )
+            bench.fleet.wait_scraped(timeout_s=120)
+            bench.wait_available()
+
+            op = bench.operator("no-rollouts")
+            operators.append(op)
+            objects_rss = settled_rss(op)
+            op.stop()
+
+            bench.create_rollouts()
+            print(f"measuring (load average {loadavg()}):", flush=True)
+            before = apiserver_requests(state)
+            op = bench.operator("main")
+            operators.append(op)
+            started = time.monotonic()
+            startup_s = bench.startup(op, started)
+            writes = delta(apiserver_requests(state), before).get((api.PLURAL, "status", "PATCH"), 0.0)
+            figures.add(
+                f"   status writes during start-up ({startup_s:.0f}s): {writes:.0f} "
+                f"({writes / n:.2f} per rollout); "
+                f"RSS at the end of start-up {rss_mib(operator_pid(op)):.0f} MiB"
+            )
+            # The 60 s pauses end during this; the steady window starts after them.
+            bench.wait_short_pauses(timeout_s=SHORT_PAUSE_S + 4 * interval_s + 0.05 * n)
+            bench.lateness()
+            bench.steady_window(op, empty, objects_rss)
+            # Breaches need the gate's full window since the pause began, as our query uses it.
+            time.sleep(max(0.0, started + startup_s + GATE_WINDOW_S + 5 - time.monotonic()))
+            bench.breach_run(interval_s)
+            operators.append(bench.abort_at_restart(op))
+        finally:
+            for o in operators:
+                o.stop()
+            with suppress(Exception):
+                bench.fleet.stop()
+            bulk.close()  # type: ignore[no-untyped-call]
+            print(f"operator logs in {log_dir}", flush=True)
+    print("cleaned up: the benchmark's cluster is stopped and its etcd data deleted (all namespaces with it)")
+    return figures.lines
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m e2e.bench.operator_scale",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rollouts", type=int, default=ROLLOUTS, help=f"N (default {ROLLOUTS})")
+    parser.add_argument(
+        "--window", type=int, default=WINDOW_S, help=f"steady window in seconds (default {WINDOW_S})"
+    )
+    parser.add_argument(
+        "--breaches", type=int, default=BREACHES, help=f"breached rollouts (default {BREACHES})"
+    )
+    parser.add_argument(
+        "--interval",
+        type=int,
+        default=INTERVAL_S,
+        help=f"analysis interval in seconds (default {INTERVAL_S})",
+    )
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.rollouts < args.breaches + ABORTS + 1 or args.window < 10 or args.interval < 5:
+        parser.error("need rollouts > breaches + 5, window >= 10, interval >= 5")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    run(args.rollouts, args.window, args.breaches, args.interval)
+
+
+if __name__ == "__main__":
+    main()
