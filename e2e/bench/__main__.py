@@ -42,7 +42,9 @@ def main() -> int:
     parser.add_argument("--only", choices=["planner", "rollback", "scale"], help="run just this benchmark")
     parser.add_argument("--runs", type=int, default=7, help="breach-to-rollback runs (default 7)")
     scale = parser.add_argument_group("scale")
-    scale.add_argument("--rollouts", type=int, default=operator_scale.ROLLOUTS, help="N (default %(default)s)")
+    scale.add_argument(
+        "--rollouts", type=int, default=operator_scale.ROLLOUTS, help="N (default %(default)s)"
+    )
     scale.add_argument("--window", type=int, default=operator_scale.WINDOW_S, help="steady window, s")
     scale.add_argument("--breaches", type=int, default=operator_scale.BREACHES, help="breached rollouts")
     args = parser.parse_args()
