@@ -678,20 +678,31 @@ class Bench:
 
     # -- 2. start-up
 
-    def startup(self, op: OperatorProcess, started: float) -> float:
-        """Seconds from operator start until every rollout has a phase; prints p50/p90/all."""
+    def startup(self, op: OperatorProcess, started: float, timeout_s: float) -> float | None:
+        """Seconds from operator start until every rollout has a phase (prints p50/p90/all); None when
+        that did not happen within timeout_s (prints how far it got)."""
         first: dict[str, float] = {}
         every = 1.0 if self.n <= 2000 else 2.0
-        deadline = started + 600 + 0.1 * self.n
+        pid = operator_pid(op)
+        last_print = started
         while len(first) < self.n:
             if not op.alive():
                 raise RuntimeError(f"the operator exited during start-up:\n{op.log_tail()}")
-            if time.monotonic() > deadline:
+            elapsed = time.monotonic() - started
+            if elapsed > timeout_s:
                 self.figures.add(
-                    f"2. start-up: only {len(first)} of {self.n} rollouts had a status after "
-                    f"{time.monotonic() - started:.0f}s"
+                    f"2. start-up: only {len(first)} of {self.n} rollouts had a status {elapsed:.0f}s after "
+                    f"the operator started (gave up; operator CPU {cpu_seconds(pid):.0f}s, "
+                    f"RSS {rss_mib(pid):.0f} MiB)"
                 )
-                return time.monotonic() - started
+                return None
+            if time.monotonic() - last_print > 60:
+                print(
+                    f"  ... {len(first)}/{self.n} rollouts with a status after {elapsed:.0f}s "
+                    f"(operator CPU {cpu_seconds(pid):.0f}s, RSS {rss_mib(pid):.0f} MiB)",
+                    flush=True,
+                )
+                last_print = time.monotonic()
             rows = phase_table(self.bulk)
             now = time.monotonic()
             for name, row in rows.items():
@@ -931,7 +942,12 @@ class Bench:
 
 
 def run(
-    n: int, window_s: int, breaches: int, interval_s: int = INTERVAL_S, aborts: int = ABORTS
+    n: int,
+    window_s: int,
+    breaches: int,
+    interval_s: int = INTERVAL_S,
+    aborts: int = ABORTS,
+    startup_timeout_s: float | None = None,
 ) -> list[str]:
     figures = Figures()
     print(
@@ -991,6 +1007,10 @@ def run(
             operators.append(op)
             objects_rss = settled_rss(op)
             op.stop()
+            figures.add(
+                f"1. operator RSS before any rollout: empty cluster {empty:.0f} MiB; {2 * n} Deployments and "
+                f"{n} routes in its indices {objects_rss:.0f} MiB"
+            )
 
             bench.create_rollouts()
             print(f"measuring (load average {loadavg()}):", flush=True)
@@ -998,7 +1018,10 @@ def run(
             op = bench.operator("main")
             operators.append(op)
             started = time.monotonic()
-            startup_s = bench.startup(op, started)
+            startup_s = bench.startup(op, started, startup_timeout_s or 600 + 0.1 * n)
+            if startup_s is None:
+                figures.add("   stopped there: the other figures need every rollout in its steady state")
+                return figures.lines
             writes = delta(apiserver_requests(state), before).get((api.PLURAL, "status", "PATCH"), 0.0)
             figures.add(
                 f"   status writes during start-up ({startup_s:.0f}s): {writes:.0f} "
@@ -1043,11 +1066,14 @@ def main(argv: Iterable[str] | None = None) -> None:
         default=INTERVAL_S,
         help=f"analysis interval in seconds (default {INTERVAL_S})",
     )
+    parser.add_argument(
+        "--startup-timeout", type=float, default=None, help="seconds (default 600 + 0.1 s per rollout)"
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.rollouts < args.breaches + ABORTS + 1 or args.window < 10 or args.interval < 5:
         parser.error("need rollouts > breaches + 5, window >= 10, interval >= 5")
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    run(args.rollouts, args.window, args.breaches, args.interval)
+    run(args.rollouts, args.window, args.breaches, args.interval, startup_timeout_s=args.startup_timeout)
 
 
 if __name__ == "__main__":
