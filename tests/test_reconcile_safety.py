@@ -291,7 +291,7 @@ def test_one_burst_is_one_failure_however_many_evaluations_overlap_it() -> None:
     assert world.status["gateFailures"] == {"error-rate": 1}
 
 
-def test_sustained_breach_still_rolls_back_within_one_interval_of_the_first_failure() -> None:
+def test_the_tail_of_a_burst_seen_while_it_goes_on_is_not_a_second_failure() -> None:
     body = rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}], interval="5s")
     body["spec"]["analysis"]["failureLimit"] = 1
     world = World(body)
@@ -300,8 +300,30 @@ def test_sustained_breach_still_rolls_back_within_one_interval_of_the_first_fail
     world.tick(advance=120)
     world.metrics.error_rate = 0.2
 
+    world.tick(advance=2)  # the fast check saw the burst 2 s in: the first failure
+    # 5 s later a window of 5 s still holds the burst's last seconds: they are the same burst.
     world.tick(advance=5)
+    world.metrics.error_rate = 0.001
+    for _ in range(4):
+        world.tick(advance=5)
+
+    assert world.status["phase"] == "Progressing"
+    assert world.status["gateFailures"] == {"error-rate": 1}
+
+
+def test_sustained_breach_still_rolls_back_within_ten_seconds_of_the_first_failure() -> None:
+    body = rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}], interval="5s")
+    body["spec"]["analysis"]["failureLimit"] = 1
+    world = World(body)
     world.tick(advance=5)
+    world.tick(advance=120)
+    world.tick(advance=120)
+    world.metrics.error_rate = 0.2
+
+    world.tick(advance=5)  # the first failure
+    world.tick(advance=5)  # its grace: the tail of a burst is not counted again
+    assert world.status["phase"] == "Progressing"
+    world.tick(advance=5)  # 10 s after it: a window of its own, still breached
 
     assert world.status["phase"] == "RolledBack"
 

@@ -346,3 +346,42 @@ def test_breach_reaches_the_route_in_seconds_at_a_30s_interval(
     s.wait_for_phase("fast", "RolledBack", timeout_s=10)  # status is written right after the route
     assert "breached between evaluations" in operator.log_tail(400)
     assert timing.seconds < 10  # the interval is 30 s: only the fast check gets there this soon
+
+
+# ---------------------------------------------------------------- 12. one blip is one failure
+
+
+def test_two_second_burst_with_failure_limit_one_never_rolls_back_but_a_sustained_breach_does(
+    scene: Callable[..., Scene],
+) -> None:
+    s = scene(rps=60)
+    gate = {**ERROR_GATE, "window": "20s"}
+    s.apply(
+        s.rollout_manifest(
+            "blip", steps=[{"setWeight": 50}, HOLD], minSamples=10, failureLimit=1, gates=[gate]
+        )
+    )
+    wait_until("50% on the candidate", lambda: s.route_weights()[CANDIDATE] == 50, 60)
+    wait_until(
+        "a passing evaluation over a full window",
+        lambda: (
+            [g["verdict"] for g in s.status("blip").get("lastAnalysis", [])] == ["Pass"]
+            and "[20s]" in s.status("blip")["lastAnalysis"][0]["query"]
+        ),
+        90,
+    )
+
+    s.agents[CANDIDATE].set_profile(error_ratio=1.0)
+    time.sleep(2)
+    s.agents[CANDIDATE].set_profile(error_ratio=0.0)
+    wait_until(
+        "the burst counted once", lambda: s.status("blip").get("gateFailures") == {"error-rate": 1}, 30
+    )
+    time.sleep(30)  # every window that could overlap the burst has come and gone
+
+    assert s.status("blip")["phase"] == "Progressing", s.status("blip")
+    assert s.status("blip")["gateFailures"] == {"error-rate": 1}
+
+    s.agents[CANDIDATE].set_profile(error_ratio=1.0)  # now sustained
+    status = s.wait_for_phase("blip", "RolledBack", timeout_s=40)
+    assert status["history"][-1]["reason"] == "GateFailed"

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from agent_rollout import api
 from agent_rollout.api import (
@@ -95,6 +95,9 @@ __all__ = ["Reason", "fast_gates", "gate_windows", "note_route_failure", "plan",
 # a gate waits up to this long for samples of its own; rounding keeps the windows of many rollouts
 # few, so they still share building-block queries.
 MIN_WINDOW_SECONDS = 5
+# After a counted failure a gate's window starts this much later: one burst is one failure when it ends
+# within this long after the failure was seen; a sustained breach fails again after grace + min window.
+FAILURE_GRACE_SECONDS = 5
 
 
 def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[SpecProblem]:
@@ -423,8 +426,10 @@ def _record_evaluation(
             continue
         if result.verdict is Verdict.FAIL:
             failures[result.name] = failures.get(result.name, 0) + 1
-            # The next failure of this gate counts only samples newer than this one (gate_windows).
-            failed_at[result.name] = step_start(t.now)
+            # The next failure of this gate counts only samples newer than this one, and not the
+            # next FAILURE_GRACE_SECONDS either: the fast check sees a burst while it is still going
+            # on, and its tail must not fail the gate a second time (gate_windows).
+            failed_at[result.name] = step_start(t.now + timedelta(seconds=FAILURE_GRACE_SECONDS))
             if failures[result.name] > _failure_limit(result.name, analysis):
                 breached.append(result)
         if analysis.inconclusive_limit is None or result.name in t.obs.fresh_gates:
