@@ -50,7 +50,6 @@ import logging
 import os
 import platform
 import re
-import signal
 import ssl
 import statistics
 import subprocess
@@ -65,16 +64,16 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar, cast
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from agent_rollout import api
+from e2e.bench.rollback_speed import stopped_at_the_end, terminate_as_exit
 from e2e.cluster import components, objects, prometheus
 from e2e.cluster.kubectl import run_kubectl
-from e2e.cluster.lifecycle import start_cluster, stop_cluster
+from e2e.cluster.lifecycle import start_cluster
 from e2e.cluster.paths import REPO_ROOT, RUN_ROOT, scratch_root
 from e2e.cluster.state import ClusterState
 from e2e.rollout.scene import CRD_FILE, OperatorProcess
@@ -502,26 +501,8 @@ def own_cluster() -> Iterator[ClusterState]:
     finally:
         components.controller_manager_argv = original  # type: ignore[assignment]
     print(f"  cluster of its own up in {time.monotonic() - t0:.0f}s ({state.run_dir})", flush=True)
-    ok = False
-    try:
+    with stopped_at_the_end(state):
         yield state
-        ok = True
-    finally:
-        stop_cluster(state, keep_logs=not ok)
-        if not ok:
-            print(f"cluster stopped; its logs are kept in {state.run_dir / 'logs'}")
-
-
-@contextmanager
-def terminate_as_exit() -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------- figures

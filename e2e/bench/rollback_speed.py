@@ -208,6 +208,13 @@ def cluster() -> Iterator[ClusterState]:
     t0 = time.monotonic()
     state = start_cluster(f"{RUN_PREFIX}{os.getpid()}", die_with_parent=True)
     print(f"cluster up in {time.monotonic() - t0:.0f}s")
+    with stopped_at_the_end(state):
+        yield state
+
+
+@contextmanager
+def stopped_at_the_end(state: ClusterState) -> Iterator[ClusterState]:
+    """Stop a cluster of the benchmark's own when it ends; keep its logs when it failed."""
     ok = False
     try:
         yield state
