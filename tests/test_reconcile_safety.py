@@ -265,13 +265,19 @@ def test_gate_windows_never_reach_back_before_the_step_began() -> None:
     assert windows == {"20s"}
 
 
-def test_one_burst_is_one_failure_however_many_evaluations_overlap_it() -> None:
+def _paused_with_a_full_window() -> World:
+    """failureLimit 1, interval 5s, in a pause step whose 2m gate window is all its own, gates passing."""
     body = rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}], interval="5s")
     body["spec"]["analysis"]["failureLimit"] = 1
     world = World(body)
     world.tick(advance=5)
-    world.tick(advance=120)  # step 2, its window full after 2m
     world.tick(advance=120)
+    world.tick(advance=120)
+    return world
+
+
+def test_one_burst_is_one_failure_however_many_evaluations_overlap_it() -> None:
+    world = _paused_with_a_full_window()
 
     world.metrics.error_rate = 0.2  # a burst seen by this evaluation ...
     world.tick(advance=5)
@@ -292,12 +298,7 @@ def test_one_burst_is_one_failure_however_many_evaluations_overlap_it() -> None:
 
 
 def test_the_tail_of_a_burst_seen_while_it_goes_on_is_not_a_second_failure() -> None:
-    body = rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}], interval="5s")
-    body["spec"]["analysis"]["failureLimit"] = 1
-    world = World(body)
-    world.tick(advance=5)
-    world.tick(advance=120)
-    world.tick(advance=120)
+    world = _paused_with_a_full_window()
     world.metrics.error_rate = 0.2
 
     world.tick(advance=2)  # the fast check saw the burst 2 s in: the first failure
@@ -312,12 +313,7 @@ def test_the_tail_of_a_burst_seen_while_it_goes_on_is_not_a_second_failure() -> 
 
 
 def test_sustained_breach_still_rolls_back_within_ten_seconds_of_the_first_failure() -> None:
-    body = rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}], interval="5s")
-    body["spec"]["analysis"]["failureLimit"] = 1
-    world = World(body)
-    world.tick(advance=5)
-    world.tick(advance=120)
-    world.tick(advance=120)
+    world = _paused_with_a_full_window()
     world.metrics.error_rate = 0.2
 
     world.tick(advance=5)  # the first failure
