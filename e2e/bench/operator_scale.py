@@ -70,13 +70,12 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from agent_rollout import api
-from e2e.bench.rollback_speed import stopped_at_the_end, terminate_as_exit
+from e2e.bench.rollback_speed import install_crd, stopped_at_the_end, terminate_as_exit
 from e2e.cluster import components, objects, prometheus
-from e2e.cluster.kubectl import run_kubectl
 from e2e.cluster.lifecycle import start_cluster
 from e2e.cluster.paths import REPO_ROOT, RUN_ROOT, scratch_root
 from e2e.cluster.state import ClusterState
-from e2e.rollout.scene import CRD_FILE, OperatorProcess
+from e2e.rollout.scene import OperatorProcess
 from e2e.sim.fleet import METRIC, Fleet, start_fleet
 from e2e.sim.route import GATEWAY_GROUP, HTTPROUTE_PLURAL, HTTPROUTE_VERSION
 
@@ -941,23 +940,7 @@ def run(
     with terminate_as_exit(), own_cluster() as state:
         log_dir = state.run_dir / "bench"
         log_dir.mkdir(parents=True, exist_ok=True)
-        run_kubectl(
-            state.kubectl_bin,
-            state.kubeconfig,
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(CRD_FILE),
-        )
-        run_kubectl(
-            state.kubectl_bin,
-            state.kubeconfig,
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            f"crd/{api.PLURAL}.{api.GROUP}",
-        )
+        install_crd(state)
         bulk = bulk_client(state.kubeconfig, WORKERS + 4)
         bench = Bench(state, n, window_s, breaches, interval_s, targets, figures, bulk, log_dir)
         operators: list[OperatorProcess] = []

@@ -212,6 +212,28 @@ def cluster() -> Iterator[ClusterState]:
         yield state
 
 
+def install_crd(state: ClusterState) -> None:
+    """The AgentRollout CRD from crds/, established before anything uses it."""
+    run_kubectl(
+        state.kubectl_bin,
+        state.kubeconfig,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(CRD_FILE),
+    )
+    established = f"crd/{api.PLURAL}.{api.GROUP}"
+    run_kubectl(
+        state.kubectl_bin,
+        state.kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        established,
+    )
+
+
 @contextmanager
 def stopped_at_the_end(state: ClusterState) -> Iterator[ClusterState]:
     """Stop a cluster of the benchmark's own when it ends; keep its logs when it failed."""
@@ -366,23 +388,7 @@ def main(runs: int = 7) -> None:
         kube = KubeApi(state.kubeconfig)
         operator: OperatorProcess | None = None
         try:
-            run_kubectl(
-                state.kubectl_bin,
-                state.kubeconfig,
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "-f",
-                str(CRD_FILE),
-            )
-            run_kubectl(
-                state.kubectl_bin,
-                state.kubeconfig,
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                f"crd/{api.PLURAL}.{api.GROUP}",
-            )
+            install_crd(state)
             prometheus = PrometheusConnect(url=state.prometheus_url, disable_ssl=True)
             operator = OperatorProcess(state.kubeconfig, state.run_dir / "bench-operator.log")
             operator.start()

@@ -70,8 +70,6 @@ class Observations:
     generation: int | None = None
     route_intent: RouteIntent | None = None  # this rollout's write-ahead record on the route
     route_claimed_by: str | None = None  # an older AgentRollout that names the same route
-    # Gates not measured this tick because too little time passed since their window's anchor.
-    fresh_gates: tuple[str, ...] = ()
     # Prometheus refused a query as invalid: it will refuse it every time, so the candidate cannot be judged.
     query_rejected: str | None = None
     # Before the first step: the gates' queries could not be checked with Prometheus yet (why).

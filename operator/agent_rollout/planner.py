@@ -408,8 +408,8 @@ def _record_evaluation(
     t: Tick, spec: AgentRolloutSpec, analysis: Analysis, gates: tuple[GateResult, ...]
 ) -> bool:
     st = t.st
-    # A gate too fresh to measure was not evaluated: it neither changes nor clears what status holds.
-    results = [latest_evidence(r) for r in gates if r.name not in t.obs.fresh_gates]
+    # A gate too fresh to measure is not in `gates`: it neither changes nor clears what status holds.
+    results = [latest_evidence(r) for r in gates]
     if not results:
         return False
     st.consecutive_errors = 0
@@ -432,7 +432,7 @@ def _record_evaluation(
             failed_at[result.name] = step_start(t.now + timedelta(seconds=FAILURE_GRACE_SECONDS))
             if failures[result.name] > _failure_limit(result.name, analysis):
                 breached.append(result)
-        if analysis.inconclusive_limit is None or result.name in t.obs.fresh_gates:
+        if analysis.inconclusive_limit is None:
             continue  # counted only when limited, so an unlimited steady state writes nothing
         if result.verdict is Verdict.INCONCLUSIVE and serving:
             runs[result.name] = runs.get(result.name, 0) + 1

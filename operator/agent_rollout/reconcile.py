@@ -71,7 +71,6 @@ ROUTE_RETRY_MAX = 30.0  # a refusal repeated (RBAC, admission) backs off to this
 # Seconds the measured values in status may lag while no verdict changes: one status write per rollout
 # per this long in a steady state (the live values are the operator's to export, not status').
 ANALYSIS_REFRESH = float(os.environ.get("AGENT_ROLLOUT_ANALYSIS_REFRESH", "300"))
-TOO_RECENT = "the step (or this gate's last failure) is too recent for a window of its own"
 # Verbs a human sets (kubectl agentrollout abort/promote/retry). Absent reads as false, so we never write a
 # false over a true that landed after we read the object; we only write them to consume them.
 HUMAN_VERBS = {"abort": False, "promote": False, "retry": False}
@@ -194,13 +193,12 @@ class Reconciler:
         route_intent = _our_intent(route, name)
 
         gates, prometheus_error, requests, rejected, unchecked = None, None, None, None, None
-        fresh: tuple[str, ...] = ()
         if spec is not None and not problems and claimed_by is None:
             found, unchecked = await self._preflight(namespace, spec, status, meta.get("generation"), written)
             problems = (*problems, *found)
         if spec is not None and not problems and claimed_by is None:
             measured = await self._measure(namespace, spec, status, now)
-            gates, prometheus_error, requests, fresh, rejected = measured
+            gates, prometheus_error, requests, rejected = measured
         obs = Observations(
             problems=problems,
             legacy=legacy,
@@ -213,18 +211,13 @@ class Reconciler:
             generation=meta.get("generation"),
             route_intent=route_intent,
             route_claimed_by=claimed_by,
-            fresh_gates=fresh,
             query_rejected=rejected,
             queries_unchecked=unchecked,
             analysis_refresh=ANALYSIS_REFRESH,
         )
         result = plan(spec, status, obs, now)
         if planned is not None:
-            source = None
-            if spec is not None and spec.analysis is not None:
-                prometheus = spec.analysis.prometheus
-                source = self._gateway_for(prometheus.url, api.duration_seconds(prometheus.timeout))
-            planned(spec, result.status, source)
+            planned(spec, result.status, self._gateway(spec.analysis) if spec and spec.analysis else None)
         sequence = _sequence(raw_status) + 1  # what our next status write will carry
         failure = await self._route(namespace, name, router, route, result, obs, sequence)
         new_status, actions = result.status, result.actions
@@ -267,9 +260,7 @@ class Reconciler:
             or written.checked_generation == generation
         ):
             return (), None
-        gateway = self._gateway_for(
-            spec.analysis.prometheus.url, api.duration_seconds(spec.analysis.prometheus.timeout)
-        )
+        gateway = self._gateway(spec.analysis)
         try:
             found = await check_queries(spec, namespace, gateway)
         except PrometheusUnavailable as e:
@@ -280,19 +271,17 @@ class Reconciler:
 
     async def _measure(
         self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
-    ) -> tuple[tuple[api.GateResult, ...] | None, str | None, int | None, tuple[str, ...], str | None]:
-        """Gate results, Prometheus error, candidate requests since the step began, gates too fresh to
-        measure, a query Prometheus rejects. Analysis only while the rollout is live: a finished
-        rollout costs Prometheus nothing."""
+    ) -> tuple[tuple[api.GateResult, ...] | None, str | None, int | None, str | None]:
+        """Gate results, Prometheus error, candidate requests since the step began, a query Prometheus
+        rejects. Gates too fresh for a window of their own are not measured, so not in the results.
+        Analysis only while the rollout is live: a finished rollout costs Prometheus nothing."""
         if spec.analysis is None or status.phase not in ANALYSED_PHASES:
-            return None, None, None, (), None
-        gateway = self._gateway_for(
-            spec.analysis.prometheus.url, api.duration_seconds(spec.analysis.prometheus.timeout)
-        )
-        windows = gate_windows(spec, status, now)
-        fresh = tuple(name for name, seconds in windows.items() if seconds is None)
+            return None, None, None, None
+        gateway = self._gateway(spec.analysis)
         try:
-            measured = await measure_gates(_with_windows(spec, windows), namespace, gateway)
+            gates = await measure_gates(
+                _with_windows(spec, gate_windows(spec, status, now)), namespace, gateway
+            )
             requests = None
             step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
             # A start time edited into nonsense is the planner's to repair, not a reason to crash.
@@ -301,24 +290,13 @@ class Reconciler:
                 since = (now - started).total_seconds()  # < 1 s (even < 0: rounded up) counts 0
                 requests = await candidate_requests(spec, namespace, since, gateway)
         except QueryRejected as e:
-            return None, None, None, fresh, str(e)
+            return None, None, None, str(e)
         except PrometheusUnavailable as e:
-            return None, str(e), None, fresh, None
-        by_name = {r.name: r for r in measured}
-        results = []
-        for gate in spec.analysis.gates:
-            if gate.name in by_name:
-                results.append(by_name[gate.name])
-            else:
-                results.append(
-                    api.GateResult(
-                        name=gate.name,
-                        verdict=api.Verdict.INCONCLUSIVE,
-                        message=TOO_RECENT,
-                        dry_run=gate.dry_run,
-                    )
-                )
-        return tuple(results), None, requests, fresh, None
+            return None, str(e), None, None
+        return gates, None, requests, None
+
+    def _gateway(self, analysis: api.Analysis) -> PrometheusGateway:
+        return self._gateway_for(analysis.prometheus.url, api.duration_seconds(analysis.prometheus.timeout))
 
     async def _route(
         self,
