@@ -312,6 +312,14 @@ def test_template_reads_the_known_profile(
     assert abs(value - expected) <= tolerance, f"{value} not within {tolerance:.3g} of {expected}"
 
 
+def _latest_scrape(prometheus: PrometheusConnect, known: KnownTraffic, version: str) -> float:
+    """Timestamp of `version`'s latest scrape that Prometheus has stored."""
+    query = f"max(timestamp(gen_ai_client_operation_duration_seconds_count{known.selector(version)}))"
+    latest = scalar(prometheus, query)
+    assert latest is not None, f"Prometheus holds no scrape of the {version}"
+    return latest
+
+
 def _fresh_scrape(prometheus: PrometheusConnect, known: KnownTraffic, version: str = CANDIDATE) -> float:
     """Wait for the next scrape of `version`; returns its timestamp."""
     query = f"max(timestamp(gen_ai_client_operation_duration_seconds_count{known.selector(version)}))"
@@ -346,8 +354,11 @@ def test_batched_read_equals_the_per_rollout_query(
     assert queries.samples is not None
     labels = (metrics.namespace_label, metrics.version_label)
 
-    # Evaluated at one instant: the same numbers, up to the order of floating-point sums.
-    at = time.time()
+    # Evaluated at one instant: the same numbers, up to the order of floating-point sums. The instant is
+    # this version's latest scrape already stored, not "now": a scrape stamped before "now" but stored
+    # between two of these queries would give them different data (and increase() a different
+    # extrapolation), which is a race in the test, not a difference between the two readings.
+    at = _latest_scrape(prometheus, known, version)
     vectors = {
         b: parse_vector(prometheus.custom_query(b.promql, params={"time": f"{at:.3f}"}), labels)
         for b in read.blocks
