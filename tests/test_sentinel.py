@@ -36,16 +36,18 @@ def _sweep(sentinel: Sentinel) -> int:
 def test_breached_bound_wakes_the_rollout_and_a_healthy_one_sleeps() -> None:
     clock, metrics = FakeClock(), Metrics()
     prometheus = FakePrometheus(metrics)
-    sentinel = Sentinel(clock=clock)
-    healthy, breached = asyncio.Event(), asyncio.Event()
-    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus, healthy)
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, wake=woken.append)
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+    sentinel.update(("support", "b"), _spec(), _status(clock), prometheus)
 
-    assert _sweep(sentinel) == 0 and not healthy.is_set()
+    assert _sweep(sentinel) == 0 and woken == []
 
     metrics.error_rate = 0.2
-    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus, breached)
+    sentinel.update(("support", "a"), _spec(), _status(clock, candidate=10), prometheus)
+    sentinel.update(("support", "b"), _spec(), _status(clock, candidate=0), prometheus)
     assert _sweep(sentinel) == 1
-    assert breached.is_set()
+    assert woken == [("support", "a")]  # b sends the candidate no traffic: nothing to cut
 
 
 def test_one_read_per_block_whatever_the_number_of_rollouts() -> None:
@@ -53,7 +55,7 @@ def test_one_read_per_block_whatever_the_number_of_rollouts() -> None:
     prometheus = FakePrometheus(metrics)
     sentinel = Sentinel(clock=clock)
     for i in range(50):
-        sentinel.update(("support", f"r{i}"), _spec(), _status(clock), prometheus, asyncio.Event())
+        sentinel.update(("support", f"r{i}"), _spec(), _status(clock), prometheus)
 
     _sweep(sentinel)
 
@@ -63,26 +65,26 @@ def test_one_read_per_block_whatever_the_number_of_rollouts() -> None:
 def test_only_live_rollouts_with_candidate_traffic_and_a_window_of_their_own_are_checked() -> None:
     clock, metrics = FakeClock(), Metrics(error_rate=0.5)
     prometheus = FakePrometheus(metrics)
-    sentinel = Sentinel(clock=clock)
-    no_traffic, rolled_back, fresh = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    sentinel.update(("support", "a"), _spec(), _status(clock, candidate=0), prometheus, no_traffic)
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, wake=woken.append)
+    sentinel.update(("support", "a"), _spec(), _status(clock, candidate=0), prometheus)
     done = _status(clock).model_copy(update={"phase": Phase.ROLLED_BACK})
-    sentinel.update(("support", "b"), _spec(), done, prometheus, rolled_back)
-    sentinel.update(("support", "c"), _spec(), _status(clock, started_ago=2), prometheus, fresh)
+    sentinel.update(("support", "b"), _spec(), done, prometheus)
+    sentinel.update(("support", "c"), _spec(), _status(clock, started_ago=2), prometheus)
 
     assert len(sentinel) == 1  # only "c" is watched, and its step is 2 s old: no window of its own yet
     assert _sweep(sentinel) == 0
-    assert not (no_traffic.is_set() or rolled_back.is_set() or fresh.is_set())
+    assert woken == []
     clock.advance(10)
-    assert _sweep(sentinel) == 1 and fresh.is_set()
+    assert _sweep(sentinel) == 1 and woken == [("support", "c")]
 
 
 def test_prometheus_down_wakes_nobody() -> None:
     clock, metrics = FakeClock(), Metrics(error_rate=0.5)
     prometheus = FakePrometheus(metrics)
     prometheus.down = "connection refused"
-    sentinel = Sentinel(clock=clock)
-    wake = asyncio.Event()
-    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus, wake)
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, wake=woken.append)
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
 
-    assert _sweep(sentinel) == 0 and not wake.is_set()
+    assert _sweep(sentinel) == 0 and woken == []

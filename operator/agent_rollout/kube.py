@@ -11,8 +11,10 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import kubernetes
@@ -26,6 +28,7 @@ from agent_rollout.traffic import gatewayapi
 T = TypeVar("T")
 
 POOL_SIZE = 16
+EVENT_SOURCE = "agent-rollout"
 
 
 class Conflict(Exception):
@@ -88,20 +91,13 @@ class KubeClient:
     ) -> None:
         # The urllib3 pool is built with the ApiClient; from_environment sizes it before that.
         self._custom = kubernetes.client.CustomObjectsApi(client)
+        self._core = kubernetes.client.CoreV1Api(client)
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube")
         self._limiter = limiter or RateLimiter(*client_settings())
 
     @classmethod
     def from_environment(cls, pool_size: int = POOL_SIZE, kubeconfig: str | None = None) -> KubeClient:
-        configuration = kubernetes.client.Configuration()
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        # One connection per worker thread, set before the pool exists: set afterwards (as it was) it
-        # stayed at urllib3's default, and the operator logged "connection pool is full" under load.
-        configuration.connection_pool_maxsize = pool_size
-        return cls(kubernetes.client.ApiClient(configuration), pool_size=pool_size)
+        return cls(_api_client(pool_size, kubeconfig), pool_size=pool_size)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         """One API call in the thread pool, paced by the rate limiter, retried when the apiserver
@@ -152,8 +148,146 @@ class KubeClient:
         except (OSError, urllib3.exceptions.HTTPError) as e:
             raise RouteWriteError(f"HTTPRoute {namespace}/{name}: {type(e).__name__}: {e}", False) from e
 
+    async def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the rollout (what `kubectl describe` and `kubectl get events` show)."""
+        meta = involved.get("metadata") or {}
+        now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        event = {
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type,
+            "reason": reason,
+            "message": message,
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "reportingInstance": EVENT_SOURCE,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        body = kubernetes.client.CoreV1Event.from_dict(event)
+        assert body is not None  # from_dict returns None only for None
+        namespace = str(meta.get("namespace"))
+        # Not read back: parsing the stored Event into a model would cost more than posting it.
+        await self._run(lambda: self._core.create_namespaced_event(namespace, body, _preload_content=False))
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _api_client(pool_size: int, kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    # One connection per thread, set before the pool exists: set afterwards (as it was) it stayed at
+    # urllib3's default, and the operator logged "connection pool is full" under load.
+    configuration.connection_pool_maxsize = pool_size
+    return kubernetes.client.ApiClient(configuration)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A resource the operator lists and watches."""
+
+    group: str
+    version: str
+    plural: str
+
+    def __str__(self) -> str:
+        return f"{self.plural}.{self.group}"
+
+
+DEPLOYMENTS = Kind("apps", "v1", "deployments")
+ROUTES = Kind(gatewayapi.GROUP, gatewayapi.VERSION, gatewayapi.PLURAL)
+ROLLOUTS = Kind(api.GROUP, api.VERSION, api.PLURAL)
+
+
+class Expired(Exception):
+    """The apiserver no longer has the resourceVersion (410 Gone): list again."""
+
+
+class ListWatchClient:
+    """Blocking list and watch calls for the informer threads (informer.py), never for the event loop.
+
+    Raw JSON dicts, not the client's model classes: a model per object costs far more time and memory
+    than the few fields the operator keeps. Its own connection pool: a watch holds its connection for
+    minutes and must not take one from the status and route writes."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self._custom = kubernetes.client.CustomObjectsApi(client)
+
+    @classmethod
+    def from_environment(cls, connections: int, kubeconfig: str | None = None) -> ListWatchClient:
+        return cls(_api_client(connections, kubeconfig))
+
+    def _get(self, kind: Kind, namespace: str | None, args: dict[str, Any]) -> Any:
+        # The custom-objects paths (/apis/GROUP/VERSION/...) serve built-in kinds of named groups too.
+        if namespace is None:
+            return self._custom.list_cluster_custom_object(kind.group, kind.version, kind.plural, **args)
+        return self._custom.list_namespaced_custom_object(
+            kind.group, kind.version, namespace, kind.plural, **args
+        )
+
+    def list_page(
+        self, kind: Kind, namespace: str | None, limit: int, continue_token: str | None
+    ) -> dict[str, Any]:
+        """One page of a list (the same snapshot across pages, through the continue token)."""
+        args: dict[str, Any] = {"limit": limit, "_preload_content": False, "_request_timeout": (10, 120)}
+        if continue_token:
+            args["_continue"] = continue_token
+        try:
+            response = self._get(kind, namespace, args)
+        except ApiException as e:
+            if e.status == 410:
+                raise Expired(f"{kind}: list continue token expired") from e
+            raise
+        page: dict[str, Any] = json.loads(response.data)
+        return page
+
+    def watch(
+        self, kind: Kind, namespace: str | None, resource_version: str, timeout_s: int
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events from `resource_version` until the server ends the watch after `timeout_s`;
+        bookmarks included, so a quiet kind still moves its resourceVersion forward."""
+        args: dict[str, Any] = {
+            "watch": True,
+            "resource_version": resource_version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout_s,
+            "_preload_content": False,
+            # A connection that goes silent longer than the server's own timeout is dead.
+            "_request_timeout": (10, timeout_s + 30),
+        }
+        try:
+            response = self._get(kind, namespace, args)
+        except ApiException as e:
+            if e.status == 410:
+                raise Expired(f"{kind}: resourceVersion {resource_version} too old") from e
+            raise
+        try:
+            for line in kubernetes.watch.watch.iter_resp_lines(response):
+                if not line:
+                    continue
+                event: dict[str, Any] = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    if status.get("code") == 410:
+                        raise Expired(f"{kind}: {status.get('message', 'resourceVersion too old')}")
+                    raise RuntimeError(f"{kind}: watch error {status.get('code')}: {status.get('message')}")
+                yield event
+        finally:
+            # Also when the consumer stops early: a half-read stream must not go back into the pool.
+            response.close()
+            response.release_conn()
 
 
 def _retry_after(error: ApiException, attempt: int) -> float:

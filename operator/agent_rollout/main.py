@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             namespaces=args.namespace or [],
             liveness_endpoint=args.liveness,
             standalone=True,
+            memo=kopf.Memo(namespaces=args.namespace or []),
         )
     )
     return 0

@@ -66,6 +66,10 @@ PlannedCallback = Callable[
 ANALYSED_PHASES = frozenset({api.Phase.PENDING, api.Phase.PROGRESSING, api.Phase.PAUSED})
 STATUS_KEYS = frozenset(f.alias or n for n, f in api.AgentRolloutStatus.model_fields.items())
 IDLE_INTERVAL = 30.0  # seconds between reconciles of a rollout that has no analysis section
+# A finished rollout moves only when something changes (a verb, a new candidate revision, a route
+# edited), and each of those wakes it; this slow resync is a safety net, not what it relies on.
+REST_INTERVAL = 600.0
+AT_REST_PHASES = frozenset({api.Phase.PROMOTED, api.Phase.ROLLED_BACK, api.Phase.FAILED})
 ROUTE_RETRY = 2.0  # seconds before retrying a route write that failed: traffic must not wait an interval
 ROUTE_RETRY_MAX = 30.0  # a refusal repeated (RBAC, admission) backs off to this
 # Seconds the measured values in status may lag while no verdict changes: one status write per rollout
@@ -237,6 +241,8 @@ class Reconciler:
             return min(ROUTE_RETRY * 2.0 ** (written.route_failures - 1), ROUTE_RETRY_MAX)
         if spec is None:
             return IDLE_INTERVAL
+        if new_status.phase in AT_REST_PHASES and result.requeue_after is None:
+            return REST_INTERVAL
         interval: float = api.duration_seconds(spec.analysis.interval) if spec.analysis else IDLE_INTERVAL
         if result.requeue_after is not None:
             interval = max(0.5, min(interval, result.requeue_after))

@@ -46,18 +46,23 @@ Key = tuple[str, str]
 class Watched:
     """What the sentinel needs of one rollout, refreshed after each of its reconciles."""
 
-    namespace: str
+    key: Key
     spec: api.AgentRolloutSpec
     anchors: api.AgentRolloutStatus  # only stepStartedAt and lastFailureAt: what windows depend on
     gates: tuple[str, ...]
     source: MetricsSource
-    wake: asyncio.Event
 
 
 class Sentinel:
-    def __init__(self, clock: Callable[[], datetime], period: float = PERIOD) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], datetime],
+        period: float = PERIOD,
+        wake: Callable[[Key], None] = lambda key: None,
+    ) -> None:
         self._watched: dict[Key, Watched] = {}
         self._clock = clock
+        self.wake = wake  # reconcile that rollout now (the scheduler drops a wake already queued)
         self.period = period
         self.breaches = 0  # rollouts woken by a breach since start: for the operator's metrics and tests
 
@@ -70,7 +75,6 @@ class Sentinel:
         spec: api.AgentRolloutSpec | None,
         status: api.AgentRolloutStatus,
         source: MetricsSource | None,
-        wake: asyncio.Event,
     ) -> None:
         """After a reconcile: watch the rollout's fast gates, or stop watching it."""
         gates = fast_gates(spec, status) if spec is not None and source is not None else ()
@@ -80,7 +84,7 @@ class Sentinel:
         anchors = api.AgentRolloutStatus.model_construct(
             step_started_at=status.step_started_at, last_failure_at=dict(status.last_failure_at)
         )
-        self._watched[key] = Watched(key[0], spec, anchors, gates, source, wake)
+        self._watched[key] = Watched(key, spec, anchors, gates, source)
 
     def forget(self, key: Key) -> None:
         self._watched.pop(key, None)
@@ -111,12 +115,9 @@ class Sentinel:
         for i, (watched, reads) in enumerate(plans):
             if i and i % SLICE == 0:
                 await asyncio.sleep(0)
-            if watched.wake.is_set() or not self._breached(
-                watched, reads, vectors.get(id(watched.source), {})
-            ):
-                continue
-            watched.wake.set()
-            woken += 1
+            if self._breached(watched, reads, vectors.get(id(watched.source), {})):
+                self.wake(watched.key)
+                woken += 1
         self.breaches += woken
         return woken
 
@@ -171,12 +172,11 @@ class Sentinel:
         for gate, read in reads:
             if any(block not in vectors for block in read.blocks):
                 continue
-            value, samples = read.measure(vectors, watched.namespace, candidate)
+            value, samples = read.measure(vectors, watched.key[0], candidate)
             if breaches_hard_bound(gate, analysis, value, samples):
                 log.info(
                     "%s/%s: gate %s breached between evaluations: waking the rollout",
-                    watched.namespace,
-                    watched.spec.candidate.deployment,
+                    *watched.key,
                     gate.name,
                 )
                 return True

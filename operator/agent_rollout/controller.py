@@ -1,0 +1,237 @@
+"""The operator's shell: three informers (rollouts, Deployments, HTTPRoutes) feed one scheduler, whose
+workers run the reconciler.
+
+What wakes a rollout: a change a human or Git makes to it (spec, a verb), a change of a Deployment
+or route it names, the fast check seeing a hard bound breached, its own timer (a pause's end, the
+analysis interval). Our own status writes come back through the watch and wake nothing. Nothing is
+reconciled before every informer has its first list: a rollout planned on a half-filled store would
+see its Deployments as missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent_rollout import api
+from agent_rollout.domain import DeploymentState
+from agent_rollout.informer import Informer, Key
+from agent_rollout.intent import ANNOTATION
+from agent_rollout.kube import DEPLOYMENTS, ROLLOUTS, ROUTES, KubeClient, ListWatchClient, deployment_state
+from agent_rollout.reconcile import Reconciler, WrittenStatus
+from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
+from agent_rollout.sentinel import Sentinel
+
+log = logging.getLogger(__name__)
+
+WORKERS = 32  # rollouts reconciled at once: Prometheus and the apiserver are what they wait on
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRollout:
+    """A rollout as the store keeps it: its JSON (a fraction of the memory of the parsed dict; parsed
+    again for each reconcile, which costs microseconds) and what the shell decides on without it."""
+
+    raw: bytes
+    attention: tuple[Any, ...]  # what a human or Git changes; our own status writes do not
+    urgency: int
+    route: str | None
+    deployments: tuple[str, ...]
+    created: str
+    deleting: bool
+
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> StoredRollout:
+        meta = obj.get("metadata") or {}
+        meta.pop("managedFields", None)  # the biggest part of most objects, and never read
+        obj.setdefault("apiVersion", f"{api.GROUP}/{api.VERSION}")  # list items may come without them
+        obj.setdefault("kind", api.KIND)
+        spec = obj.get("spec") or {}
+        status = obj.get("status") or {}
+        verbs = tuple(status.get(v) is True for v in ("abort", "promote", "retry"))
+        router = (spec.get("traffic") or {}).get("gatewayAPI") or {}
+        route = router.get("httpRoute")
+        names = [(spec.get(side) or {}).get("deployment") for side in ("legacy", "candidate")]
+        return cls(
+            raw=json.dumps(obj, separators=(",", ":")).encode(),
+            attention=(meta.get("generation"), *verbs),
+            urgency=_urgency(meta, status, any(verbs)),
+            route=route if isinstance(route, str) else None,
+            deployments=tuple(sorted({n for n in names if isinstance(n, str)})),
+            created=str(meta.get("creationTimestamp") or ""),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.raw)
+        return body
+
+
+def _urgency(meta: dict[str, Any], status: dict[str, Any], verb: bool) -> int:
+    if verb or (status and meta.get("generation") != status.get("observedGeneration")):
+        return NOW
+    phase = status.get("phase")
+    if phase in (api.Phase.PROGRESSING, api.Phase.PAUSED):
+        return LIVE
+    if phase in (None, api.Phase.PENDING):
+        return NEW
+    return AT_REST
+
+
+def project_deployment(obj: dict[str, Any]) -> DeploymentState:
+    meta = obj.get("metadata") or {}
+    return deployment_state(str(meta.get("name")), obj.get("spec"), obj.get("status"))
+
+
+def project_route(obj: dict[str, Any]) -> dict[str, Any]:
+    """Only what the router reads: the spec, our write-ahead record, and what a patch must pin."""
+    meta = obj.get("metadata") or {}
+    annotations = meta.get("annotations")
+    metadata: dict[str, Any] = {"resourceVersion": meta.get("resourceVersion")}
+    if annotations is not None:
+        metadata["annotations"] = {ANNOTATION: annotations[ANNOTATION]} if ANNOTATION in annotations else {}
+    return {"spec": obj.get("spec") or {}, "metadata": metadata}
+
+
+class Controller:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        sentinel: Sentinel,
+        kube: KubeClient,
+        client: ListWatchClient,
+        namespaces: Sequence[str] | None = None,
+        workers: int = WORKERS,
+    ) -> None:
+        self._reconciler = reconciler
+        self._sentinel = sentinel
+        self._kube = kube
+        self.scheduler: Scheduler[Key] = Scheduler(self._reconcile, workers, urgency_of=self._urgency_of)
+        self.rollouts: Informer[StoredRollout] = Informer(
+            ROLLOUTS, client, StoredRollout.of, self._rollout_changed, namespaces
+        )
+        self.deployments: Informer[DeploymentState] = Informer(
+            DEPLOYMENTS, client, project_deployment, self._target_changed("deployment"), namespaces
+        )
+        self.routes: Informer[dict[str, Any]] = Informer(
+            ROUTES, client, project_route, self._target_changed("route"), namespaces
+        )
+        # (kind, namespace, name) -> the rollouts naming that Deployment or route.
+        self._targets: dict[tuple[str, str, str], set[str]] = {}
+        # (namespace, route) -> {rollout: creationTimestamp}: the oldest one owns the route.
+        self._claims: dict[Key, dict[str, str]] = {}
+        self._written: dict[Key, WrittenStatus] = {}
+        self.synced = False
+
+    async def run(self) -> None:
+        informers = (self.rollouts, self.deployments, self.routes)
+        for informer in informers:
+            informer.start()
+        await asyncio.gather(*(i.synced.wait() for i in informers))
+        self.synced = True
+        log.info(
+            "watching %d AgentRollouts, %d Deployments, %d HTTPRoutes; reconciling, most urgent first",
+            len(self.rollouts),
+            len(self.deployments),
+            len(self.routes),
+        )
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        for informer in (self.rollouts, self.deployments, self.routes):
+            informer.stop()
+        await self.scheduler.stop()
+
+    def wake(self, key: Key) -> None:
+        """Reconcile now (the fast check saw a hard bound breached)."""
+        if key in self.scheduler:
+            self.scheduler.wake(key, NOW)
+
+    def route_owner(self, namespace: str, route: str) -> str | None:
+        claims = self._claims.get((namespace, route))
+        if not claims:
+            return None
+        # Oldest creationTimestamp, then name: the same answer in every reconcile.
+        return min((created, name) for name, created in claims.items())[1]
+
+    # -- reconcile
+
+    async def _reconcile(self, key: Key) -> float | None:
+        stored = self.rollouts.get(*key)
+        if stored is None:
+            return None
+        if stored.deleting:
+            return None  # nothing of ours to release: the operator puts no finalizer on rollouts
+        body = stored.body()
+        written = self._written.setdefault(key, WrittenStatus())
+        return await self._reconciler.reconcile(
+            body,
+            deployments=self.deployments.get,
+            routes=self.routes.get,
+            written=written,
+            route_owner=self.route_owner,
+            planned=lambda spec, status, source: self._sentinel.update(key, spec, status, source),
+        )
+
+    def _urgency_of(self, key: Key) -> int:
+        stored = self.rollouts.get(*key)
+        return stored.urgency if stored is not None else AT_REST
+
+    # -- change handlers (on the event loop)
+
+    def _rollout_changed(self, key: Key, before: StoredRollout | None, after: StoredRollout | None) -> None:
+        namespace, name = key
+        if before is not None:
+            self._index(namespace, name, before, add=False)
+        if after is not None:
+            self._index(namespace, name, after, add=True)
+        if after is None:
+            self.scheduler.forget(key)
+            self._sentinel.forget(key)
+            self._written.pop(key, None)
+        elif before is None:
+            self.scheduler.wake(key, after.urgency)
+        elif after.attention != before.attention or after.deleting != before.deleting:
+            self.scheduler.wake(key, NOW)
+        # A claim that came or went may hand the route to another rollout.
+        routes = {r.route for r in (before, after) if r is not None and r.route is not None}
+        if (before is None or after is None or before.route != after.route) and self.synced:
+            for route in routes:
+                self._wake_targets(("route", namespace, route), but=name)
+
+    def _index(self, namespace: str, name: str, rollout: StoredRollout, add: bool) -> None:
+        targets = [("deployment", namespace, d) for d in rollout.deployments]
+        if rollout.route is not None:
+            targets.append(("route", namespace, rollout.route))
+            claims = self._claims.setdefault((namespace, rollout.route), {})
+            if add:
+                claims[name] = rollout.created
+            else:
+                claims.pop(name, None)
+                if not claims:
+                    del self._claims[(namespace, rollout.route)]
+        for target in targets:
+            names = self._targets.setdefault(target, set())
+            if add:
+                names.add(name)
+            else:
+                names.discard(name)
+                if not names:
+                    del self._targets[target]
+
+    def _target_changed(self, kind: str) -> Any:
+        def changed(key: Key, before: Any, after: Any) -> None:
+            # Before the first lists are in, every rollout is due anyway (and ranked by urgency).
+            if self.synced:
+                self._wake_targets((kind, *key))
+
+        return changed
+
+    def _wake_targets(self, target: tuple[str, str, str], but: str | None = None) -> None:
+        for name in self._targets.get(target, ()):
+            if name != but:
+                self.scheduler.wake((target[1], name), NOW)

@@ -1,0 +1,158 @@
+"""One queue for every rollout's next reconcile, and a fixed pool of workers that drain it.
+
+A rollout between reconciles is a dict entry and at most one timer on the event loop, not a task: at
+10,000 rollouts a task per rollout (kopf's daemons) cost more memory than everything else together.
+Like client-go's work queue, a rollout is never reconciled by two workers at once; woken while it
+is being reconciled, it is reconciled again right after. What is due first goes first, by urgency:
+after a restart every rollout is due at once, and a human's abort or a rollout mid-step must not
+wait behind thousands of finished ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+
+# Urgency, lower first.
+NOW = 0  # a human's verb, a spec edit, a breach: someone is waiting
+LIVE = 1  # mid-rollout: a step, a pause, an analysis
+NEW = 2  # never reconciled
+AT_REST = 3  # finished or failed: nothing moves unless something changes
+
+RETRY_AFTER_ERROR_S = 5.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    urgency: int
+    timer: asyncio.TimerHandle | None = None
+    due: float | None = None  # loop time at which the timer fires
+    queued: bool = False
+    running: bool = False
+    again: bool = False  # woken while running: run once more right after
+
+
+class Scheduler(Generic[K]):
+    """`work(key)` reconciles one rollout and returns seconds until its next reconcile (None: only
+    when woken); `urgency_of(key)` ranks a run that falls due by its timer. Nothing runs until
+    `start`; keys woken before wait in the queue, by urgency."""
+
+    def __init__(
+        self,
+        work: Callable[[K], Awaitable[float | None]],
+        workers: int,
+        urgency_of: Callable[[K], int] = lambda key: LIVE,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"need at least one worker, got {workers}")
+        self._work = work
+        self._urgency_of = urgency_of
+        self._workers = workers
+        self._entries: dict[K, _Entry] = {}
+        self._queue: asyncio.PriorityQueue[tuple[int, int, K]] = asyncio.PriorityQueue()
+        self._order = itertools.count()  # first in, first out within one urgency
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._entries
+
+    def wake(self, key: K, urgency: int = NOW) -> None:
+        """Reconcile `key` as soon as a worker is free (idempotent: one queued run per key)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry(urgency)
+        if entry.running:
+            entry.again = True
+            entry.urgency = min(entry.urgency, urgency)
+            return
+        if entry.queued and urgency >= entry.urgency:
+            return
+        # Not queued yet, or queued behind less urgent work: (re)queue; the older item is skipped.
+        self._cancel_timer(entry)
+        entry.urgency = min(entry.urgency, urgency) if entry.queued else urgency
+        entry.queued = True
+        self._queue.put_nowait((entry.urgency, next(self._order), key))
+
+    def after(self, key: K, delay_s: float) -> None:
+        """Reconcile `key` in `delay_s` seconds, unless it is due sooner anyway."""
+        entry = self._entries.get(key)
+        if entry is None or entry.queued or entry.running:
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + max(0.0, delay_s)
+        if entry.timer is not None and entry.due is not None and entry.due <= due:
+            return
+        self._cancel_timer(entry)
+        entry.due = due
+        entry.timer = loop.call_at(due, self._fire, key, entry)
+
+    def forget(self, key: K) -> None:
+        """The rollout is gone: no more runs (one already running finishes, and is not repeated)."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._cancel_timer(entry)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.get_running_loop().create_task(self._worker(), name=f"reconcile-worker-{i}")
+            for i in range(self._workers)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for entry in self._entries.values():
+            self._cancel_timer(entry)
+
+    def pending(self) -> int:
+        """Runs queued now (a gauge of how far behind the workers are)."""
+        return sum(1 for e in self._entries.values() if e.queued)
+
+    def _fire(self, key: K, entry: _Entry) -> None:
+        if self._entries.get(key) is not entry:
+            return
+        entry.timer = entry.due = None
+        self.wake(key, self._urgency_of(key))
+
+    @staticmethod
+    def _cancel_timer(entry: _Entry) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+        entry.timer = entry.due = None
+
+    async def _worker(self) -> None:
+        while True:
+            urgency, _, key = await self._queue.get()
+            entry = self._entries.get(key)
+            if entry is None or not entry.queued or urgency != entry.urgency:
+                continue  # forgotten, or requeued with another urgency: that item runs instead
+            entry.queued, entry.running = False, True
+            delay: float | None
+            try:
+                delay = await self._work(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile of %s failed; again in %.0f s", key, RETRY_AFTER_ERROR_S)
+                delay = RETRY_AFTER_ERROR_S
+            finally:
+                entry.running = False
+            if self._entries.get(key) is not entry:
+                continue  # forgotten while it ran
+            if entry.again:
+                entry.again = False
+                self.wake(key, entry.urgency)
+            elif delay is not None:
+                self.after(key, delay)

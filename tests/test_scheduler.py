@@ -1,0 +1,171 @@
+"""The scheduler: one run per rollout at a time, a wake during a run gives exactly one more, the most
+urgent first, timers that an earlier wake replaces, and forgotten rollouts never run again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from agent_rollout import scheduler as scheduling
+from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
+
+
+class Recorder:
+    """A work function that records runs and can hold one open until released."""
+
+    def __init__(self, delay: float | None = None) -> None:
+        self.runs: list[str] = []
+        self.running: set[str] = set()
+        self.overlaps = 0
+        self.delay = delay
+        self.hold: dict[str, asyncio.Event] = {}
+
+    async def __call__(self, key: str) -> float | None:
+        if key in self.running:
+            self.overlaps += 1
+        self.running.add(key)
+        self.runs.append(key)
+        try:
+            if key in self.hold:
+                await self.hold.pop(key).wait()
+            await asyncio.sleep(0)
+        finally:
+            self.running.discard(key)
+        return self.delay
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def _run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())  # type: ignore[arg-type]
+
+
+def test_most_urgent_first_after_a_restart() -> None:
+    async def test() -> None:
+        work = Recorder()
+        queue: Scheduler[str] = Scheduler(work, workers=1)
+        for key, urgency in [("done", AT_REST), ("new", NEW), ("mid-step", LIVE), ("aborted", NOW)]:
+            queue.wake(key, urgency)
+        queue.start()
+        await _until(lambda: len(work.runs) == 4)
+        assert work.runs == ["aborted", "mid-step", "new", "done"]
+        await queue.stop()
+
+    _run(test)
+
+
+def test_a_wake_during_a_run_gives_exactly_one_more_run_never_two_at_once() -> None:
+    async def test() -> None:
+        work = Recorder()
+        queue: Scheduler[str] = Scheduler(work, workers=4)
+        release = work.hold["r"] = asyncio.Event()
+        queue.start()
+        queue.wake("r")
+        await _until(lambda: "r" in work.running)
+        for _ in range(5):  # e.g. the fast check waking it every second while it reconciles
+            queue.wake("r")
+        release.set()
+        await _until(lambda: len(work.runs) == 2)
+        await asyncio.sleep(0.05)
+        assert work.runs == ["r", "r"] and work.overlaps == 0
+        await queue.stop()
+
+    _run(test)
+
+
+def test_the_returned_delay_schedules_the_next_run_and_an_earlier_wake_replaces_it() -> None:
+    async def test() -> None:
+        work = Recorder(delay=0.05)
+        queue: Scheduler[str] = Scheduler(work, workers=1)
+        queue.start()
+        queue.wake("r")
+        await _until(lambda: len(work.runs) == 2 and not work.running, timeout=1.0)  # the timer ran it again
+
+        work.delay = 3600.0  # a long interval (the run already timed at 0.05 s returns it)...
+        await _until(lambda: len(work.runs) == 3 and not work.running, timeout=1.0)
+        await asyncio.sleep(0.1)
+        assert len(work.runs) == 3
+        queue.wake("r")  # ...cut short by a verb
+        await _until(lambda: len(work.runs) == 4, timeout=1.0)
+        await queue.stop()
+
+    _run(test)
+
+
+def test_a_forgotten_rollout_never_runs_again() -> None:
+    async def test() -> None:
+        work = Recorder(delay=0.01)
+        queue: Scheduler[str] = Scheduler(work, workers=1)
+        queue.wake("queued")
+        queue.forget("queued")
+        release = work.hold["running"] = asyncio.Event()
+        queue.start()
+        queue.wake("running")
+        await _until(lambda: "running" in work.running)
+        queue.wake("running")  # would run again after...
+        queue.forget("running")  # ...but it was deleted meanwhile
+        release.set()
+        await asyncio.sleep(0.1)
+        assert work.runs == ["running"] and len(queue) == 0
+        await queue.stop()
+
+    _run(test)
+
+
+def test_a_failing_reconcile_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduling, "RETRY_AFTER_ERROR_S", 0.01)
+    attempts: list[str] = []
+
+    async def flaky(key: str) -> float | None:
+        attempts.append(key)
+        if len(attempts) < 3:
+            raise RuntimeError("apiserver away")
+        return None
+
+    async def test() -> None:
+        queue: Scheduler[str] = Scheduler(flaky, workers=1)
+        queue.start()
+        queue.wake("r")
+        await _until(lambda: len(attempts) == 3)
+        await asyncio.sleep(0.05)
+        assert attempts == ["r", "r", "r"]  # retried until it passed, then only woken again
+        await queue.stop()
+
+    _run(test)
+
+
+def test_a_timer_falls_due_with_the_urgency_the_rollout_has_then() -> None:
+    async def test() -> None:
+        urgency = {"idle": AT_REST, "live": LIVE}
+        work = Recorder()
+        queue: Scheduler[str] = Scheduler(work, workers=1, urgency_of=urgency.__getitem__)
+        release = work.hold["blocker"] = asyncio.Event()
+        queue.start()
+        queue.wake("blocker")
+        await _until(lambda: "blocker" in work.running)
+        for key in ("idle", "live"):
+            queue.wake(key, NEW)
+        await asyncio.sleep(0)
+        release.set()
+        await _until(lambda: len(work.runs) == 3)
+        work.runs.clear()
+        # Both due at the same moment while the only worker is busy: the live one goes first.
+        release = work.hold["blocker"] = asyncio.Event()
+        queue.wake("blocker")
+        await _until(lambda: "blocker" in work.running)
+        queue.after("idle", 0.0)
+        queue.after("live", 0.0)
+        await asyncio.sleep(0.02)
+        release.set()
+        await _until(lambda: len(work.runs) == 3)
+        assert work.runs == ["blocker", "live", "idle"]
+        await queue.stop()
+
+    _run(test)
