@@ -399,3 +399,21 @@ def test_a_verb_the_operator_would_ignore_is_refused_naming_the_phase(
     assert ran.err.startswith(f"error: cannot {verb} agentrollout support/triage: "), ran.err
     assert why in ran.err and ran.err.count("\n") == 1
     assert server.patches() == []
+
+
+def test_version_prints_the_installed_package_version_without_a_cluster(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib import metadata
+
+    # No kubeconfig at all: version must not read one.
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out == f"kubectl-agentrollout {metadata.version('agent-rollout')}\n"
+
+
+def test_a_verb_without_a_rollout_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["abort"])
+    assert exited.value.code == 2
+    assert "abort needs the name of an AgentRollout" in capsys.readouterr().err

@@ -262,17 +262,32 @@ def _status(custom: Any, namespace: str, name: str, watch: bool) -> int:
         print()
 
 
+def package_version() -> str:
+    """The installed distribution's version (what pip or pipx installed), without talking to any cluster."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("agent-rollout")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kubectl agentrollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("verb", choices=["status", *VERBS])
-    parser.add_argument("name")
+    parser.add_argument("verb", choices=["status", *VERBS, "version"])
+    parser.add_argument("name", nargs="?", help="the AgentRollout (every verb but version)")
     parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's")
     parser.add_argument("--kubeconfig", default=None)
     parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     parser.add_argument("-w", "--watch", action="store_true", help="with status: refresh until finished")
     args = parser.parse_args(argv)
+    if args.verb == "version":
+        print(f"kubectl-agentrollout {package_version()}")
+        return 0
+    if args.name is None:
+        parser.error(f"{args.verb} needs the name of an AgentRollout")
 
     import urllib3
     from kubernetes.client.exceptions import ApiException
