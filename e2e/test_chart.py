@@ -481,6 +481,15 @@ def test_readme_install_docs_run_as_written(tmp_path: Path) -> None:
         from importlib import metadata
 
         assert f"kubectl-agentrollout {metadata.version('agent-rollout')}" in done.stdout
+        # kubectl's shell completion finds the plugin's completer that pipx put on PATH.
+        completed = subprocess.run(
+            ["kubectl", "__complete", "agentrollout", "pro"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert completed.stdout.splitlines() == ["promote", ":4"], completed
         # Argo CD got exactly the health check and actions of docs/argocd/.
         data = json.loads(kubectl("get", "configmap", "argocd-cm", "-n", "argocd", "-o", "json").stdout)[
             "data"
