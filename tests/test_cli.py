@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_rollout.cli import main
+from agent_rollout.cli import complete_main, complete_words, main
 
 BASE = "/apis/agentrollout.io/v1alpha1/namespaces"
 
@@ -399,3 +399,63 @@ def test_a_verb_the_operator_would_ignore_is_refused_naming_the_phase(
     assert ran.err.startswith(f"error: cannot {verb} agentrollout support/triage: "), ran.err
     assert why in ran.err and ran.err.count("\n") == 1
     assert server.patches() == []
+
+
+def test_version_prints_the_installed_package_version_without_a_cluster(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib import metadata
+
+    # No kubeconfig at all: version must not read one.
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out == f"kubectl-agentrollout {metadata.version('agent-rollout')}\n"
+
+
+def test_a_verb_without_a_rollout_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["abort"])
+    assert exited.value.code == 2
+    assert "abort needs the name of an AgentRollout" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- shell completion
+
+
+def no_rollouts(namespace: str | None, kubeconfig: str | None, context: str | None) -> list[str]:
+    raise AssertionError("verbs complete without the cluster")
+
+
+def test_the_first_word_completes_to_the_verbs() -> None:
+    assert complete_words([""], no_rollouts) == ["status", "abort", "promote", "retry", "version"]
+    assert complete_words(["pro"], no_rollouts) == ["promote"]
+    assert complete_words(["-n", "support", "re"], no_rollouts) == ["retry"]
+
+
+def test_the_second_word_completes_to_the_rollouts_of_the_chosen_namespace() -> None:
+    asked: list[tuple[str | None, str | None, str | None]] = []
+
+    def names(namespace: str | None, kubeconfig: str | None, context: str | None) -> list[str]:
+        asked.append((namespace, kubeconfig, context))
+        return ["triage", "billing", "trivia"]
+
+    words = ["abort", "-n", "support", "--context", "prod", "tri"]
+    assert complete_words(words, names) == ["triage", "trivia"]
+    assert asked == [("support", None, "prod")]
+    assert complete_words(["version", ""], names) == []  # version takes no name
+    assert complete_words(["abort", "-n", ""], names) == []  # a namespace is not a rollout name
+
+
+def test_completion_lists_names_from_the_cluster_and_says_no_file_completion(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [server.rollout("support", name) for name in ("triage", "billing")]
+    server.responses[("GET", f"{BASE}/support/agentrollouts")] = (200, {"items": items})
+    kubeconfig = write_kubeconfig(tmp_path / "config", server.url, {"ctx": "support"})
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert complete_main(["status", ""]) == 0
+    assert capsys.readouterr().out == "billing\ntriage\n:4\n"
+    # An unreachable cluster: no candidates and no traceback in the user's shell.
+    write_kubeconfig(kubeconfig, "http://127.0.0.1:1", {"ctx": "support"})
+    assert complete_main(["status", ""]) == 0
+    assert capsys.readouterr() == (":4\n", "")

@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -262,17 +263,91 @@ def _status(custom: Any, namespace: str, name: str, watch: bool) -> int:
         print()
 
 
+def package_version() -> str:
+    """The installed distribution's version (what pip or pipx installed), without talking to any cluster."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("agent-rollout")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+# ---------------------------------------------------------------- shell completion
+
+# kubectl (1.26+) completes `kubectl agentrollout ...` by running `kubectl_complete-agentrollout` from
+# PATH with the words typed so far, the last one partial, and reads Cobra's format: one candidate a
+# line, then `:<directive>`; 4 is "no file completion".
+NO_FILE_COMPLETION = ":4"
+NAMED_VERBS = ("status", *VERBS)
+VALUE_FLAGS = frozenset({"-n", "--namespace", "--kubeconfig", "--context"})
+
+
+RolloutNames = Callable[[str | None, str | None, str | None], list[str]]
+
+
+def complete_words(words: list[str], rollout_names: RolloutNames) -> list[str]:
+    """Candidates for the last (partial) word; rollout_names(namespace, kubeconfig, context) lists names."""
+    typed, partial = words[:-1], (words[-1] if words else "")
+    if typed and typed[-1] in VALUE_FLAGS:
+        return []  # a namespace, file or context name: not ours to guess
+    positionals: list[str] = []
+    flags: dict[str, str] = {}
+    pending: str | None = None
+    for word in typed:
+        if pending is not None:
+            flags[pending], pending = word, None
+        elif word in VALUE_FLAGS:
+            pending = word
+        elif not word.startswith("-"):
+            positionals.append(word)
+    if not positionals:
+        return [verb for verb in (*NAMED_VERBS, "version") if verb.startswith(partial)]
+    if len(positionals) == 1 and positionals[0] in NAMED_VERBS and not partial.startswith("-"):
+        namespace = flags.get("-n") or flags.get("--namespace")
+        names = rollout_names(namespace, flags.get("--kubeconfig"), flags.get("--context"))
+        return sorted(name for name in names if name.startswith(partial))
+    return []
+
+
+def _rollout_names(namespace: str | None, kubeconfig: str | None, context: str | None) -> list[str]:
+    """Names of the AgentRollouts in the namespace; none at all when the cluster cannot say."""
+    try:
+        kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
+        namespace = namespace or kube_namespace(kubeconfig, context)
+        custom, _ = _custom_api(kubeconfig, context)
+        listed = custom.list_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, _request_timeout=5
+        )
+        return [item["metadata"]["name"] for item in listed.get("items", [])]
+    except Exception:  # completion must never print a traceback into the user's shell
+        return []
+
+
+def complete_main(argv: list[str] | None = None) -> int:
+    """`kubectl_complete-agentrollout`: what kubectl runs to complete the plugin's words."""
+    for candidate in complete_words(sys.argv[1:] if argv is None else argv, _rollout_names):
+        print(candidate)
+    print(NO_FILE_COMPLETION)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kubectl agentrollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("verb", choices=["status", *VERBS])
-    parser.add_argument("name")
+    parser.add_argument("verb", choices=["status", *VERBS, "version"])
+    parser.add_argument("name", nargs="?", help="the AgentRollout (every verb but version)")
     parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's")
     parser.add_argument("--kubeconfig", default=None)
     parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     parser.add_argument("-w", "--watch", action="store_true", help="with status: refresh until finished")
     args = parser.parse_args(argv)
+    if args.verb == "version":
+        print(f"kubectl-agentrollout {package_version()}")
+        return 0
+    if args.name is None:
+        parser.error(f"{args.verb} needs the name of an AgentRollout")
 
     import urllib3
     from kubernetes.client.exceptions import ApiException

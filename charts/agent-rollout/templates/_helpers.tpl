@@ -7,8 +7,69 @@ e2e test of namespaced mode compares these rules with the apiserver's audit log 
 fails on a rule never used as on a request refused.
 */}}
 
+{{- define "agent-rollout.name" -}}
+{{- .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{/* The name of this release's namespaced objects: the release name when it already names the chart. */}}
+{{- define "agent-rollout.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "agent-rollout.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Cluster-scoped objects (ClusterRole, its binding, the admission policy) are shared by every namespace, and
+Helm only keeps release names unique within one: the release namespace goes into their names so two
+releases of the same name in two namespaces do not overwrite each other's.
+*/}}
+{{- define "agent-rollout.clusterScopedName" -}}
+{{- printf "%s-%s" (include "agent-rollout.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{- define "agent-rollout.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{/* Selects this release's pods only: name and instance, never the version (selectors are immutable). */}}
+{{- define "agent-rollout.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "agent-rollout.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "agent-rollout.labels" -}}
+helm.sh/chart: {{ include "agent-rollout.chart" . }}
+{{ include "agent-rollout.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: agent-rollout
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{- define "agent-rollout.serviceAccountName" -}}
-{{- .Values.serviceAccount.name | default .Release.Name -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "agent-rollout.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end }}
+
+{{- define "agent-rollout.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end }}
 
 {{/* The username the apiserver gives the operator's ServiceAccount tokens. */}}
