@@ -18,7 +18,12 @@ END = object()
 
 def _obj(name: str, replicas: int, version: str, label: str = "a") -> dict[str, Any]:
     return {
-        "metadata": {"namespace": "support", "name": name, "resourceVersion": version, "labels": {"x": label}},
+        "metadata": {
+            "namespace": "support",
+            "name": name,
+            "resourceVersion": version,
+            "labels": {"x": label},
+        },
         "spec": {"replicas": replicas},
     }
 
@@ -40,7 +45,9 @@ class FakeListWatch:
         more = {"continue": "next"} if self._pages else {}
         return {"metadata": {"resourceVersion": "10", **more}, "items": page}
 
-    def watch(self, kind: Kind, namespace: str | None, version: str, timeout_s: int) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, kind: Kind, namespace: str | None, version: str, timeout_s: int
+    ) -> Iterator[dict[str, Any]]:
         self.watched_from.append(version)
         while True:
             event = self.events.get(timeout=5)

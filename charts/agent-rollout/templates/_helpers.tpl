@@ -83,10 +83,10 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "agent-rollout.service
 {{- end }}
 
 {{- define "agent-rollout.namespacedRules" -}}
-# The rollouts: kopf lists and watches them and patches metadata (its finalizer while a daemon runs).
+# The rollouts: listed and watched; the operator writes only their status (no finalizer, no labels).
 - apiGroups: ["agentrollout.io"]
   resources: ["agentrollouts"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch"]
 # Status is written with merge patches only; reads come from the watch.
 - apiGroups: ["agentrollout.io"]
   resources: ["agentrollouts/status"]
