@@ -261,7 +261,7 @@ class Demo:
         )
 
         self.scene = Scene(ns, kube, self.kubectl, cluster.prometheus_url, agents, driver)
-        # Runs first at cleanup: the rollout goes while the operator still runs to release its finalizer.
+        # Runs first at cleanup: the rollout goes before its namespace.
         self.cleanups.callback(self._delete_rollout)
         self.timings["set-up"] = time.monotonic() - t0
         return self.scene
@@ -372,7 +372,7 @@ class Demo:
                 if e.status == 404:
                     return
             time.sleep(0.3)
-        # The operator did not release its finalizer (dead?): drop it so the namespace can go.
+        # A finalizer someone else put on it must not hold the namespace: drop it.
         with contextlib.suppress(ApiException):
             custom.patch_namespaced_custom_object(*args, {"metadata": {"finalizers": []}})
 

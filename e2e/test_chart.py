@@ -5,8 +5,9 @@ No kubelet runs here: kwok marks the chart's pod Running, so `helm install --wai
 cluster, and the operator itself runs as a local process standing in for the pod, with a token of the
 ServiceAccount the release installed and the exact arguments of the installed Deployment.
 
-Releases here are namespaced mode (their status policy binds only their own namespaces), so they never
-interfere with the rest of the suite's operator.
+The module has a control plane of its own: the rest of the suite runs an operator cluster-wide under a
+status policy that admits only that operator, and a release installed here has a policy of its own;
+on one control plane each would refuse the other's status writes.
 """
 
 from __future__ import annotations
@@ -92,6 +93,30 @@ class Helm:
         if check and done.returncode != 0:
             raise AssertionError(f"helm {' '.join(args)} failed (rc={done.returncode}):\n{done.stderr}")
         return done
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[ClusterState]:
+    state = start_cluster(f"chart-{os.getpid()}", die_with_parent=True)
+    try:
+        yield state
+    finally:
+        stop_cluster(state)
+
+
+@pytest.fixture(scope="module")
+def kube_api(cluster: ClusterState) -> Iterator[KubeApi]:
+    client = KubeApi(cluster.kubeconfig)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def kubectl(cluster: ClusterState) -> Kubectl:
+    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_kubectl(cluster.kubectl_bin, cluster.kubeconfig, *args, stdin=stdin, check=check)
+
+    return run
 
 
 @pytest.fixture(scope="module")

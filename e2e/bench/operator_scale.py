@@ -752,7 +752,8 @@ class Bench:
         self.figures.add(
             f"1. operator RSS: empty cluster {baseline_empty:.0f} MiB; "
             f"0 rollouts with {2 * self.n} Deployments "
-            f"and {self.n} routes indexed {baseline_objects:.0f} MiB; {self.n} rollouts steady {rss:.0f} MiB "
+            f"and {self.n} routes in its stores {baseline_objects:.0f} MiB; "
+            f"{self.n} rollouts steady {rss:.0f} MiB "
             f"(min {min(samples):.0f} max {max(samples):.0f} over the window) -> "
             f"{(rss - baseline_objects) * 1024 / self.n:.1f} KiB per rollout above 0 rollouts, "
             f"{(rss - baseline_empty) * 1024 / self.n:.1f} KiB per rollout above the empty cluster"
@@ -973,7 +974,7 @@ def run(
             op.stop()
             figures.add(
                 f"1. operator RSS before any rollout: empty cluster {empty:.0f} MiB; {2 * n} Deployments and "
-                f"{n} routes in its indices {objects_rss:.0f} MiB"
+                f"{n} routes in its stores {objects_rss:.0f} MiB"
             )
 
             bench.create_rollouts()

@@ -346,7 +346,7 @@ def one_run(
         traffic_client.close()  # type: ignore[no-untyped-call]
         if agents is not None:
             agents.stop()
-        # Delete the rollout while the operator runs, so it releases its finalizer; then the namespace.
+        # Delete the rollout, then the namespace.
         with suppress(ApiException):
             kube.custom.delete_namespaced_custom_object(
                 api.GROUP, api.VERSION, namespace, api.PLURAL, ROLLOUT

@@ -91,7 +91,7 @@ def operator(
     log_start = proc.log_path.stat().st_size if proc.log_path.exists() else 0  # a reused cluster appends
     proc.start()
     yield proc
-    # Delete rollouts while the operator still runs, so it releases its finalizers and namespaces go.
+    # Delete the rollouts before their namespaces, while the operator still runs (as a user would).
     for item in kube_api.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]:
         meta = item["metadata"]
         kube_api.custom.delete_namespaced_custom_object(
