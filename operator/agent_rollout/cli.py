@@ -58,6 +58,8 @@ def render(obj: dict[str, Any]) -> str:
     ]
     if status.get("message"):
         lines.append(f"  {status['message']}")
+    if line := readiness_line(status):
+        lines.append(f"  {line}")
     gates = status.get("lastAnalysis", [])
     if gates:
         lines.append(f"  {'gate':<16} {'verdict':<13} {'value':>12} {'bound':<28} samples")
@@ -71,6 +73,14 @@ def render(obj: dict[str, Any]) -> str:
     for decision in status.get("history", [])[-3:]:
         lines.append(f"  {decision['time']}  {decision['reason']}: {decision['message']}")
     return "\n".join(lines)
+
+
+def readiness_line(status: dict[str, Any]) -> str:
+    """The current stage and the next unmet criterion in one line (status.readiness)."""
+    readiness = status.get("readiness") or {}
+    if not readiness.get("stage"):
+        return ""
+    return f"stage={readiness['stage']}  next: {readiness.get('next') or '-'}"
 
 
 # ---------------------------------------------------------------- what a verb will do (pure)
