@@ -83,6 +83,7 @@ from agent_rollout.tick import (
     cannot_serve,
     condition,
     exists,
+    history_evidence,
     latest_evidence,
     parse_time,
     pause_end,
@@ -628,7 +629,8 @@ def _record_milestone(t: Tick, spec: AgentRolloutSpec) -> None:
         return
     if st.step_started_at is None or len(_milestones(st)) >= api.MILESTONE_LIMIT:
         return
-    evidence = [latest_evidence(r) for r in seen.gates]
+    # Kept as the history keeps evidence (texts cut short): up to MILESTONE_LIMIT records stay in status.
+    evidence = [history_evidence(r) for r in seen.gates]
     record_ = milestone_record(
         spec,
         st.current_step,

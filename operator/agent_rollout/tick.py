@@ -153,7 +153,7 @@ def record(t: Tick, reason: Reason, message: str, evidence: list[GateResult]) ->
         message=bounded(message),
         step=st.current_step,
         weights=st.weights.model_copy(),
-        evidence=[_history_evidence(r) for r in evidence],
+        evidence=[history_evidence(r) for r in evidence],
     )
     st.history = [*st.history, decision][-api.HISTORY_LIMIT :]
     text = event_text(message, evidence)
@@ -187,7 +187,7 @@ def latest_evidence(result: GateResult) -> GateResult:
     )
 
 
-def _history_evidence(result: GateResult) -> GateResult:
+def history_evidence(result: GateResult) -> GateResult:
     return result.model_copy(
         update={
             "query": bounded(result.query, EVIDENCE_TEXT_LIMIT),
