@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, GateResult, Phase, Score, Stage, Verdict
 from agent_rollout.cli import readiness_line
-from agent_rollout.domain import EmitEvent, MilestoneObservation, Observations, Plan
+from agent_rollout.domain import BaselineObservation, EmitEvent, MilestoneObservation, Observations, Plan
 from agent_rollout.planner import plan
+from agent_rollout.readiness import BASELINE_SIGNALS
 from agent_rollout.validation import validate
 from tests.specs import analysis_dict, spec_dict
 from tests.test_planner import (
@@ -305,3 +306,107 @@ def test_the_candidate_never_exceeds_before_while_the_required_stage_is_not_met(
             assert status.readiness is not None
             met = {s.stage: s.score for s in status.readiness.stages}[required.stage]
             assert met is Score.MET, (before_card, status)
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def baseline_seen(revision: str = "agent-1", cost: float = 0.02, legacy_cost: float = 0.03) -> Any:
+    """What the shell measures for a promoted revision: every signal, candidate and legacy, over 600 s."""
+    gates = []
+    for name in BASELINE_SIGNALS:
+        gate = "baseline-" + name.lower()
+        if name == "costPerTransaction":
+            values = {"value": cost, "legacy_value": legacy_cost}
+        elif name == "errorRate":
+            values = {"value": 0.001, "legacy_value": 0.002}
+        else:
+            values = {"value": None, "legacy_value": None}  # no such series: no data, never a guess
+        gates.append(
+            GateResult(name=gate, verdict=Verdict.INCONCLUSIVE, samples=1200, legacy_samples=600, **values)
+        )
+    return BaselineObservation(revision=revision, window_seconds=600, gates=tuple(gates))
+
+
+def promoted(**kw: Any) -> AgentRolloutStatus:
+    return running(2, w(100), phase=Phase.PROMOTED, **kw)
+
+
+def metric(status: AgentRolloutStatus, name: str) -> Any:
+    assert status.baseline is not None
+    return next(m for m in status.baseline.metrics if m.name == name)
+
+
+def test_a_promoted_revision_records_its_baseline_against_legacy_once() -> None:
+    spec = make_spec([{"setWeight": 10}, {"setWeight": 50}, {"setWeight": 100}])
+    p = plan(spec, promoted(), observe(route=w(100), baseline=baseline_seen()), T0 + timedelta(minutes=10))
+    baseline = p.status.baseline
+    assert baseline is not None and (baseline.revision, baseline.window_seconds) == ("agent-1", 600)
+    assert baseline.recorded_at == "2026-03-01T12:10:00Z" and baseline.previous_revision is None
+    cost = metric(p.status, "costPerTransaction")
+    assert (cost.candidate, cost.legacy, cost.candidate_samples, cost.legacy_samples) == (
+        0.02,
+        0.03,
+        1200,
+        600,
+    )
+    assert (cost.previous, cost.change) == (None, None)
+    throughput = metric(p.status, "throughput")
+    assert (throughput.candidate, throughput.legacy) == (2.0, 1.0)  # 1200 and 600 requests over 600 s
+    assert metric(p.status, "latencyP95").candidate is None
+    optimize = stage(p, Stage.OPTIMIZE)
+    assert optimize.score is Score.MET
+    assert (optimize.criteria[0].value, optimize.criteria[0].samples) == (0.02, 1200)
+    assert "no previous baseline" in optimize.criteria[0].message
+    # Evidence, not a decision: no history entry, no Event.
+    assert p.actions == () and p.status.history == []
+    # Recorded once: later measurements of the same revision change nothing.
+    later = plan(
+        spec, p.status, observe(route=w(100), baseline=baseline_seen(cost=0.5)), T0 + timedelta(hours=1)
+    )
+    assert later.status == p.status
+
+
+def test_a_baseline_measured_for_another_revision_is_not_recorded() -> None:
+    spec = make_spec([{"setWeight": 10}, {"setWeight": 50}, {"setWeight": 100}])
+    p = plan(spec, promoted(), observe(route=w(100), baseline=baseline_seen("agent-0")), T0)
+    assert p.status.baseline is None
+    assert stage(p, Stage.OPTIMIZE).score is Score.NOT_MEASURED
+
+
+def test_a_later_rollout_shows_its_change_against_the_stored_baseline_and_the_target() -> None:
+    spec = make_spec([{"setWeight": 10}, {"setWeight": 50}, {"setWeight": 100}])
+    first = plan(spec, promoted(), observe(route=w(100), baseline=baseline_seen()), T0).status
+    # A new revision rolls out: the old baseline stays, but it is not the new revision's evidence.
+    rolling = first.model_copy(
+        update={
+            "phase": Phase.PROGRESSING,
+            "candidate_revision": "agent-2",
+            "current_step": 0,
+            "weights": w(10),
+        }
+    )
+    new = CANDIDATE.__class__(CANDIDATE.name, True, "agent-2", 2, 2)
+    p = plan(spec, rolling, observe(route=w(10), candidate=new, gates=PASSING), T0 + timedelta(minutes=1))
+    assert p.status.baseline == first.baseline
+    assert stage(p, Stage.OPTIMIZE).score is Score.NOT_MEASURED
+    done = promoted(candidate_revision="agent-2", baseline=first.baseline)
+    seen = baseline_seen("agent-2", cost=0.015)
+    p = plan(spec, done, observe(route=w(100), candidate=new, baseline=seen), T0 + timedelta(hours=2))
+    cost = metric(p.status, "costPerTransaction")
+    assert (cost.candidate, cost.previous, cost.change) == (0.015, 0.02, -0.25)
+    assert p.status.baseline is not None and p.status.baseline.previous_revision == "agent-1"
+    message = stage(p, Stage.OPTIMIZE).criteria[0].message
+    assert "-25.0% against the previous baseline (target -20%: reached)" in message
+
+
+def test_a_change_short_of_the_target_says_so() -> None:
+    spec = make_spec([{"setWeight": 10}, {"setWeight": 100}])
+    first = plan(spec, promoted(), observe(route=w(100), baseline=baseline_seen()), T0).status
+    new = CANDIDATE.__class__(CANDIDATE.name, True, "agent-2", 2, 2)
+    done = promoted(candidate_revision="agent-2", baseline=first.baseline)
+    seen = baseline_seen("agent-2", cost=0.019)
+    p = plan(spec, done, observe(route=w(100), candidate=new, baseline=seen), T0 + timedelta(hours=2))
+    assert "-5.0% against the previous baseline (target -20%: not reached)" in (
+        stage(p, Stage.OPTIMIZE).criteria[0].message
+    )

@@ -418,3 +418,48 @@ def test_a_milestone_measures_every_gate_over_exactly_the_window_its_requests_we
     assert reads[12].value.promql in world.prometheus.queries[asked:]
     assert world.status["currentStep"] == 1
     assert world.history_reasons()[-2:] == ["MilestoneRecorded", "StepCompleted"]
+
+
+def test_a_promoted_revision_has_its_baseline_measured_over_the_rollout_against_legacy() -> None:
+    started = iso(FakeClock().now)
+    status = {
+        "phase": "Promoted",
+        "currentStep": 3,
+        "weights": {"legacy": 0, "candidate": 100},
+        "candidateRevision": "agent-1",
+        "stepStartedAt": started,
+        "attemptStartedAt": started,
+        "sequence": 3,
+    }
+    world = World(rollout_body(THREE_WEIGHTS, status=status), route_object(0, 100))
+    reads = {s: template_read(Template.ERROR_RATE, api.MetricNames(), window=f"{s}s") for s in (630, 660)}
+
+    def answer(promql: str) -> Any:
+        for read in reads.values():
+            if promql == read.value.promql:  # errors: 1 of the candidate's, 4 of legacy's
+                return [
+                    ({"namespace": NS, "version": CANDIDATE}, 1.0),
+                    ({"namespace": NS, "version": LEGACY}, 4.0),
+                ]
+            if promql == read.samples.promql:
+                return [
+                    ({"namespace": NS, "version": CANDIDATE}, 1260.0),
+                    ({"namespace": NS, "version": LEGACY}, 630.0),
+                ]
+        return []  # every other signal: no series, so no data
+
+    world.prometheus.answer = answer
+    world.clock.advance(600)
+    world.tick()  # 630 s after the rollout started
+
+    baseline = world.status["baseline"]
+    assert (baseline["revision"], baseline["windowSeconds"]) == ("agent-1", 630)
+    metrics = {m["name"]: m for m in baseline["metrics"]}
+    errors = metrics["errorRate"]
+    assert (errors["candidate"], errors["legacy"]) == (1 / 1260, 4 / 630)
+    assert (errors["candidateSamples"], errors["legacySamples"]) == (1260, 630)
+    assert (metrics["throughput"]["candidate"], metrics["throughput"]["legacy"]) == (2.0, 1.0)
+    assert "candidate" not in metrics["costPerTransaction"]  # no data: left out, not zero
+    writes = len(world.kube.writes)
+    world.tick()  # recorded: no more measuring, nothing more to write
+    assert world.kube.writes[writes:] == [] and world.status["baseline"] == baseline

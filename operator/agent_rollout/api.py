@@ -347,6 +347,13 @@ class Criteria(_Model):
         description="Harden: signals that must have alerts configured.",
     )
     alerts_answered: int = Field(default=1, ge=1, description="Deploy: alerts answered during the rollout.")
+    improvement_target: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Optimize: the cost per transaction a new baseline should save against the previous "
+        "one (0.2: 20% lower); reported next to the change, never acted on.",
+    )
     waive: list[Criterion] = Field(
         default_factory=list,
         max_length=len(Criterion),
@@ -411,6 +418,7 @@ class GateResult(_Model):
     legacy_value: float | None = None
     bound: str = Field(default="", description="Human-readable bound, e.g. '<= 0.01' or '<= 1.2 x legacy'.")
     samples: int | None = None
+    legacy_samples: int | None = None
     min_samples: int = 0
     query: str = ""
     message: str = ""
@@ -483,6 +491,38 @@ class MilestoneRecord(_Model):
     gates: list[GateResult] = Field(default_factory=list)
 
 
+class BaselineMetric(_Model):
+    """One measured signal of a baseline: candidate and legacy over the same window, with samples."""
+
+    name: str
+    candidate: float | None = None
+    legacy: float | None = None
+    candidate_samples: int | None = None
+    legacy_samples: int | None = None
+    previous: float | None = Field(
+        default=None, description="The candidate's value in the previous baseline."
+    )
+    change: float | None = Field(
+        default=None,
+        description="Relative change of the candidate against the previous baseline (-0.2: 20% lower).",
+    )
+
+
+class Baseline(_Model):
+    """Recorded when a revision is promoted: what it costs and how it behaves, against legacy and against
+    the previous baseline of this AgentRollout (the Optimize stage's evidence)."""
+
+    revision: str | None = None
+    recorded_at: str
+    window_seconds: int = Field(
+        description="The window is the last windowSeconds before recordedAt: from the rollout's start, "
+        "at most 1h; legacy served in it until the promotion, the candidate throughout."
+    )
+    metrics: list[BaselineMetric] = Field(default_factory=list)
+    previous_revision: str | None = None
+    previous_recorded_at: str | None = None
+
+
 class ReadinessStatus(_Model):
     stage: Stage = Field(description="The first stage not Met: where the agent stands.")
     next: str = Field(default="", description="The next unmet criterion, in one line.")
@@ -536,6 +576,12 @@ class AgentRolloutStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
     history: list[Decision] = Field(default_factory=list)
     readiness: ReadinessStatus | None = None
+    attempt_started_at: str | None = Field(
+        default=None, description="When the current attempt (start, retry, new revision) began."
+    )
+    baseline: Baseline | None = Field(
+        default=None, description="The latest promoted revision's baseline; kept across rollouts."
+    )
 
 
 HISTORY_LIMIT = 20

@@ -67,6 +67,15 @@ class MilestoneObservation:
 
 
 @dataclass(frozen=True)
+class BaselineObservation:
+    """A promoted revision's signals, candidate and legacy, over the last `window_seconds`."""
+
+    revision: str | None
+    window_seconds: int
+    gates: tuple[GateResult, ...]
+
+
+@dataclass(frozen=True)
 class Observations:
     """Everything the shell measured for one reconcile. `None` means "could not be observed"."""
 
@@ -79,6 +88,7 @@ class Observations:
     prometheus_error: str | None = None
     candidate_requests: int | None = None  # candidate requests since status.stepStartedAt
     milestone: MilestoneObservation | None = None  # the current step's milestone window, once N were served
+    baseline: BaselineObservation | None = None  # measured while a promoted revision has no baseline
     generation: int | None = None
     route_intent: RouteIntent | None = None  # this rollout's write-ahead record on the route
     route_claimed_by: str | None = None  # an older AgentRollout that names the same route

@@ -69,6 +69,8 @@ from agent_rollout.conditions import find_condition, remove_condition
 from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, SpecProblem, iso
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
 from agent_rollout.readiness import (
+    baseline_due,
+    baseline_record,
     hold_text,
     milestone_due,
     milestone_record,
@@ -148,7 +150,7 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     set_traffic_condition(t, spec)
     set_completed_condition(t)
     if spec is not None and not problems:
-        t.st.readiness = scorecard(spec, _milestones(t.st))
+        t.st.readiness = _card(t.st, spec)
         _set_stages_condition(t, spec)
     t.st.message = status_message(t, spec, problems)
     t.st.step = _step_label(t.st, spec)
@@ -234,7 +236,9 @@ def _recover(t: Tick) -> None:
     if entered_step:
         st.last_analysis, st.last_analysis_at, st.inconclusive_runs = [], None, {}
         # This tick's gates were measured over windows of the step we left: not evidence for this one.
-        t.obs = replace(t.obs, gates=None, prometheus_error=None, candidate_requests=None, milestone=None)
+        t.obs = replace(
+            t.obs, gates=None, prometheus_error=None, candidate_requests=None, milestone=None, baseline=None
+        )
     try:
         reason = Reason(intent.reason)
     except ValueError:
@@ -285,6 +289,8 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
         elif legacy_found:
             t.waiting = f"waiting for candidate {spec.candidate.deployment} to have an available replica"
         return
+    if t.st.phase is Phase.PROMOTED:
+        _record_baseline(t, spec)
     if t.st.phase not in LIVE_PHASES:
         return
     # Repairs for a status edited by hand or steps removed from the spec: judge the nearest real step.
@@ -404,6 +410,7 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
     st.promote = st.abort = st.retry = False
     st.last_analysis, st.last_analysis_at = [], None
     st.readiness = None  # the evidence belongs to the attempt: a new revision earns its own
+    st.attempt_started_at = step_start(t.now)
     first = spec.steps[0]
     phase = Phase.PAUSED if is_approval(first) else Phase.PROGRESSING
     transition(t, spec, phase, reason, f"{message}: step 1/{len(spec.steps)} ({step_text(first)})")
@@ -621,6 +628,22 @@ def _milestones(st: AgentRolloutStatus) -> list[api.MilestoneRecord]:
     return list(st.readiness.milestones) if st.readiness is not None else []
 
 
+def _card(
+    st: AgentRolloutStatus, spec: AgentRolloutSpec, milestones: list[api.MilestoneRecord] | None = None
+) -> api.ReadinessStatus:
+    found = _milestones(st) if milestones is None else milestones
+    return scorecard(spec, found, st.baseline, st.candidate_revision)
+
+
+def _record_baseline(t: Tick, spec: AgentRolloutSpec) -> None:
+    """A promoted revision's baseline, once, against the previous one. Evidence, not a decision: no
+    Decision and no Event (the promotion was both); status.baseline says when and over what."""
+    seen, st = t.obs.baseline, t.st
+    if seen is None or not baseline_due(spec, st) or seen.revision != st.candidate_revision:
+        return
+    st.baseline = baseline_record(seen.gates, seen.window_seconds, seen.revision, st.baseline, iso(t.now))
+
+
 def _record_milestone(t: Tick, spec: AgentRolloutSpec) -> None:
     """The current step's first N transactions are in: record every gate over exactly that window, once."""
     st, seen = t.st, t.obs.milestone
@@ -640,8 +663,7 @@ def _record_milestone(t: Tick, spec: AgentRolloutSpec) -> None:
         tuple(evidence),
         iso(t.now),
     )
-    card = scorecard(spec, [*_milestones(st), record_])
-    st.readiness = card
+    st.readiness = _card(st, spec, [*_milestones(st), record_])
     rate = "no data" if record_.error_rate is None else f"{record_.error_rate:.4g}"
     message = (
         f"milestone of step {st.current_step + 1}/{len(spec.steps)}: first {record_.requests} candidate "
@@ -663,7 +685,7 @@ def _raised_weight(spec: AgentRolloutSpec, index: int) -> tuple[int, str]:
 def _stage_hold_text(t: Tick, spec: AgentRolloutSpec) -> str | None:
     """Why completing the current step is not allowed by spec.readiness.requireStages, or None."""
     weight, what = _raised_weight(spec, t.st.current_step)
-    unmet = unmet_requirement(spec, scorecard(spec, _milestones(t.st)), weight)
+    unmet = unmet_requirement(spec, _card(t.st, spec), weight)
     if unmet is None:
         return None
     return f"{what} would raise the candidate weight to {weight}: {hold_text(*unmet)}"

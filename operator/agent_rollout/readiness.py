@@ -19,6 +19,9 @@ from agent_rollout import api
 from agent_rollout.api import (
     AgentRolloutSpec,
     AgentRolloutStatus,
+    Baseline,
+    BaselineMetric,
+    Comparison,
     Criterion,
     CriterionScore,
     GateResult,
@@ -80,11 +83,18 @@ def first_milestone(spec: AgentRolloutSpec) -> Milestone | None:
     return next((s.milestone for s in spec.steps if s.milestone is not None), None)
 
 
-def scorecard(spec: AgentRolloutSpec, milestones: list[MilestoneRecord]) -> ReadinessStatus:
+def scorecard(
+    spec: AgentRolloutSpec,
+    milestones: list[MilestoneRecord],
+    baseline: Baseline | None = None,
+    revision: str | None = None,
+) -> ReadinessStatus:
+    """`baseline` counts for Optimize only when it is the baseline of `revision` (the candidate's)."""
     waived = set(spec.readiness.criteria.waive)
+    own = baseline if baseline is not None and baseline.revision == revision else None
     stages = []
     for stage, names in STAGE_CRITERIA.items():
-        kept = [_score(name, spec, milestones) for name in names if name not in waived]
+        kept = [_score(name, spec, milestones, own) for name in names if name not in waived]
         stages.append(
             StageScore(
                 stage=stage,
@@ -120,8 +130,12 @@ def _stage_score(criteria: list[CriterionScore]) -> Score:
     return Score.NOT_MEASURED
 
 
-def _score(name: Criterion, spec: AgentRolloutSpec, milestones: list[MilestoneRecord]) -> CriterionScore:
+def _score(
+    name: Criterion, spec: AgentRolloutSpec, milestones: list[MilestoneRecord], baseline: Baseline | None
+) -> CriterionScore:
     text = requirement(name, spec)
+    if name is Criterion.BASELINE and baseline is not None:
+        return _baseline_score(spec, baseline, text)
     if name is not Criterion.FIRST_TRANSACTIONS:
         return CriterionScore(
             name=name, score=Score.NOT_MEASURED, requirement=text, message=_NOT_MEASURED[name]
@@ -243,4 +257,139 @@ def hold_text(required: RequireStage, stage: StageScore) -> str:
     return (
         f"stage {required.stage.value} must be Met before the candidate weight exceeds {required.before} "
         f"(it is {stage.score.value}; next: {unmet_text(stage)})"
+    )
+
+
+# ---------------------------------------------------------------- baselines
+
+# Seconds of data a baseline is measured over at most: the rollout's last hour (or all of it).
+BASELINE_WINDOW_MAX = 3600
+COST = "costPerTransaction"
+THROUGHPUT = "throughput"
+# Signal name -> (template, quantile): each measured for candidate and legacy over the same window.
+BASELINE_SIGNALS: dict[str, tuple[Template, float]] = {
+    COST: (Template.COST_PER_REQUEST, 0.95),
+    "tokensPerTransaction": (Template.TOKENS_PER_REQUEST, 0.95),
+    "latencyP50": (Template.LATENCY_QUANTILE, 0.5),
+    "latencyP95": (Template.LATENCY_QUANTILE, 0.95),
+    "errorRate": (Template.ERROR_RATE, 0.95),
+    "flagRate": (Template.FLAG_RATE, 0.95),
+    "evalAccuracy": (Template.EVAL_ACCURACY, 0.95),
+}
+_GATE_PREFIX = "baseline-"
+
+
+def baseline_due(spec: AgentRolloutSpec, status: AgentRolloutStatus) -> bool:
+    """A promoted revision without its baseline: the shell measures one (and again until it lands)."""
+    if spec.analysis is None or status.phase is not api.Phase.PROMOTED:
+        return False
+    return status.baseline is None or status.baseline.revision != status.candidate_revision
+
+
+def baseline_window(seconds_since_start: float) -> int:
+    """Whole seconds since the attempt began, at most BASELINE_WINDOW_MAX, at least 1."""
+    return max(1, min(BASELINE_WINDOW_MAX, int(seconds_since_start)))
+
+
+def baseline_spec(spec: AgentRolloutSpec, seconds: int) -> AgentRolloutSpec:
+    """One unbounded, comparing gate per signal over the window: candidate and legacy are both measured,
+    and the verdicts mean nothing (a baseline records, it never judges)."""
+    assert spec.analysis is not None
+    gates = [
+        api.Gate(
+            name=_GATE_PREFIX + name.lower(),
+            template=template,
+            quantile=quantile,
+            window=f"{seconds}s",
+            compare=Comparison(max_ratio=1e9),
+        )
+        for name, (template, quantile) in BASELINE_SIGNALS.items()
+    ]
+    return spec.model_copy(update={"analysis": spec.analysis.model_copy(update={"gates": gates})})
+
+
+def baseline_record(
+    results: tuple[GateResult, ...],
+    seconds: int,
+    revision: str | None,
+    previous: Baseline | None,
+    now_text: str,
+) -> Baseline:
+    by_name = {r.name: r for r in results}
+    before = {m.name: m.candidate for m in previous.metrics} if previous is not None else {}
+    metrics = []
+    for name in BASELINE_SIGNALS:
+        r = by_name.get(_GATE_PREFIX + name.lower())
+        if r is None:
+            continue
+        metrics.append(_metric(name, r.value, r.legacy_value, r.samples, r.legacy_samples, before.get(name)))
+    # Requests per second over the window, from the error rate's request counts.
+    errors = by_name.get(_GATE_PREFIX + "errorrate")
+    if errors is not None:
+        candidate = errors.samples / seconds if errors.samples is not None else None
+        legacy = errors.legacy_samples / seconds if errors.legacy_samples is not None else None
+        metrics.append(
+            _metric(
+                THROUGHPUT, candidate, legacy, errors.samples, errors.legacy_samples, before.get(THROUGHPUT)
+            )
+        )
+    return Baseline(
+        revision=revision,
+        recorded_at=now_text,
+        window_seconds=seconds,
+        metrics=metrics,
+        previous_revision=previous.revision if previous is not None else None,
+        previous_recorded_at=previous.recorded_at if previous is not None else None,
+    )
+
+
+def _metric(
+    name: str,
+    candidate: float | None,
+    legacy: float | None,
+    samples: int | None,
+    legacy_samples: int | None,
+    previous: float | None,
+) -> BaselineMetric:
+    change = None
+    if candidate is not None and previous:
+        change = round((candidate - previous) / abs(previous), 6)
+    return BaselineMetric(
+        name=name,
+        candidate=candidate,
+        legacy=legacy,
+        candidate_samples=samples,
+        legacy_samples=legacy_samples,
+        previous=previous,
+        change=change,
+    )
+
+
+def _baseline_score(spec: AgentRolloutSpec, baseline: Baseline, text: str) -> CriterionScore:
+    cost = next((m for m in baseline.metrics if m.name == COST), None)
+    target = spec.readiness.criteria.improvement_target
+    parts = []
+    if cost is not None and cost.candidate is not None:
+        parts.append(f"cost per transaction {cost.candidate:.4g}")
+        if cost.legacy is not None:
+            parts.append(f"legacy {cost.legacy:.4g}")
+        if cost.change is not None:
+            reached = "reached" if cost.change <= -target else "not reached"
+            parts.append(
+                f"{cost.change:+.1%} against the previous baseline (target -{target:.0%}: {reached})"
+            )
+        else:
+            parts.append("no previous baseline to compare with")
+    else:
+        parts.append("no cost data in the window")
+    return CriterionScore(
+        name=Criterion.BASELINE,
+        score=Score.MET,
+        requirement=text,
+        value=cost.candidate if cost is not None else None,
+        bound=f"-{target:.0%} against the previous baseline",
+        samples=cost.candidate_samples if cost is not None else None,
+        at=baseline.recorded_at,
+        source=f"baseline of revision {baseline.revision}: the last {baseline.window_seconds}s",
+        message=", ".join(parts),
     )

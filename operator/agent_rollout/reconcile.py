@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent_rollout import api
 from agent_rollout.analysis.prometheus import (
+    PrometheusError,
     PrometheusGateway,
     PrometheusUnavailable,
     QueryRejected,
@@ -26,6 +27,7 @@ from agent_rollout.analysis.prometheus import (
     measure_gates,
 )
 from agent_rollout.domain import (
+    BaselineObservation,
     DeploymentState,
     EmitEvent,
     MilestoneObservation,
@@ -39,7 +41,13 @@ from agent_rollout.domain import (
 from agent_rollout.intent import ANNOTATION, annotation_patch, decode, intent_for
 from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
 from agent_rollout.planner import gate_windows, note_route_failure, plan
-from agent_rollout.readiness import milestone_due, milestone_spec
+from agent_rollout.readiness import (
+    baseline_due,
+    baseline_spec,
+    baseline_window,
+    milestone_due,
+    milestone_spec,
+)
 from agent_rollout.statuspatch import merge_patch
 from agent_rollout.tick import parse_time
 from agent_rollout.traffic import gatewayapi
@@ -195,13 +203,14 @@ class Reconciler:
         route_intent = _our_intent(route, name)
 
         gates, prometheus_error, requests, rejected, unchecked = None, None, None, None, None
-        milestone = None
+        milestone, baseline = None, None
         if spec is not None and not problems and claimed_by is None:
             found, unchecked = await self._preflight(namespace, spec, status, meta.get("generation"), written)
             problems = (*problems, *found)
         if spec is not None and not problems and claimed_by is None:
             measured = await self._measure(namespace, spec, status, now)
             gates, prometheus_error, requests, rejected, milestone = measured
+            baseline = await self._baseline(namespace, spec, status, now)
         obs = Observations(
             problems=problems,
             legacy=legacy,
@@ -212,6 +221,7 @@ class Reconciler:
             prometheus_error=prometheus_error,
             candidate_requests=requests,
             milestone=milestone,
+            baseline=baseline,
             generation=meta.get("generation"),
             route_intent=route_intent,
             route_claimed_by=claimed_by,
@@ -308,6 +318,22 @@ class Reconciler:
         except PrometheusUnavailable as e:
             return None, str(e), None, None, None
         return gates, None, requests, None, milestone
+
+    async def _baseline(
+        self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
+    ) -> BaselineObservation | None:
+        """A promoted revision's signals for its baseline, until the planner has recorded one; a
+        Prometheus failure leaves it to the next reconcile."""
+        started = parse_time(status.attempt_started_at or status.step_started_at)
+        if spec.analysis is None or started is None or not baseline_due(spec, status):
+            return None
+        seconds = baseline_window((now - started).total_seconds())
+        try:
+            gates = await measure_gates(baseline_spec(spec, seconds), namespace, self._gateway(spec.analysis))
+        except PrometheusError as e:  # a rejected query too: none of the user's gates is at stake
+            log.warning("%s: baseline not measured yet: %s", namespace, e)
+            return None
+        return BaselineObservation(status.candidate_revision, seconds, gates)
 
     def _gateway(self, analysis: api.Analysis) -> PrometheusGateway:
         return self._gateway_for(analysis.prometheus.url, api.duration_seconds(analysis.prometheus.timeout))
