@@ -108,3 +108,31 @@ def test_a_milestone_records_deploy_evidence_and_a_required_stage_holds_the_rais
         f"\nmilestone: {record['requests']} requests over {record['windowSeconds']}s, error rate "
         f"{record['errorRate']}; held: {status['message']}\n{line.strip()}"
     )
+
+
+def test_a_promoted_revision_records_its_baseline_against_legacy(scene: Callable[..., Scene]) -> None:
+    s = scene(rps=20)
+    steps: list[dict[str, Any]] = [{"setWeight": 50}, {"pause": {"duration": "10s"}}, {"setWeight": 100}]
+    s.apply(s.rollout_manifest("base", steps=steps, minSamples=10, gates=[ERROR_GATE]))
+    s.wait_for_phase("base", "Promoted", timeout_s=120)
+
+    def recorded() -> dict[str, Any] | None:
+        status = s.status("base")
+        return status if status.get("baseline") else None
+
+    status = wait_until("a baseline", recorded, 60)
+    baseline = status["baseline"]
+    assert baseline["revision"] == status["candidateRevision"] and baseline["windowSeconds"] >= 10
+    metrics = {m["name"]: m for m in baseline["metrics"]}
+    errors, throughput = metrics["errorRate"], metrics["throughput"]
+    # Both served in the window: sample counts on both sides, and their requests per second.
+    assert errors["candidateSamples"] > 0 and errors["legacySamples"] > 0, errors
+    assert errors["candidate"] is not None and errors["legacy"] is not None
+    assert throughput["candidate"] == errors["candidateSamples"] / baseline["windowSeconds"]
+    assert 0 < throughput["legacy"] < throughput["candidate"], throughput
+    optimize = next(x for x in status["readiness"]["stages"] if x["stage"] == "Optimize")
+    assert optimize["score"] == "Met" and optimize["criteria"][0]["at"] == baseline["recordedAt"]
+    print(
+        f"\nbaseline over {baseline['windowSeconds']}s: "
+        + ", ".join(f"{m['name']} {m.get('candidate')}/{m.get('legacy')}" for m in baseline["metrics"])
+    )
