@@ -8,12 +8,17 @@ its `before`, with the StagesReady condition, one StageRequired Event, and the p
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from e2e.cluster import ClusterState
 from e2e.rollout.scene import CANDIDATE, LEGACY, Scene, wait_until
-from e2e.rollout.test_verbs_and_volume import ERROR_GATE, TOLERANCE, plugin
+from e2e.rollout.test_verbs_and_volume import ERROR_GATE, PLUGIN, TOLERANCE, plugin
 
 N = 60
 
@@ -110,7 +115,20 @@ def test_a_milestone_records_deploy_evidence_and_a_required_stage_holds_the_rais
     )
 
 
-def test_a_promoted_revision_records_its_baseline_against_legacy(scene: Callable[..., Scene]) -> None:
+def report(cluster: ClusterState, s: Scene, name: str, output: str, out: Path) -> str:
+    """`kubectl agentrollout report NAME -o OUTPUT --out FILE`, the real plugin as its own process."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    args = [str(PLUGIN), "report", name, "-n", s.namespace, "--kubeconfig", str(cluster.kubeconfig)]
+    args += ["-o", output, "--out", str(out), "--prometheus", s.prometheus_url]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout
+    return out.read_text()
+
+
+def test_a_promoted_revision_records_its_baseline_against_legacy(
+    scene: Callable[..., Scene], cluster: ClusterState, tmp_path: Path
+) -> None:
     s = scene(rps=20)
     steps: list[dict[str, Any]] = [{"setWeight": 50}, {"pause": {"duration": "10s"}}, {"setWeight": 100}]
     s.apply(s.rollout_manifest("base", steps=steps, minSamples=10, gates=[ERROR_GATE]))
@@ -136,3 +154,18 @@ def test_a_promoted_revision_records_its_baseline_against_legacy(scene: Callable
         f"\nbaseline over {baseline['windowSeconds']}s: "
         + ", ".join(f"{m['name']} {m.get('candidate')}/{m.get('legacy')}" for m in baseline["metrics"])
     )
+
+    # The report of this finished rollout: scorecard, timeline, plots from Prometheus range queries
+    # and the baseline, in one file that needs no network.
+    page = report(cluster, s, "base", "html", tmp_path / "base.html")
+    assert page.count("<svg") == 2, "the candidate weight and the error-rate gate"
+    assert "Gate error-rate: no plot" not in page
+    assert "optimize/baseline" in page and "throughput" in page and "Promoted" in page
+    assert not re.search(r"<(script|link|img|iframe)\b|\bsrc=|\bhref=", page)
+    data = json.loads(report(cluster, s, "base", "json", tmp_path / "base.json"))
+    (gate,) = data["gates"]
+    assert gate["error"] is None and len(gate["points"]) >= 5, gate
+    assert all(0 <= v <= 0.05 for _, v in gate["points"])  # a healthy candidate, under its bound
+    assert [e["reason"] for e in data["timeline"]][-1] == "Promoted"
+    assert data["baseline"] == baseline
+    print(f"report: {tmp_path / 'base.html'} ({len(page)} bytes, {len(gate['points'])} points of error-rate)")
