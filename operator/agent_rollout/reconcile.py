@@ -309,15 +309,30 @@ class Reconciler:
                 since = (now - started).total_seconds()  # < 1 s (even < 0: rounded up) counts 0
                 requests = await candidate_requests(spec, namespace, since, gateway)
                 if due is not None and requests is not None and requests >= due.transactions:
-                    # Exactly the window the requests were counted over: the same whole seconds.
-                    seconds = int(since)
-                    over = await measure_gates(milestone_spec(spec, seconds), namespace, gateway)
-                    milestone = MilestoneObservation(status.current_step, requests, seconds, over)
+                    milestone = await self._milestone(namespace, spec, status, int(since), requests)
         except QueryRejected as e:
             return None, None, None, str(e), None
         except PrometheusUnavailable as e:
             return None, str(e), None, None, None
         return gates, None, requests, None, milestone
+
+    async def _milestone(
+        self,
+        namespace: str,
+        spec: api.AgentRolloutSpec,
+        status: api.AgentRolloutStatus,
+        seconds: int,
+        requests: int,
+    ) -> MilestoneObservation | None:
+        """Every gate over exactly the whole seconds the milestone's requests were counted in; a failure
+        leaves it to the next reconcile rather than counting against the gates."""
+        assert spec.analysis is not None
+        try:
+            over = await measure_gates(milestone_spec(spec, seconds), namespace, self._gateway(spec.analysis))
+        except PrometheusError as e:
+            log.warning("%s: milestone not measured yet: %s", namespace, e)
+            return None
+        return MilestoneObservation(status.current_step, requests, seconds, over)
 
     async def _baseline(
         self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
