@@ -62,6 +62,8 @@ class Reason(StrEnum):
     QUERY_REJECTED = "QueryRejected"  # Prometheus refuses a gate's query: the candidate cannot be judged
     RECOVERED = "Recovered"  # resumed from the route's write-ahead record after a lost status write
     WEIGHTS_RECONCILED = "WeightsReconciled"
+    MILESTONE_RECORDED = "MilestoneRecorded"  # a step's first N transactions, with the gates over them
+    STAGE_REQUIRED = "StageRequired"  # a step holds: a required stage is not Met (spec.readiness)
     DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
 
 
@@ -79,6 +81,7 @@ WARNING_REASONS = frozenset(
         Reason.ROUTE_WRITE_FAILED,
         Reason.RECOVERED,
         Reason.QUERY_REJECTED,
+        Reason.STAGE_REQUIRED,
     }
 )
 ROLLBACK_REASONS = frozenset(
@@ -150,7 +153,7 @@ def record(t: Tick, reason: Reason, message: str, evidence: list[GateResult]) ->
         message=bounded(message),
         step=st.current_step,
         weights=st.weights.model_copy(),
-        evidence=[_history_evidence(r) for r in evidence],
+        evidence=[history_evidence(r) for r in evidence],
     )
     st.history = [*st.history, decision][-api.HISTORY_LIMIT :]
     text = event_text(message, evidence)
@@ -184,7 +187,7 @@ def latest_evidence(result: GateResult) -> GateResult:
     )
 
 
-def _history_evidence(result: GateResult) -> GateResult:
+def history_evidence(result: GateResult) -> GateResult:
     return result.model_copy(
         update={
             "query": bounded(result.query, EVIDENCE_TEXT_LIMIT),
