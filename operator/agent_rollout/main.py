@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         # kopf logs every handled watch event at INFO; at 10k rollouts that drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
+    from agent_rollout import profiling
+
+    profiling.install()
     import agent_rollout.handlers  # noqa: F401  (registers the handlers)
 
     asyncio.run(

@@ -1,0 +1,37 @@
+"""The memory profile hook: off unless asked, and on SIGUSR2 it logs where the memory is."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tracemalloc
+
+import pytest
+
+from agent_rollout import profiling
+
+
+def test_sigusr2_logs_the_lines_holding_the_most_memory(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(profiling.ENV, "1")
+    previous = signal.getsignal(signal.SIGUSR2)
+    try:
+        profiling.install()
+        held = [bytearray(1024) for _ in range(2048)]  # 2 MiB on one line of this file
+        with caplog.at_level(logging.WARNING, logger=profiling.__name__):
+            os.kill(os.getpid(), signal.SIGUSR2)
+        assert "traced" in caplog.text
+        top = caplog.text.splitlines()[1]  # the line holding the most
+        assert "test_profiling.py" in top, caplog.text
+        del held
+    finally:
+        tracemalloc.stop()
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(profiling.ENV, raising=False)
+    profiling.install()
+    assert not tracemalloc.is_tracing()
