@@ -10,7 +10,7 @@ import pytest
 
 from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway, PrometheusUnavailable, measure_gates
-from agent_rollout.analysis.templates import Block, template_read
+from agent_rollout.analysis.templates import Block, BlockValues, template_read
 from agent_rollout.api import AgentRolloutSpec, GateResult, MetricNames, Template, Verdict, parse_spec
 from tests.prometheus_http import FakePrometheusServer, loop_ticks_during, series
 
@@ -213,3 +213,32 @@ def test_block_reads_do_not_block_the_event_loop(prometheus: FakePrometheusServe
 def test_a_negative_ttl_is_refused() -> None:
     with pytest.raises(ValueError, match="ttl"):
         BatchReader(ttl=-1)
+
+
+def test_a_reader_that_accepts_older_answers_gets_them_up_to_the_readers_longest() -> None:
+    """The fast check wants second-old answers, an evaluation accepts older ones: one answer serves
+    both while it is young, only the evaluation while it is older, nobody past `longest`."""
+    now = [0.0]
+    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0)
+    block = blocks(Template.ERROR_RATE)[0]
+    fetched: list[float] = []
+
+    async def fetch() -> BlockValues:
+        fetched.append(now[0])
+        return {("support", "candidate"): 1.0}
+
+    async def read(max_age: float | None) -> None:
+        await reader.read(block, fetch, timeout=1.0, max_age=max_age)
+
+    async def scenario() -> None:
+        await read(None)
+        now[0] = 3.0
+        await read(5.0)  # the evaluation: a 3 s old answer will do
+        assert fetched == [0.0]
+        await read(None)  # the fast check: not 3 s old
+        assert fetched == [0.0, 3.0]
+        now[0] = 30.0
+        await read(60.0)  # asks for more than the reader allows: 27 s is too old
+        assert fetched == [0.0, 3.0, 30.0]
+
+    asyncio.run(scenario())

@@ -224,7 +224,7 @@ class FakeGateway:
         answer: float | None = await self._answer(promql)
         return answer
 
-    async def block(self, block: Block) -> BlockValues:
+    async def block(self, block: Block, max_age: float | None = None) -> BlockValues:
         return await self._answer(block.promql) or {}
 
 

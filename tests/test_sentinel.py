@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
+
 from agent_rollout import api
 from agent_rollout.api import Phase, Weights
 from agent_rollout.domain import iso
-from agent_rollout.sentinel import Sentinel
+from agent_rollout.sentinel import Sentinel, next_pause
 from tests.fakes import FakeClock, FakePrometheus
 from tests.test_reconcile import Metrics, rollout_body
 
@@ -88,3 +90,9 @@ def test_prometheus_down_wakes_nobody() -> None:
     sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
 
     assert _sweep(sentinel) == 0 and woken == []
+
+
+def test_sweeps_keep_their_period_while_cheap_and_stretch_when_expensive() -> None:
+    assert next_pause(1.0, 0.1) == pytest.approx(0.9)  # a second apart
+    assert next_pause(1.0, 0.5) == pytest.approx(1.5)  # never more than a quarter of the time busy
+    assert next_pause(1.0, 2.0) == pytest.approx(6.0)

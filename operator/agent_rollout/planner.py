@@ -46,6 +46,7 @@ Choices on open questions (each is a rule a reviewer may want to change in one p
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -112,6 +113,12 @@ __all__ = ["Reason", "fast_gates", "gate_windows", "note_route_failure", "plan",
 # a gate waits up to this long for samples of its own; rounding keeps the windows of many rollouts
 # few, so they still share building-block queries.
 MIN_WINDOW_SECONDS = 5
+# The windows a clamped gate rounds down to: 5 s times a power of two or three times one (5, 10, 15,
+# 20, 30, 40, 60, 80, 120, ...), each at most 1.5 times the last. Rollouts whose steps began at
+# different moments then share a handful of windows, so the building-block queries (each returns a
+# series for every rollout) stay a handful too: with every 5 s a window of its own, 10,000 rollouts
+# starting over a few minutes asked Prometheus for dozens of full-fleet vectors a second.
+WINDOW_LADDER = tuple(sorted({MIN_WINDOW_SECONDS * f * 2**k for k in range(20) for f in (1, 3)}))
 # After a counted failure a gate's window starts this much later: one burst is one failure when it ends
 # within this long after the failure was seen; a sustained breach fails again after grace + min window.
 FAILURE_GRACE_SECONDS = 5
@@ -210,8 +217,14 @@ def gate_windows(spec: AgentRolloutSpec, status: AgentRolloutStatus, now: dateti
         elif elapsed < MIN_WINDOW_SECONDS:
             windows[gate.name] = None
         else:
-            windows[gate.name] = int(elapsed // MIN_WINDOW_SECONDS) * MIN_WINDOW_SECONDS
+            windows[gate.name] = _ladder_floor(elapsed)
     return windows
+
+
+def _ladder_floor(seconds: float) -> int:
+    """The longest ladder window not longer than `seconds` (>= MIN_WINDOW_SECONDS)."""
+    window: int = WINDOW_LADDER[bisect.bisect_right(WINDOW_LADDER, seconds) - 1]
+    return window
 
 
 # ---------------------------------------------------------------- stages

@@ -29,31 +29,49 @@ DEFAULT_TTL = 1.0  # seconds
 
 @dataclass
 class _Entry:
-    expires: float
+    sent: float  # when its query was sent: the answer is at least this old
     values: BlockValues
 
 
 class BatchReader:
     """Building-block vectors of one Prometheus, shared by every rollout that reads it."""
 
-    def __init__(self, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        longest: float | None = None,
+    ) -> None:
         if not ttl >= 0:
             raise ValueError(f"ttl must be >= 0 seconds, got {ttl!r}")
         self.ttl = ttl
+        # The oldest answer a reader that asks for older ones (read's max_age) may get; by default
+        # none older than ttl.
+        self.longest = ttl if longest is None else max(ttl, longest)
         self._clock = clock
         self._cache: dict[Block, _Entry] = {}
         self._in_flight: dict[Block, asyncio.Task[BlockValues]] = {}
+        self._keep = ttl  # how long answers are kept: the longest max_age any reader asked for
         self.fetches = 0  # queries started, for tests and benchmarks
 
     async def read(
-        self, block: Block, fetch: Callable[[], Awaitable[BlockValues]], timeout: float
+        self,
+        block: Block,
+        fetch: Callable[[], Awaitable[BlockValues]],
+        timeout: float,
+        max_age: float | None = None,
     ) -> BlockValues:
         """The block's values, from the cache, from a query in flight, or from a new query `fetch()`.
+        `max_age` (default: the reader's ttl) is how old an answer this reader accepts: the fast
+        check wants its second-old answers, an evaluation at a 30 s interval is as right with older
+        ones, and at 10,000 rollouts each answer a query saves is a vector of 20,000 series.
 
         Raises what the query raised, or TimeoutError after `timeout` seconds of waiting.
         """
+        max_age = self.ttl if max_age is None else min(max_age, self.longest)
+        self._keep = max(self._keep, max_age)
         entry = self._cache.get(block)
-        if entry is not None and self._clock() < entry.expires:
+        if entry is not None and self._clock() - entry.sent < max_age:
             return entry.values
         task = self._in_flight.get(block)
         if task is None or task.get_loop() is not asyncio.get_running_loop():
@@ -62,7 +80,7 @@ class BatchReader:
         return await asyncio.wait_for(asyncio.shield(task), timeout)
 
     def _start(self, block: Block, fetch: Callable[[], Awaitable[BlockValues]]) -> asyncio.Task[BlockValues]:
-        expires = self._clock() + self.ttl  # from when the query is sent: the answer is that old at least
+        sent = self._clock()  # from when the query is sent: the answer is that old at least
         self.fetches += 1
 
         async def query() -> BlockValues:
@@ -74,11 +92,11 @@ class BatchReader:
             if task.cancelled() or task.exception() is not None:  # retrieved, so never "unretrieved"
                 return
             now = self._clock()
-            # Blocks nobody reads any more (a deleted rollout's window) go once they expire.
-            for stale in [b for b, e in self._cache.items() if e.expires <= now]:
+            # Blocks nobody reads any more (a deleted rollout's window) go once no reader accepts them.
+            for stale in [b for b, e in self._cache.items() if now - e.sent >= self._keep]:
                 del self._cache[stale]
-            if expires > now:
-                self._cache[block] = _Entry(expires, task.result())
+            if now - sent < self._keep:
+                self._cache[block] = _Entry(sent, task.result())
 
         task = asyncio.get_running_loop().create_task(query(), name=f"prometheus block {block.promql}")
         task.add_done_callback(done)

@@ -52,6 +52,7 @@ from agent_rollout.api import (
     GateResult,
     MetricNames,
     Verdict,
+    duration_seconds,
 )
 from agent_rollout.domain import SpecProblem
 
@@ -89,7 +90,7 @@ class QueryRejected(PrometheusError):
 class MetricsSource(Protocol):
     async def scalar(self, promql: str) -> float | None: ...
 
-    async def block(self, block: Block) -> BlockValues: ...
+    async def block(self, block: Block, max_age: float | None = None) -> BlockValues: ...
 
 
 class QueryChecker(Protocol):
@@ -237,11 +238,14 @@ class PrometheusGateway:
         refuses the query, PrometheusUnavailable for any other failure."""
         return await self._run(promql, parse_scalar)
 
-    async def block(self, block: Block) -> BlockValues:
-        """A building block's values by (namespace, version), shared through the reader."""
+    async def block(self, block: Block, max_age: float | None = None) -> BlockValues:
+        """A building block's values by (namespace, version), shared through the reader; an answer
+        up to `max_age` seconds old will do (default: the reader's ttl)."""
         parse = functools.partial(parse_vector, labels=(block.namespace_label, block.version_label))
         try:
-            return await self.reader.read(block, lambda: self._run(block.promql, parse), self.timeout)
+            return await self.reader.read(
+                block, lambda: self._run(block.promql, parse), self.timeout, max_age=max_age
+            )
         except TimeoutError:
             raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from None
 
@@ -372,9 +376,13 @@ async def measure_gates(
         for side in (plan.candidate, plan.legacy):
             if side is not None:
                 queries.update(dict.fromkeys(q for q in (side.value, side.samples) if q))
+    # An evaluation every interval is as right with a building block a few seconds old (breaches
+    # between evaluations are the fast check's, on fresh answers): up to a sixth of the interval, and
+    # no older than the reader allows (BatchReader.longest).
+    max_age = duration_seconds(analysis.interval) / 6
     try:
         answers = await _gather_all(
-            [*(gateway.block(b) for b in blocks), *(gateway.scalar(q) for q in queries)]
+            [*(gateway.block(b, max_age=max_age) for b in blocks), *(gateway.scalar(q) for q in queries)]
         )
     except QueryRejected as rejected:
         raise _name_the_gate(rejected, analysis.gates, plans) from rejected

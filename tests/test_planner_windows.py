@@ -1,0 +1,37 @@
+"""Gate windows clamped to the step's start: never before it, and few distinct ones across rollouts
+(each distinct window is a building-block query that returns a series for every rollout)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from agent_rollout import api
+from agent_rollout.api import Phase
+from agent_rollout.domain import iso
+from agent_rollout.planner import WINDOW_LADDER, gate_windows
+from tests.test_reconcile import rollout_body
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def _window(step_age_s: float) -> int | None:
+    spec = api.parse_spec(rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}])["spec"])
+    status = api.AgentRolloutStatus(
+        phase=Phase.PROGRESSING, current_step=1, step_started_at=iso(NOW - timedelta(seconds=step_age_s))
+    )
+    return gate_windows(spec, status, NOW)["error-rate"]
+
+
+def test_a_window_never_reaches_back_before_the_step_began() -> None:
+    for age in range(0, 200):
+        window = _window(age)
+        assert window is None or window <= age, (age, window)
+    assert _window(4) is None  # under 5 s of its own: not measured yet
+    assert _window(119) == 80 and _window(120) == 120 and _window(500) == 120  # the gate's 2m at most
+
+
+def test_rollouts_whose_steps_began_at_any_second_share_a_handful_of_windows() -> None:
+    windows = {_window(age) for age in range(0, 121)}
+    assert windows - {None} <= set(WINDOW_LADDER), windows
+    # 5, 10, 15, 20, 30, 40, 60, 80 and the full 120: nine queries per block, not one per 5 s (24).
+    assert len(windows - {None}) == 9, sorted(w for w in windows if w)
