@@ -60,6 +60,7 @@ class Reason(StrEnum):
     INCONCLUSIVE_LIMIT = "InconclusiveLimit"  # the candidate serves but its gates give no verdict
     ROUTE_WRITE_FAILED = "RouteWriteFailed"  # the API server did not take a weight change
     QUERY_REJECTED = "QueryRejected"  # Prometheus refuses a gate's query: the candidate cannot be judged
+    ALERT_FIRED = "AlertFired"  # an incident alert naming the rollout fired (Alertmanager webhook)
     RECOVERED = "Recovered"  # resumed from the route's write-ahead record after a lost status write
     WEIGHTS_RECONCILED = "WeightsReconciled"
     DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
@@ -79,6 +80,7 @@ WARNING_REASONS = frozenset(
         Reason.ROUTE_WRITE_FAILED,
         Reason.RECOVERED,
         Reason.QUERY_REJECTED,
+        Reason.ALERT_FIRED,
     }
 )
 ROLLBACK_REASONS = frozenset(
@@ -88,6 +90,7 @@ ROLLBACK_REASONS = frozenset(
         Reason.ABORTED,
         Reason.INCONCLUSIVE_LIMIT,
         Reason.QUERY_REJECTED,
+        Reason.ALERT_FIRED,
     }
 )
 LIVE_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
