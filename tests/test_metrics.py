@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 
+import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -73,3 +79,45 @@ def test_scrape_counts_phases_and_shows_live_rollouts_weights_gates_and_rollback
     assert ({}, 3) in found["agent_rollout_reconciles_queued"]
     decisions = {labels["reason"] for labels, _ in found["agent_rollout_decisions_total"]}
     assert {"GateFailed", "AlertFired"} <= decisions
+
+
+CHART = Path(__file__).resolve().parents[1] / "charts" / "agent-rollout"
+METRIC_NAME = re.compile(r"\bagent_rollout_[a-z_]+")
+
+
+def exported_names() -> set[str]:
+    """Every sample name a scrape can show, histogram and counter suffixes included."""
+    unregister = metrics.register_store(FakeStore({("ns", "a"): stored("a", "Progressing", 5)}))
+    metrics.QUERY_SECONDS.labels(prometheus="p").observe(0.1)
+    metrics.QUERY_ERRORS.labels(prometheus="p", kind="unavailable")
+    metrics.ALERTS_RECEIVED.labels(status="firing")
+    metrics.observe_gates(
+        ("ns", "a"), api.Phase.PROGRESSING, [api.GateResult(name="g", verdict=api.Verdict.PASS, value=1)]
+    )
+    metrics.record_decisions(("ns", "a"), ["GateFailed"], ROLLBACK_REASONS)
+    try:
+        return set(scrape())
+    finally:
+        unregister()
+
+
+def test_the_chart_rules_and_dashboard_only_read_metrics_the_operator_exports() -> None:
+    exported = exported_names()
+    rules = yaml.safe_load((CHART / "files" / "agent-rollout.rules.yml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in METRIC_NAME.findall(e)}
+    assert used and used <= exported, sorted(used - exported)
+
+
+def test_the_chart_rules_pass_promtool() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with the prometheus package: bash scripts/install-system-deps.sh"
+    done = subprocess.run(
+        [promtool, "check", "rules", str(CHART / "files" / "agent-rollout.rules.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
