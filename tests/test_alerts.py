@@ -116,10 +116,11 @@ def test_receiver_refuses_requests_without_the_token_and_takes_those_with_it(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
-    book, woken = alerts.AlertBook(), []
-    app = alerts.receiver_app(book, token_file, lambda key: True, woken.append)
+    book, woken, synced = alerts.AlertBook(), [], [False]
+    app = alerts.receiver_app(book, token_file, lambda key: True, woken.append, ready=lambda: synced[0])
     port = free_port()
     body = payload("firing", agentrollout="triage", namespace="prod")
+    good = {"Authorization": "Bearer s3cret"}
 
     async def scenario() -> list[int]:
         runner = await alerts.serve(app, "127.0.0.1", port)
@@ -127,14 +128,18 @@ def test_receiver_refuses_requests_without_the_token_and_takes_those_with_it(
         try:
             async with aiohttp.ClientSession() as http:
                 url = f"http://127.0.0.1:{port}{alerts.PATH}"
-                for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret"}):
+                for headers in ({}, {"Authorization": "Bearer wrong"}, good, "synced", good):
+                    if headers == "synced":
+                        synced[0] = True  # the controller has its first lists now
+                        continue
                     async with http.post(url, json=body, headers=headers) as resp:
                         codes.append(resp.status)
         finally:
             await runner.cleanup()
         return codes
 
-    assert asyncio.run(scenario()) == [401, 401, 200]
+    # Before the first lists: 503, so Alertmanager retries instead of the alert being lost.
+    assert asyncio.run(scenario()) == [401, 401, 503, 200]
     assert woken == [("prod", "triage")]
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 2 and "no bearer token" in refusals[0]

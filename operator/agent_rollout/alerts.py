@@ -144,9 +144,12 @@ def receiver_app(
     token_file: Path,
     known: Callable[[Key], bool],
     wake: Callable[[Key], None],
+    ready: Callable[[], bool] = lambda: True,
 ) -> web.Application:
     """The webhook endpoint (POST /alerts). The token is read at each request, so a rotated Secret
-    (kubelet updates the mounted file) takes effect without a restart."""
+    (kubelet updates the mounted file) takes effect without a restart. Until the controller has its
+    first lists (`ready`), every rollout would look unknown: the answer is 503, which Alertmanager
+    retries, instead of dropping alerts it would not send again before its repeat_interval."""
 
     async def receive(request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "")
@@ -164,6 +167,8 @@ def receiver_app(
             )
             metrics.ALERTS_REFUSED.inc()
             return web.Response(status=401, text="unauthorized\n", headers={"WWW-Authenticate": "Bearer"})
+        if not ready():
+            return web.Response(status=503, text="starting: rollouts not listed yet\n")
         try:
             payload = await request.json()
         except ValueError:

@@ -109,7 +109,7 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
         token_file = Path(memo["alerts_token_file"])
         alerts.read_token(token_file)  # refuse to start with a receiver nobody can authenticate to
         known = lambda key: controller.rollouts.get(*key) is not None  # noqa: E731
-        app = alerts.receiver_app(book, token_file, known, controller.wake)
+        app = alerts.receiver_app(book, token_file, known, controller.wake, ready=lambda: controller.synced)
         _Runtime.servers.append(await alerts.serve(app, host, memo["alerts_port"]))
         log.info("Alertmanager webhook receiver on http://%s:%d%s", host, memo["alerts_port"], alerts.PATH)
     loop = asyncio.get_running_loop()
