@@ -29,6 +29,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,8 +38,8 @@ import urllib3
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from agent_rollout import api
-from agent_rollout.cli import render
+from agent_rollout import api, report
+from agent_rollout.cli import fetch_gate_series, render
 from e2e.cluster import (
     ClusterStartError,
     ClusterState,
@@ -348,6 +349,23 @@ class Demo:
         counts = Counter(r.service for r in s.driver.records())
         print("requests sent during the demo: " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
+    def write_report(self, obj: dict[str, Any]) -> Path:
+        """The rollout report as the plugin writes it, next to the demo's logs. A promoted revision's
+        baseline is recorded one evaluation after the promotion: give it that long to appear."""
+        assert self.scene is not None and self.log_dir is not None
+        scene = self.scene
+        if (obj.get("status") or {}).get("phase") == api.Phase.PROMOTED.value:
+            deadline = time.monotonic() + 15
+            while not (obj.get("status") or {}).get("baseline") and time.monotonic() < deadline:
+                time.sleep(0.5)
+                obj = scene.rollout(ROLLOUT)
+        now = datetime.now(UTC)
+        start, end = report.time_range(obj, now)
+        series = fetch_gate_series(report.gate_series(obj), scene.prometheus_url, start, end)
+        path = self.log_dir / "report.html"
+        path.write_text(report.render_html(report.build(obj, series, now)))
+        return path
+
     def events(self) -> list[tuple[str, str]]:
         assert self.scene is not None
         items = self.scene.kube.core.list_namespaced_event(
@@ -433,6 +451,7 @@ def run(demo: Demo) -> int:
         return 1
     took = demo.timings["rollout"] = time.monotonic() - applied
     demo.summary(obj, took)
+    print(f"report (kubectl agentrollout report {ROLLOUT} -o html): {demo.write_report(obj)}")
     phase = (obj.get("status") or {}).get("phase")
     if phase != EXPECTED[demo.scenario]:
         print(f"\nDEMO FAILED: expected {EXPECTED[demo.scenario]}, the rollout ended {phase}")

@@ -16,7 +16,7 @@ import yaml
 
 from agent_rollout import api
 from agent_rollout.api import GateResult, Verdict
-from agent_rollout.domain import DeploymentState, Observations
+from agent_rollout.domain import DeploymentState, MilestoneObservation, Observations
 from agent_rollout.planner import plan
 
 CRD = Path(__file__).resolve().parents[1] / "crds" / "agentrollouts.agentrollout.io.yaml"
@@ -84,7 +84,14 @@ def largest_spec() -> dict[str, Any]:
             "gatewayAPI": {"httpRoute": name, "legacyBackend": "l" + name[1:], "candidateBackend": name}
         },
         "analysis": {"prometheus": {"url": url}, "gates": gates, "interval": "5s"},
-        "steps": [{"setWeight": min(i * 2, 100)} for i in range(api.MAX_STEPS)],
+        "steps": [
+            {"setWeight": min(i * 2, 100), **({"milestone": {"transactions": 1}} if 0 < i <= 5 else {})}
+            for i in range(api.MAX_STEPS)
+        ],
+        "readiness": {
+            "criteria": {"edgeCases": ["e" * 128] * 50, "waive": ["optimize/baseline"]},
+            "requireStages": [{"stage": "Deploy", "before": 100}],
+        },
     }
 
 
@@ -111,13 +118,22 @@ def test_largest_object_with_its_largest_status_stays_far_below_the_etcd_limit()
             )
             for g in spec.analysis.gates
         )
+        # Every milestone records all gates, as many as status keeps.
+        milestone = MilestoneObservation(status.current_step, 10**9, 10**6, results)
         obs = Observations(
-            legacy=legacy, candidate=candidate, route_weights=weights, gates=results, generation=1
+            legacy=legacy,
+            candidate=candidate,
+            route_weights=weights,
+            gates=results,
+            generation=1,
+            candidate_requests=10**9,
+            milestone=milestone,
         )
         status = plan(spec, status, obs, now + timedelta(seconds=10 * tick)).status
         weights = status.weights
     assert len(status.history) == api.HISTORY_LIMIT
     assert all(len(d.evidence) == api.MAX_GATES for d in status.history[1:])
+    assert status.readiness is not None and len(status.readiness.milestones) == api.MILESTONE_LIMIT
 
     size = len(json.dumps({"spec": raw, "status": api.dump(status)}))
 

@@ -427,9 +427,10 @@ def no_rollouts(namespace: str | None, kubeconfig: str | None, context: str | No
 
 
 def test_the_first_word_completes_to_the_verbs() -> None:
-    assert complete_words([""], no_rollouts) == ["status", "abort", "promote", "retry", "version"]
+    assert complete_words([""], no_rollouts) == ["status", "report", "abort", "promote", "retry", "version"]
     assert complete_words(["pro"], no_rollouts) == ["promote"]
-    assert complete_words(["-n", "support", "re"], no_rollouts) == ["retry"]
+    assert complete_words(["-n", "support", "ret"], no_rollouts) == ["retry"]
+    assert complete_words(["-n", "support", "re"], no_rollouts) == ["report", "retry"]
 
 
 def test_the_second_word_completes_to_the_rollouts_of_the_chosen_namespace() -> None:

@@ -78,3 +78,34 @@ def test_connection_pool_is_sized_before_the_client_builds_it(tmp_path: Path) ->
 
     pool = client._custom.api_client.rest_client.pool_manager
     assert pool.connection_pool_kw["maxsize"] == 24
+
+
+def test_events_have_a_budget_of_their_own_and_a_full_backlog_drops_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of decisions must not queue its Events in front of the next decision's writes, and a
+    backlog of Events must not grow without bound (status.history keeps every decision anyway)."""
+    monkeypatch.setattr("agent_rollout.kube.MAX_EVENTS_WAITING", 5)
+    monkeypatch.setenv("AGENT_ROLLOUT_EVENT_QPS", "0.001")  # one Event now, the rest wait
+    monkeypatch.setenv("AGENT_ROLLOUT_EVENT_BURST", "1")
+    client = KubeClient(kubernetes.client.ApiClient(), limiter=RateLimiter(qps=1000, burst=1))
+    posted: list[str] = []
+    monkeypatch.setattr(
+        client._core, "create_namespaced_event", lambda ns, body, **_: posted.append(body.reason)
+    )
+    rollout = {
+        "apiVersion": "agentrollout.io/v1alpha1",
+        "kind": "AgentRollout",
+        "metadata": {"name": "r", "namespace": "ns", "uid": "u"},
+    }
+
+    async def run() -> str:
+        for i in range(20):
+            client.post_event_soon(rollout, "Normal", f"Decision{i}", "m")
+        await asyncio.sleep(0.05)
+        # The decisions' own budget is untouched: a write goes through at once.
+        return await asyncio.wait_for(client._run(lambda: "route written"), timeout=1)
+
+    assert asyncio.run(run()) == "route written"
+    assert posted == ["Decision0"]  # the Event budget's one token
+    assert client.events_dropped == 15  # 5 waited for the budget, the other 15 were dropped

@@ -383,3 +383,83 @@ def test_values_drifting_within_their_bounds_cost_one_status_write_per_five_minu
         world.tick()
 
     assert len(world.kube.writes_of("status")) - writes == 2  # lastAnalysis refreshed at 5 and 10 min
+
+
+def test_a_milestone_measures_every_gate_over_exactly_the_window_its_requests_were_counted_in() -> None:
+    steps: list[dict[str, Any]] = [{"setWeight": 5, "milestone": {"transactions": 100}}, {"setWeight": 50}]
+    world = World(rollout_body(steps))
+    spec = api.parse_spec(world.body()["spec"])
+    counted = {s: candidate_requests_query(spec, NS, s) for s in range(1, 60)}
+    answers = {promql: 10.0 * s for s, promql in counted.items()}  # 10 candidate requests a second
+    reads = {s: template_read(Template.ERROR_RATE, api.MetricNames(), window=f"{s}s") for s in range(1, 60)}
+
+    def answer(promql: str) -> Any:
+        if promql in answers:
+            return answers[promql]
+        for read in reads.values():
+            if promql in (read.value.promql, read.samples.promql):
+                candidate = {"namespace": NS, "version": CANDIDATE}
+                return [(candidate, 1.0 if promql == read.value.promql else 1000.0)]
+        return world.metrics(promql)
+
+    world.prometheus.answer = answer
+    world.tick()
+    assert world.status["currentStep"] == 0
+    world.tick(advance=6)
+    assert "waiting for milestone: candidate requests 60/100" in world.status["message"]
+    assert world.status["readiness"]["milestones"] == []
+    asked = len(world.prometheus.queries)
+    world.tick(advance=6)  # 12 s into the step: 120 requests counted over [12s]
+
+    (record,) = world.status["readiness"]["milestones"]
+    assert (record["requests"], record["windowSeconds"], record["score"]) == (120, 12, "Met")
+    assert record["errorRate"] == 0.001 and record["gates"][0]["samples"] == 1000
+    # The gate was asked over exactly the 12 s the requests were counted in.
+    assert reads[12].value.promql in world.prometheus.queries[asked:]
+    assert world.status["currentStep"] == 1
+    assert world.history_reasons()[-2:] == ["MilestoneRecorded", "StepCompleted"]
+
+
+def test_a_promoted_revision_has_its_baseline_measured_over_the_rollout_against_legacy() -> None:
+    started = iso(FakeClock().now)
+    status = {
+        "phase": "Promoted",
+        "currentStep": 3,
+        "weights": {"legacy": 0, "candidate": 100},
+        "candidateRevision": "agent-1",
+        "stepStartedAt": started,
+        "attemptStartedAt": started,
+        "sequence": 3,
+    }
+    world = World(rollout_body(THREE_WEIGHTS, status=status), route_object(0, 100))
+    reads = {s: template_read(Template.ERROR_RATE, api.MetricNames(), window=f"{s}s") for s in (630, 660)}
+
+    def answer(promql: str) -> Any:
+        for read in reads.values():
+            if promql == read.value.promql:  # errors: 1 of the candidate's, 4 of legacy's
+                return [
+                    ({"namespace": NS, "version": CANDIDATE}, 1.0),
+                    ({"namespace": NS, "version": LEGACY}, 4.0),
+                ]
+            if promql == read.samples.promql:
+                return [
+                    ({"namespace": NS, "version": CANDIDATE}, 1260.0),
+                    ({"namespace": NS, "version": LEGACY}, 630.0),
+                ]
+        return []  # every other signal: no series, so no data
+
+    world.prometheus.answer = answer
+    world.clock.advance(600)
+    world.tick()  # 630 s after the rollout started
+
+    baseline = world.status["baseline"]
+    assert (baseline["revision"], baseline["windowSeconds"]) == ("agent-1", 630)
+    metrics = {m["name"]: m for m in baseline["metrics"]}
+    errors = metrics["errorRate"]
+    assert (errors["candidate"], errors["legacy"]) == (1 / 1260, 4 / 630)
+    assert (errors["candidateSamples"], errors["legacySamples"]) == (1260, 630)
+    assert (metrics["throughput"]["candidate"], metrics["throughput"]["legacy"]) == (2.0, 1.0)
+    assert "candidate" not in metrics["costPerTransaction"]  # no data: left out, not zero
+    writes = len(world.kube.writes)
+    world.tick()  # recorded: no more measuring, nothing more to write
+    assert world.kube.writes[writes:] == [] and world.status["baseline"] == baseline

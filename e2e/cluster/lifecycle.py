@@ -239,6 +239,34 @@ def is_healthy(state: ClusterState) -> bool:
         return False
 
 
+# (start, end) wall-clock seconds of outages caused on purpose (restart_component), plus a grace period
+# after each: what clients log meanwhile (refused connections, an authorizer not ready) is expected.
+OUTAGES: list[tuple[float, float]] = []
+OUTAGE_GRACE_S = 15.0
+
+
+def in_outage(at: float) -> bool:
+    return any(start - 1 <= at <= end for start, end in OUTAGES)
+
+
+def restart_component(state: ClusterState, name: str, down_s: float, timeout_s: float = 60.0) -> None:
+    """An outage of one component for tests: SIGKILL it, wait `down_s`, start it again with the same
+    command line (read from /proc), and wait until the cluster is healthy again."""
+    started = time.time()
+    OUTAGES.append((started, started + down_s + timeout_s + OUTAGE_GRACE_S))  # until we know the end
+    info = next(p for p in state.processes if p.name == name)
+    argv = [a.decode() for a in Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    procs.kill(info)
+    time.sleep(down_s)
+    # Not tied to this process: a cluster reused across test runs (`make cluster-up`) must outlive it;
+    # stop_cluster stops it with the rest.
+    again = procs.spawn(name, argv, Path(info.log))
+    state.processes[state.processes.index(info)] = again
+    state.save()
+    procs.wait_until(lambda: is_healthy(state), timeout_s=timeout_s, what=f"{name} back", alive=[again])
+    OUTAGES[-1] = (started, time.time() + OUTAGE_GRACE_S)
+
+
 def stop_cluster(state: ClusterState, *, keep_logs: bool = True) -> None:
     procs.stop_all(state.processes)
     shutil.rmtree(state.scratch_dir, ignore_errors=True)

@@ -12,9 +12,11 @@ from typing import Any
 
 import yaml
 
+from agent_rollout.api import GROUP, PLURAL, VERSION
 from agent_rollout.reconcile import CRASH_AFTER_ROUTE_WRITE, FAULT_ENV
 from e2e.cluster import ClusterState
 from e2e.cluster import objects as cluster_objects
+from e2e.cluster.lifecycle import restart_component
 from e2e.rollout.breach import watch_breach_to_rollback
 from e2e.rollout.scene import CANDIDATE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
 
@@ -385,3 +387,33 @@ def test_two_second_burst_with_failure_limit_one_never_rolls_back_but_a_sustaine
     s.agents[CANDIDATE].set_profile(error_ratio=1.0)  # now sustained
     status = s.wait_for_phase("blip", "RolledBack", timeout_s=40)
     assert status["history"][-1]["reason"] == "GateFailed"
+
+
+# ---------------------------------------------------------------- 13. the apiserver goes away
+
+
+def test_apiserver_restarted_mid_rollout_the_watches_come_back_and_an_abort_still_acts(
+    scene: Callable[..., Scene], cluster: ClusterState, operator: OperatorProcess
+) -> None:
+    """The operator's informers lose their watches with the apiserver; after it returns they list
+    again and follow on. Nothing is decided on what the outage looked like (no rollout rolled back
+    for Deployments that seemed missing), and a verb made right after the outage acts in seconds."""
+    s = scene()
+    s.apply(s.rollout_manifest("outage", steps=[{"setWeight": 20}, HOLD], interval="30s"))
+    wait_until("20% on the candidate", lambda: s.route_weights()[CANDIDATE] == 20, 60)
+    before = len(s.status("outage").get("history", []))
+
+    restart_component(cluster, "kube-apiserver", down_s=3)
+    start = time.monotonic()
+    s.kube.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, s.namespace, PLURAL, "outage", {"status": {"abort": True}}
+    )
+    wait_until("legacy 100 after the abort", lambda: s.route_weights()[CANDIDATE] == 0, 30, every_s=0.1)
+    took = time.monotonic() - start
+    print(f"\napiserver back -> abort acted in {took:.2f}s (interval 30s)")
+
+    status = s.wait_for_phase("outage", "RolledBack", timeout_s=10)
+    decisions = [d["reason"] for d in status["history"][before:]]
+    assert decisions == ["Aborted"], decisions  # nothing decided on a half-filled store
+    assert took < 20, f"the abort took {took:.1f}s after the apiserver came back"
+    assert "list/watch failed" in operator.log_tail(2000)  # the outage was seen, not slept through

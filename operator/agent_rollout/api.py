@@ -267,9 +267,20 @@ class Pause(_Model):
     )
 
 
+class Milestone(_Model):
+    """The playbook's "first N transactions within bounds": the step holds until the candidate has served
+    `transactions` requests since it began, then records every gate over exactly that window (and the
+    error rate) in status.readiness as the Deploy stage's evidence."""
+
+    transactions: int = Field(ge=1, le=100_000_000, description="Candidate requests since the step began.")
+
+
 class Step(_Model):
     set_weight: Weight | None = Field(default=None, description="Percent of traffic for the candidate.")
     pause: Pause | None = None
+    milestone: Milestone | None = Field(
+        default=None, description="Hold this step until its first N candidate transactions are recorded."
+    )
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Step:
@@ -277,6 +288,82 @@ class Step(_Model):
         if len(kinds) != 1:
             raise ValueError("each step needs exactly one of setWeight or pause")
         return self
+
+
+# ---------------------------------------------------------------- spec: readiness
+
+
+class Stage(StrEnum):
+    """The playbook's five stages, in order: each is a prerequisite of the next."""
+
+    PILOT = "Pilot"
+    VALIDATE = "Validate"
+    HARDEN = "Harden"
+    DEPLOY = "Deploy"
+    OPTIMIZE = "Optimize"
+
+
+class Criterion(StrEnum):
+    """Exit criteria of the stages; `stage/name`, so a criterion says where it belongs."""
+
+    ACCURACY = "pilot/accuracy"
+    EDGE_CASES = "validate/edge-cases"
+    ALERTS = "harden/alerts"
+    ROLLBACK_DRILL = "harden/rollback-drill"
+    FIRST_TRANSACTIONS = "deploy/first-transactions"
+    ALERT_ANSWERED = "deploy/alert-answered"
+    BASELINE = "optimize/baseline"
+
+
+class RequireStage(_Model):
+    """The candidate's weight may not exceed `before` until `stage` is Met: a step (or the promotion)
+    that would raise it above `before` holds, and says which criterion is missing."""
+
+    stage: Stage
+    before: Weight = Field(description="Highest candidate weight allowed while the stage is not Met.")
+
+
+class AlertSignal(StrEnum):
+    LATENCY = "latency"
+    ERROR_RATE = "errorRate"
+
+
+class Criteria(_Model):
+    """Bounds of the exit criteria; defaults from the playbook."""
+
+    min_accuracy: float = Field(
+        default=0.95, ge=0, le=1, description="Pilot: evaluation accuracy at least this."
+    )
+    min_cases: int = Field(default=200, ge=1, description="Pilot: on at least this many evaluation inputs.")
+    edge_cases: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=50, description="Validate: named edge cases that must pass."
+    )
+    max_rollback_time: Duration = Field(
+        default="15m", description="Harden: a rollback drill must finish within this."
+    )
+    alerts: list[AlertSignal] = Field(
+        default_factory=lambda: [AlertSignal.LATENCY, AlertSignal.ERROR_RATE],
+        max_length=2,
+        description="Harden: signals that must have alerts configured.",
+    )
+    alerts_answered: int = Field(default=1, ge=1, description="Deploy: alerts answered during the rollout.")
+    improvement_target: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Optimize: the cost per transaction a new baseline should save against the previous "
+        "one (0.2: 20% lower); reported next to the change, never acted on.",
+    )
+    waive: list[Criterion] = Field(
+        default_factory=list,
+        max_length=len(Criterion),
+        description="Criteria this rollout does not require; a waived criterion is left out of its stage.",
+    )
+
+
+class Readiness(_Model):
+    require_stages: list[RequireStage] = Field(default_factory=list, max_length=len(Stage))
+    criteria: Criteria = Field(default_factory=Criteria)
 
 
 class AgentRolloutSpec(_Model):
@@ -287,6 +374,10 @@ class AgentRolloutSpec(_Model):
     traffic: Traffic
     analysis: Analysis | None = None
     steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
+    readiness: Readiness = Field(
+        default_factory=Readiness,
+        description="The five-stage scorecard's exit criteria, and the stages required before a weight.",
+    )
 
 
 # ---------------------------------------------------------------- status
@@ -327,6 +418,7 @@ class GateResult(_Model):
     legacy_value: float | None = None
     bound: str = Field(default="", description="Human-readable bound, e.g. '<= 0.01' or '<= 1.2 x legacy'.")
     samples: int | None = None
+    legacy_samples: int | None = None
     min_samples: int = 0
     query: str = ""
     message: str = ""
@@ -353,6 +445,89 @@ class Decision(_Model):
     step: int
     weights: Weights
     evidence: list[GateResult] = Field(default_factory=list)
+
+
+class Score(StrEnum):
+    MET = "Met"
+    NOT_MET = "NotMet"
+    NOT_MEASURED = "NotMeasured"
+
+
+class CriterionScore(_Model):
+    """One exit criterion with its evidence; NotMeasured until that evidence exists, never guessed."""
+
+    name: Criterion
+    score: Score
+    requirement: str = Field(
+        default="", description="What must be true, e.g. 'accuracy >= 0.95 on >= 200 inputs'."
+    )
+    value: float | None = None
+    bound: str = ""
+    samples: int | None = None
+    at: str | None = Field(default=None, description="When the evidence was recorded.")
+    source: str = Field(default="", description="Where the evidence comes from, e.g. 'milestone of step 2'.")
+    message: str = ""
+
+
+class StageScore(_Model):
+    stage: Stage
+    score: Score = Field(description="Met when every criterion is Met; NotMet when any is NotMet.")
+    criteria: list[CriterionScore] = Field(default_factory=list)
+    waived: list[Criterion] = Field(default_factory=list)
+
+
+class MilestoneRecord(_Model):
+    """The first N candidate transactions of a step: every gate over exactly the window since the step
+    began, measured at the first evaluation that counted at least N requests."""
+
+    step: int
+    transactions: int = Field(description="N, from the step's milestone.")
+    requests: int = Field(description="Candidate requests counted in the window (at least N).")
+    window_start: str
+    window_seconds: int
+    recorded_at: str
+    error_rate: float | None = None
+    score: Score
+    gates: list[GateResult] = Field(default_factory=list)
+
+
+class BaselineMetric(_Model):
+    """One measured signal of a baseline: candidate and legacy over the same window, with samples."""
+
+    name: str
+    candidate: float | None = None
+    legacy: float | None = None
+    candidate_samples: int | None = None
+    legacy_samples: int | None = None
+    previous: float | None = Field(
+        default=None, description="The candidate's value in the previous baseline."
+    )
+    change: float | None = Field(
+        default=None,
+        description="Relative change of the candidate against the previous baseline (-0.2: 20% lower).",
+    )
+
+
+class Baseline(_Model):
+    """Recorded when a revision is promoted: what it costs and how it behaves, against legacy and against
+    the previous baseline of this AgentRollout (the Optimize stage's evidence)."""
+
+    revision: str | None = None
+    recorded_at: str
+    window_seconds: int = Field(
+        description="The window is the last windowSeconds before recordedAt: from the rollout's start, "
+        "at most 1h; legacy served in it until the promotion, the candidate throughout."
+    )
+    metrics: list[BaselineMetric] = Field(default_factory=list)
+    previous_revision: str | None = None
+    previous_recorded_at: str | None = None
+
+
+class ReadinessStatus(_Model):
+    stage: Stage = Field(description="The first stage not Met: where the agent stands.")
+    next: str = Field(default="", description="The next unmet criterion, in one line.")
+    stages: list[StageScore] = Field(default_factory=list)
+    milestones: list[MilestoneRecord] = Field(default_factory=list)
 
 
 class AgentRolloutStatus(_Model):
@@ -400,9 +575,17 @@ class AgentRolloutStatus(_Model):
     )
     conditions: list[Condition] = Field(default_factory=list)
     history: list[Decision] = Field(default_factory=list)
+    readiness: ReadinessStatus | None = None
+    attempt_started_at: str | None = Field(
+        default=None, description="When the current attempt (start, retry, new revision) began."
+    )
+    baseline: Baseline | None = Field(
+        default=None, description="The latest promoted revision's baseline; kept across rollouts."
+    )
 
 
 HISTORY_LIMIT = 20
+MILESTONE_LIMIT = 5  # the first milestones of an attempt: "the first N transactions" is about the first
 
 
 def parse_spec(raw: dict[str, Any]) -> AgentRolloutSpec:

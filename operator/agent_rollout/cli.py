@@ -13,6 +13,11 @@ refuses a verb the operator would consume without effect (retry outside RolledBa
 rollout that has no step left to end). That check is advisory: the phase can change between the
 read and the patch, and the operator's rules stay the only authority on what a verb does.
 
+`report NAME -o html|md|json [--out FILE] [--prometheus URL]` writes a self-contained report: the
+readiness scorecard, the timeline of decisions, plots of the candidate weight and of each gate against
+its bound (Prometheus range queries from where the plugin runs; --prometheus when the spec's URL is
+in-cluster only) and the baseline. It reads only.
+
 Without -n, the namespace is the kubeconfig context's (or `default`), as kubectl does.
 Errors are one line on stderr and exit code 1.
 """
@@ -21,16 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from agent_rollout import api
+from agent_rollout import api, report
 
 VERBS = {
     "abort": {"abort": True},
@@ -59,6 +66,8 @@ def render(obj: dict[str, Any]) -> str:
     ]
     if status.get("message"):
         lines.append(f"  {status['message']}")
+    if line := readiness_line(status):
+        lines.append(f"  {line}")
     gates = status.get("lastAnalysis", [])
     if gates:
         lines.append(f"  {'gate':<16} {'verdict':<13} {'value':>12} {'bound':<28} samples")
@@ -72,6 +81,14 @@ def render(obj: dict[str, Any]) -> str:
     for decision in status.get("history", [])[-3:]:
         lines.append(f"  {decision['time']}  {decision['reason']}: {decision['message']}")
     return "\n".join(lines)
+
+
+def readiness_line(status: dict[str, Any]) -> str:
+    """The current stage and the next unmet criterion in one line (status.readiness)."""
+    readiness = status.get("readiness") or {}
+    if not readiness.get("stage"):
+        return ""
+    return f"stage={readiness['stage']}  next: {readiness.get('next') or '-'}"
 
 
 # ---------------------------------------------------------------- what a verb will do (pure)
@@ -279,7 +296,7 @@ def package_version() -> str:
 # PATH with the words typed so far, the last one partial, and reads Cobra's format: one candidate a
 # line, then `:<directive>`; 4 is "no file completion".
 NO_FILE_COMPLETION = ":4"
-NAMED_VERBS = ("status", *VERBS)
+NAMED_VERBS = ("status", "report", *VERBS)
 VALUE_FLAGS = frozenset({"-n", "--namespace", "--kubeconfig", "--context"})
 
 
@@ -332,16 +349,74 @@ def complete_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def fetch_gate_series(
+    series: list[report.GateSeries], url: str, start: float, end: float, timeout: float = 10.0
+) -> list[report.GateSeries]:
+    """Each gate's candidate value over [start, end] (~300 points); a failure is said in the report."""
+    import requests
+
+    step = max(1.0, (end - start) / 300)
+    out: list[report.GateSeries] = []
+    unreachable: str | None = None
+    for gate in series:
+        if gate.error is not None or unreachable is not None:
+            out.append(gate if gate.error is not None else replace(gate, error=unreachable))
+            continue
+        params: dict[str, str | float] = {"query": gate.query, "start": start, "end": end, "step": step}
+        try:
+            response = requests.get(url.rstrip("/") + "/api/v1/query_range", params=params, timeout=timeout)
+            response.raise_for_status()
+            result = response.json()["data"]["result"]
+        except requests.ConnectionError as e:
+            unreachable = f"Prometheus at {url} unreachable: {type(e).__name__}"
+            out.append(replace(gate, error=unreachable))
+            continue
+        except (requests.RequestException, ValueError, KeyError, TypeError) as e:
+            out.append(replace(gate, error=f"range query failed: {e}"))
+            continue
+        values = result[0]["values"] if result else []
+        points = [(float(t), float(v)) for t, v in values if math.isfinite(float(v))]
+        out.append(replace(gate, points=points))
+    return out
+
+
+def _report(
+    custom: Any, namespace: str, name: str, output: str, out: str | None, prometheus: str | None
+) -> int:
+    obj = _get(custom, namespace, name)
+    now = datetime.now(UTC)
+    series = report.gate_series(obj)
+    url = prometheus or ((obj.get("spec") or {}).get("analysis") or {}).get("prometheus", {}).get("url")
+    if series and url:
+        start, end = report.time_range(obj, now)
+        series = fetch_gate_series(series, url, start, end)
+    text = report.RENDERERS[output](report.build(obj, series, now))
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"report written to {os.path.abspath(out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kubectl agentrollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("verb", choices=["status", *VERBS, "version"])
+    parser.add_argument("verb", choices=["status", "report", *VERBS, "version"])
     parser.add_argument("name", nargs="?", help="the AgentRollout (every verb but version)")
     parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's")
     parser.add_argument("--kubeconfig", default=None)
     parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     parser.add_argument("-w", "--watch", action="store_true", help="with status: refresh until finished")
+    parser.add_argument(
+        "-o", "--output", choices=sorted(report.RENDERERS), default="html", help="with report"
+    )
+    parser.add_argument("--out", default=None, help="with report: write to this file (default: stdout)")
+    parser.add_argument(
+        "--prometheus", default=None, help="with report: Prometheus URL (default: the spec's)"
+    )
     args = parser.parse_args(argv)
     if args.verb == "version":
         print(f"kubectl-agentrollout {package_version()}")
@@ -362,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         custom, host = _custom_api(kubeconfig, args.context)
         if args.verb in VERBS:
             return _send(custom, args.verb, namespace, args.name)
+        if args.verb == "report":
+            return _report(custom, namespace, args.name, args.output, args.out, args.prometheus)
         return _status(custom, namespace, args.name, args.watch)
     except CliError as e:
         print(e, file=sys.stderr)

@@ -22,6 +22,7 @@ class ConditionType(StrEnum):
     TRAFFIC_ROUTED = "TrafficRouted"  # the route carries status.weights
     ANALYSIS_HEALTHY = "AnalysisHealthy"  # the last gate evaluation ran (only when gates are configured)
     COMPLETED = "Completed"  # True once promoted
+    STAGES_READY = "StagesReady"  # the next weight raise is allowed by spec.readiness.requireStages
 
 
 class ConditionReason(StrEnum):
@@ -45,6 +46,8 @@ class ConditionReason(StrEnum):
     IN_PROGRESS = "InProgress"
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
+    STAGES_MET = "StagesMet"
+    STAGE_NOT_MET = "StageNotMet"
 
 
 def find_condition(conditions: list[Condition], type_: str) -> Condition | None:

@@ -147,13 +147,19 @@ class Controller:
         self._claims: dict[Key, dict[str, str]] = {}
         self._written: dict[Key, WrittenStatus] = {}
         self.synced = False
+        # Rollouts not reconciled yet since start: when none is left, the start-up pass is over (logged
+        # with its duration, the figure an operator restart is judged by).
+        self._unvisited: set[Key] = set()
+        self._started = 0.0
 
     async def run(self) -> None:
+        self._started = time.monotonic()
         informers = (self.rollouts, self.deployments, self.routes)
         for informer in informers:
             informer.start()
         await asyncio.gather(*(i.synced.wait() for i in informers))
         self.synced = True
+        self._unvisited = {key for key, _ in self.rollouts.items()}
         log.info(
             "watching %d AgentRollouts, %d Deployments, %d HTTPRoutes; reconciling, most urgent first",
             len(self.rollouts),
@@ -190,6 +196,18 @@ class Controller:
     # -- reconcile
 
     async def _reconcile(self, key: Key) -> float | None:
+        try:
+            return await self._reconcile_stored(key)
+        finally:
+            if self._unvisited:
+                self._unvisited.discard(key)
+                if not self._unvisited:
+                    log.info(
+                        "start-up pass done: every rollout reconciled once, %.1f s after start",
+                        time.monotonic() - self._started,
+                    )
+
+    async def _reconcile_stored(self, key: Key) -> float | None:
         stored = self.rollouts.get(*key)
         if stored is None:
             return None
@@ -226,6 +244,7 @@ class Controller:
         if after is not None:
             self._index(namespace, name, after, add=True)
         if after is None:
+            self._unvisited.discard(key)
             self.scheduler.forget(key)
             self._sentinel.forget(key)
             self._written.pop(key, None)

@@ -68,6 +68,26 @@ class FiringAlert:
 
 
 @dataclass(frozen=True)
+class MilestoneObservation:
+    """A step's first transactions: every gate measured over exactly the window since the step began,
+    at an evaluation that counted at least the milestone's N candidate requests in it."""
+
+    step: int
+    requests: int
+    window_seconds: int
+    gates: tuple[GateResult, ...]
+
+
+@dataclass(frozen=True)
+class BaselineObservation:
+    """A promoted revision's signals, candidate and legacy, over the last `window_seconds`."""
+
+    revision: str | None
+    window_seconds: int
+    gates: tuple[GateResult, ...]
+
+
+@dataclass(frozen=True)
 class Observations:
     """Everything the shell measured for one reconcile. `None` means "could not be observed"."""
 
@@ -79,6 +99,8 @@ class Observations:
     gates: tuple[GateResult, ...] | None = None  # None: analysis did not run (see prometheus_error)
     prometheus_error: str | None = None
     candidate_requests: int | None = None  # candidate requests since status.stepStartedAt
+    milestone: MilestoneObservation | None = None  # the current step's milestone window, once N were served
+    baseline: BaselineObservation | None = None  # measured while a promoted revision has no baseline
     generation: int | None = None
     route_intent: RouteIntent | None = None  # this rollout's write-ahead record on the route
     route_claimed_by: str | None = None  # an older AgentRollout that names the same route

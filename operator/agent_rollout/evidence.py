@@ -23,6 +23,13 @@ def is_approval(step: Step) -> bool:
 
 
 def step_text(step: Step) -> str:
+    text = _kind_text(step)
+    if step.milestone is not None:
+        text += f", milestone {step.milestone.transactions} transactions"
+    return text
+
+
+def _kind_text(step: Step) -> str:
     if step.set_weight is not None:
         return f"setWeight {step.set_weight}"
     if step.pause is None or is_approval(step):

@@ -50,7 +50,6 @@ class _Runtime:
     kube: KubeClient | None = None
     controller: Controller | None = None
     tasks: list[asyncio.Task[None]] = []
-    posting: set[asyncio.Task[None]] = set()
     gateways: dict[tuple[str, float], PrometheusGateway] = {}
     readers: dict[str, BatchReader] = {}
     servers: list[web.AppRunner] = []
@@ -68,20 +67,8 @@ def _gateway_for(url: str, timeout: float) -> PrometheusGateway:
 
 
 def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-    """Post in the background: a decision is already routed and recorded in status; its Event must
-    not hold the next rollout's reconcile. A lost Event is logged, never retried in a loop."""
-    kube = _Runtime.kube
-    if kube is None:
-        return
-    task = asyncio.get_running_loop().create_task(kube.post_event(dict(body), type, reason, message))
-    _Runtime.posting.add(task)
-    task.add_done_callback(_posted)
-
-
-def _posted(task: asyncio.Task[None]) -> None:
-    _Runtime.posting.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("could not post an Event: %r", task.exception())
+    if _Runtime.kube is not None:
+        _Runtime.kube.post_event_soon(body, type, reason, message)
 
 
 @kopf.on.startup()

@@ -30,7 +30,7 @@ OnChange = Callable[[Key, Any, Any], None]
 
 PAGE_SIZE = 500  # objects per list page: bounded memory while a big kind is listed
 WATCH_TIMEOUT_S = 300  # the server ends each watch after this; the informer watches again from there
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = 5.0  # an apiserver that comes back is seen within seconds; a failing list costs little
 
 
 class Informer(Generic[T]):

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from agent_rollout.domain import DeploymentState
 from agent_rollout.traffic import gatewayapi
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 POOL_SIZE = 16
 EVENT_SOURCE = "agent-rollout"
@@ -72,11 +74,22 @@ class RateLimiter:
 
 
 def client_settings() -> tuple[float, int]:
-    """(qps, burst) from AGENT_ROLLOUT_KUBE_QPS / AGENT_ROLLOUT_KUBE_BURST; client-go's defaults are
-    5/10, far too few for thousands of rollouts, and the apiserver's priority and fairness protects it."""
-    qps = float(os.environ.get("AGENT_ROLLOUT_KUBE_QPS", "50"))
-    burst = int(os.environ.get("AGENT_ROLLOUT_KUBE_BURST", "100"))
+    """(qps, burst) of the decisions' writes (routes, status) from AGENT_ROLLOUT_KUBE_QPS /
+    AGENT_ROLLOUT_KUBE_BURST; client-go's defaults are 5/10, far too few for thousands of rollouts, and
+    the apiserver's priority and fairness protects it (Flagger's defaults are 100/250)."""
+    qps = float(os.environ.get("AGENT_ROLLOUT_KUBE_QPS", "100"))
+    burst = int(os.environ.get("AGENT_ROLLOUT_KUBE_BURST", "200"))
     return qps, burst
+
+
+def event_settings() -> tuple[float, int]:
+    """(qps, burst) of Events, a budget apart from the decisions' (AGENT_ROLLOUT_EVENT_QPS/_BURST)."""
+    qps = float(os.environ.get("AGENT_ROLLOUT_EVENT_QPS", "20"))
+    burst = int(os.environ.get("AGENT_ROLLOUT_EVENT_BURST", "100"))
+    return qps, burst
+
+
+MAX_EVENTS_WAITING = 1000  # Events queued for their budget; more are dropped (status.history keeps all)
 
 
 MAX_THROTTLED_RETRIES = 5
@@ -94,6 +107,9 @@ class KubeClient:
         self._core = kubernetes.client.CoreV1Api(client)
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube")
         self._limiter = limiter or RateLimiter(*client_settings())
+        self._event_limiter = RateLimiter(*event_settings())
+        self._posting: set[asyncio.Task[None]] = set()
+        self.events_dropped = 0
 
     @classmethod
     def from_environment(cls, pool_size: int = POOL_SIZE, kubeconfig: str | None = None) -> KubeClient:
@@ -148,20 +164,41 @@ class KubeClient:
         except (OSError, urllib3.exceptions.HTTPError) as e:
             raise RouteWriteError(f"HTTPRoute {namespace}/{name}: {type(e).__name__}: {e}", False) from e
 
-    async def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the rollout (what `kubectl describe` and `kubectl get events` show)."""
+    def post_event_soon(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event on the rollout in the background, on a budget of its own.
+
+        The decision it reports is already routed and recorded in status.history; its Event must never
+        take an API call from the next decision. Like client-go's event broadcaster, a full backlog
+        drops Events (counted and logged) instead of growing without bound."""
+        if len(self._posting) >= MAX_EVENTS_WAITING:
+            self.events_dropped += 1
+            if self.events_dropped % 100 == 1:
+                log.warning("%d Events dropped: more decisions than the Event budget", self.events_dropped)
+            return
         meta = involved.get("metadata") or {}
+        ref = {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        }
+        task = asyncio.get_running_loop().create_task(self._post_event(ref, type, reason, message))
+        self._posting.add(task)
+        task.add_done_callback(self._posted)
+
+    def _posted(self, task: asyncio.Task[None]) -> None:
+        self._posting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not post an Event: %r", task.exception())
+
+    async def _post_event(self, ref: dict[str, Any], type: str, reason: str, message: str) -> None:
+        await self._event_limiter.acquire()
         now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
         event = {
-            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
-            "involvedObject": {
-                "apiVersion": involved.get("apiVersion"),
-                "kind": involved.get("kind"),
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
+            "metadata": {"generateName": f"{ref['name']}.", "namespace": ref["namespace"]},
+            "involvedObject": ref,
             "type": type,
             "reason": reason,
             "message": message,
@@ -174,9 +211,11 @@ class KubeClient:
         }
         body = kubernetes.client.CoreV1Event.from_dict(event)
         assert body is not None  # from_dict returns None only for None
-        namespace = str(meta.get("namespace"))
+        namespace = str(ref["namespace"])
         # Not read back: parsing the stored Event into a model would cost more than posting it.
-        await self._run(lambda: self._core.create_namespaced_event(namespace, body, _preload_content=False))
+        await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self._core.create_namespaced_event(namespace, body, _preload_content=False)
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -35,6 +35,11 @@ Choices on open questions (each is a rule a reviewer may want to change in one p
 - Gate failures count over the whole rollout (reset only on restart), as Argo's failureLimit does.
 - Every Decision has exactly one Event and vice versa; a failure counted below its limit is neither
   (status.gateFailures and lastAnalysis show it), so events stay a readable audit trail.
+- The readiness scorecard (agent_rollout.readiness) is a function of the spec and the evidence recorded
+  in status; a step's milestone holds it until its first N transactions are recorded (once, with
+  every gate over exactly that window), and a step or promotion that would raise the candidate's
+  weight above a required stage's `before` holds while that stage is not Met, `promote` included:
+  a requirement a human could click through would not make each stage a prerequisite.
 - An invalid spec fails the rollout from any phase, Promoted included, and sends the candidate's
   traffic to legacy; fixing it restarts from step 0. `spec` may be None (it did not parse).
 """
@@ -63,13 +68,24 @@ from agent_rollout.conditions import ConditionType as CT
 from agent_rollout.conditions import find_condition, remove_condition
 from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, SpecProblem, iso
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
+from agent_rollout.readiness import (
+    baseline_due,
+    baseline_record,
+    hold_text,
+    milestone_due,
+    milestone_record,
+    scorecard,
+    unmet_requirement,
+)
 from agent_rollout.tick import (
     LIVE_PHASES,
     Reason,
     Tick,
+    bounded,
     cannot_serve,
     condition,
     exists,
+    history_evidence,
     latest_evidence,
     parse_time,
     pause_end,
@@ -83,6 +99,7 @@ from agent_rollout.tick import (
     settle_weights,
     status_message,
     step_start,
+    step_weights,
     transition,
     utc,
 )
@@ -132,6 +149,9 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     request_weights(t)
     set_traffic_condition(t, spec)
     set_completed_condition(t)
+    if spec is not None and not problems:
+        t.st.readiness = _card(t.st, spec)
+        _set_stages_condition(t, spec)
     t.st.message = status_message(t, spec, problems)
     t.st.step = _step_label(t.st, spec)
     return Plan(status=t.st, actions=tuple(t.actions), requeue_after=_requeue_after(t, spec))
@@ -216,7 +236,9 @@ def _recover(t: Tick) -> None:
     if entered_step:
         st.last_analysis, st.last_analysis_at, st.inconclusive_runs = [], None, {}
         # This tick's gates were measured over windows of the step we left: not evidence for this one.
-        t.obs = replace(t.obs, gates=None, prometheus_error=None, candidate_requests=None)
+        t.obs = replace(
+            t.obs, gates=None, prometheus_error=None, candidate_requests=None, milestone=None, baseline=None
+        )
     try:
         reason = Reason(intent.reason)
     except ValueError:
@@ -269,6 +291,8 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
         elif legacy_found:
             t.waiting = f"waiting for candidate {spec.candidate.deployment} to have an available replica"
         return
+    if t.st.phase is Phase.PROMOTED:
+        _record_baseline(t, spec)
     if t.st.phase not in LIVE_PHASES:
         return
     # Repairs for a status edited by hand or steps removed from the spec: judge the nearest real step.
@@ -286,6 +310,7 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
     held = _analyse(t, spec)
     if t.st.phase not in LIVE_PHASES:
         return
+    _record_milestone(t, spec)
     if not legacy_found:
         return
     if cannot_serve(t.obs.candidate):
@@ -415,6 +440,8 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
     st.rolled_back_revision = None
     st.promote = st.abort = st.retry = False
     st.last_analysis, st.last_analysis_at = [], None
+    st.readiness = None  # the evidence belongs to the attempt: a new revision earns its own
+    st.attempt_started_at = step_start(t.now)
     first = spec.steps[0]
     phase = Phase.PAUSED if is_approval(first) else Phase.PROGRESSING
     transition(t, spec, phase, reason, f"{message}: step 1/{len(spec.steps)} ({step_text(first)})")
@@ -567,6 +594,13 @@ def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
         return
     if step.pause is not None and not _pause_over(t, step.pause):
         return
+    if milestone_due(spec, st) is not None:
+        seen, n = t.obs.candidate_requests, spec.steps[st.current_step].milestone
+        assert n is not None
+        t.waiting = (
+            f"waiting for milestone: candidate requests {'?' if seen is None else seen}/{n.transactions}"
+        )
+        return
     blocking = _blocking_gates(spec.analysis, st.last_analysis)
     if not blocking:
         _complete_step(t, spec, manual=False)
@@ -599,6 +633,8 @@ def _pause_over(t: Tick, pause: Pause) -> bool:
 
 def _complete_step(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> None:
     st = t.st
+    if _stage_holds(t, spec, manual=manual):
+        return
     done, total = st.current_step, len(spec.steps)
     evidence = list(t.latest if t.latest is not None else st.last_analysis)
     how = "approved by a human (status.promote)" if manual else "completed"
@@ -614,6 +650,102 @@ def _complete_step(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> None:
     reason = Reason.MANUAL_PROMOTION if manual else Reason.STEP_COMPLETED
     message = f"step {done + 1}/{total} {how}; entering step {done + 2}/{total} ({step_text(following)})"
     transition(t, spec, phase, reason, message, evidence=evidence)
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def _milestones(st: AgentRolloutStatus) -> list[api.MilestoneRecord]:
+    return list(st.readiness.milestones) if st.readiness is not None else []
+
+
+def _card(
+    st: AgentRolloutStatus, spec: AgentRolloutSpec, milestones: list[api.MilestoneRecord] | None = None
+) -> api.ReadinessStatus:
+    found = _milestones(st) if milestones is None else milestones
+    return scorecard(spec, found, st.baseline, st.candidate_revision)
+
+
+def _record_baseline(t: Tick, spec: AgentRolloutSpec) -> None:
+    """A promoted revision's baseline, once, against the previous one. Evidence, not a decision: no
+    Decision and no Event (the promotion was both); status.baseline says when and over what."""
+    seen, st = t.obs.baseline, t.st
+    if seen is None or not baseline_due(spec, st) or seen.revision != st.candidate_revision:
+        return
+    st.baseline = baseline_record(seen.gates, seen.window_seconds, seen.revision, st.baseline, iso(t.now))
+
+
+def _record_milestone(t: Tick, spec: AgentRolloutSpec) -> None:
+    """The current step's first N transactions are in: record every gate over exactly that window, once."""
+    st, seen = t.st, t.obs.milestone
+    due = milestone_due(spec, st)
+    if due is None or seen is None or seen.step != st.current_step or seen.requests < due.transactions:
+        return
+    if st.step_started_at is None or len(_milestones(st)) >= api.MILESTONE_LIMIT:
+        return
+    # Kept as the history keeps evidence (texts cut short): up to MILESTONE_LIMIT records stay in status.
+    evidence = [history_evidence(r) for r in seen.gates]
+    record_ = milestone_record(
+        spec,
+        st.current_step,
+        st.step_started_at,
+        seen.window_seconds,
+        seen.requests,
+        tuple(evidence),
+        iso(t.now),
+    )
+    st.readiness = _card(st, spec, [*_milestones(st), record_])
+    rate = "no data" if record_.error_rate is None else f"{record_.error_rate:.4g}"
+    message = (
+        f"milestone of step {st.current_step + 1}/{len(spec.steps)}: first {record_.requests} candidate "
+        f"transactions (of {due.transactions} required) over {seen.window_seconds}s, error rate {rate}: "
+        f"{record_.score.value}"
+    )
+    record(t, Reason.MILESTONE_RECORDED, message, record_.gates)
+
+
+def _raised_weight(spec: AgentRolloutSpec, index: int) -> tuple[int, str]:
+    """The candidate weight completing step `index` leads to, and what leads there."""
+    following = index + 1
+    if following >= len(spec.steps):
+        return 100, "the promotion"
+    step = f"step {following + 1}/{len(spec.steps)} ({step_text(spec.steps[following])})"
+    return step_weights(spec.steps, following).candidate, step
+
+
+def _stage_hold_text(t: Tick, spec: AgentRolloutSpec) -> str | None:
+    """Why completing the current step is not allowed by spec.readiness.requireStages, or None."""
+    weight, what = _raised_weight(spec, t.st.current_step)
+    unmet = unmet_requirement(spec, _card(t.st, spec), weight)
+    if unmet is None:
+        return None
+    return f"{what} would raise the candidate weight to {weight}: {hold_text(*unmet)}"
+
+
+def _stage_holds(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> bool:
+    """Hold the step while a required stage is not Met; one Decision (and Event) per distinct reason."""
+    text = _stage_hold_text(t, spec)
+    if text is None:
+        return False
+    t.waiting = f"holding: {text}"
+    message = bounded(f"status.promote not applied: {text}" if manual else f"holding: {text}")
+    last = t.st.history[-1] if t.st.history else None
+    if manual or last is None or (last.reason, last.message) != (Reason.STAGE_REQUIRED.value, message):
+        record(t, Reason.STAGE_REQUIRED, message, [])
+    return True
+
+
+def _set_stages_condition(t: Tick, spec: AgentRolloutSpec) -> None:
+    """StagesReady: may the next weight raise happen as far as spec.readiness.requireStages go (level-based,
+    so it warns before the step is otherwise ready); absent when nothing is required or nothing is live."""
+    if not spec.readiness.require_stages or t.st.phase not in LIVE_PHASES:
+        t.st.conditions = remove_condition(t.st.conditions, CT.STAGES_READY)
+        return
+    text = _stage_hold_text(t, spec)
+    if text is None:
+        condition(t, CT.STAGES_READY, "True", CR.STAGES_MET, "the required stages allow the next weight")
+    else:
+        condition(t, CT.STAGES_READY, "False", CR.STAGE_NOT_MET, text)
 
 
 # ---------------------------------------------------------------- helpers

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent_rollout import api, metrics
 from agent_rollout.analysis.prometheus import (
+    PrometheusError,
     PrometheusGateway,
     PrometheusUnavailable,
     QueryRejected,
@@ -26,9 +27,11 @@ from agent_rollout.analysis.prometheus import (
     measure_gates,
 )
 from agent_rollout.domain import (
+    BaselineObservation,
     DeploymentState,
     EmitEvent,
     FiringAlert,
+    MilestoneObservation,
     Observations,
     Plan,
     RouteFailure,
@@ -39,6 +42,13 @@ from agent_rollout.domain import (
 from agent_rollout.intent import ANNOTATION, annotation_patch, decode, intent_for
 from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
 from agent_rollout.planner import gate_windows, note_route_failure, plan
+from agent_rollout.readiness import (
+    baseline_due,
+    baseline_spec,
+    baseline_window,
+    milestone_due,
+    milestone_spec,
+)
 from agent_rollout.statuspatch import merge_patch
 from agent_rollout.tick import ROLLBACK_REASONS, parse_time
 from agent_rollout.traffic import gatewayapi
@@ -202,12 +212,14 @@ class Reconciler:
         route_intent = _our_intent(route, name)
 
         gates, prometheus_error, requests, rejected, unchecked = None, None, None, None, None
+        milestone, baseline = None, None
         if spec is not None and not problems and claimed_by is None:
             found, unchecked = await self._preflight(namespace, spec, status, meta.get("generation"), written)
             problems = (*problems, *found)
         if spec is not None and not problems and claimed_by is None:
             measured = await self._measure(namespace, spec, status, now)
-            gates, prometheus_error, requests, rejected = measured
+            gates, prometheus_error, requests, rejected, milestone = measured
+            baseline = await self._baseline(namespace, spec, status, now)
         obs = Observations(
             problems=problems,
             legacy=legacy,
@@ -217,6 +229,8 @@ class Reconciler:
             gates=gates,
             prometheus_error=prometheus_error,
             candidate_requests=requests,
+            milestone=milestone,
+            baseline=baseline,
             generation=meta.get("generation"),
             route_intent=route_intent,
             route_claimed_by=claimed_by,
@@ -287,29 +301,70 @@ class Reconciler:
 
     async def _measure(
         self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
-    ) -> tuple[tuple[api.GateResult, ...] | None, str | None, int | None, str | None]:
+    ) -> tuple[
+        tuple[api.GateResult, ...] | None, str | None, int | None, str | None, MilestoneObservation | None
+    ]:
         """Gate results, Prometheus error, candidate requests since the step began, a query Prometheus
-        rejects. Gates too fresh for a window of their own are not measured, so not in the results.
-        Analysis only while the rollout is live: a finished rollout costs Prometheus nothing."""
+        rejects, and the step's milestone window once it holds enough requests. Gates too fresh for a
+        window of their own are not measured, so not in the results. Analysis only while the rollout is
+        live: a finished rollout costs Prometheus nothing."""
         if spec.analysis is None or status.phase not in ANALYSED_PHASES:
-            return None, None, None, None
+            return None, None, None, None, None
         gateway = self._gateway(spec.analysis)
         try:
             gates = await measure_gates(
                 _with_windows(spec, gate_windows(spec, status, now)), namespace, gateway
             )
-            requests = None
+            requests, milestone = None, None
             step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
+            due = milestone_due(spec, status)
             # A start time edited into nonsense is the planner's to repair, not a reason to crash.
             started = parse_time(status.step_started_at)
-            if step is not None and step.pause is not None and step.pause.min_requests and started:
+            counted = step is not None and step.pause is not None and step.pause.min_requests
+            if (counted or due is not None) and started:
                 since = (now - started).total_seconds()  # < 1 s (even < 0: rounded up) counts 0
                 requests = await candidate_requests(spec, namespace, since, gateway)
+                if due is not None and requests is not None and requests >= due.transactions:
+                    milestone = await self._milestone(namespace, spec, status, int(since), requests)
         except QueryRejected as e:
-            return None, None, None, str(e)
+            return None, None, None, str(e), None
         except PrometheusUnavailable as e:
-            return None, str(e), None, None
-        return gates, None, requests, None
+            return None, str(e), None, None, None
+        return gates, None, requests, None, milestone
+
+    async def _milestone(
+        self,
+        namespace: str,
+        spec: api.AgentRolloutSpec,
+        status: api.AgentRolloutStatus,
+        seconds: int,
+        requests: int,
+    ) -> MilestoneObservation | None:
+        """Every gate over exactly the whole seconds the milestone's requests were counted in; a failure
+        leaves it to the next reconcile rather than counting against the gates."""
+        assert spec.analysis is not None
+        try:
+            over = await measure_gates(milestone_spec(spec, seconds), namespace, self._gateway(spec.analysis))
+        except PrometheusError as e:
+            log.warning("%s: milestone not measured yet: %s", namespace, e)
+            return None
+        return MilestoneObservation(status.current_step, requests, seconds, over)
+
+    async def _baseline(
+        self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
+    ) -> BaselineObservation | None:
+        """A promoted revision's signals for its baseline, until the planner has recorded one; a
+        Prometheus failure leaves it to the next reconcile."""
+        started = parse_time(status.attempt_started_at or status.step_started_at)
+        if spec.analysis is None or started is None or not baseline_due(spec, status):
+            return None
+        seconds = baseline_window((now - started).total_seconds())
+        try:
+            gates = await measure_gates(baseline_spec(spec, seconds), namespace, self._gateway(spec.analysis))
+        except PrometheusError as e:  # a rejected query too: none of the user's gates is at stake
+            log.warning("%s: baseline not measured yet: %s", namespace, e)
+            return None
+        return BaselineObservation(status.candidate_revision, seconds, gates)
 
     def _gateway(self, analysis: api.Analysis) -> PrometheusGateway:
         return self._gateway_for(analysis.prometheus.url, api.duration_seconds(analysis.prometheus.timeout))

@@ -63,6 +63,8 @@ class Reason(StrEnum):
     ALERT_FIRED = "AlertFired"  # an incident alert naming the rollout fired (Alertmanager webhook)
     RECOVERED = "Recovered"  # resumed from the route's write-ahead record after a lost status write
     WEIGHTS_RECONCILED = "WeightsReconciled"
+    MILESTONE_RECORDED = "MilestoneRecorded"  # a step's first N transactions, with the gates over them
+    STAGE_REQUIRED = "StageRequired"  # a step holds: a required stage is not Met (spec.readiness)
     DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
 
 
@@ -81,6 +83,7 @@ WARNING_REASONS = frozenset(
         Reason.RECOVERED,
         Reason.QUERY_REJECTED,
         Reason.ALERT_FIRED,
+        Reason.STAGE_REQUIRED,
     }
 )
 ROLLBACK_REASONS = frozenset(
@@ -153,7 +156,7 @@ def record(t: Tick, reason: Reason, message: str, evidence: list[GateResult]) ->
         message=bounded(message),
         step=st.current_step,
         weights=st.weights.model_copy(),
-        evidence=[_history_evidence(r) for r in evidence],
+        evidence=[history_evidence(r) for r in evidence],
     )
     st.history = [*st.history, decision][-api.HISTORY_LIMIT :]
     text = event_text(message, evidence)
@@ -187,7 +190,7 @@ def latest_evidence(result: GateResult) -> GateResult:
     )
 
 
-def _history_evidence(result: GateResult) -> GateResult:
+def history_evidence(result: GateResult) -> GateResult:
     return result.model_copy(
         update={
             "query": bounded(result.query, EVIDENCE_TEXT_LIMIT),

@@ -19,14 +19,18 @@ from agent_rollout.analysis.templates import (
     render_variables,
 )
 from agent_rollout.api import (
+    MILESTONE_LIMIT,
     AgentRolloutSpec,
     Analysis,
     Gate,
     PrometheusSource,
+    Stage,
     Step,
     duration_seconds,
 )
 from agent_rollout.domain import SpecProblem
+from agent_rollout.readiness import STAGE_CRITERIA
+from agent_rollout.tick import step_weights
 
 # A query that takes longer than this holds a reconcile (and a worker thread) too long to be useful;
 # every analysis interval starts new ones anyway.
@@ -38,7 +42,57 @@ _WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 def validate(spec: AgentRolloutSpec) -> list[SpecProblem]:
-    return [*_target_problems(spec), *_step_problems(spec.steps), *_analysis_problems(spec.analysis)]
+    return [
+        *_target_problems(spec),
+        *_step_problems(spec.steps),
+        *_analysis_problems(spec.analysis),
+        *_readiness_problems(spec),
+    ]
+
+
+def _readiness_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
+    """Milestones and required stages that could never be satisfied would hold a step forever."""
+    problems = []
+    milestones = [i for i, step in enumerate(spec.steps) if step.milestone is not None]
+    for i in milestones:
+        path = f"spec.steps[{i}].milestone"
+        if spec.analysis is None:
+            problems.append(
+                SpecProblem(path, "a milestone counts requests in Prometheus: spec.analysis is required")
+            )
+        if step_weights(spec.steps, i).candidate == 0:
+            problems.append(
+                SpecProblem(path, "the candidate has weight 0 at this step: it would serve no transaction")
+            )
+    for i in milestones[MILESTONE_LIMIT:]:
+        problems.append(
+            SpecProblem(f"spec.steps[{i}].milestone", f"at most {MILESTONE_LIMIT} steps may have a milestone")
+        )
+    first = step_weights(spec.steps, 0).candidate
+    waived = set(spec.readiness.criteria.waive)
+    seen: set[Stage] = set()
+    for i, required in enumerate(spec.readiness.require_stages):
+        path = f"spec.readiness.requireStages[{i}]"
+        if required.stage in seen:
+            problems.append(SpecProblem(f"{path}.stage", f"stage {required.stage.value} is required twice"))
+        seen.add(required.stage)
+        if required.before < first:
+            problems.append(
+                SpecProblem(
+                    f"{path}.before",
+                    f"the first step already gives the candidate weight {first}, above before "
+                    f"{required.before}: the rollout could never start (each attempt starts with no "
+                    "evidence)",
+                )
+            )
+        if all(c in waived for c in STAGE_CRITERIA[required.stage]):
+            problems.append(
+                SpecProblem(
+                    f"{path}.stage",
+                    f"every criterion of stage {required.stage.value} is waived: it can never be Met",
+                )
+            )
+    return problems
 
 
 def _target_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:

@@ -212,6 +212,7 @@ def evaluate_gate(gate: Gate, analysis: Analysis, measurement: Measurement) -> G
             legacy_value=_finite(measurement.legacy_value),
             bound=bound_text(gate),
             samples=samples,
+            legacy_samples=_count(_finite(measurement.legacy_samples)),
             min_samples=need,
             query=measurement.query,
             message=message,
