@@ -63,6 +63,13 @@ EVERY_OPTION: dict[str, Any] = {
     "logLevel": "debug",
     "env": [{"name": "AGENT_ROLLOUT_KUBE_QPS", "value": "20"}],
     "podAnnotations": {"example.com/scrape": "false"},
+    "metrics": {
+        "port": 9100,
+        "serviceAnnotations": {"prometheus.io/scrape": "true"},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},  # no CRD here: not rendered
+        "dashboard": {"enabled": True},
+    },
+    "alertReceiver": {"enabled": True, "port": 9443, "tokenSecret": {"name": "alert-token", "key": "bearer"}},
     "podLabels": {"example.com/tier": "control"},
     "priorityClassName": "system-cluster-critical",
     "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -244,9 +251,14 @@ def operator_standing_in_for_the_pod(
     container = pod["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"]
     path = container["livenessProbe"]["httpGet"]["path"]
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
+    # Local ports instead of the pod's: this process shares the host's network with everything else.
     args = [
-        f"--liveness=http://127.0.0.1:{port}{path}" if arg.startswith("--liveness=") else arg
+        f"--liveness=http://127.0.0.1:{port}{path}"
+        if arg.startswith("--liveness=")
+        else f"--metrics-port={metrics_port}"
+        if arg.startswith("--metrics-port=")
+        else arg
         for arg in container["args"]
     ]
     assert len(args) == len(container["args"]) and any(a.startswith("--liveness=") for a in container["args"])

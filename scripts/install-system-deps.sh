@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Installs the system packages the tests run: etcd (Debian's etcd-server), Prometheus, openssl for the
-# e2e harness, and lua5.1 for the Argo CD health check and actions (Argo CD runs Lua 5.1, as gopher-lua).
+# Installs the system packages the tests run: etcd (Debian's etcd-server), Prometheus, Alertmanager (for
+# the alert-triggered rollback e2e), openssl for the e2e harness, and lua5.1 for the Argo CD health check and actions (Argo CD runs Lua 5.1, as gopher-lua).
 # Idempotent: apt-get (update included) runs only when one of the tools is missing.
 #
-# Debian's etcd-server and prometheus packages start their own daemons (etcd on :2379, Prometheus on
-# :9090, with node-exporter among the recommends). The harness runs its own instances on free
+# Debian's etcd-server, prometheus and prometheus-alertmanager packages start their own daemons (etcd on
+# :2379, Prometheus on :9090, Alertmanager on :9093, with node-exporter among the recommends). The harness runs its own instances on free
 # loopback ports, so the packaged daemons are kept from starting during install (policy-rc.d) and
 # disabled afterwards; recommends are not installed. Daemons of packages that were already installed
 # are left alone: they are somebody's, and our ports never collide with them.
 set -euo pipefail
 
-declare -A package_of=([etcd]=etcd-server [prometheus]=prometheus [openssl]=openssl [lua5.1]=lua5.1)
-tools=(etcd prometheus openssl lua5.1)
+declare -A package_of=(
+  [etcd]=etcd-server [prometheus]=prometheus [prometheus-alertmanager]=prometheus-alertmanager
+  [openssl]=openssl [lua5.1]=lua5.1
+)
+tools=(etcd prometheus prometheus-alertmanager openssl lua5.1)
 missing=()
 for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
@@ -49,6 +52,7 @@ for pkg in "${missing[@]}"; do
   case "$pkg" in
     etcd-server) svc=etcd ;;
     prometheus) svc=prometheus ;;
+    prometheus-alertmanager) svc=prometheus-alertmanager ;;
     *) continue ;;
   esac
   if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then

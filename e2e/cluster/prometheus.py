@@ -13,20 +13,52 @@ from typing import Any
 import yaml
 
 SCRAPE_JOB = "sim-agents"
+OPERATOR_JOB = "agent-rollout-operator"
+
+
+def rules_dir(run_dir: Path) -> Path:
+    """Rule files (*.yml) tests drop here are loaded at the next reload()."""
+    return run_dir / "rules"
+
+
+def alertmanager_sd_dir(run_dir: Path) -> Path:
+    """file_sd of the Alertmanagers Prometheus sends its alerts to (none until a test starts one)."""
+    return run_dir / "alertmanagers"
+
+
+def operator_sd_dir(run_dir: Path) -> Path:
+    """file_sd of operators' /metrics endpoints, scraped as job agent-rollout-operator."""
+    return run_dir / "operators"
+
+
+def _file_sd(directory: Path) -> list[dict[str, Any]]:
+    return [{"files": [str(directory / "*.json")], "refresh_interval": "1s"}]
 
 
 def write_config(path: Path, file_sd_dir: Path) -> None:
+    """The config lives in the cluster's run dir; so do the rule and discovery dirs it names."""
+    run_dir = path.parent
+    for directory in (rules_dir(run_dir), alertmanager_sd_dir(run_dir), operator_sd_dir(run_dir)):
+        directory.mkdir(parents=True, exist_ok=True)
     config = {
         # 1 s everywhere so tests see new samples quickly; the tests' targets are few and tiny.
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules_dir(run_dir) / "*.yml")],
+        "alerting": {"alertmanagers": [{"file_sd_configs": _file_sd(alertmanager_sd_dir(run_dir))}]},
         "scrape_configs": [
-            {
-                "job_name": SCRAPE_JOB,
-                "file_sd_configs": [{"files": [str(file_sd_dir / "*.json")], "refresh_interval": "1s"}],
-            }
+            {"job_name": SCRAPE_JOB, "file_sd_configs": _file_sd(file_sd_dir)},
+            {"job_name": OPERATOR_JOB, "file_sd_configs": _file_sd(operator_sd_dir(run_dir))},
         ],
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def reload(prometheus_url: str, timeout_s: float = 10.0) -> None:
+    """Re-read the config and the rule files (rule files are only read at start and on reload)."""
+    request = urllib.request.Request(f"{prometheus_url}/-/reload", method="POST")
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"prometheus reload answered {resp.status}")
 
 
 def prometheus_argv(config: Path, data_dir: Path, port: int) -> list[str]:
@@ -37,6 +69,10 @@ def prometheus_argv(config: Path, data_dir: Path, port: int) -> list[str]:
         f"--storage.tsdb.path={data_dir}",
         "--storage.tsdb.retention.time=1d",
         "--log.level=warn",
+        "--web.enable-lifecycle",  # POST /-/reload: tests load alert rules while it runs
+        # Firing alerts are re-sent to Alertmanager this often (default 1m). A reload restarts the
+        # discovery of Alertmanagers, and an alert first sent before it found one would wait a minute.
+        "--rules.alert.resend-delay=1s",
     ]
 
 

@@ -23,7 +23,7 @@ from e2e.cluster.paths import (
     KUBE_VERSION,
 )
 
-SYSTEM_TOOLS = ("etcd", "prometheus", "openssl")
+SYSTEM_TOOLS = ("etcd", "prometheus", "prometheus-alertmanager", "openssl")
 KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 
 

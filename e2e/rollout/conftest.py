@@ -8,19 +8,23 @@ status admission policy installed: a permission the chart lacks fails the suite.
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent_rollout import api
-from e2e.cluster import ClusterState, chart, identity
+from e2e.cluster import ClusterState, chart, identity, prometheus
 from e2e.cluster.kubeapi import KubeApi
 from e2e.cluster.kubectl import run_kubectl
 from e2e.cluster.lifecycle import in_outage
+from e2e.cluster.ports import free_ports
 from e2e.rollout.scene import CANDIDATE, CRD_FILE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
 from e2e.sim.launcher import AgentGroup
 from e2e.sim.traffic import TrafficDriver
@@ -88,15 +92,54 @@ def operator_kubeconfig(cluster: ClusterState, crd_installed: None, kubectl: Any
     return path
 
 
+@dataclass(frozen=True)
+class OperatorEndpoints:
+    """The session operator's own servers: /metrics (scraped by the cluster's Prometheus as job
+    agent-rollout-operator) and the Alertmanager webhook receiver, behind the token in token_file."""
+
+    metrics_port: int
+    alerts_port: int
+    token_file: Path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def alerts_url(self) -> str:
+        return f"http://127.0.0.1:{self.alerts_port}/alerts"
+
+
+@pytest.fixture(scope="session")
+def operator_endpoints(cluster: ClusterState) -> OperatorEndpoints:
+    metrics_port, alerts_port = free_ports(2)
+    token_file = cluster.run_dir / "alert-receiver.token"
+    token_file.write_text(secrets.token_urlsafe(24) + "\n")
+    return OperatorEndpoints(metrics_port, alerts_port, token_file)
+
+
 @pytest.fixture(scope="session")
 def operator(
-    cluster: ClusterState, operator_kubeconfig: Path, kube_api: KubeApi
+    cluster: ClusterState, operator_kubeconfig: Path, kube_api: KubeApi, operator_endpoints: OperatorEndpoints
 ) -> Iterator[OperatorProcess]:
     # Every evaluation is written to status, so tests can watch them; the write budget (lastAnalysis
     # refreshed every 5 minutes unless a verdict changes) is the unit tests' and `make bench`'s to prove.
+    ends = operator_endpoints
+    args = [
+        "--listen=127.0.0.1",
+        f"--metrics-port={ends.metrics_port}",
+        f"--alerts-port={ends.alerts_port}",
+        f"--alerts-token-file={ends.token_file}",
+    ]
     proc = OperatorProcess(
-        operator_kubeconfig, cluster.run_dir / "operator.log", env={"AGENT_ROLLOUT_ANALYSIS_REFRESH": "0"}
+        operator_kubeconfig,
+        cluster.run_dir / "operator.log",
+        args=args,
+        env={"AGENT_ROLLOUT_ANALYSIS_REFRESH": "0"},
     )
+    # The cluster's Prometheus scrapes the operator's metrics (the alert rules of the chart read them).
+    target = [{"targets": [f"127.0.0.1:{ends.metrics_port}"], "labels": {"cluster": cluster.name}}]
+    (prometheus.operator_sd_dir(cluster.run_dir) / "session.json").write_text(json.dumps(target))
     log_start = proc.log_path.stat().st_size if proc.log_path.exists() else 0  # a reused cluster appends
     proc.start()
     yield proc

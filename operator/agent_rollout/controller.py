@@ -14,11 +14,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent_rollout import api
+from agent_rollout import api, metrics
 from agent_rollout.domain import DeploymentState
 from agent_rollout.informer import Informer, Key
 from agent_rollout.intent import ANNOTATION
@@ -26,6 +26,7 @@ from agent_rollout.kube import DEPLOYMENTS, ROLLOUTS, ROUTES, KubeClient, ListWa
 from agent_rollout.reconcile import Reconciler, WrittenStatus
 from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
 from agent_rollout.sentinel import Sentinel
+from agent_rollout.tick import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class StoredRollout:
     deployments: tuple[str, ...]
     created: str
     deleting: bool
+    gauge: metrics.RolloutGauge  # what the metrics collector reads at scrape time
 
     @classmethod
     def of(cls, obj: dict[str, Any]) -> StoredRollout:
@@ -65,6 +67,7 @@ class StoredRollout:
             deployments=tuple(sorted({n for n in names if isinstance(n, str)})),
             created=str(meta.get("creationTimestamp") or ""),
             deleting=bool(meta.get("deletionTimestamp")),
+            gauge=_gauge(status),
         )
 
     def body(self) -> dict[str, Any]:
@@ -81,6 +84,23 @@ def _urgency(meta: dict[str, Any], status: dict[str, Any], verb: bool) -> int:
     if phase in (None, api.Phase.PENDING):
         return NEW
     return AT_REST
+
+
+def _gauge(status: dict[str, Any]) -> metrics.RolloutGauge:
+    phase = status.get("phase")
+    weights = status.get("weights") or {}
+    candidate = weights.get("candidate") if isinstance(weights, dict) else None
+    started_at = status.get("stepStartedAt")
+    started = parse_time(started_at) if isinstance(started_at, str) else None
+    return metrics.RolloutGauge(
+        # The enum's own string, shared by every rollout, not a copy per parsed status.
+        phase=(_PHASES.get(phase) if isinstance(phase, str) else None) or api.Phase.PENDING.value,
+        candidate_weight=candidate if isinstance(candidate, int) else 0,
+        step_started=started.timestamp() if started is not None else None,
+    )
+
+
+_PHASES = {p.value: p.value for p in api.Phase}
 
 
 def project_deployment(obj: dict[str, Any]) -> DeploymentState:
@@ -158,6 +178,14 @@ class Controller:
         if key in self.scheduler:
             self.scheduler.wake(key, NOW)
 
+    def gauges(self) -> Iterator[tuple[Key, metrics.RolloutGauge]]:
+        """Every stored rollout's gauge values (metrics.StoreCollector, at scrape time)."""
+        for key, stored in self.rollouts.items():
+            yield key, stored.gauge
+
+    def queued(self) -> int:
+        return self.scheduler.pending()
+
     def route_owner(self, namespace: str, route: str) -> str | None:
         claims = self._claims.get((namespace, route))
         if not claims:
@@ -187,14 +215,21 @@ class Controller:
             return None  # nothing of ours to release: the operator puts no finalizer on rollouts
         body = stored.body()
         written = self._written.setdefault(key, WrittenStatus())
-        return await self._reconciler.reconcile(
-            body,
-            deployments=self.deployments.get,
-            routes=self.routes.get,
-            written=written,
-            route_owner=self.route_owner,
-            planned=lambda spec, status, source: self._sentinel.update(key, spec, status, source),
-        )
+        started = time.monotonic()
+        try:
+            return await self._reconciler.reconcile(
+                body,
+                deployments=self.deployments.get,
+                routes=self.routes.get,
+                written=written,
+                route_owner=self.route_owner,
+                planned=lambda spec, status, source: self._sentinel.update(key, spec, status, source),
+            )
+        except Exception:
+            metrics.RECONCILE_ERRORS.inc()
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
     def _urgency_of(self, key: Key) -> int:
         stored = self.rollouts.get(*key)

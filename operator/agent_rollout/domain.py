@@ -56,6 +56,18 @@ class RouteIntent:
 
 
 @dataclass(frozen=True)
+class FiringAlert:
+    """An incident alert, firing now, whose labels name this rollout (alerts.py receives them from
+    Alertmanager). The planner rolls a live rollout back on one; the alert is the decision's evidence."""
+
+    name: str  # the alertname label
+    fingerprint: str  # Alertmanager's identity of the alert: a resolve names the same one
+    starts_at: str  # when it began firing, as Alertmanager says (RFC 3339)
+    summary: str = ""  # annotations.summary or .description, bounded by the planner's record
+    labels: str = ""  # the alert's labels as one line (k=v, ...), for the evidence
+
+
+@dataclass(frozen=True)
 class MilestoneObservation:
     """A step's first transactions: every gate measured over exactly the window since the step began,
     at an evaluation that counted at least the milestone's N candidate requests in it."""
@@ -99,6 +111,8 @@ class Observations:
     # How stale the measured values in status.lastAnalysis may get while no verdict changes: the
     # operator's setting (AGENT_ROLLOUT_ANALYSIS_REFRESH), a write budget, not a rollout rule.
     analysis_refresh: float = 300.0
+    # Incident alerts firing now that name this rollout (agentrollout + namespace labels).
+    firing_alerts: tuple[FiringAlert, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
+from aiohttp import web
 
+from agent_rollout import alerts, metrics
 from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
 from agent_rollout.controller import WORKERS, Controller
@@ -54,6 +57,8 @@ class _Runtime:
     tasks: list[asyncio.Task[None]] = []
     gateways: dict[tuple[str, float], PrometheusGateway] = {}
     readers: dict[str, BatchReader] = {}
+    servers: list[web.AppRunner] = []
+    unregister: list[Callable[[], None]] = []
 
 
 def _gateway_for(url: str, timeout: float) -> PrometheusGateway:
@@ -81,11 +86,26 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
     client = ListWatchClient.from_environment(connections=3 * len(namespaces or [None]))
     clock = lambda: datetime.now(UTC)  # noqa: E731
     sentinel = Sentinel(clock=clock, period=FAST_CHECK_PERIOD)
-    reconciler = Reconciler(kube=kube, gateway_for=_gateway_for, events=_post_event, clock=clock)
+    book = alerts.AlertBook()
+    reconciler = Reconciler(
+        kube=kube, gateway_for=_gateway_for, events=_post_event, clock=clock, alerts=book.firing
+    )
     controller = _Runtime.controller = Controller(
         reconciler, sentinel, kube, client, namespaces=namespaces, workers=RECONCILE_WORKERS
     )
     sentinel.wake = controller.wake
+    host = memo.get("listen") or "0.0.0.0"
+    if memo.get("metrics_port"):
+        _Runtime.unregister.append(metrics.register_store(controller))
+        _Runtime.servers.append(await alerts.serve(metrics.metrics_app(), host, memo["metrics_port"]))
+        log.info("metrics on http://%s:%d/metrics", host, memo["metrics_port"])
+    if memo.get("alerts_port"):
+        token_file = Path(memo["alerts_token_file"])
+        alerts.read_token(token_file)  # refuse to start with a receiver nobody can authenticate to
+        known = lambda key: controller.rollouts.get(*key) is not None  # noqa: E731
+        app = alerts.receiver_app(book, token_file, known, controller.wake, ready=lambda: controller.synced)
+        _Runtime.servers.append(await alerts.serve(app, host, memo["alerts_port"]))
+        log.info("Alertmanager webhook receiver on http://%s:%d%s", host, memo["alerts_port"], alerts.PATH)
     loop = asyncio.get_running_loop()
     _Runtime.tasks = [
         loop.create_task(controller.run(), name="controller"),
@@ -99,5 +119,10 @@ async def shutdown(**_: Any) -> None:
         task.cancel()
     if _Runtime.controller is not None:
         await _Runtime.controller.stop()
+    for runner in _Runtime.servers:
+        await runner.cleanup()
+    for unregister in _Runtime.unregister:
+        unregister()
+    _Runtime.servers, _Runtime.unregister = [], []
     if _Runtime.kube is not None:
         _Runtime.kube.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 import kopf
@@ -15,7 +16,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", action="append", help="watch only these namespaces (default: all)")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("AGENT_ROLLOUT_METRICS_PORT", "0")),
+        help="serve Prometheus metrics on this port at /metrics (0: off; env AGENT_ROLLOUT_METRICS_PORT)",
+    )
+    parser.add_argument(
+        "--alerts-port",
+        type=int,
+        default=int(os.environ.get("AGENT_ROLLOUT_ALERTS_PORT", "0")),
+        help="serve the Alertmanager webhook receiver on this port at /alerts (0: off; needs a token file)",
+    )
+    parser.add_argument(
+        "--alerts-token-file",
+        default=os.environ.get("AGENT_ROLLOUT_ALERTS_TOKEN_FILE"),
+        help="file holding the bearer token Alertmanager must send (e.g. a mounted Secret)",
+    )
+    parser.add_argument(
+        "--listen", default=os.environ.get("AGENT_ROLLOUT_LISTEN", "0.0.0.0"), help="address of both servers"
+    )
     args = parser.parse_args(argv)
+    if args.alerts_port and not args.alerts_token_file:
+        parser.error("--alerts-port needs --alerts-token-file: the receiver never runs unauthenticated")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -35,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
             namespaces=args.namespace or [],
             liveness_endpoint=args.liveness,
             standalone=True,
-            memo=kopf.Memo(namespaces=args.namespace or []),
+            memo=kopf.Memo(
+                namespaces=args.namespace or [],
+                metrics_port=args.metrics_port,
+                alerts_port=args.alerts_port,
+                alerts_token_file=args.alerts_token_file,
+                listen=args.listen,
+            ),
         )
     )
     return 0

@@ -290,7 +290,9 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
         transition(t, spec, Phase.PENDING, Reason.SPEC_VALID, "spec is valid again: restarting from step 1")
     legacy_found, candidate_found = _check_targets(t, spec)
     # A decision is recorded even when legacy is missing; the route follows when it returns.
-    if _abort(t, spec) or not candidate_found or _new_candidate(t, spec) or _retry(t, spec):
+    if _abort(t, spec) or _alert_fired(t, spec):
+        return
+    if not candidate_found or _new_candidate(t, spec) or _retry(t, spec):
         return
     if t.st.phase is Phase.PENDING:
         if t.obs.queries_unchecked is not None:
@@ -373,6 +375,35 @@ def _abort(t: Tick, spec: AgentRolloutSpec) -> bool:
         "aborted by a human (status.abort): all traffic to legacy",
         evidence=st.last_analysis,
     )
+    return True
+
+
+def _alert_fired(t: Tick, spec: AgentRolloutSpec) -> bool:
+    """An incident alert naming the rollout fires (Alertmanager's webhook, alerts.py): roll back at
+    once, without waiting for the next evaluation or a failure limit. Only a live rollout is rolled
+    back: a promoted candidate is the new normal (its legacy may be gone), and one already rolled back
+    stays so. A retry while the alert still fires is rolled back again: resolve the alert first."""
+    alerts = t.obs.firing_alerts
+    if not alerts or t.st.phase not in LIVE_PHASES:
+        return False
+    if t.st.candidate_revision is None and t.obs.candidate is not None:
+        t.st.candidate_revision = t.obs.candidate.template_hash  # so that a new revision can restart it
+    evidence = [
+        GateResult(
+            name=f"alert:{a.name}",
+            verdict=Verdict.FAIL,
+            bound=f"firing since {a.starts_at}",
+            query=a.labels,
+            message=a.summary,
+        )
+        for a in alerts
+    ]
+    names = ", ".join(sorted({a.name for a in alerts}))
+    message = (
+        f"alert {names} fired for this rollout at step {t.st.current_step + 1}/{len(spec.steps)}: "
+        "all traffic to legacy"
+    )
+    transition(t, spec, Phase.ROLLED_BACK, Reason.ALERT_FIRED, message, evidence=evidence)
     return True
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from agent_rollout import api
+from agent_rollout import api, metrics
 from agent_rollout.analysis.prometheus import (
     PrometheusError,
     PrometheusGateway,
@@ -30,6 +30,7 @@ from agent_rollout.domain import (
     BaselineObservation,
     DeploymentState,
     EmitEvent,
+    FiringAlert,
     MilestoneObservation,
     Observations,
     Plan,
@@ -49,7 +50,7 @@ from agent_rollout.readiness import (
     milestone_spec,
 )
 from agent_rollout.statuspatch import merge_patch
-from agent_rollout.tick import parse_time
+from agent_rollout.tick import ROLLBACK_REASONS, parse_time
 from agent_rollout.traffic import gatewayapi
 from agent_rollout.validation import validate
 
@@ -67,6 +68,8 @@ DeploymentLookup = Callable[[str, str], DeploymentState | None]
 RouteLookup = Callable[[str, str], dict[str, Any] | None]
 # (namespace, route) -> the AgentRollout that owns it: the oldest one naming it.
 RouteOwnerLookup = Callable[[str, str], str | None]
+# (namespace, name) -> incident alerts firing now that name the rollout (alerts.AlertBook.firing).
+AlertLookup = Callable[[str, str], tuple[FiringAlert, ...]]
 # Told the spec, the planned status and the rollout's Prometheus after each plan (the fast check's feed).
 PlannedCallback = Callable[
     [api.AgentRolloutSpec | None, api.AgentRolloutStatus, PrometheusGateway | None], None
@@ -147,7 +150,9 @@ class Reconciler:
         gateway_for: Callable[[str, float], PrometheusGateway],
         events: EventSink,
         clock: Callable[[], datetime],
+        alerts: AlertLookup = lambda namespace, name: (),
     ) -> None:
+        self._alerts = alerts
         self._kube = kube
         self._gateway_for = gateway_for
         self._events = events
@@ -232,6 +237,7 @@ class Reconciler:
             query_rejected=rejected,
             queries_unchecked=unchecked,
             analysis_refresh=ANALYSIS_REFRESH,
+            firing_alerts=self._alerts(namespace, name),
         )
         result = plan(spec, status, obs, now)
         if planned is not None:
@@ -249,6 +255,10 @@ class Reconciler:
             if isinstance(action, EmitEvent):
                 self._events(body, action.type, action.reason, action.message)
         await self._write_status(namespace, name, raw_status, new_status, written, force=failure is not None)
+        # Counted once written: a plan whose status write failed is planned (and decided) again.
+        decided = (a.reason for a in result.actions if isinstance(a, EmitEvent))
+        metrics.record_decisions((namespace, name), decided, ROLLBACK_REASONS)
+        metrics.observe_gates((namespace, name), new_status.phase, gates)
 
         if failure is not None:
             # Quickly while it may be transient; a refusal backs off, visible in TrafficRouted meanwhile.

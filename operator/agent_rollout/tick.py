@@ -60,6 +60,7 @@ class Reason(StrEnum):
     INCONCLUSIVE_LIMIT = "InconclusiveLimit"  # the candidate serves but its gates give no verdict
     ROUTE_WRITE_FAILED = "RouteWriteFailed"  # the API server did not take a weight change
     QUERY_REJECTED = "QueryRejected"  # Prometheus refuses a gate's query: the candidate cannot be judged
+    ALERT_FIRED = "AlertFired"  # an incident alert naming the rollout fired (Alertmanager webhook)
     RECOVERED = "Recovered"  # resumed from the route's write-ahead record after a lost status write
     WEIGHTS_RECONCILED = "WeightsReconciled"
     MILESTONE_RECORDED = "MilestoneRecorded"  # a step's first N transactions, with the gates over them
@@ -81,6 +82,7 @@ WARNING_REASONS = frozenset(
         Reason.ROUTE_WRITE_FAILED,
         Reason.RECOVERED,
         Reason.QUERY_REJECTED,
+        Reason.ALERT_FIRED,
         Reason.STAGE_REQUIRED,
     }
 )
@@ -91,6 +93,7 @@ ROLLBACK_REASONS = frozenset(
         Reason.ABORTED,
         Reason.INCONCLUSIVE_LIMIT,
         Reason.QUERY_REJECTED,
+        Reason.ALERT_FIRED,
     }
 )
 LIVE_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})

@@ -24,6 +24,7 @@ import asyncio
 import functools
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from agent_rollout import metrics
 from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.gates import Measurement, bound_text, evaluate_gate
 from agent_rollout.analysis.templates import (
@@ -262,10 +264,20 @@ class PrometheusGateway:
     async def _in_thread(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, call)
+        started = time.monotonic()
         try:
             return await asyncio.wait_for(future, self.timeout)
         except TimeoutError:
+            metrics.QUERY_ERRORS.labels(prometheus=self.url, kind="unavailable").inc()
             raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from None
+        except PrometheusUnavailable:
+            metrics.QUERY_ERRORS.labels(prometheus=self.url, kind="unavailable").inc()
+            raise
+        except QueryRejected:
+            metrics.QUERY_ERRORS.labels(prometheus=self.url, kind="rejected").inc()
+            raise
+        finally:
+            metrics.QUERY_SECONDS.labels(prometheus=self.url).observe(time.monotonic() - started)
 
     def _query(self, promql: str, parse: Callable[[Any], T]) -> T:
         """Runs in a worker thread, parsing included: a block's thousands of series stay off the loop."""

@@ -1,0 +1,201 @@
+"""The operator's own metrics, exposed with prometheus_client on a port of their own (/metrics).
+
+Cost per rollout is what matters at 10,000 rollouts per operator: nothing here polls an object or
+writes to the API server. Counters and histograms are bumped where things happen (a reconcile, a
+Prometheus query, a decision, an alert). Everything about rollouts' state is computed at scrape time
+from the controller's store (StoreCollector): rollouts by phase are counts, not a series per rollout;
+per-rollout series (candidate weight, the step's start, gate values) exist only for live rollouts,
+and rollbacks only for rollouts that rolled back, pruned once the rollout is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from agent_rollout import api
+
+PREFIX = "agent_rollout"
+REGISTRY = CollectorRegistry(auto_describe=True)
+Key = tuple[str, str]
+
+RECONCILE_SECONDS = Histogram(
+    f"{PREFIX}_reconcile_duration_seconds",
+    "Time one reconcile of one rollout took (observe, plan, route, status write).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+RECONCILE_ERRORS = Counter(
+    f"{PREFIX}_reconcile_errors_total", "Reconciles that raised (retried later).", registry=REGISTRY
+)
+DECISIONS = Counter(
+    f"{PREFIX}_decisions_total",
+    "Decisions recorded in rollouts' history, by reason (Started, StepCompleted, GateFailed, ...).",
+    ["reason"],
+    registry=REGISTRY,
+)
+QUERY_SECONDS = Histogram(
+    f"{PREFIX}_prometheus_query_duration_seconds",
+    "Latency of the operator's queries to a Prometheus, failed ones included.",
+    ["prometheus"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+QUERY_ERRORS = Counter(
+    f"{PREFIX}_prometheus_query_errors_total",
+    "Queries that got no usable answer: unavailable (down, timeout, 5xx) or rejected (invalid query).",
+    ["prometheus", "kind"],
+    registry=REGISTRY,
+)
+ALERTS_RECEIVED = Counter(
+    f"{PREFIX}_alerts_received_total",
+    "Alerts received from Alertmanager's webhook, by status (firing, resolved).",
+    ["status"],
+    registry=REGISTRY,
+)
+ALERTS_MATCHED = Counter(
+    f"{PREFIX}_alerts_matched_total", "Received alerts that named a known rollout.", registry=REGISTRY
+)
+ALERTS_UNMATCHED = Counter(
+    f"{PREFIX}_alerts_unmatched_total",
+    "Received alerts that named no rollout the operator knows (ignored).",
+    registry=REGISTRY,
+)
+ALERTS_REFUSED = Counter(
+    f"{PREFIX}_alert_requests_refused_total",
+    "Requests to the alert receiver refused for a missing or wrong bearer token.",
+    registry=REGISTRY,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutGauge:
+    """What the collector reads of one stored rollout (controller.StoredRollout carries it)."""
+
+    phase: str
+    candidate_weight: int
+    step_started: float | None  # epoch seconds of status.stepStartedAt
+
+
+class Store(Protocol):
+    def gauges(self) -> Iterable[tuple[Key, RolloutGauge]]: ...
+    def queued(self) -> int: ...
+
+
+class _State:
+    """Per-rollout values the store does not hold, bounded as explained in the module docstring."""
+
+    gates: dict[Key, tuple[tuple[str, float | None, str], ...]] = {}
+    rollbacks: dict[tuple[str, str, str], int] = {}
+
+
+def observe_gates(key: Key, phase: api.Phase, gates: Iterable[api.GateResult] | None) -> None:
+    """The gate results just measured for a rollout (the live values; status may lag by its refresh)."""
+    if phase not in (api.Phase.PROGRESSING, api.Phase.PAUSED):
+        _State.gates.pop(key, None)
+    elif gates is not None:
+        _State.gates[key] = tuple((g.name, g.value, g.verdict.value) for g in gates)
+
+
+def record_decisions(key: Key, reasons: Iterable[str], rollback_reasons: frozenset[str]) -> None:
+    for reason in reasons:
+        DECISIONS.labels(reason=reason).inc()
+        if reason in rollback_reasons:
+            cause = (key[0], key[1], reason)
+            _State.rollbacks[cause] = _State.rollbacks.get(cause, 0) + 1
+
+
+class StoreCollector(Collector):
+    """Rollout state at scrape time, from the controller's store: O(rollouts) per scrape, nothing
+    between scrapes."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def describe(self) -> list[Any]:
+        return []  # the families depend on the store; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        phases = GaugeMetricFamily(f"{PREFIX}_rollouts", "AgentRollouts by phase.", labels=["phase"])
+        weight = GaugeMetricFamily(
+            f"{PREFIX}_candidate_weight",
+            "Candidate's weight on the route as status says, live rollouts (Progressing, Paused) only.",
+            labels=["namespace", "rollout"],
+        )
+        started = GaugeMetricFamily(
+            f"{PREFIX}_step_started_timestamp_seconds",
+            "When the current step of a live rollout began (time() - this: how long it is stuck).",
+            labels=["namespace", "rollout"],
+        )
+        counts = {p.value: 0 for p in api.Phase}
+        live: set[Key] = set()
+        present: set[Key] = set()
+        for key, g in self._store.gauges():
+            present.add(key)
+            counts[g.phase] = counts.get(g.phase, 0) + 1
+            if g.phase in (api.Phase.PROGRESSING.value, api.Phase.PAUSED.value):
+                live.add(key)
+                weight.add_metric(list(key), g.candidate_weight)
+                if g.step_started is not None:
+                    started.add_metric(list(key), g.step_started)
+        for phase, n in counts.items():
+            phases.add_metric([phase], n)
+        yield phases
+        yield weight
+        yield started
+        gate_value = GaugeMetricFamily(
+            f"{PREFIX}_gate_value",
+            "A live rollout's gate value at its latest evaluation (absent: no value).",
+            labels=["namespace", "rollout", "gate"],
+        )
+        gate_verdict = GaugeMetricFamily(
+            f"{PREFIX}_gate_verdict",
+            "1 for the verdict a live rollout's gate had at its latest evaluation.",
+            labels=["namespace", "rollout", "gate", "verdict"],
+        )
+        for key in [k for k in _State.gates if k not in live]:
+            del _State.gates[key]
+        for key, results in _State.gates.items():
+            for name, value, verdict in results:
+                if value is not None:
+                    gate_value.add_metric([*key, name], value)
+                gate_verdict.add_metric([*key, name, verdict], 1)
+        yield gate_value
+        yield gate_verdict
+        rollbacks = CounterMetricFamily(
+            f"{PREFIX}_rollbacks",
+            "Rollbacks decided by this operator process, by rollout and cause (GateFailed, AlertFired, ...).",
+            labels=["namespace", "rollout", "cause"],
+        )
+        for cause in [c for c in _State.rollbacks if (c[0], c[1]) not in present]:
+            del _State.rollbacks[cause]
+        for (namespace, name, reason), n in _State.rollbacks.items():
+            rollbacks.add_metric([namespace, name, reason], n)
+        yield rollbacks
+        queued = GaugeMetricFamily(f"{PREFIX}_reconciles_queued", "Rollouts due and waiting for a worker.")
+        queued.add_metric([], self._store.queued())
+        yield queued
+
+
+def register_store(store: Store) -> Callable[[], None]:
+    """Expose the store's rollouts; returns the function that stops exposing them."""
+    collector = StoreCollector(store)
+    REGISTRY.register(collector)
+    return lambda: REGISTRY.unregister(collector)
+
+
+def metrics_app() -> web.Application:
+    async def scrape(_: web.Request) -> web.Response:
+        # On the event loop, which owns the store: no lock, and a scrape of 10,000 rollouts is milliseconds.
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    return app

@@ -1,0 +1,123 @@
+"""The operator's metrics: what a scrape shows, computed from the store at scrape time."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent_rollout import api, metrics
+from agent_rollout.controller import StoredRollout
+from agent_rollout.tick import ROLLBACK_REASONS
+
+
+class FakeStore:
+    def __init__(self, rollouts: dict[tuple[str, str], StoredRollout]) -> None:
+        self.rollouts = rollouts
+
+    def gauges(self) -> Iterable[tuple[tuple[str, str], metrics.RolloutGauge]]:
+        return ((k, r.gauge) for k, r in self.rollouts.items())
+
+    def queued(self) -> int:
+        return 3
+
+
+def stored(name: str, phase: str, candidate: int) -> StoredRollout:
+    status = {"phase": phase, "weights": {"legacy": 100 - candidate, "candidate": candidate}}
+    status["stepStartedAt"] = "2026-03-01T12:00:00Z"
+    return StoredRollout.of(
+        {"metadata": {"name": name, "namespace": "ns", "generation": 1}, "status": status}
+    )
+
+
+def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.REGISTRY).decode()):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def test_scrape_counts_phases_and_shows_live_rollouts_weights_gates_and_rollbacks() -> None:
+    store = FakeStore(
+        {
+            ("ns", "a"): stored("a", "Progressing", 25),
+            ("ns", "b"): stored("b", "Promoted", 100),
+            ("ns", "c"): stored("c", "RolledBack", 0),
+        }
+    )
+    gate = api.GateResult(name="error-rate", verdict=api.Verdict.FAIL, value=0.2)
+    metrics.observe_gates(("ns", "a"), api.Phase.PROGRESSING, [gate])
+    metrics.observe_gates(("ns", "c"), api.Phase.ROLLED_BACK, [gate])
+    metrics.record_decisions(("ns", "c"), ["GateFailed"], ROLLBACK_REASONS)
+    metrics.record_decisions(("ns", "gone"), ["AlertFired"], ROLLBACK_REASONS)
+    unregister = metrics.register_store(store)
+    try:
+        found = scrape()
+    finally:
+        unregister()
+    phases = {labels["phase"]: value for labels, value in found["agent_rollout_rollouts"]}
+    assert (phases["Progressing"], phases["Promoted"], phases["RolledBack"], phases["Paused"]) == (1, 1, 1, 0)
+    # Per-rollout series only for live rollouts.
+    assert found["agent_rollout_candidate_weight"] == [({"namespace": "ns", "rollout": "a"}, 25)]
+    assert [labels["rollout"] for labels, _ in found["agent_rollout_step_started_timestamp_seconds"]] == ["a"]
+    assert found["agent_rollout_gate_value"] == [
+        ({"namespace": "ns", "rollout": "a", "gate": "error-rate"}, 0.2)
+    ]
+    (verdict,) = found["agent_rollout_gate_verdict"]
+    assert verdict[0]["verdict"] == "Fail"
+    # A deleted rollout's rollbacks are pruned at the next scrape.
+    rollbacks = {(labels["rollout"], labels["cause"]) for labels, _ in found["agent_rollout_rollbacks_total"]}
+    assert rollbacks == {("c", "GateFailed")}
+    assert ({}, 3) in found["agent_rollout_reconciles_queued"]
+    decisions = {labels["reason"] for labels, _ in found["agent_rollout_decisions_total"]}
+    assert {"GateFailed", "AlertFired"} <= decisions
+
+
+CHART = Path(__file__).resolve().parents[1] / "charts" / "agent-rollout"
+METRIC_NAME = re.compile(r"\bagent_rollout_[a-z_]+")
+
+
+def exported_names() -> set[str]:
+    """Every sample name a scrape can show, histogram and counter suffixes included."""
+    unregister = metrics.register_store(FakeStore({("ns", "a"): stored("a", "Progressing", 5)}))
+    metrics.QUERY_SECONDS.labels(prometheus="p").observe(0.1)
+    metrics.QUERY_ERRORS.labels(prometheus="p", kind="unavailable")
+    metrics.ALERTS_RECEIVED.labels(status="firing")
+    metrics.observe_gates(
+        ("ns", "a"), api.Phase.PROGRESSING, [api.GateResult(name="g", verdict=api.Verdict.PASS, value=1)]
+    )
+    metrics.record_decisions(("ns", "a"), ["GateFailed"], ROLLBACK_REASONS)
+    try:
+        return set(scrape())
+    finally:
+        unregister()
+
+
+def test_the_chart_rules_and_dashboard_only_read_metrics_the_operator_exports() -> None:
+    exported = exported_names()
+    rules = yaml.safe_load((CHART / "files" / "agent-rollout.rules.yml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in METRIC_NAME.findall(e)}
+    assert used and used <= exported, sorted(used - exported)
+
+
+def test_the_chart_rules_pass_promtool() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with the prometheus package: bash scripts/install-system-deps.sh"
+    done = subprocess.run(
+        [promtool, "check", "rules", str(CHART / "files" / "agent-rollout.rules.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
