@@ -19,7 +19,7 @@ from prometheus_api_client import PrometheusConnect
 
 from e2e.cluster import ClusterStartError, ClusterState, stop_cluster, tools
 from e2e.cluster.kubeapi import KubeApi, new_api_client
-from e2e.cluster.kubectl import run_kubectl
+from e2e.cluster.kubectl import kubectl_for
 from e2e.cluster.session import acquire_cluster
 from e2e.sim.launcher import AgentGroup, start_agents
 from e2e.sim.profile import FaultProfile
@@ -82,12 +82,7 @@ def kube_api(cluster: ClusterState) -> Iterator[KubeApi]:
 
 @pytest.fixture(scope="session")
 def kubectl(cluster: ClusterState) -> Kubectl:
-    """kubectl(*args, stdin=None, check=True) with the repo-built kubectl and the cluster's kubeconfig."""
-
-    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run_kubectl(cluster.kubectl_bin, cluster.kubeconfig, *args, stdin=stdin, check=check)
-
-    return run
+    return kubectl_for(cluster)
 
 
 @pytest.fixture(scope="session")

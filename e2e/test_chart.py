@@ -33,7 +33,7 @@ import yaml
 from agent_rollout import api
 from e2e.cluster import ClusterState, chart, identity, tools
 from e2e.cluster.kubeapi import KubeApi
-from e2e.cluster.kubectl import run_kubectl
+from e2e.cluster.kubectl import kubectl_for, run_kubectl
 from e2e.cluster.lifecycle import start_cluster, stop_cluster
 from e2e.cluster.paths import REPO_ROOT
 from e2e.cluster.procs import set_parent_death_signal
@@ -120,10 +120,7 @@ def kube_api(cluster: ClusterState) -> Iterator[KubeApi]:
 
 @pytest.fixture(scope="module")
 def kubectl(cluster: ClusterState) -> Kubectl:
-    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run_kubectl(cluster.kubectl_bin, cluster.kubeconfig, *args, stdin=stdin, check=check)
-
-    return run
+    return kubectl_for(cluster)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from e2e.cluster.state import ClusterState
+
+Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 class KubectlError(RuntimeError):
@@ -31,3 +38,12 @@ def run_kubectl(
     if check and done.returncode != 0:
         raise KubectlError(f"kubectl {' '.join(args)} failed (rc={done.returncode}): {done.stderr.strip()}")
     return done
+
+
+def kubectl_for(cluster: ClusterState) -> Kubectl:
+    """kubectl(*args, stdin=None, check=True) with the repo-built kubectl and the cluster's kubeconfig."""
+
+    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_kubectl(cluster.kubectl_bin, cluster.kubeconfig, *args, stdin=stdin, check=check)
+
+    return run
