@@ -20,6 +20,9 @@ import pytest
 import yaml
 
 from agent_rollout.cli import complete_main, complete_words, main
+from tests.specs import analysis_dict, spec_dict
+
+ERROR_RATE_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
 
 BASE = "/apis/agentrollout.io/v1alpha1/namespaces"
 
@@ -427,7 +430,15 @@ def no_rollouts(namespace: str | None, kubeconfig: str | None, context: str | No
 
 
 def test_the_first_word_completes_to_the_verbs() -> None:
-    assert complete_words([""], no_rollouts) == ["status", "report", "abort", "promote", "retry", "version"]
+    assert complete_words([""], no_rollouts) == [
+        "status",
+        "report",
+        "abort",
+        "promote",
+        "retry",
+        "baseline",
+        "version",
+    ]
     assert complete_words(["pro"], no_rollouts) == ["promote"]
     assert complete_words(["-n", "support", "ret"], no_rollouts) == ["retry"]
     assert complete_words(["-n", "support", "re"], no_rollouts) == ["report", "retry"]
@@ -460,3 +471,63 @@ def test_completion_lists_names_from_the_cluster_and_says_no_file_completion(
     write_kubeconfig(kubeconfig, "http://127.0.0.1:1", {"ctx": "support"})
     assert complete_main(["status", ""]) == 0
     assert capsys.readouterr() == (":4\n", "")
+
+
+# ---------------------------------------------------------------- baseline on demand
+
+
+def measured(server: FakeApiServer, phase: str | None, candidate: int = 10, **status: Any) -> dict[str, Any]:
+    """A rollout with an analysis section (the baseline is measured with its Prometheus)."""
+    weights = {"legacy": 100 - candidate, "candidate": candidate}
+    obj = server.rollout("support", "triage", phase, currentStep=1, weights=weights, **status)
+    obj["spec"] = spec_dict(analysis=analysis_dict(ERROR_RATE_GATE))
+    return obj
+
+
+@pytest.mark.parametrize(("phase", "candidate"), [("Progressing", 10), ("Paused", 10), ("Promoted", 100)])
+def test_baseline_is_one_merge_patch_of_record_baseline_where_both_versions_have_traffic(
+    server: FakeApiServer, run: Callable[..., Ran], config: str, phase: str, candidate: int
+) -> None:
+    measured(server, phase, candidate, candidateRevision="abc123")
+
+    ran = run("baseline", "triage", "--kubeconfig", config)
+
+    assert (ran.code, ran.err) == (0, "")
+    assert ran.out.startswith(
+        "agentrollout support/triage: baseline requested: candidate revision abc123 against legacy"
+    ), ran.out
+    [patch] = server.patches()
+    assert patch.path == f"{BASE}/support/agentrollouts/triage/status"
+    assert patch.content_type == "application/merge-patch+json"
+    assert patch.body == {"status": {"recordBaseline": True}}
+
+
+@pytest.mark.parametrize(
+    ("phase", "candidate", "analysis", "why"),
+    [
+        (None, 0, True, "it is Pending: a baseline compares a candidate serving traffic with legacy"),
+        ("RolledBack", 0, True, "it is RolledBack"),
+        ("Failed", 0, True, "it is Failed"),
+        ("Progressing", 0, True, "the candidate takes no traffic at step 2 (weight 0)"),
+        ("Promoted", 100, False, "the spec has no analysis section"),
+    ],
+)
+def test_baseline_without_candidate_and_legacy_traffic_to_compare_is_refused(
+    server: FakeApiServer,
+    run: Callable[..., Ran],
+    config: str,
+    phase: str | None,
+    candidate: int,
+    analysis: bool,
+    why: str,
+) -> None:
+    obj = measured(server, phase, candidate)
+    if not analysis:
+        obj["spec"].pop("analysis")
+
+    ran = run("baseline", "triage", "--kubeconfig", config)
+
+    assert (ran.code, ran.out) == (1, "")
+    assert ran.err.startswith("error: cannot record a baseline of agentrollout support/triage: "), ran.err
+    assert why in ran.err and ran.err.count("\n") == 1
+    assert server.patches() == []

@@ -509,8 +509,9 @@ class BaselineMetric(_Model):
 
 
 class Baseline(_Model):
-    """Recorded when a revision is promoted: what it costs and how it behaves, against legacy and against
-    the previous baseline of this AgentRollout (the Optimize stage's evidence)."""
+    """Recorded when a revision is promoted, and on demand (status.recordBaseline): what it costs and how
+    it behaves, against legacy and against the previous promoted revision's baseline of this AgentRollout
+    (the Optimize stage's evidence)."""
 
     revision: str | None = None
     recorded_at: str
@@ -518,8 +519,18 @@ class Baseline(_Model):
         description="The window is the last windowSeconds before recordedAt: from the rollout's start, "
         "at most 1h; legacy served in it until the promotion, the candidate throughout."
     )
+    phase: Phase | None = Field(
+        default=None,
+        description="The rollout's phase when recorded: Promoted, or Progressing/Paused for a baseline "
+        "recorded on demand mid-rollout (absent: recorded at promotion by an older operator).",
+    )
+    on_demand: bool = Field(
+        default=False, description="Recorded because a human set status.recordBaseline, not at promotion."
+    )
     metrics: list[BaselineMetric] = Field(default_factory=list)
-    previous_revision: str | None = None
+    previous_revision: str | None = Field(
+        default=None, description="The promoted revision whose baseline `previous` and `change` compare with."
+    )
     previous_recorded_at: str | None = None
 
 
@@ -573,6 +584,11 @@ class AgentRolloutStatus(_Model):
         default=False,
         description="Set by a human (kubectl agentrollout retry): restart a rolled-back rollout from step 1.",
     )
+    record_baseline: bool = Field(
+        default=False,
+        description="Set by a human (kubectl agentrollout baseline): record the candidate revision's "
+        "baseline against legacy now (Progressing or Paused with candidate traffic, or Promoted).",
+    )
     conditions: list[Condition] = Field(default_factory=list)
     history: list[Decision] = Field(default_factory=list)
     readiness: ReadinessStatus | None = None
@@ -580,7 +596,8 @@ class AgentRolloutStatus(_Model):
         default=None, description="When the current attempt (start, retry, new revision) began."
     )
     baseline: Baseline | None = Field(
-        default=None, description="The latest promoted revision's baseline; kept across rollouts."
+        default=None,
+        description="The latest baseline (at promotion, or on demand); kept across rollouts.",
     )
 
 

@@ -7,11 +7,16 @@ human with `kubectl patch --subresource=status --type=merge` all do exactly the 
                                              goes back to legacy)
     promote  {"status": {"promote": true}}   end the current step or pause (human approval)
     retry    {"status": {"retry": true}}     restart a rolled-back rollout from step 1, same candidate
+    baseline {"status": {"recordBaseline": true}}
+                                             record the candidate revision's baseline against legacy
+                                             now (Progressing or Paused with candidate traffic, or
+                                             Promoted); it is also recorded at every promotion
 
 Before patching, the plugin reads the rollout and says what the verb will do in its phase, or
 refuses a verb the operator would consume without effect (retry outside RolledBack, promote of a
-rollout that has no step left to end). That check is advisory: the phase can change between the
-read and the patch, and the operator's rules stay the only authority on what a verb does.
+rollout that has no step left to end, baseline with no candidate and legacy traffic to compare).
+That check is advisory: the phase can change between the read and the patch, and the operator's
+rules stay the only authority on what a verb does.
 
 `report NAME -o html|md|json [--out FILE] [--prometheus URL]` writes a self-contained report: the
 readiness scorecard, the timeline of decisions, plots of the candidate weight and of each gate against
@@ -38,11 +43,13 @@ from enum import Enum
 from typing import Any
 
 from agent_rollout import api, report
+from agent_rollout.readiness import baseline_refusal
 
 VERBS = {
     "abort": {"abort": True},
     "promote": {"promote": True},
     "retry": {"retry": True},
+    "baseline": {"recordBaseline": True},
 }
 # "HTTPSConnection(host='127.0.0.1', port=1): " (urllib3 2) or "<...HTTPSConnection object at 0x7f...>: " (1)
 CONNECTION_REPR = re.compile(r"^<?[\w.]*Connection(\(.*?\)| object at 0x[0-9a-f]+)?>?: ")
@@ -169,6 +176,19 @@ def advise(verb: str, obj: dict[str, Any]) -> Advice:
         return Advice(
             Outcome.SEND,
             f"{ref}: promote requested: ends step {step}/{steps} now (failing gates still roll back)",
+        )
+
+    if verb == "baseline":
+        try:  # the operator's own rule (readiness.baseline_refusal), on the rollout as read
+            why_not = baseline_refusal(api.parse_spec(spec), api.parse_status(status))
+        except ValueError:  # pydantic's ValidationError
+            why_not = "its spec or status does not parse (the operator would refuse it)"
+        if why_not is not None:
+            return Advice(Outcome.REFUSE, f"error: cannot record a baseline of {ref}: {why_not}")
+        return Advice(
+            Outcome.SEND,
+            f"{ref}: baseline requested: candidate revision {status.get('candidateRevision')} against legacy "
+            f"{legacy} over the rollout's last hour at most (status.baseline, a BaselineRecorded Event)",
         )
 
     raise ValueError(f"unknown verb {verb}")

@@ -55,7 +55,7 @@ class StoredRollout:
         obj.setdefault("kind", api.KIND)
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
-        verbs = tuple(status.get(v) is True for v in ("abort", "promote", "retry"))
+        verbs = tuple(status.get(v) is True for v in ("abort", "promote", "retry", "recordBaseline"))
         router = (spec.get("traffic") or {}).get("gatewayAPI") or {}
         route = router.get("httpRoute")
         names = [(spec.get(side) or {}).get("deployment") for side in ("legacy", "candidate")]

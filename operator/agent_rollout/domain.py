@@ -100,7 +100,7 @@ class Observations:
     prometheus_error: str | None = None
     candidate_requests: int | None = None  # candidate requests since status.stepStartedAt
     milestone: MilestoneObservation | None = None  # the current step's milestone window, once N were served
-    baseline: BaselineObservation | None = None  # measured while a promoted revision has no baseline
+    baseline: BaselineObservation | None = None  # measured while a baseline is due (readiness.baseline_due)
     generation: int | None = None
     route_intent: RouteIntent | None = None  # this rollout's write-ahead record on the route
     route_claimed_by: str | None = None  # an older AgentRollout that names the same route

@@ -70,11 +70,14 @@ from agent_rollout.conditions import find_condition, remove_condition
 from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, SpecProblem, iso
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
 from agent_rollout.readiness import (
-    baseline_due,
+    COST,
     baseline_record,
+    baseline_refusal,
+    comparison_base,
     hold_text,
     milestone_due,
     milestone_record,
+    promotion_baseline_due,
     scorecard,
     unmet_requirement,
 )
@@ -152,6 +155,7 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
         t.waiting = f"holding: HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
     else:
         _reconcile(t, spec)
+    _record_baseline(t, spec, _baseline_blocked(spec, problems, obs))
     settle_weights(t, spec)
     request_weights(t)
     set_traffic_condition(t, spec)
@@ -304,8 +308,6 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
         elif legacy_found:
             t.waiting = f"waiting for candidate {spec.candidate.deployment} to have an available replica"
         return
-    if t.st.phase is Phase.PROMOTED:
-        _record_baseline(t, spec)
     if t.st.phase not in LIVE_PHASES:
         return
     # Repairs for a status edited by hand or steps removed from the spec: judge the nearest real step.
@@ -679,13 +681,55 @@ def _card(
     return scorecard(spec, found, st.baseline, st.candidate_revision)
 
 
-def _record_baseline(t: Tick, spec: AgentRolloutSpec) -> None:
-    """A promoted revision's baseline, once, against the previous one. Evidence, not a decision: no
-    Decision and no Event (the promotion was both); status.baseline says when and over what."""
-    seen, st = t.obs.baseline, t.st
-    if seen is None or not baseline_due(spec, st) or seen.revision != st.candidate_revision:
+def _baseline_blocked(
+    spec: AgentRolloutSpec | None, problems: list[SpecProblem], obs: Observations
+) -> str | None:
+    """Why no baseline can be measured this tick whatever the phase (the shell measures none then)."""
+    if spec is None or problems:
+        return "the spec is invalid"
+    if obs.route_claimed_by is not None:
+        return f"the HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
+    if not exists(obs.candidate):
+        return f"candidate Deployment {spec.candidate.deployment} not found"
+    return None
+
+
+def _record_baseline(t: Tick, spec: AgentRolloutSpec | None, blocked: str | None) -> None:
+    """The candidate revision's baseline against legacy, compared with the previous promoted revision's.
+
+    At promotion, once: evidence, not a decision, so no Decision and no Event (the promotion was both).
+    On demand (status.recordBaseline, after the phase changes of this tick): a Decision and an Event when
+    recorded, or when refused (the phase has no candidate and legacy traffic to compare), and the verb is
+    consumed either way; it stays set only while the measurement it asked for has not come in."""
+    st, seen = t.st, t.obs.baseline
+    asked = st.record_baseline
+    refused = blocked if spec is None or blocked is not None else baseline_refusal(spec, st)
+    if asked and refused is not None:
+        st.record_baseline = False
+        record(t, Reason.BASELINE_REFUSED, f"status.recordBaseline not applied: {refused}", [])
         return
-    st.baseline = baseline_record(seen.gates, seen.window_seconds, seen.revision, st.baseline, iso(t.now))
+    if spec is None or blocked is not None or not (asked or promotion_baseline_due(st)):
+        return
+    if seen is None or seen.revision != st.candidate_revision:
+        return  # measured next tick (the shell measures while baseline_due), or for another revision
+    previous = comparison_base(st.baseline, seen.revision)
+    st.baseline = baseline_record(
+        seen.gates, seen.window_seconds, seen.revision, previous, iso(t.now), st.phase, on_demand=asked
+    )
+    if not asked:
+        return
+    st.record_baseline = False
+    cost = next((m for m in st.baseline.metrics if m.name == COST), None)
+    costs = "no cost data" if cost is None or cost.candidate is None else (
+        f"cost per transaction {cost.candidate:.4g} (legacy "
+        + ("no data" if cost.legacy is None else f"{cost.legacy:.4g}")
+        + ")"
+    )
+    message = (
+        f"baseline of candidate revision {seen.revision} recorded on demand (status.recordBaseline) in "
+        f"{st.phase.value} over the last {seen.window_seconds}s against legacy: {costs}"
+    )
+    record(t, Reason.BASELINE_RECORDED, message, [])
 
 
 def _record_milestone(t: Tick, spec: AgentRolloutSpec) -> None:

@@ -279,11 +279,66 @@ BASELINE_SIGNALS: dict[str, tuple[Template, float]] = {
 _GATE_PREFIX = "baseline-"
 
 
+# Phases in which a human may ask for a baseline (status.recordBaseline): both versions have served in
+# the window then. Progressing and Paused only while the candidate takes traffic; Promoted, because
+# legacy served until the promotion (within the window: at most BASELINE_WINDOW_MAX back).
+BASELINE_ON_DEMAND_PHASES = frozenset({api.Phase.PROGRESSING, api.Phase.PAUSED, api.Phase.PROMOTED})
+
+
 def baseline_due(spec: AgentRolloutSpec, status: AgentRolloutStatus) -> bool:
-    """A promoted revision without its baseline: the shell measures one (and again until it lands)."""
-    if spec.analysis is None or status.phase is not api.Phase.PROMOTED:
+    """A baseline to measure: a human asked for one (and may have it, baseline_refusal), or a promoted
+    revision has no baseline of its own recorded at promotion yet (the shell measures until it lands)."""
+    if spec.analysis is None:
         return False
-    return status.baseline is None or status.baseline.revision != status.candidate_revision
+    if status.record_baseline and baseline_refusal(spec, status) is None:
+        return True
+    return promotion_baseline_due(status)
+
+
+def promotion_baseline_due(status: AgentRolloutStatus) -> bool:
+    """Promoted, and the stored baseline is not one recorded in Promoted for this revision (one recorded
+    on demand mid-rollout does not stand in for the promotion's: it saw less of the candidate)."""
+    if status.phase is not api.Phase.PROMOTED:
+        return False
+    stored = status.baseline
+    return stored is None or stored.revision != status.candidate_revision or not _promoted(stored)
+
+
+def baseline_refusal(spec: AgentRolloutSpec, status: AgentRolloutStatus) -> str | None:
+    """Why a baseline cannot be recorded on demand now, or None when it can."""
+    if spec.analysis is None:
+        return "the spec has no analysis section: there is no Prometheus to measure with"
+    if status.phase not in BASELINE_ON_DEMAND_PHASES:
+        return (
+            f"it is {status.phase.value}: a baseline compares a candidate serving traffic with legacy "
+            "(Progressing or Paused with candidate traffic, or Promoted)"
+        )
+    if status.phase is not api.Phase.PROMOTED and status.weights.candidate == 0:
+        return f"the candidate takes no traffic at step {status.current_step + 1} (weight 0)"
+    return None
+
+
+def comparison_base(stored: Baseline | None, revision: str | None) -> Baseline | None:
+    """The baseline a new baseline of `revision` compares with: the stored one when it is another
+    revision's promoted baseline, else the one the stored baseline itself compared with (a re-record of
+    the same revision, or the on-demand baseline of a revision that was never promoted)."""
+    if stored is None:
+        return None
+    if stored.revision != revision and _promoted(stored):
+        return stored
+    if stored.previous_revision is None:
+        return None
+    return Baseline(
+        revision=stored.previous_revision,
+        recorded_at=stored.previous_recorded_at or stored.recorded_at,
+        window_seconds=stored.window_seconds,
+        phase=api.Phase.PROMOTED,
+        metrics=[m.model_copy(update={"candidate": m.previous}) for m in stored.metrics],
+    )
+
+
+def _promoted(baseline: Baseline) -> bool:
+    return baseline.phase in (None, api.Phase.PROMOTED)
 
 
 def baseline_window(seconds_since_start: float) -> int:
@@ -314,7 +369,10 @@ def baseline_record(
     revision: str | None,
     previous: Baseline | None,
     now_text: str,
+    phase: api.Phase = api.Phase.PROMOTED,
+    on_demand: bool = False,
 ) -> Baseline:
+    """`previous` is what the new baseline compares with (comparison_base of the stored one)."""
     by_name = {r.name: r for r in results}
     before = {m.name: m.candidate for m in previous.metrics} if previous is not None else {}
     metrics = []
@@ -337,6 +395,8 @@ def baseline_record(
         revision=revision,
         recorded_at=now_text,
         window_seconds=seconds,
+        phase=phase,
+        on_demand=on_demand,
         metrics=metrics,
         previous_revision=previous.revision if previous is not None else None,
         previous_recorded_at=previous.recorded_at if previous is not None else None,

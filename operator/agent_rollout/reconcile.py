@@ -88,9 +88,9 @@ ROUTE_RETRY_MAX = 30.0  # a refusal repeated (RBAC, admission) backs off to this
 # Seconds the measured values in status may lag while no verdict changes: one status write per rollout
 # per this long in a steady state (the live values are the operator's to export, not status').
 ANALYSIS_REFRESH = float(os.environ.get("AGENT_ROLLOUT_ANALYSIS_REFRESH", "300"))
-# Verbs a human sets (kubectl agentrollout abort/promote/retry). Absent reads as false, so we never write a
-# false over a true that landed after we read the object; we only write them to consume them.
-HUMAN_VERBS = {"abort": False, "promote": False, "retry": False}
+# Verbs a human sets (kubectl agentrollout abort/promote/retry/baseline). Absent reads as false, so we never
+# write a false over a true that landed after we read the object; we only write them to consume them.
+HUMAN_VERBS = {"abort": False, "promote": False, "retry": False, "recordBaseline": False}
 
 
 class EventSink(Protocol):
@@ -353,8 +353,9 @@ class Reconciler:
     async def _baseline(
         self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
     ) -> BaselineObservation | None:
-        """A promoted revision's signals for its baseline, until the planner has recorded one; a
-        Prometheus failure leaves it to the next reconcile."""
+        """The candidate revision's signals for its baseline, candidate and legacy, while one is due (a
+        promoted revision without its own, or a human's status.recordBaseline); a Prometheus failure
+        leaves it to the next reconcile."""
         started = parse_time(status.attempt_started_at or status.step_started_at)
         if spec.analysis is None or started is None or not baseline_due(spec, status):
             return None

@@ -271,11 +271,18 @@ def _timeline_rows(report: dict[str, Any]) -> list[list[str]]:
 def _baseline_caption(report: dict[str, Any]) -> str:
     b = report.get("baseline")
     if not b:
-        return "No baseline recorded yet (one is recorded when a revision is promoted)."
+        return (
+            "No baseline recorded yet (one is recorded when a revision is promoted, "
+            "or on demand: kubectl agentrollout baseline)."
+        )
     previous = f"; previous baseline: revision {b['previousRevision']}" if b.get("previousRevision") else ""
+    if b.get("onDemand") and b.get("phase") not in (None, "Promoted"):
+        how = f"on demand in {b['phase']}: legacy and the candidate served side by side"
+    else:
+        how = "legacy served until the promotion, the candidate throughout"
     return (
         f"Revision {b.get('revision')}, recorded {b['recordedAt']} over the last {b['windowSeconds']}s "
-        f"(legacy served until the promotion, the candidate throughout){previous}."
+        f"({how}){previous}."
     )
 
 

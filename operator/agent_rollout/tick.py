@@ -65,6 +65,8 @@ class Reason(StrEnum):
     WEIGHTS_RECONCILED = "WeightsReconciled"
     MILESTONE_RECORDED = "MilestoneRecorded"  # a step's first N transactions, with the gates over them
     STAGE_REQUIRED = "StageRequired"  # a step holds: a required stage is not Met (spec.readiness)
+    BASELINE_RECORDED = "BaselineRecorded"  # a human's status.recordBaseline: the baseline is in status
+    BASELINE_REFUSED = "BaselineRefused"  # a human's status.recordBaseline in a phase with nothing to compare
     DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
 
 
@@ -84,6 +86,7 @@ WARNING_REASONS = frozenset(
         Reason.QUERY_REJECTED,
         Reason.ALERT_FIRED,
         Reason.STAGE_REQUIRED,
+        Reason.BASELINE_REFUSED,
     }
 )
 ROLLBACK_REASONS = frozenset(
