@@ -410,3 +410,86 @@ def test_a_change_short_of_the_target_says_so() -> None:
     assert "-5.0% against the previous baseline (target -20%: not reached)" in (
         stage(p, Stage.OPTIMIZE).criteria[0].message
     )
+
+
+# ---------------------------------------------------------------- baselines on demand (status.recordBaseline)
+
+
+def test_a_baseline_asked_for_mid_rollout_is_recorded_once_with_a_decision_and_the_verb_consumed() -> None:
+    spec = make_spec([{"setWeight": 10}, {"setWeight": 50}, {"setWeight": 100}])
+    asked = running(1, w(50), record_baseline=True)
+    obs = observe(route=w(50), gates=PASSING, baseline=baseline_seen())
+    p = plan(spec, asked, obs, T0 + timedelta(minutes=10))
+    baseline = p.status.baseline
+    assert baseline is not None and (baseline.revision, baseline.phase, baseline.on_demand) == (
+        "agent-1",
+        Phase.PROGRESSING,
+        True,
+    )
+    assert (metric(p.status, "costPerTransaction").candidate, metric(p.status, "costPerTransaction").legacy) == (
+        0.02,
+        0.03,
+    )
+    assert p.status.record_baseline is False and p.status.phase is Phase.PROGRESSING
+    (event,) = [e for e in events(p) if e.reason == "BaselineRecorded"]
+    assert event.type == "Normal" and "recorded on demand (status.recordBaseline) in Progressing" in event.message
+    assert "cost per transaction 0.02 (legacy 0.03)" in event.message
+    assert p.status.history[-1].reason == "BaselineRecorded"
+    # Not yet measured (Prometheus failed): the verb stays set, nothing is recorded.
+    waiting = plan(spec, asked, observe(route=w(50), gates=PASSING), T0 + timedelta(minutes=10))
+    assert waiting.status.record_baseline is True and waiting.status.baseline is None
+    assert not [e for e in events(waiting) if e.reason.startswith("Baseline")]
+
+
+def test_the_promotion_still_records_its_own_baseline_after_one_on_demand() -> None:
+    spec = make_spec([{"setWeight": 10}, {"setWeight": 100}])
+    mid = plan(
+        spec,
+        running(0, w(10), record_baseline=True),
+        observe(route=w(10), gates=PASSING, baseline=baseline_seen(cost=0.05)),
+        T0 + timedelta(minutes=5),
+    ).status
+    done = promoted(baseline=mid.baseline)
+    p = plan(spec, done, observe(route=w(100), baseline=baseline_seen(cost=0.02)), T0 + timedelta(minutes=10))
+    assert p.status.baseline is not None
+    assert (p.status.baseline.phase, p.status.baseline.on_demand) == (Phase.PROMOTED, False)
+    # Compared with no earlier promoted revision, never with its own mid-rollout record.
+    assert p.status.baseline.previous_revision is None
+    assert metric(p.status, "costPerTransaction").previous is None
+
+
+def test_a_re_record_in_promoted_keeps_comparing_with_the_previous_promoted_revision() -> None:
+    spec = make_spec([{"setWeight": 10}, {"setWeight": 100}])
+    first = plan(spec, promoted(), observe(route=w(100), baseline=baseline_seen()), T0).status
+    new = CANDIDATE.__class__(CANDIDATE.name, True, "agent-2", 2, 2)
+    done = promoted(candidate_revision="agent-2", baseline=first.baseline)
+    second = plan(
+        spec, done, observe(route=w(100), candidate=new, baseline=baseline_seen("agent-2", cost=0.015)), T0
+    ).status
+    again = second.model_copy(update={"record_baseline": True})
+    seen = baseline_seen("agent-2", cost=0.016)
+    p = plan(spec, again, observe(route=w(100), candidate=new, baseline=seen), T0 + timedelta(hours=1))
+    assert p.status.baseline is not None and p.status.baseline.on_demand
+    assert p.status.baseline.previous_revision == "agent-1"
+    cost = metric(p.status, "costPerTransaction")
+    assert (cost.candidate, cost.previous, cost.change) == (0.016, 0.02, -0.2)
+    assert p.status.record_baseline is False
+
+
+def test_a_baseline_asked_for_without_traffic_to_compare_is_refused_with_a_warning() -> None:
+    spec = make_spec([{"setWeight": 0}, {"setWeight": 50}, {"setWeight": 100}])
+    cases = [
+        (running(0, w(0), record_baseline=True), observe(route=w(0)), "weight 0"),
+        (
+            running(1, w(0), phase=Phase.ROLLED_BACK, record_baseline=True),
+            observe(route=w(0)),
+            "it is RolledBack",
+        ),
+    ]
+    for status, obs, why in cases:
+        obs = observe(route=obs.route_weights, gates=obs.gates, baseline=baseline_seen())
+        p = plan(spec, status, obs, T0 + timedelta(minutes=1))
+        assert p.status.record_baseline is False and p.status.baseline is None, why
+        (event,) = [e for e in events(p) if e.reason == "BaselineRefused"]
+        assert event.type == "Warning" and "status.recordBaseline not applied" in event.message
+        assert why in event.message
