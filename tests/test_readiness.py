@@ -426,13 +426,19 @@ def test_a_baseline_asked_for_mid_rollout_is_recorded_once_with_a_decision_and_t
         Phase.PROGRESSING,
         True,
     )
-    assert (metric(p.status, "costPerTransaction").candidate, metric(p.status, "costPerTransaction").legacy) == (
+    assert (
+        metric(p.status, "costPerTransaction").candidate,
+        metric(p.status, "costPerTransaction").legacy,
+    ) == (
         0.02,
         0.03,
     )
     assert p.status.record_baseline is False and p.status.phase is Phase.PROGRESSING
     (event,) = [e for e in events(p) if e.reason == "BaselineRecorded"]
-    assert event.type == "Normal" and "recorded on demand (status.recordBaseline) in Progressing" in event.message
+    assert (
+        event.type == "Normal"
+        and "recorded on demand (status.recordBaseline) in Progressing" in event.message
+    )
     assert "cost per transaction 0.02 (legacy 0.03)" in event.message
     assert p.status.history[-1].reason == "BaselineRecorded"
     # Not yet measured (Prometheus failed): the verb stays set, nothing is recorded.

@@ -18,7 +18,7 @@ from typing import Any
 
 from e2e.cluster import ClusterState
 from e2e.rollout.scene import CANDIDATE, LEGACY, Scene, wait_until
-from e2e.rollout.test_verbs_and_volume import ERROR_GATE, PLUGIN, TOLERANCE, plugin
+from e2e.rollout.test_verbs_and_volume import ERROR_GATE, PLUGIN, TOLERANCE, plugin, run_plugin
 
 N = 60
 
@@ -169,3 +169,69 @@ def test_a_promoted_revision_records_its_baseline_against_legacy(
     assert [e["reason"] for e in data["timeline"]][-1] == "Promoted"
     assert data["baseline"] == baseline
     print(f"report: {tmp_path / 'base.html'} ({len(page)} bytes, {len(gate['points'])} points of error-rate)")
+
+
+def test_a_baseline_is_recorded_on_demand_mid_rollout_and_refused_once_rolled_back(
+    scene: Callable[..., Scene], cluster: ClusterState
+) -> None:
+    s = scene(rps=20)
+    # An approval step holds the candidate at 50%: both versions serve while we ask for a baseline.
+    steps: list[dict[str, Any]] = [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]
+    s.apply(s.rollout_manifest("ondemand", steps=steps, minSamples=10, gates=[ERROR_GATE]))
+    s.wait_for_phase("ondemand", "Paused", timeout_s=120)
+    assert s.status("ondemand").get("baseline") is None  # nothing is recorded before a promotion
+
+    said = plugin(cluster, "baseline", "ondemand", s.namespace)
+    assert "baseline requested: candidate revision" in said, said
+
+    def recorded() -> dict[str, Any] | None:
+        status = s.status("ondemand")
+        return status if status.get("baseline") and not status.get("recordBaseline") else None
+
+    status = wait_until("a baseline on demand", recorded, 60)
+    baseline = status["baseline"]
+    assert (baseline["revision"], baseline["phase"], baseline["onDemand"]) == (
+        status["candidateRevision"],
+        "Paused",
+        True,
+    )
+    metrics = {m["name"]: m for m in baseline["metrics"]}
+    errors, throughput = metrics["errorRate"], metrics["throughput"]
+    assert errors["candidateSamples"] > 0 and errors["legacySamples"] > 0, errors
+    assert throughput["candidate"] > 0 and throughput["legacy"] > 0, throughput
+    assert status["phase"] == "Paused" and status["weights"]["candidate"] == 50  # evidence, not a move
+    assert status["history"][-1]["reason"] == "BaselineRecorded"
+    wait_until("a BaselineRecorded Event", lambda: "BaselineRecorded" in s.event_reasons("ondemand"), 30)
+    print(
+        f"\non-demand baseline over {baseline['windowSeconds']}s: "
+        + ", ".join(f"{m['name']} {m.get('candidate')}/{m.get('legacy')}" for m in baseline["metrics"])
+    )
+
+    plugin(cluster, "abort", "ondemand", s.namespace)
+    s.wait_for_phase("ondemand", "RolledBack", timeout_s=60)
+    # The plugin refuses where the operator would, and says why.
+    refused = run_plugin(cluster, "baseline", "ondemand", s.namespace)
+    assert refused.returncode == 1 and "it is RolledBack" in refused.stderr, refused
+    # The plain patch (the status policy lets it through like the other verbs): consumed and refused.
+    patch = '{"status":{"recordBaseline":true}}'
+    s.kubectl(
+        "patch",
+        "agentrollout",
+        "ondemand",
+        "-n",
+        s.namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        patch,
+    )
+
+    def refused_by_operator() -> dict[str, Any] | None:
+        status = s.status("ondemand")
+        last = status["history"][-1]
+        return status if last["reason"] == "BaselineRefused" and not status.get("recordBaseline") else None
+
+    status = wait_until("the operator refuses the baseline", refused_by_operator, 60)
+    assert "it is RolledBack" in status["history"][-1]["message"]
+    assert status["baseline"] == baseline  # the refused request recorded nothing
+    wait_until("a BaselineRefused Event", lambda: "BaselineRefused" in s.event_reasons("ondemand"), 30)
