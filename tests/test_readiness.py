@@ -499,3 +499,14 @@ def test_a_baseline_asked_for_without_traffic_to_compare_is_refused_with_a_warni
         (event,) = [e for e in events(p) if e.reason == "BaselineRefused"]
         assert event.type == "Warning" and "status.recordBaseline not applied" in event.message
         assert why in event.message
+
+
+def test_a_promoted_rollout_without_its_baseline_stays_on_its_interval_until_it_lands() -> None:
+    """A finished rollout rests (no timer) until something changes: not while its promotion baseline is
+    still to measure (a Prometheus answer away), or it would wait for the 10-minute resync."""
+    spec = make_spec([{"setWeight": 10}, {"setWeight": 50}, {"setWeight": 100}])
+    waiting = plan(spec, promoted(), observe(route=w(100)), T0 + timedelta(minutes=10))
+    assert waiting.status.baseline is None and waiting.requeue_after == 30.0  # the spec's interval
+    landed = plan(spec, promoted(), observe(route=w(100), baseline=baseline_seen()), T0)
+    assert landed.status.baseline is not None
+    assert plan(spec, landed.status, observe(route=w(100)), T0).requeue_after is None  # now it rests

@@ -71,6 +71,7 @@ from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, Sp
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
 from agent_rollout.readiness import (
     COST,
+    baseline_due,
     baseline_record,
     baseline_refusal,
     comparison_base,
@@ -809,8 +810,12 @@ def _set_stages_condition(t: Tick, spec: AgentRolloutSpec) -> None:
 
 
 def _requeue_after(t: Tick, spec: AgentRolloutSpec | None) -> float | None:
-    """Seconds until the current pause ends, so the shell can reconcile then instead of an interval later."""
+    """Seconds until the current pause ends, so the shell can reconcile then instead of an interval later;
+    a baseline still to measure keeps a finished rollout on its interval until it lands (a finished
+    rollout otherwise rests until something changes)."""
     st = t.st
+    if spec is not None and spec.analysis is not None and baseline_due(spec, st):
+        return api.duration_seconds(spec.analysis.interval)
     if spec is None or st.phase is not Phase.PROGRESSING or st.current_step >= len(spec.steps):
         return None
     pause = spec.steps[st.current_step].pause
