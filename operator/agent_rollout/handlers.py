@@ -1,9 +1,10 @@
 """kopf wiring only: settings, start-up and clean-up of the controller (controller.py).
 
-kopf runs the process (start-up and clean-up, the liveness endpoint, posting Events); the watches and
-the scheduling are the controller's own. kopf's per-object machinery (an index readiness toggle per
-indexed object, a daemon task and a finalizer per rollout) grew quadratically at 10,000 rollouts:
-measured, no rollout had a status 27 minutes after start. See informer.py and scheduler.py.
+kopf runs the process (start-up and clean-up, the liveness endpoint); the watches, the scheduling
+and the Events (kube.py, on a budget of their own) are the operator's own. kopf's per-object
+machinery (an index readiness toggle per indexed object, a daemon task and a finalizer per rollout)
+grew quadratically at 10,000 rollouts: measured, no rollout had a status 27 minutes after start.
+See informer.py and scheduler.py.
 """
 
 from __future__ import annotations

@@ -268,13 +268,19 @@ class ListWatchClient:
     def from_environment(cls, connections: int, kubeconfig: str | None = None) -> ListWatchClient:
         return cls(_api_client(connections, kubeconfig))
 
-    def _get(self, kind: Kind, namespace: str | None, args: dict[str, Any]) -> Any:
-        # The custom-objects paths (/apis/GROUP/VERSION/...) serve built-in kinds of named groups too.
-        if namespace is None:
-            return self._custom.list_cluster_custom_object(kind.group, kind.version, kind.plural, **args)
-        return self._custom.list_namespaced_custom_object(
-            kind.group, kind.version, namespace, kind.plural, **args
-        )
+    def _get(self, kind: Kind, namespace: str | None, args: dict[str, Any], expired: str) -> Any:
+        """A list or watch request; a 410 Gone is Expired(`expired`): the caller lists again."""
+        try:
+            # The custom-objects paths (/apis/GROUP/VERSION/...) serve built-in kinds of named groups too.
+            if namespace is None:
+                return self._custom.list_cluster_custom_object(kind.group, kind.version, kind.plural, **args)
+            return self._custom.list_namespaced_custom_object(
+                kind.group, kind.version, namespace, kind.plural, **args
+            )
+        except ApiException as e:
+            if e.status == 410:
+                raise Expired(f"{kind}: {expired}") from e
+            raise
 
     def list_page(
         self, kind: Kind, namespace: str | None, limit: int, continue_token: str | None
@@ -283,12 +289,7 @@ class ListWatchClient:
         args: dict[str, Any] = {"limit": limit, "_preload_content": False, "_request_timeout": (10, 120)}
         if continue_token:
             args["_continue"] = continue_token
-        try:
-            response = self._get(kind, namespace, args)
-        except ApiException as e:
-            if e.status == 410:
-                raise Expired(f"{kind}: list continue token expired") from e
-            raise
+        response = self._get(kind, namespace, args, expired="list continue token expired")
         page: dict[str, Any] = json.loads(response.data)
         return page
 
@@ -306,12 +307,7 @@ class ListWatchClient:
             # A connection that goes silent longer than the server's own timeout is dead.
             "_request_timeout": (10, timeout_s + 30),
         }
-        try:
-            response = self._get(kind, namespace, args)
-        except ApiException as e:
-            if e.status == 410:
-                raise Expired(f"{kind}: resourceVersion {resource_version} too old") from e
-            raise
+        response = self._get(kind, namespace, args, expired=f"resourceVersion {resource_version} too old")
         try:
             for line in kubernetes.watch.watch.iter_resp_lines(response):
                 if not line:

@@ -721,10 +721,14 @@ def _record_baseline(t: Tick, spec: AgentRolloutSpec | None, blocked: str | None
         return
     st.record_baseline = False
     cost = next((m for m in st.baseline.metrics if m.name == COST), None)
-    costs = "no cost data" if cost is None or cost.candidate is None else (
-        f"cost per transaction {cost.candidate:.4g} (legacy "
-        + ("no data" if cost.legacy is None else f"{cost.legacy:.4g}")
-        + ")"
+    costs = (
+        "no cost data"
+        if cost is None or cost.candidate is None
+        else (
+            f"cost per transaction {cost.candidate:.4g} (legacy "
+            + ("no data" if cost.legacy is None else f"{cost.legacy:.4g}")
+            + ")"
+        )
     )
     message = (
         f"baseline of candidate revision {seen.revision} recorded on demand (status.recordBaseline) in "
