@@ -401,6 +401,9 @@ def test_apiserver_restarted_mid_rollout_the_watches_come_back_and_an_abort_stil
     s = scene()
     s.apply(s.rollout_manifest("outage", steps=[{"setWeight": 20}, HOLD], interval="30s"))
     wait_until("20% on the candidate", lambda: s.route_weights()[CANDIDATE] == 20, 60)
+    # In the hold, with its decisions written: the route is written before status, so the weight alone
+    # does not say the Started and StepCompleted decisions are in history yet.
+    wait_until("the hold step", lambda: s.status("outage").get("currentStep") == 1, 90)
     before = len(s.status("outage").get("history", []))
 
     restart_component(cluster, "kube-apiserver", down_s=3)
