@@ -275,18 +275,73 @@ class Milestone(_Model):
     transactions: int = Field(ge=1, le=100_000_000, description="Candidate requests since the step began.")
 
 
+MAX_CASES = 100  # named edge cases per evaluation: their names must fit a 4 KiB termination message
+
+
+class EnvVar(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = Field(default="", max_length=4096)
+
+
+class EvaluationJob(_Model):
+    """The container of the evaluation Job: runs the suite against the candidate and writes its result,
+    one JSON object, to /dev/termination-log (the contract: see evaluation.py and the README)."""
+
+    image: str = Field(min_length=1, max_length=512)
+    command: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    service_account_name: ObjectName | None = None
+    node_selector: dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=16, description="Where the evaluation pod may run."
+    )
+
+
+class Evaluate(_Model):
+    """Run an evaluation suite against the candidate before it gets any user traffic (the Validate stage).
+
+    The operator creates one Job per candidate revision and attempt (owned by the AgentRollout), injects
+    AGENT_ROLLOUT_CANDIDATE_URL, waits up to `timeout`, and judges the Job's result."""
+
+    job: EvaluationJob = Field(description="The evaluation Job's container.")
+    candidate_url: str | None = Field(
+        default=None,
+        alias="candidateURL",
+        max_length=512,
+        description="Injected as AGENT_ROLLOUT_CANDIDATE_URL; default http://<candidateBackend>.<namespace>.svc",
+    )
+    timeout: Duration = Field(
+        default="10m", description="The Job's deadline; a Job still running then fails."
+    )
+    min_accuracy: float | None = Field(
+        default=None, gt=0, le=1, description="Share of cases the candidate must pass, e.g. 0.95."
+    )
+    min_cases: int = Field(default=1, ge=1, le=10_000_000, description="Fewer cases than this fail the step.")
+    required_cases: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        max_length=MAX_CASES,
+        description="Named edge cases that must all pass (reported by name in the Job's result).",
+    )
+    on_failure: Literal["rollback", "pause"] = Field(
+        default="rollback", description="A failed or timed-out evaluation rolls back, or pauses for a human."
+    )
+
+
 class Step(_Model):
     set_weight: Weight | None = Field(default=None, description="Percent of traffic for the candidate.")
     pause: Pause | None = None
+    evaluate: Evaluate | None = Field(
+        default=None, description="Run an evaluation Job against the candidate; no user traffic meanwhile."
+    )
     milestone: Milestone | None = Field(
         default=None, description="Hold this step until its first N candidate transactions are recorded."
     )
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Step:
-        kinds = [k for k in ("set_weight", "pause") if getattr(self, k) is not None]
+        kinds = [k for k in ("set_weight", "pause", "evaluate") if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("each step needs exactly one of setWeight or pause")
+            raise ValueError("each step needs exactly one of setWeight, pause or evaluate")
         return self
 
 
@@ -434,6 +489,22 @@ class Condition(_Model):
     message: str = ""
     last_transition_time: str
     observed_generation: int | None = None
+
+
+class EvaluationRecord(_Model):
+    """One run of an evaluation step's Job, for one candidate revision and attempt."""
+
+    step: int
+    revision: str | None = None
+    job: str = Field(description="The Job's name (owned by the AgentRollout).")
+    phase: Literal["Running", "Passed", "Failed"] = "Running"
+    started_at: str
+    finished_at: str | None = None
+    total: int | None = None
+    passed: int | None = None
+    accuracy: float | None = None
+    failed_cases: list[str] = Field(default_factory=list, description="Failing named cases, at most 100.")
+    message: str = ""
 
 
 class Decision(_Model):
@@ -598,6 +669,10 @@ class AgentRolloutStatus(_Model):
     baseline: Baseline | None = Field(
         default=None,
         description="The latest baseline (at promotion, or on demand); kept across rollouts.",
+    )
+    evaluations: list[EvaluationRecord] = Field(
+        default_factory=list,
+        description="Evaluation Jobs run for the current candidate revision (latest last, at most 20).",
     )
 
 

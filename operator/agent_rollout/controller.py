@@ -18,11 +18,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent_rollout import api, metrics
+from agent_rollout import api, evaluation, metrics
 from agent_rollout.domain import DeploymentState
 from agent_rollout.informer import Informer, Key
 from agent_rollout.intent import ANNOTATION
-from agent_rollout.kube import DEPLOYMENTS, ROLLOUTS, ROUTES, KubeClient, ListWatchClient, deployment_state
+from agent_rollout.kube import (
+    DEPLOYMENTS,
+    JOBS,
+    ROLLOUTS,
+    ROUTES,
+    KubeClient,
+    ListWatchClient,
+    deployment_state,
+)
 from agent_rollout.reconcile import Reconciler, WrittenStatus
 from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
 from agent_rollout.sentinel import Sentinel
@@ -141,6 +149,10 @@ class Controller:
         self.routes: Informer[dict[str, Any]] = Informer(
             ROUTES, client, project_route, self._target_changed("route"), namespaces
         )
+        # Only Jobs labelled as our evaluation Jobs: a change wakes the rollout named in the label.
+        self.jobs: Informer[evaluation.JobState] = Informer(
+            JOBS, client, evaluation.project_job, self._job_changed, namespaces
+        )
         # (kind, namespace, name) -> the rollouts naming that Deployment or route.
         self._targets: dict[tuple[str, str, str], set[str]] = {}
         # (namespace, route) -> {rollout: creationTimestamp}: the oldest one owns the route.
@@ -154,7 +166,7 @@ class Controller:
 
     async def run(self) -> None:
         self._started = time.monotonic()
-        informers = (self.rollouts, self.deployments, self.routes)
+        informers = (self.rollouts, self.deployments, self.routes, self.jobs)
         for informer in informers:
             informer.start()
         await asyncio.gather(*(i.synced.wait() for i in informers))
@@ -169,7 +181,7 @@ class Controller:
         self.scheduler.start()
 
     async def stop(self) -> None:
-        for informer in (self.rollouts, self.deployments, self.routes):
+        for informer in (self.rollouts, self.deployments, self.routes, self.jobs):
             informer.stop()
         await self.scheduler.stop()
 
@@ -224,6 +236,7 @@ class Controller:
                 written=written,
                 route_owner=self.route_owner,
                 planned=lambda spec, status, source: self._sentinel.update(key, spec, status, source),
+                jobs=self.jobs.get,
             )
         except Exception:
             metrics.RECONCILE_ERRORS.inc()
@@ -285,6 +298,13 @@ class Controller:
                 self._wake_targets((kind, *key))
 
         return changed
+
+    def _job_changed(
+        self, key: Key, before: evaluation.JobState | None, after: evaluation.JobState | None
+    ) -> None:
+        job = after or before
+        if self.synced and job is not None and job.rollout:
+            self.scheduler.wake((key[0], job.rollout), NOW)
 
     def _wake_targets(self, target: tuple[str, str, str], but: str | None = None) -> None:
         for name in self._targets.get(target, ()):

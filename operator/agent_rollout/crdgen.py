@@ -32,8 +32,9 @@ _CEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
     "Step": [
         {
-            "rule": "(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) == 1",
-            "message": "each step needs exactly one of setWeight or pause",
+            "rule": "(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0)"
+            " + (has(self.evaluate) ? 1 : 0) == 1",
+            "message": "each step needs exactly one of setWeight, pause or evaluate",
         },
     ],
     "Gate": [

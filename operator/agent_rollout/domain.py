@@ -88,6 +88,17 @@ class BaselineObservation:
 
 
 @dataclass(frozen=True)
+class EvaluationObservation:
+    """The evaluation Job of the current step, as the Jobs informer (and its pod) show it."""
+
+    step: int
+    job: str
+    state: Literal["absent", "running", "succeeded", "failed"]
+    # succeeded: the pod's termination message (the result); failed: the Job's reason and message.
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class Observations:
     """Everything the shell measured for one reconcile. `None` means "could not be observed"."""
 
@@ -113,6 +124,8 @@ class Observations:
     analysis_refresh: float = 300.0
     # Incident alerts firing now that name this rollout (agentrollout + namespace labels).
     firing_alerts: tuple[FiringAlert, ...] = ()
+    # The current evaluation step's Job (None: not an evaluation step, or not observed).
+    evaluation: EvaluationObservation | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +154,15 @@ class EmitEvent:
     message: str
 
 
-Action = SetWeights | EmitEvent
+@dataclass(frozen=True)
+class RunEvaluation:
+    """Create the evaluation Job of `step` named `job` (a Job of that name already there is that one)."""
+
+    step: int
+    job: str
+
+
+Action = SetWeights | EmitEvent | RunEvaluation
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ def step_text(step: Step) -> str:
 def _kind_text(step: Step) -> str:
     if step.set_weight is not None:
         return f"setWeight {step.set_weight}"
+    if step.evaluate is not None:
+        return "evaluate"
     if step.pause is None or is_approval(step):
         return "approval"
     parts = []

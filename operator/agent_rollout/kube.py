@@ -22,7 +22,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from agent_rollout import api
+from agent_rollout import api, evaluation
 from agent_rollout.domain import DeploymentState
 from agent_rollout.traffic import gatewayapi
 
@@ -164,6 +164,29 @@ class KubeClient:
         except (OSError, urllib3.exceptions.HTTPError) as e:
             raise RouteWriteError(f"HTTPRoute {namespace}/{name}: {type(e).__name__}: {e}", False) from e
 
+    async def create_job(self, manifest: dict[str, Any]) -> None:
+        """Create an evaluation Job; one of that name already there is the same Job (its name is
+        derived from rollout, step, revision and attempt), so a repeat after a crash starts no second."""
+        namespace = manifest["metadata"]["namespace"]
+        try:
+            await self._run(
+                lambda: self._custom.create_namespaced_custom_object(
+                    "batch", "v1", namespace, "jobs", manifest, field_manager=api.FIELD_MANAGER
+                )
+            )
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+    async def termination_message(self, namespace: str, job: str) -> str | None:
+        """The result an evaluation Job's pod left (evaluation.termination_message), read once it ended."""
+        response = await self._run(
+            lambda: self._core.list_namespaced_pod(
+                namespace, label_selector=f"batch.kubernetes.io/job-name={job}", _preload_content=False
+            )
+        )
+        return evaluation.termination_message(json.loads(response.data))  # type: ignore[attr-defined]
+
     def post_event_soon(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
         """Post a core/v1 Event on the rollout in the background, on a budget of its own.
 
@@ -240,6 +263,7 @@ class Kind:
     group: str
     version: str
     plural: str
+    label_selector: str | None = None  # only the objects carrying this label (e.g. our own Jobs)
 
     def __str__(self) -> str:
         return f"{self.plural}.{self.group}"
@@ -248,6 +272,7 @@ class Kind:
 DEPLOYMENTS = Kind("apps", "v1", "deployments")
 ROUTES = Kind(gatewayapi.GROUP, gatewayapi.VERSION, gatewayapi.PLURAL)
 ROLLOUTS = Kind(api.GROUP, api.VERSION, api.PLURAL)
+JOBS = Kind("batch", "v1", "jobs", label_selector=evaluation.ROLLOUT_LABEL)  # evaluation Jobs only
 
 
 class Expired(Exception):
@@ -270,6 +295,8 @@ class ListWatchClient:
 
     def _get(self, kind: Kind, namespace: str | None, args: dict[str, Any], expired: str) -> Any:
         """A list or watch request; a 410 Gone is Expired(`expired`): the caller lists again."""
+        if kind.label_selector is not None:
+            args = {**args, "label_selector": kind.label_selector}
         try:
             # The custom-objects paths (/apis/GROUP/VERSION/...) serve built-in kinds of named groups too.
             if namespace is None:

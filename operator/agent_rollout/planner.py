@@ -51,7 +51,7 @@ import math
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from agent_rollout import api
+from agent_rollout import api, evaluation
 from agent_rollout.api import (
     AgentRolloutSpec,
     AgentRolloutStatus,
@@ -67,7 +67,7 @@ from agent_rollout.api import (
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionType as CT
 from agent_rollout.conditions import find_condition, remove_condition
-from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, SpecProblem, iso
+from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, RunEvaluation, SpecProblem, iso
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
 from agent_rollout.readiness import (
     COST,
@@ -126,6 +126,9 @@ WINDOW_LADDER = tuple(sorted({MIN_WINDOW_SECONDS * f * 2**k for k in range(20) f
 # After a counted failure a gate's window starts this much later: one burst is one failure when it ends
 # within this long after the failure was seen; a sustained breach fails again after grace + min window.
 FAILURE_GRACE_SECONDS = 5
+# An evaluation Job still not finished this long after its deadline failed to run at all (its pod never
+# started, or the Job controller is down): the step fails rather than waiting for ever.
+EVALUATION_GRACE_SECONDS = 60
 
 
 def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[SpecProblem]:
@@ -457,6 +460,10 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
     st.promote = st.abort = st.retry = False
     st.last_analysis, st.last_analysis_at = [], None
     st.readiness = None  # the evidence belongs to the attempt: a new revision earns its own
+    # A suite passed by this revision is not run again; any other record belongs to another attempt.
+    st.evaluations = [
+        r for r in st.evaluations if r.phase == "Passed" and r.revision == st.candidate_revision
+    ]
     st.attempt_started_at = step_start(t.now)
     first = spec.steps[0]
     phase = Phase.PAUSED if is_approval(first) else Phase.PROGRESSING
@@ -610,6 +617,8 @@ def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
         return
     if step.pause is not None and not _pause_over(t, step.pause):
         return
+    if step.evaluate is not None and not _evaluation_passed(t, spec, step.evaluate):
+        return
     if milestone_due(spec, st) is not None:
         seen, n = t.obs.candidate_requests, spec.steps[st.current_step].milestone
         assert n is not None
@@ -633,6 +642,109 @@ def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
         return
     name, result = blocking[0]
     t.waiting = waiting_text(result) if result is not None else f"waiting for analysis of gate {name}"
+
+
+def _evaluation_passed(t: Tick, spec: AgentRolloutSpec, evaluate: api.Evaluate) -> bool:
+    """Run the step's evaluation Job once per candidate revision and attempt, and judge its result.
+    True when it passed (now or before, for this revision): the step may complete."""
+    st, index = t.st, t.st.current_step
+    position = f"step {index + 1}/{len(spec.steps)}"
+    if any(
+        r.step == index and r.revision == st.candidate_revision and r.phase == "Passed"
+        for r in st.evaluations
+    ):
+        return True  # a passed suite never reruns for the same candidate revision
+    seen = t.obs.evaluation
+    if seen is None or seen.step != index:
+        t.waiting = f"{position}: starting the evaluation Job"
+        return False
+    record_ = next((r for r in st.evaluations if r.job == seen.job), None)
+    if record_ is None:
+        record_ = api.EvaluationRecord(
+            step=index, revision=st.candidate_revision, job=seen.job, started_at=iso(t.now)
+        )
+        st.evaluations = [*st.evaluations, record_][-evaluation.RECORDS_KEPT :]
+        if seen.state == "absent":
+            t.actions.append(RunEvaluation(step=index, job=seen.job))
+        revision = st.candidate_revision
+        message = f"{position}: evaluation Job {seen.job} started against candidate revision {revision}"
+        record(t, Reason.EVALUATION_STARTED, message, [])
+        t.waiting = f"{position}: evaluation Job {seen.job} running"
+        return False
+    if record_.phase == "Failed":
+        return False  # judged already (paused for a human: promote ends the step, abort rolls back)
+    if seen.state == "absent":
+        t.actions.append(RunEvaluation(step=index, job=seen.job))  # deleted by someone: run it again
+        t.waiting = f"{position}: evaluation Job {seen.job} not found, creating it again"
+        return False
+    if seen.state == "running":
+        started = parse_time(record_.started_at)
+        # The Job's activeDeadlineSeconds ends it at the timeout; this catches a Job that never starts.
+        limit = api.duration_seconds(evaluate.timeout) + EVALUATION_GRACE_SECONDS
+        if started is not None and (t.now - started).total_seconds() > limit:
+            _evaluation_failed(t, spec, evaluate, record_, f"timed out after {evaluate.timeout}", [], [])
+        else:
+            t.waiting = f"{position}: evaluation Job {seen.job} running since {record_.started_at}"
+        return False
+    if seen.state == "failed":
+        _evaluation_failed(t, spec, evaluate, record_, f"the Job failed: {seen.message}", [], [])
+        return False
+    result = evaluation.parse_result(seen.message)
+    if isinstance(result, str):
+        _evaluation_failed(t, spec, evaluate, record_, f"no readable result: {result}", [], [])
+        return False
+    ok, evidence, failed_cases = evaluation.judge(evaluate, result)
+    done = replace_record(
+        record_,
+        phase="Passed" if ok else "Failed",
+        finished_at=iso(t.now),
+        total=result.total,
+        passed=result.passed,
+        accuracy=round(result.passed / result.total, 4) if result.total else 0.0,
+        failed_cases=failed_cases,
+    )
+    st.evaluations = [done if r.job == done.job else r for r in st.evaluations]
+    if not ok:
+        text = "; ".join(
+            r.message or f"{r.name} {r.value} not {r.bound}" for r in evidence if r.verdict is Verdict.FAIL
+        )
+        _evaluation_failed(t, spec, evaluate, done, text, evidence, failed_cases)
+        return False
+    t.latest = evidence  # the step's completion records the suite's figures as its evidence
+    return True
+
+
+def _evaluation_failed(
+    t: Tick,
+    spec: AgentRolloutSpec,
+    evaluate: api.Evaluate,
+    record_: api.EvaluationRecord,
+    why: str,
+    evidence: list[GateResult],
+    failed_cases: list[str],
+) -> None:
+    st = t.st
+    failed = replace_record(
+        record_, phase="Failed", finished_at=record_.finished_at or iso(t.now), message=why[:512]
+    )
+    if failed_cases:
+        failed = replace_record(failed, failed_cases=failed_cases)
+    st.evaluations = [failed if r.job == failed.job else r for r in st.evaluations]
+    if not evidence:
+        evidence = [
+            GateResult(name="evaluation", verdict=Verdict.FAIL, message=why, query=f"job {record_.job}")
+        ]
+    position = f"step {st.current_step + 1}/{len(spec.steps)}"
+    if evaluate.on_failure == "pause":
+        message = f"{position}: evaluation failed ({why}); paused: set status.promote or status.abort"
+        transition(t, spec, Phase.PAUSED, Reason.EVALUATION_FAILED, message, evidence=evidence)
+    else:
+        message = f"{position}: evaluation failed ({why}): candidate rolled back, all traffic to legacy"
+        transition(t, spec, Phase.ROLLED_BACK, Reason.EVALUATION_FAILED, message, evidence=evidence)
+
+
+def replace_record(record_: api.EvaluationRecord, **changes: object) -> api.EvaluationRecord:
+    return record_.model_copy(update=changes)
 
 
 def _pause_over(t: Tick, pause: Pause) -> bool:
@@ -822,10 +934,28 @@ def _requeue_after(t: Tick, spec: AgentRolloutSpec | None) -> float | None:
         return api.duration_seconds(spec.analysis.interval)
     if spec is None or st.phase is not Phase.PROGRESSING or st.current_step >= len(spec.steps):
         return None
+    evaluate = spec.steps[st.current_step].evaluate
+    if evaluate is not None:
+        return _evaluation_due(t, evaluate)
     pause = spec.steps[st.current_step].pause
     end = pause_end(st, pause) if pause is not None else None
     left = (end - t.now).total_seconds() if end is not None else 0.0
     return left if left > 0 else None
+
+
+def _evaluation_due(t: Tick, evaluate: api.Evaluate) -> float | None:
+    """Soon when the step's Job is still to be created (the shell observes it on the next reconcile);
+    at the deadline while it runs (the Jobs informer wakes the rollout when it finishes)."""
+    st = t.st
+    running = [r for r in st.evaluations if r.step == st.current_step and r.phase == "Running"]
+    if not running:
+        passed = any(r.step == st.current_step and r.phase == "Passed" for r in st.evaluations)
+        return None if passed else 1.0
+    started = parse_time(running[-1].started_at)
+    if started is None:
+        return 1.0
+    limit = api.duration_seconds(evaluate.timeout) + EVALUATION_GRACE_SECONDS
+    return max(1.0, limit - (t.now - started).total_seconds())
 
 
 def _blocking_gates(

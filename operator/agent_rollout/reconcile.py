@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
-from agent_rollout import api, metrics
+from agent_rollout import api, evaluation, metrics
 from agent_rollout.analysis.prometheus import (
     PrometheusError,
     PrometheusGateway,
@@ -30,12 +31,14 @@ from agent_rollout.domain import (
     BaselineObservation,
     DeploymentState,
     EmitEvent,
+    EvaluationObservation,
     FiringAlert,
     MilestoneObservation,
     Observations,
     Plan,
     RouteFailure,
     RouteIntent,
+    RunEvaluation,
     SetWeights,
     SpecProblem,
 )
@@ -50,7 +53,7 @@ from agent_rollout.readiness import (
     milestone_spec,
 )
 from agent_rollout.statuspatch import merge_patch
-from agent_rollout.tick import ROLLBACK_REASONS, parse_time
+from agent_rollout.tick import LIVE_PHASES, ROLLBACK_REASONS, parse_time
 from agent_rollout.traffic import gatewayapi
 from agent_rollout.validation import validate
 
@@ -68,6 +71,8 @@ DeploymentLookup = Callable[[str, str], DeploymentState | None]
 RouteLookup = Callable[[str, str], dict[str, Any] | None]
 # (namespace, route) -> the AgentRollout that owns it: the oldest one naming it.
 RouteOwnerLookup = Callable[[str, str], str | None]
+# (namespace, Job name) -> an evaluation Job as the Jobs informer has it; None: there is none.
+JobLookup = Callable[[str, str], evaluation.JobState | None]
 # (namespace, name) -> incident alerts firing now that name the rollout (alerts.AlertBook.firing).
 AlertLookup = Callable[[str, str], tuple[FiringAlert, ...]]
 # Told the spec, the planned status and the rollout's Prometheus after each plan (the fast check's feed).
@@ -85,6 +90,7 @@ REST_INTERVAL = 600.0
 AT_REST_PHASES = frozenset({api.Phase.PROMOTED, api.Phase.ROLLED_BACK, api.Phase.FAILED})
 ROUTE_RETRY = 2.0  # seconds before retrying a route write that failed: traffic must not wait an interval
 ROUTE_RETRY_MAX = 30.0  # a refusal repeated (RBAC, admission) backs off to this
+JOB_RETRY = 5.0  # seconds before creating a refused evaluation Job again (a quota, RBAC being fixed)
 # Seconds the measured values in status may lag while no verdict changes: one status write per rollout
 # per this long in a steady state (the live values are the operator's to export, not status').
 ANALYSIS_REFRESH = float(os.environ.get("AGENT_ROLLOUT_ANALYSIS_REFRESH", "300"))
@@ -166,6 +172,7 @@ class Reconciler:
         written: WrittenStatus,
         route_owner: RouteOwnerLookup = lambda namespace, route: None,
         planned: PlannedCallback | None = None,
+        jobs: JobLookup = lambda namespace, name: None,
     ) -> float:
         """Reconcile once; returns seconds until the next reconcile is due."""
         meta = body["metadata"]
@@ -220,6 +227,7 @@ class Reconciler:
             measured = await self._measure(namespace, spec, status, now)
             gates, prometheus_error, requests, rejected, milestone = measured
             baseline = await self._baseline(namespace, spec, status, now)
+        evaluation_seen = await self._evaluation(namespace, name, spec, status, jobs)
         obs = Observations(
             problems=problems,
             legacy=legacy,
@@ -238,6 +246,7 @@ class Reconciler:
             queries_unchecked=unchecked,
             analysis_refresh=ANALYSIS_REFRESH,
             firing_alerts=self._alerts(namespace, name),
+            evaluation=evaluation_seen,
         )
         result = plan(spec, status, obs, now)
         if planned is not None:
@@ -251,9 +260,12 @@ class Reconciler:
             new_status, actions = noted.status, (*actions, *noted.actions)
         else:
             written.route_failures = 0
+        job_refused = False
         for action in actions:
             if isinstance(action, EmitEvent):
                 self._events(body, action.type, action.reason, action.message)
+            elif isinstance(action, RunEvaluation) and spec is not None and router is not None:
+                job_refused = not await self._run_evaluation(body, spec, router, new_status, action)
         await self._write_status(namespace, name, raw_status, new_status, written, force=failure is not None)
         # Counted once written: a plan whose status write failed is planned (and decided) again.
         decided = (a.reason for a in result.actions if isinstance(a, EmitEvent))
@@ -263,6 +275,8 @@ class Reconciler:
         if failure is not None:
             # Quickly while it may be transient; a refusal backs off, visible in TrafficRouted meanwhile.
             return min(ROUTE_RETRY * 2.0 ** (written.route_failures - 1), ROUTE_RETRY_MAX)
+        if job_refused:
+            return JOB_RETRY
         if spec is None:
             return IDLE_INTERVAL
         if new_status.phase in AT_REST_PHASES and result.requeue_after is None:
@@ -271,6 +285,73 @@ class Reconciler:
         if result.requeue_after is not None:
             interval = max(0.5, min(interval, result.requeue_after))
         return interval
+
+    async def _evaluation(
+        self,
+        namespace: str,
+        name: str,
+        spec: api.AgentRolloutSpec | None,
+        status: api.AgentRolloutStatus,
+        jobs: JobLookup,
+    ) -> EvaluationObservation | None:
+        """The current evaluation step's Job, from the Jobs informer; its pod's result is read once,
+        when the Job has ended and its verdict is not recorded yet."""
+        index = status.current_step
+        if spec is None or status.phase not in LIVE_PHASES or index >= len(spec.steps):
+            return None
+        if spec.steps[index].evaluate is None:
+            return None
+        job = evaluation.job_name(name, index, status.candidate_revision, status.attempt_started_at)
+        seen = jobs(namespace, job)
+        if seen is None:
+            return EvaluationObservation(step=index, job=job, state="absent")
+        judged = any(r.job == job and r.phase != "Running" for r in status.evaluations)
+        if seen.state == "running" or judged:
+            return EvaluationObservation(step=index, job=job, state="running" if not judged else seen.state)
+        try:
+            result = await self._kube.termination_message(namespace, job)
+        except (ApiException, OSError) as e:
+            log.warning("%s/%s: reading the result of evaluation Job %s: %s", namespace, name, job, e)
+            return None
+        if seen.state == "failed":
+            text = seen.message + (f"; it wrote: {result[:300]}" if result else "")
+            return EvaluationObservation(step=index, job=job, state="failed", message=text)
+        if result is None:
+            message = "the Job completed but its pod left no termination message"
+            return EvaluationObservation(step=index, job=job, state="failed", message=message)
+        return EvaluationObservation(step=index, job=job, state="succeeded", message=result)
+
+    async def _run_evaluation(
+        self,
+        body: Mapping[str, Any],
+        spec: api.AgentRolloutSpec,
+        router: api.GatewayAPIRouter,
+        status: api.AgentRolloutStatus,
+        action: RunEvaluation,
+    ) -> bool:
+        """Create the step's Job; False (with a Warning Event) when the apiserver refuses it."""
+        meta = body["metadata"]
+        namespace = meta["namespace"]
+        evaluate = spec.steps[action.step].evaluate
+        assert evaluate is not None
+        manifest = evaluation.job_manifest(
+            name=action.job,
+            namespace=namespace,
+            rollout=meta["name"],
+            rollout_uid=meta.get("uid", ""),
+            step=action.step,
+            evaluate=evaluate,
+            url=evaluation.candidate_url(evaluate, namespace, router.candidate_backend),
+            revision=status.candidate_revision,
+        )
+        try:
+            await self._kube.create_job(manifest)
+        except (ApiException, OSError) as e:
+            detail = f"{e.status} {e.reason}" if isinstance(e, ApiException) else str(e)
+            log.warning("%s/%s: creating evaluation Job %s: %s", namespace, meta["name"], action.job, detail)
+            self._events(body, "Warning", "EvaluationJobRefused", f"creating Job {action.job}: {detail}")
+            return False
+        return True
 
     async def _preflight(
         self,

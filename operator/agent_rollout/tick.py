@@ -67,6 +67,9 @@ class Reason(StrEnum):
     STAGE_REQUIRED = "StageRequired"  # a step holds: a required stage is not Met (spec.readiness)
     BASELINE_RECORDED = "BaselineRecorded"  # a human's status.recordBaseline: the baseline is in status
     BASELINE_REFUSED = "BaselineRefused"  # a human's status.recordBaseline in a phase with nothing to compare
+    EVALUATION_STARTED = "EvaluationStarted"  # an evaluation step's Job was created
+    EVALUATION_PASSED = "EvaluationPassed"  # recorded with the step it completes (StepCompleted)
+    EVALUATION_FAILED = "EvaluationFailed"  # failed, timed out or unreadable: rolled back or paused
     DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
 
 
@@ -87,6 +90,7 @@ WARNING_REASONS = frozenset(
         Reason.ALERT_FIRED,
         Reason.STAGE_REQUIRED,
         Reason.BASELINE_REFUSED,
+        Reason.EVALUATION_FAILED,
     }
 )
 ROLLBACK_REASONS = frozenset(
@@ -97,6 +101,7 @@ ROLLBACK_REASONS = frozenset(
         Reason.INCONCLUSIVE_LIMIT,
         Reason.QUERY_REJECTED,
         Reason.ALERT_FIRED,
+        Reason.EVALUATION_FAILED,
     }
 )
 LIVE_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
@@ -340,6 +345,10 @@ def status_message(t: Tick, spec: AgentRolloutSpec | None, problems: list[SpecPr
 def _paused_text(step: Step, st: AgentRolloutStatus) -> str:
     if is_approval(step):
         return "waiting for approval: set status.promote (kubectl agentrollout promote)"
+    if step.evaluate is not None:
+        failed = next((r for r in reversed(st.evaluations) if r.phase == "Failed"), None)
+        why = f" ({failed.message})" if failed is not None and failed.message else ""
+        return f"evaluation failed{why}: set status.promote to continue or status.abort to roll back"
     names = ", ".join(r.name for r in st.last_analysis if r.verdict is Verdict.INCONCLUSIVE) or "gates"
     return f"paused on inconclusive {names}: set status.promote to continue or status.abort to roll back"
 

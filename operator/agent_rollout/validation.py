@@ -122,6 +122,8 @@ def _step_problems(steps: list[Step]) -> list[SpecProblem]:
     problems = []
     highest, highest_at = 0, -1
     for i, step in enumerate(steps):
+        if step.evaluate is not None:
+            problems += _evaluate_problems(step, f"spec.steps[{i}].evaluate", highest_at)
         if step.set_weight is None:
             continue
         if step.set_weight < highest:
@@ -134,6 +136,24 @@ def _step_problems(steps: list[Step]) -> list[SpecProblem]:
             )
         else:
             highest, highest_at = step.set_weight, i
+    return problems
+
+
+def _evaluate_problems(step: Step, path: str, weighted_at: int) -> list[SpecProblem]:
+    # An evaluation judges the candidate before any user reaches it (the Validate stage): after a
+    # setWeight step users would keep reaching it while the suite runs.
+    assert step.evaluate is not None
+    problems = []
+    if weighted_at >= 0:
+        problems.append(
+            SpecProblem(
+                path,
+                f"an evaluate step must come before any setWeight step (spec.steps[{weighted_at}] "
+                "already sends users to the candidate)",
+            )
+        )
+    if step.evaluate.candidate_url is not None and (problem := _url_problem(step.evaluate.candidate_url)):
+        problems.append(SpecProblem(f"{path}.candidateURL", problem))
     return problems
 
 
