@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent_rollout import evaluation
-from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, Evaluate, Phase, Verdict
+from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, Evaluate, GateResult, Phase, Verdict
 from agent_rollout.domain import EmitEvent, EvaluationObservation, Plan, RunEvaluation, SetWeights
 from agent_rollout.planner import plan
 from agent_rollout.validation import validate
@@ -237,3 +237,18 @@ def test_a_new_revision_runs_the_suite_again() -> None:
     new = observe(route=w(10), candidate=observe().candidate.__class__("triage-agent", True, "agent-2", 2, 2))
     p = plan(spec, passed, new, T0 + timedelta(minutes=1))
     assert p.status.current_step == 0 and p.status.evaluations == [] and p.status.weights == w(0)
+
+
+def test_gates_without_user_traffic_do_not_hold_a_passed_evaluation() -> None:
+    # During the step the candidate has no users, so its gates are inconclusive; the suite decides.
+    gate = {"name": "error-rate", "template": "errorRate", "max": 0.01}
+    raw = spec_dict(steps=[{"evaluate": EVALUATE}, {"setWeight": 10}])
+    raw["analysis"] = {"prometheus": {"url": "http://prometheus:9090"}, "gates": [gate], "minSamples": 10}
+    spec = AgentRolloutSpec.model_validate(raw)
+    inconclusive = (GateResult(name="error-rate", verdict=Verdict.INCONCLUSIVE, samples=0, min_samples=10),)
+    status = plan(
+        spec, at_eval(), observe(route=w(0), gates=inconclusive, evaluation=seen("absent")), T0
+    ).status
+    done = observe(route=w(0), gates=inconclusive, evaluation=seen("succeeded", result()))
+    p = plan(spec, status, done, T0 + timedelta(seconds=30))
+    assert p.status.current_step == 1 and p.status.weights == w(10)

@@ -8,6 +8,7 @@ status admission policy installed: a permission the chart lacks fails the suite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -24,6 +25,7 @@ from e2e.cluster import ClusterState, chart, identity, prometheus
 from e2e.cluster.kubeapi import KubeApi
 from e2e.cluster.kubectl import run_kubectl
 from e2e.cluster.lifecycle import in_outage
+from e2e.cluster.podrunner import PodRunner, pod_runner
 from e2e.cluster.ports import free_ports
 from e2e.rollout.scene import CANDIDATE, CRD_FILE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
 from e2e.sim.launcher import AgentGroup
@@ -206,3 +208,20 @@ def scene(
         return Scene(namespace, kube_api, kubectl, cluster.prometheus_url, agents, driver)
 
     return build
+
+
+@pytest.fixture
+def runner(cluster: ClusterState) -> Iterator[Callable[[Scene], PodRunner]]:
+    """runner(scene) -> the pod runner (e2e/cluster/podrunner.py) for the scene's evaluation Jobs, with
+    the scene's Services resolved to its agents as cluster DNS would."""
+    with contextlib.ExitStack() as stack:
+
+        def start(s: Scene) -> PodRunner:
+            urls = s.agents.urls()
+
+            def resolve(namespace: str, service: str) -> str | None:
+                return urls.get(service) if namespace == s.namespace else None
+
+            return stack.enter_context(pod_runner(cluster.kubeconfig, resolve, cluster.run_dir))
+
+        yield start

@@ -31,8 +31,10 @@ from e2e.cluster import ClusterState, audit, chart, identity
 from e2e.cluster.components import audit_log_path
 from e2e.cluster.kubeapi import KubeApi, new_api_client
 from e2e.cluster.kubectl import run_kubectl
+from e2e.cluster.podrunner import PodRunner
 from e2e.rollout.conftest import permission_trouble, wait_for_rbac
 from e2e.rollout.scene import CANDIDATE, LEGACY, REPO, OperatorProcess, Scene, wait_until
+from e2e.rollout.test_evaluation import evaluate_step
 
 ERROR_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.05, "window": "30s"}
 PLUGIN = REPO / ".venv" / "bin" / "kubectl-agentrollout"
@@ -236,6 +238,7 @@ def test_the_namespaced_chart_runs_a_rollout_under_roles_in_its_namespace_only(
     cluster: ClusterState,
     kubectl: Callable[..., Any],
     kube_api: KubeApi,
+    runner: Callable[[Scene], PodRunner],
 ) -> None:
     s = scene(rps=10)
     values = {"watchNamespaces": [s.namespace]}
@@ -270,7 +273,8 @@ def test_the_namespaced_chart_runs_a_rollout_under_roles_in_its_namespace_only(
     operator.stop()
     try:
         namespaced.start()
-        steps: list[dict[str, Any]] = [{"setWeight": 50}, {"setWeight": 100}]
+        runner(s)  # the evaluation step's Job runs (and its result is read) under the chart's Role
+        steps: list[dict[str, Any]] = [evaluate_step(), {"setWeight": 50}, {"setWeight": 100}]
         s.apply(s.rollout_manifest("scoped", steps=steps, minSamples=10, gates=[ERROR_GATE]))
         s.wait_for_phase("scoped", "Promoted", timeout_s=90)
         assert s.route_weights() == {LEGACY: 0, CANDIDATE: 100}

@@ -10,6 +10,7 @@ can check traffic shares against the agent's own counts), GET /healthz.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -75,10 +76,34 @@ class Agent:
             self._counts[key] = self._counts.get(key, 0) + 1
         return outcome
 
+    def answer(self, case: str) -> str:
+        """The answer to an evaluation input: right unless the profile fails the case by name, or (for
+        the unnamed bulk of the suite) the case falls outside eval_accuracy, decided by the case's name
+        so that the same suite scores the same agent the same way every run."""
+        p = self._profile
+        wrong = case in {c.strip() for c in p.failing_cases.split(",") if c.strip()}
+        if not wrong and not case.startswith("edge-"):
+            wrong = int(hashlib.sha256(case.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF >= p.eval_accuracy
+        return f"wrong answer to {case}" if wrong else expected_answer(case)
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             counts = dict(self._counts)
         return {"version": self.version, "requests": sum(counts.values()), "by_code": counts}
+
+
+def expected_answer(case: str) -> str:
+    """The label of an evaluation case: what a correct agent answers (e2e.sim.evaluation's dataset)."""
+    return f"answer to {case}"
+
+
+def _case_of(body: bytes) -> str | None:
+    try:
+        raw = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    case = raw.get("case") if isinstance(raw, dict) else None
+    return case if isinstance(case, str) else None
 
 
 def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
@@ -123,6 +148,7 @@ def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             if self.path == "/invoke":
                 o = agent.invoke()
+                case = _case_of(body)
                 answer = {
                     "version": agent.version,
                     "status": o.status,
@@ -130,6 +156,8 @@ def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
                     "flagged": o.flagged,
                     "tokens": {"input": o.input_tokens, "output": o.output_tokens},
                 }
+                if case is not None:
+                    answer["answer"] = agent.answer(case)
                 self._json(o.status, answer)
             elif self.path == "/profile":
                 try:

@@ -30,6 +30,8 @@ class FaultProfile:
     output_tokens: int = 150
     cost_per_request_usd: float = 0.002
     eval_accuracy: float = 0.97  # probability that an answer counts as correct in agent_eval_*
+    # Named evaluation cases (comma-separated) this agent answers wrongly: an edge case it gets wrong.
+    failing_cases: str = ""
 
     def __post_init__(self) -> None:
         for name in _RATIOS:

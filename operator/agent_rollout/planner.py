@@ -617,7 +617,11 @@ def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
         return
     if step.pause is not None and not _pause_over(t, step.pause):
         return
-    if step.evaluate is not None and not _evaluation_passed(t, spec, step.evaluate):
+    if step.evaluate is not None:
+        # The suite is the step's verdict: the gates measure user traffic, which the candidate does not
+        # get during an evaluation (they would hold the step for ever), and a failing gate still rolls back.
+        if _evaluation_passed(t, spec, step.evaluate):
+            _complete_step(t, spec, manual=False)
         return
     if milestone_due(spec, st) is not None:
         seen, n = t.obs.candidate_requests, spec.steps[st.current_step].milestone

@@ -99,6 +99,15 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "agent-rollout.service
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["list", "watch", "patch"]
+# Evaluation steps: one Job per candidate revision and attempt, created (never updated or deleted: it is
+# garbage-collected with its rollout); only Jobs carrying the operator's label are listed and watched.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "create"]
+# The suite's result is its pod's termination message, read once when the Job has ended.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # kopf posts core/v1 Events on the rollout (never events.k8s.io, never updates them).
 - apiGroups: [""]
   resources: ["events"]
