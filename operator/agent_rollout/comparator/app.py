@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -93,6 +94,7 @@ class Settings:
     port: int = 8080
     admin_port: int = 9090
     seed: int | None = None
+    port_file: str | None = None  # where to write the bound ports, {"port": .., "adminPort": ..}
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.noise_share <= 1.0:
@@ -386,6 +388,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--port", type=int, default=8080, help="mirror port")
     parser.add_argument("--admin-port", type=int, default=9090, help="/metrics, /healthz, /mismatches")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--port-file", help='write {"port": .., "adminPort": ..} here once listening')
     args = parser.parse_args(argv)
     try:
         return Settings(
@@ -405,6 +408,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
             port=args.port,
             admin_port=args.admin_port,
             seed=args.seed,
+            port_file=args.port_file,
         )
     except ValueError as e:
         parser.error(str(e))
@@ -413,6 +417,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 async def serve(settings: Settings) -> None:
     running = await start(settings)
     log.info("comparator: mirror port %d, admin port %d", running.port, running.admin_port)
+    if settings.port_file:  # atomically, after bind: whoever started us learns the ports without a race
+        tmp = f"{settings.port_file}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"port": running.port, "adminPort": running.admin_port}, f)
+        os.replace(tmp, settings.port_file)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # the pod's SIGTERM: stop listening, finish what runs
