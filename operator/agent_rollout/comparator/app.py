@@ -140,7 +140,8 @@ class ShadowMetrics:
         self._labels = (namespace, version)
         for outcome in Outcome:
             self.comparisons.labels(*self._labels, outcome.value)
-            self.noise.labels(*self._labels, outcome.value)
+            if outcome is not Outcome.CANDIDATE_ERROR:  # the noise pair has no candidate
+                self.noise.labels(*self._labels, outcome.value)
         self.dropped.labels(*self._labels)
 
     def count(self, verdict: Verdict) -> None:
