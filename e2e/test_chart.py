@@ -31,6 +31,8 @@ import pytest
 import yaml
 
 from agent_rollout import api
+from agent_rollout.comparator.app import parse_args as parse_comparator_args
+from agent_rollout.comparator.compare import Comparison, Mode
 from e2e.cluster import ClusterState, chart, identity, tools
 from e2e.cluster.kubeapi import KubeApi
 from e2e.cluster.kubectl import kubectl_for, run_kubectl
@@ -70,6 +72,29 @@ EVERY_OPTION: dict[str, Any] = {
         "dashboard": {"enabled": True},
     },
     "alertReceiver": {"enabled": True, "port": 9443, "tokenSecret": {"name": "alert-token", "key": "bearer"}},
+    "comparator": {
+        "enabled": True,
+        "legacyUrl": "http://support-legacy.support.svc:80",
+        "candidateUrl": "http://support-candidate.support.svc:80",
+        "namespaceLabel": "support",
+        "version": "v2",
+        "compare": {
+            "mode": "text",
+            "fields": ["/answer"],
+            "threshold": 0.7,
+            "judgeUrl": "http://judge:80/v1",
+        },
+        "noiseShare": 0.1,
+        "mismatchSample": 50,
+        "timeoutSeconds": 20,
+        "maxInFlight": 64,
+        "maxBodyBytes": 262144,
+        "replicas": 2,
+        "port": 8088,
+        "adminPort": 9099,
+        "serviceAnnotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9099"},
+        "resources": {"requests": {"cpu": "20m"}},
+    },
     "podLabels": {"example.com/tier": "control"},
     "priorityClassName": "system-cluster-critical",
     "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -182,6 +207,10 @@ def test_helm_lint_is_clean_in_cluster_and_namespaced_mode(helm: Helm) -> None:
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"replica": 1}, "replica"),  # a misspelt key is refused, not ignored
         ({"serviceAccount": {"create": "yes"}}, "/serviceAccount/create"),
+        ({"comparator": {"enabled": True, "candidateUrl": "http://c"}}, "/comparator/legacyUrl"),
+        ({"comparator": {"compare": {"mode": "fuzzy"}}}, "/comparator/compare/mode"),
+        ({"comparator": {"noiseShare": 1.5}}, "/comparator/noiseShare"),
+        ({"comparator": {"legacyUrl": "legacy:80"}}, "/comparator/legacyUrl"),  # a URL, with its scheme
     ],
 )
 def test_values_the_schema_refuses_fail_before_anything_is_rendered(
@@ -214,6 +243,54 @@ def test_every_object_has_the_standard_labels_and_releases_never_share_names_or_
     selector = deployment(one)["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment(one)["spec"]["template"]["metadata"]["labels"].items()
     assert not selector.items() <= deployment(neighbour)["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_the_comparator_is_off_by_default_and_on_runs_the_same_image_with_the_values_as_its_flags() -> None:
+    assert {m["kind"] for m in chart.render({}) if "comparator" in m["metadata"]["name"]} == set()
+    rendering = chart.render(EVERY_OPTION, release="ops", namespace="team-a")
+    comparator = [m for m in rendering if m["metadata"]["name"] == "ops-agent-rollout-comparator"]
+    assert sorted(m["kind"] for m in comparator) == ["Deployment", "Service"]
+    deployment = next(m for m in comparator if m["kind"] == "Deployment")
+    operator = next(m for m in rendering if m["kind"] == "Deployment" and m is not deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == operator["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["command"] == ["agent-rollout-comparator"]  # a console script of the package
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    # The rendered flags are the comparator's own: its parser reads them back as the values say.
+    settings = parse_comparator_args(container["args"])
+    assert (settings.legacy_url, settings.candidate_url) == (
+        "http://support-legacy.support.svc:80",
+        "http://support-candidate.support.svc:80",
+    )
+    assert (settings.namespace, settings.version, settings.judge_url) == (
+        "support",
+        "v2",
+        "http://judge:80/v1",
+    )
+    assert settings.comparison == Comparison(Mode.TEXT, ("/answer",), 0.7)
+    assert (settings.noise_share, settings.mismatch_sample, settings.max_in_flight) == (0.1, 50, 64)
+    assert (settings.timeout_s, settings.max_body_bytes, settings.port, settings.admin_port) == (
+        20,
+        262144,
+        8088,
+        9099,
+    )
+
+    # Neither Deployment's pods are selected by the other's selectors, nor by the operator's Service.
+    comparator_pods = deployment["spec"]["template"]["metadata"]["labels"].items()
+    operator_pods = operator["spec"]["template"]["metadata"]["labels"].items()
+    services = {
+        m["metadata"]["name"]: m["spec"]["selector"].items() for m in rendering if m["kind"] == "Service"
+    }
+    assert not operator["spec"]["selector"]["matchLabels"].items() <= comparator_pods
+    assert not deployment["spec"]["selector"]["matchLabels"].items() <= operator_pods
+    assert not services["ops-agent-rollout"] <= comparator_pods
+    assert services["ops-agent-rollout-comparator"] <= comparator_pods
+    ports = next(m for m in comparator if m["kind"] == "Service")["spec"]["ports"]
+    assert [(p["name"], p["port"]) for p in ports] == [("mirror", 8088), ("admin", 9099)]
 
 
 def test_the_rendering_with_every_option_set_is_accepted_by_the_apiserver(

@@ -17,8 +17,11 @@ from prometheus_api_client import PrometheusConnect
 from e2e.cluster import ClusterState
 from e2e.cluster.components import FAKE_NODE_NAME
 from e2e.cluster.kubeapi import KubeApi
+from e2e.cluster.objects import SERVICE_PORT
 from e2e.cluster.paths import GATEWAY_API_VERSION, KUBE_VERSION, REPO_ROOT, scratch_root
+from e2e.sim.comparator import start_comparator
 from e2e.sim.launcher import AgentGroup
+from e2e.sim.route import GATEWAY_GROUP, HTTPROUTE_PLURAL, HTTPROUTE_VERSION
 from e2e.sim.traffic import TrafficDriver
 
 pytestmark = pytest.mark.e2e
@@ -254,6 +257,65 @@ def test_traffic_splits_by_httproute_weights_and_follows_changes(
     assert after["candidate"] - before["candidate"] + legacy == 2000
     print(f"50/50 route: legacy share {legacy / 2000:.3f} over 2000 requests (agents' counts)")
     assert abs(legacy / 2000 - 0.50) <= 0.03
+
+
+def _set_rule_filters(kube_api: KubeApi, namespace: str, name: str, filters: list[dict[str, Any]]) -> None:
+    route = kube_api.get_httproute(namespace, name)
+    route["spec"]["rules"][0]["filters"] = filters
+    kube_api.custom.replace_namespaced_custom_object(
+        GATEWAY_GROUP, HTTPROUTE_VERSION, namespace, HTTPROUTE_PLURAL, name, route
+    )
+
+
+def test_traffic_driver_mirrors_a_request_mirror_filters_share_to_the_real_comparator(
+    kube_api: KubeApi,
+    namespace: str,
+    sim_agents: Callable[..., AgentGroup],
+    traffic: Callable[..., TrafficDriver],
+    tmp_path: Path,
+) -> None:
+    fast = {"latency_sleep": False}
+    agents = sim_agents(namespace, {"legacy": fast, "candidate": fast}, wait_scraped=False)
+    kube_api.create_agent_backends(namespace, {"legacy": "legacy", "candidate": "candidate"})
+    kube_api.create_service(namespace, "comparator")
+    kube_api.create_httproute(namespace, "support", {"legacy": 100, "candidate": 0})
+    header_filter = {
+        "type": "RequestHeaderModifier",
+        "requestHeaderModifier": {"set": [{"name": "X-Tenant", "value": "acme"}]},
+    }
+    mirror = {
+        "type": "RequestMirror",
+        "requestMirror": {"backendRef": {"name": "comparator", "port": SERVICE_PORT}, "percent": 40},
+    }
+    # The apiserver's Gateway API schema accepts the filter next to another one.
+    _set_rule_filters(kube_api, namespace, "support", [header_filter, mirror])
+    fields = ["--mode", "json", "--field", "/status", "--field", "/flagged", "--field", "/tokens"]
+    comparator = start_comparator(
+        agents.url("legacy"), agents.url("candidate"), log_dir=tmp_path, args=fields
+    )
+    try:
+        driver = traffic(namespace, "support", {**agents.urls(), "comparator": comparator.url}, seed=5)
+        driver.wait_for_mirrors(["comparator"], timeout_s=10)
+        records = driver.run(max_requests=1000, duration_s=60)
+        mirrored = driver.wait_for_mirrors_sent(timeout_s=30)
+        assert len(records) == 1000 and {(r.service, r.status) for r in records} == {("legacy", 200)}
+        n = len(mirrored)
+        print(f"40% mirror: {n} of 1000 requests mirrored to the comparator")
+        assert driver.mirrors_shed == 0
+        assert abs(n - 400) <= 5 * (1000 * 0.4 * 0.6) ** 0.5 and {r.status for r in mirrored} == {202}
+        _eventually(lambda: comparator.counts()["match"] == n, 30, f"{n} comparisons")
+        assert comparator.counts()["mismatch"] == 0 and comparator.counts()["candidate_error"] == 0
+        # The live requests plus one shadow copy each reached legacy; the candidate got only the copies.
+        assert _agent_counts(agents) == {"legacy": 1000 + n, "candidate": n}
+
+        # The mirror filter removed, the other filter kept: no copy any more.
+        _set_rule_filters(kube_api, namespace, "support", [header_filter])
+        driver.wait_for_mirrors([], timeout_s=10)
+        driver.run(max_requests=200, duration_s=60)
+        assert len(driver.wait_for_mirrors_sent(timeout_s=30)) == n
+        assert _agent_counts(agents) == {"legacy": 1200 + n, "candidate": n}
+    finally:
+        comparator.close()
 
 
 def test_agents_export_every_gate_series_at_zero_before_any_call(

@@ -1,6 +1,8 @@
-"""`make bench`: python -m e2e.bench [--only planner|rollback|scale] [--runs N] [--rollouts N] ...
+"""`make bench`: python -m e2e.bench [--only planner|comparator|rollback|scale] [--runs N] [--rollouts N] ...
 
 planner   e2e/bench/planner_scale.py: the planner's CPU and memory at 10k rollouts (no cluster)
+comparator e2e/bench/comparator_overhead.py: the shadow comparator's added latency per mirrored request
+          and CPU per 100 req/s, against real simulated agents (no cluster)
 rollback  e2e/bench/rollback_speed.py: breach-to-rollback time on the real control plane, N runs
 scale     e2e/bench/operator_scale.py: the real operator process at N rollouts (default 1000) on a
           cluster of its own: RSS, start-up, status writes, pause-end lateness, breach-to-rollback,
@@ -16,7 +18,7 @@ import inspect
 import logging
 import sys
 
-from e2e.bench import operator_scale, rollback_speed
+from e2e.bench import comparator_overhead, operator_scale, rollback_speed
 
 PLANNER_MODULE = "e2e.bench.planner_scale"
 
@@ -39,7 +41,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m e2e.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["planner", "rollback", "scale"], help="run just this benchmark")
+    parser.add_argument(
+        "--only", choices=["planner", "comparator", "rollback", "scale"], help="run just this benchmark"
+    )
     parser.add_argument("--runs", type=int, default=7, help="breach-to-rollback runs (default 7)")
     scale = parser.add_argument_group("scale")
     scale.add_argument(
@@ -57,6 +61,9 @@ def main() -> int:
     if args.only in (None, "planner"):
         if not run_planner() and args.only == "planner":
             status = 1
+        sys.stdout.flush()
+    if args.only in (None, "comparator"):
+        comparator_overhead.run()
         sys.stdout.flush()
     if args.only in (None, "rollback"):
         rollback_speed.main(runs=args.runs)

@@ -1,4 +1,4 @@
-"""Follow an HTTPRoute's backend weights through a WATCH on the apiserver."""
+"""Follow an HTTPRoute's backend weights and RequestMirror filters through a WATCH on the apiserver."""
 
 from __future__ import annotations
 
@@ -19,6 +19,27 @@ WATCH_TIMEOUT_S = 2  # short server-side timeouts let the watcher notice stop() 
 
 
 @dataclass(frozen=True)
+class Mirror:
+    """A RequestMirror filter: numerator/denominator of the requests also go to `service`.
+
+    backend None: a filter of the rule (every request of the rule); otherwise a filter of that
+    backendRef, applied only to the requests routed to it.
+    """
+
+    service: str
+    numerator: int = 1
+    denominator: int = 1
+    backend: str | None = None
+
+    @property
+    def share(self) -> float:
+        return self.numerator / self.denominator
+
+    def applies_to(self, service: str) -> bool:
+        return self.backend is None or self.backend == service
+
+
+@dataclass(frozen=True)
 class RouteWeights:
     """One observed state of the route. generation counts changes seen by this watcher (0 = none yet)."""
 
@@ -26,6 +47,7 @@ class RouteWeights:
     weights: Mapping[str, int]  # backend Service name -> weight, in backendRefs order
     observed_at: float  # time.monotonic() when the watcher saw it
     resource_version: str = ""
+    mirrors: tuple[Mirror, ...] = ()
     services: tuple[str, ...] = field(init=False)
     cumulative: tuple[int, ...] = field(init=False)
 
@@ -54,28 +76,70 @@ def weights_from_route(route: Mapping[str, Any] | None) -> dict[str, int]:
         return {}
     out: dict[str, int] = {}
     for ref in rules[0].get("backendRefs") or []:
-        if ref.get("kind", "Service") != "Service" or ref.get("group", "") not in ("", "core"):
+        if not _is_service(ref):
             continue
         out[ref["name"]] = out.get(ref["name"], 0) + int(ref.get("weight", 1))
     return out
 
 
+def _is_service(ref: Mapping[str, Any]) -> bool:
+    return ref.get("kind", "Service") == "Service" and ref.get("group", "") in ("", "core")
+
+
+def _mirrors(filters: Any, backend: str | None) -> list[Mirror]:
+    """The RequestMirror filters of a filter list, as a gateway reads them.
+
+    Gateway API: percent N mirrors N/100, fraction numerator/denominator (denominator defaults
+    to 100), neither mirrors every request. Mirrors to anything but a Service are ignored, as the
+    weights ignore such backends.
+    """
+    out: list[Mirror] = []
+    for f in filters or []:
+        spec = f.get("requestMirror") or {}
+        ref = spec.get("backendRef") or {}
+        if f.get("type") != "RequestMirror" or not ref.get("name") or not _is_service(ref):
+            continue
+        if "percent" in spec:
+            numerator, denominator = int(spec["percent"]), 100
+        elif "fraction" in spec:
+            numerator = int(spec["fraction"]["numerator"])
+            denominator = int(spec["fraction"].get("denominator", 100))
+        else:
+            numerator, denominator = 1, 1
+        out.append(Mirror(ref["name"], numerator, denominator, backend))
+    return out
+
+
+def mirrors_from_route(route: Mapping[str, Any] | None) -> tuple[Mirror, ...]:
+    """The RequestMirror filters of the first rule (the one weights_from_route reads) and its backendRefs."""
+    if not route:
+        return ()
+    rules = route.get("spec", {}).get("rules") or []
+    if not rules:
+        return ()
+    out = _mirrors(rules[0].get("filters"), None)
+    for ref in rules[0].get("backendRefs") or []:
+        if _is_service(ref):
+            out += _mirrors(ref.get("filters"), ref["name"])
+    return tuple(out)
+
+
 class RouteWatcher:
-    """A daemon thread that calls on_change(weights, resource_version) whenever the weights differ."""
+    """A daemon thread that calls on_change(weights, mirrors, resource_version) whenever either differs."""
 
     def __init__(
         self,
         api_client: client.ApiClient,
         namespace: str,
         name: str,
-        on_change: Callable[[dict[str, int], str], None],
+        on_change: Callable[[dict[str, int], tuple[Mirror, ...], str], None],
     ) -> None:
         self._api = client.CustomObjectsApi(api_client)
         self._namespace = namespace
         self._name = name
         self._on_change = on_change
         self._stop = threading.Event()
-        self._last: dict[str, int] | None = None
+        self._last: tuple[dict[str, int], tuple[Mirror, ...]] | None = None
         self._thread = threading.Thread(target=self._run, name=f"route-watch-{namespace}/{name}", daemon=True)
 
     def start(self) -> None:
@@ -86,10 +150,10 @@ class RouteWatcher:
         self._thread.join(timeout_s)
 
     def _apply(self, route: Mapping[str, Any] | None, resource_version: str) -> None:
-        weights = weights_from_route(route)
-        if weights != self._last:
-            self._last = weights
-            self._on_change(weights, resource_version)
+        state = (weights_from_route(route), mirrors_from_route(route))
+        if state != self._last:
+            self._last = state
+            self._on_change(*state, resource_version)
 
     def _list(self) -> str:
         listing: Any = self._api.list_namespaced_custom_object(

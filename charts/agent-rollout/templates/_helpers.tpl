@@ -126,3 +126,25 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "agent-rollout.service
   verbs: ["list", "watch"]
 {{- end }}
 {{- end }}
+
+{{/* The comparator's pods: a name of their own, so the operator's selectors never pick them (and back). */}}
+{{- define "agent-rollout.comparatorSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-comparator" (include "agent-rollout.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "agent-rollout.comparatorLabels" -}}
+helm.sh/chart: {{ include "agent-rollout.chart" . }}
+{{ include "agent-rollout.comparatorSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/component: comparator
+app.kubernetes.io/part-of: agent-rollout
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "agent-rollout.comparatorName" -}}
+{{- printf "%s-comparator" (include "agent-rollout.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end }}

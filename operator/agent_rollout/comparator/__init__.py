@@ -1,0 +1,1 @@
+"""The shadow comparator (app.py: the service; compare.py: the comparison, pure)."""

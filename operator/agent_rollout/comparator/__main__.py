@@ -1,0 +1,3 @@
+from agent_rollout.comparator.app import main
+
+main()
