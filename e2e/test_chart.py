@@ -70,6 +70,18 @@ EVERY_OPTION: dict[str, Any] = {
         "dashboard": {"enabled": True},
     },
     "alertReceiver": {"enabled": True, "port": 9443, "tokenSecret": {"name": "alert-token", "key": "bearer"}},
+    "notifications": {
+        "secretsInWatchedNamespaces": True,
+        "sinks": [
+            {
+                "name": "oncall",
+                "type": "slack",
+                "urlFrom": {"secretKeyRef": {"name": "oncall-slack", "key": "url"}},
+                "events": ["RolledBack", "Escalated"],
+                "namespaces": ["support"],
+            }
+        ],
+    },
     "podLabels": {"example.com/tier": "control"},
     "priorityClassName": "system-cluster-critical",
     "nodeSelector": {"kubernetes.io/os": "linux"},

@@ -58,8 +58,10 @@ class Notification:
 
     @property
     def step_text(self) -> str:
+        """The step the rollout is at after the decision, 1-based ("2/3"): a StepCompleted decision
+        records the step it entered, Promoted one past the last step."""
         step = int(self.decision.get("step", 0)) + 1
-        return f"{step}/{self.steps}" if self.steps else str(step)
+        return f"{min(step, self.steps)}/{self.steps}" if self.steps else str(step)
 
 
 def decision_key(decision: api.Decision) -> tuple[str, str, int]:
@@ -110,7 +112,7 @@ SLACK_TEXT_LIMIT = 3000
 EVIDENCE_LINES = 10
 
 HEADLINE = {
-    E.STEP_COMPLETED: "step {step} completed",
+    E.STEP_COMPLETED: "step completed, now at step {step}",
     E.AWAITING_APPROVAL: "waiting for approval at step {step}",
     E.APPROVED: "approved at step {step}",
     E.APPROVAL_REFUSED: "approval refused at step {step}",
