@@ -408,3 +408,96 @@ def test_nothing_configured_costs_nothing() -> None:
 @pytest.mark.parametrize("sink_type", list(api.SinkType))
 def test_every_sink_type_has_a_body(sink_type: api.SinkType) -> None:
     assert json.dumps(notify.BODY_OF[sink_type](a_notification()))
+
+
+# ---------------------------------------------------------------- the adapters: Secret and HTTP
+
+
+class _Secrets:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_the_secret_key_is_read_decoded_and_a_refusal_names_the_secret_not_its_value() -> None:
+    import base64
+
+    import kubernetes
+    from kubernetes.client.exceptions import ApiException
+
+    from agent_rollout.kube import KubeClient, RateLimiter
+
+    client = KubeClient(kubernetes.client.ApiClient(), limiter=RateLimiter(qps=1000, burst=1000))
+    url = "https://hooks.slack.com/services/T0/B0/secret-token"
+    secret = kubernetes.client.V1Secret(data={"url": base64.b64encode(url.encode()).decode()})
+    client._core = _Secrets(secret)  # type: ignore[assignment]
+    assert asyncio.run(client.read_secret_key("support", "hooks", "url")) == url
+    with pytest.raises(SecretUnavailable, match="has no key 'slack'"):
+        asyncio.run(client.read_secret_key("support", "hooks", "slack"))
+    client._core = _Secrets(ApiException(status=403, reason="Forbidden"))  # type: ignore[assignment]
+    with pytest.raises(SecretUnavailable, match="Secret support/hooks: 403") as refused:
+        asyncio.run(client.read_secret_key("support", "hooks", "url"))
+    assert "secret-token" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "retry"),
+    [(200, None, None), (204, None, None), (500, "http", True), (429, "http", True), (404, "http", False)],
+)
+def test_http_answers_are_delivered_retried_or_given_up(
+    status: int, reason: str | None, retry: bool | None
+) -> None:
+    from aiohttp import ClientSession, web
+
+    from agent_rollout.notifier import post_json
+
+    seen: list[tuple[str, bytes]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        seen.append((request.headers["Idempotency-Key"], await request.read()))
+        return web.Response(status=status)
+
+    async def test() -> DeliveryFailed | None:
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with ClientSession() as session:
+                await post_json(session, f"http://127.0.0.1:{port}/hook", b'{"a":1}', "id-1", timeout=5)
+        except DeliveryFailed as e:
+            return e
+        finally:
+            await runner.cleanup()
+        return None
+
+    failed = asyncio.run(test())
+    assert seen == [("id-1", b'{"a":1}')]
+    if reason is None:
+        assert failed is None
+    else:
+        assert failed is not None and (failed.reason, failed.retry) == (reason, retry)
+
+
+def test_an_unusable_url_is_given_up_without_showing_it() -> None:
+    from aiohttp import ClientSession
+
+    from agent_rollout.notifier import post_json
+
+    async def test() -> DeliveryFailed:
+        async with ClientSession() as session:
+            try:
+                await post_json(session, "not a url/secret-token", b"{}", "id-1", timeout=1)
+            except DeliveryFailed as e:
+                return e
+        raise AssertionError("delivered to an unusable URL")
+
+    failed = asyncio.run(test())
+    assert not failed.retry and "secret-token" not in str(failed)
