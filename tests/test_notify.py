@@ -79,6 +79,8 @@ def test_every_rollback_reason_and_the_approval_reasons_map_to_an_event() -> Non
     for reason in ("GateFailed", "Aborted", "AlertFired", "InconclusiveLimit", "QueryRejected"):
         assert notify.EVENT_OF_REASON[reason] is E.ROLLED_BACK
     assert notify.EVENT_OF_REASON["AwaitingApproval"] is E.AWAITING_APPROVAL
+    assert notify.EVENT_OF_REASON["ApprovalGiven"] is E.APPROVED
+    assert notify.EVENT_OF_REASON["ApprovalRefused"] is E.APPROVAL_REFUSED
     assert notify.EVENT_OF_REASON["Promoted"] is E.PROMOTED
     assert set(notify.EVENT_OF_REASON.values()) == set(E)  # every event some decision can raise
 

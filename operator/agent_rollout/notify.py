@@ -23,7 +23,8 @@ EVENT_OF_REASON: Mapping[str, E] = {
     Reason.STEP_COMPLETED.value: E.STEP_COMPLETED,
     Reason.MANUAL_PROMOTION.value: E.STEP_COMPLETED,  # a human's promote ended the step
     Reason.AWAITING_APPROVAL.value: E.AWAITING_APPROVAL,
-    "Approved": E.APPROVED,
+    # The approval steps' reasons (tick.Reason once approvals land; named here so this module stands alone).
+    "ApprovalGiven": E.APPROVED,
     "ApprovalRefused": E.APPROVAL_REFUSED,
     "Escalated": E.ESCALATED,
     "ApprovalExpired": E.ESCALATED,  # onExpiry: pause hands it to a human; a rollback is RolledBack
