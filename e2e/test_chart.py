@@ -95,6 +95,18 @@ EVERY_OPTION: dict[str, Any] = {
         "serviceAnnotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9099"},
         "resources": {"requests": {"cpu": "20m"}},
     },
+    "notifications": {
+        "secretsInWatchedNamespaces": True,
+        "sinks": [
+            {
+                "name": "oncall",
+                "type": "slack",
+                "urlFrom": {"secretKeyRef": {"name": "oncall-slack", "key": "url"}},
+                "events": ["RolledBack", "Escalated"],
+                "namespaces": ["support"],
+            }
+        ],
+    },
     "podLabels": {"example.com/tier": "control"},
     "priorityClassName": "system-cluster-critical",
     "nodeSelector": {"kubernetes.io/os": "linux"},

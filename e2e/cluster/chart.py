@@ -29,7 +29,9 @@ NOT_APPLIED_KINDS = frozenset({"Deployment"})
 # too: the chart's `statusWriters`, as for a second operator during a migration.
 NAMESPACED_RELEASE, NAMESPACED_RELEASE_NAMESPACE = "agent-rollout-ns", "agent-rollout-ns-system"
 SESSION_VALUES: dict[str, Any] = {
-    "statusWriters": [f"system:serviceaccount:{NAMESPACED_RELEASE_NAMESPACE}:{NAMESPACED_RELEASE}"]
+    "statusWriters": [f"system:serviceaccount:{NAMESPACED_RELEASE_NAMESPACE}:{NAMESPACED_RELEASE}"],
+    # spec.notifications' webhook URLs come from Secrets in the rollout's namespace (test_notifications.py).
+    "notifications": {"secretsInWatchedNamespaces": True},
 }
 
 

@@ -137,7 +137,9 @@ def operator(
         operator_kubeconfig,
         cluster.run_dir / "operator.log",
         args=args,
-        env={"AGENT_ROLLOUT_ANALYSIS_REFRESH": "0"},
+        # A hung notification sink holds an attempt 20 s (4 analysis intervals): were a delivery ever on the
+        # reconcile path, test_notifications.py would see the steps slow down by that much.
+        env={"AGENT_ROLLOUT_ANALYSIS_REFRESH": "0", "AGENT_ROLLOUT_NOTIFY_TIMEOUT": "20"},
     )
     # The cluster's Prometheus scrapes the operator's metrics (the alert rules of the chart read them).
     target = [{"targets": [f"127.0.0.1:{ends.metrics_port}"], "labels": {"cluster": cluster.name}}]

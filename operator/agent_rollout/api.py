@@ -421,6 +421,48 @@ class Readiness(_Model):
     criteria: Criteria = Field(default_factory=Criteria)
 
 
+class SinkType(StrEnum):
+    WEBHOOK = "webhook"  # the decision as JSON (agent_rollout.notify.webhook_body)
+    SLACK = "slack"  # Slack incoming webhook: {"text", "blocks"}
+    TEAMS = "teams"  # Microsoft Teams workflow webhook: a message with an Adaptive Card
+
+
+class NotificationEvent(StrEnum):
+    """What a sink is told of; agent_rollout.notify maps each decision's reason to one of these."""
+
+    STEP_COMPLETED = "StepCompleted"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    APPROVED = "Approved"
+    APPROVAL_REFUSED = "ApprovalRefused"
+    ESCALATED = "Escalated"
+    ROLLED_BACK = "RolledBack"
+    PROMOTED = "Promoted"
+
+
+class SecretKeyRef(_Model):
+    name: ObjectName = Field(description="A Secret in the rollout's namespace.")
+    key: Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class SecretSource(_Model):
+    secret_key_ref: SecretKeyRef
+
+
+class NotificationSink(_Model):
+    """Where the rollout's decisions are sent. The webhook URL (it carries the token for Slack and Teams)
+    is read from a Secret, never written in the spec."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    type: SinkType = SinkType.WEBHOOK
+    url_from: SecretSource = Field(description="The Secret key holding the webhook URL.")
+    events: list[NotificationEvent] = Field(
+        default_factory=list, max_length=len(NotificationEvent), description="Sent to this sink; empty: all."
+    )
+
+
+MAX_NOTIFICATION_SINKS = 10
+
+
 class AgentRolloutSpec(_Model):
     legacy: DeploymentRef = Field(
         description="What we roll back to; kept warm, never scaled down or deleted."
@@ -432,6 +474,11 @@ class AgentRolloutSpec(_Model):
     readiness: Readiness = Field(
         default_factory=Readiness,
         description="The five-stage scorecard's exit criteria, and the stages required before a weight.",
+    )
+    notifications: list[NotificationSink] = Field(
+        default_factory=list,
+        max_length=MAX_NOTIFICATION_SINKS,
+        description="Webhooks told of this rollout's decisions (README: Notifications).",
     )
 
 

@@ -25,6 +25,7 @@ from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
 from agent_rollout.controller import WORKERS, Controller
 from agent_rollout.kube import KubeClient, ListWatchClient
+from agent_rollout.notifier import Notifier, load_config
 from agent_rollout.reconcile import Reconciler
 from agent_rollout.sentinel import PERIOD, Sentinel
 
@@ -60,6 +61,7 @@ class _Runtime:
     readers: dict[str, BatchReader] = {}
     servers: list[web.AppRunner] = []
     unregister: list[Callable[[], None]] = []
+    notifier: Notifier | None = None
 
 
 def _gateway_for(url: str, timeout: float) -> PrometheusGateway:
@@ -88,8 +90,17 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
     clock = lambda: datetime.now(UTC)  # noqa: E731
     sentinel = Sentinel(clock=clock, period=FAST_CHECK_PERIOD)
     book = alerts.AlertBook()
+    config_file = memo.get("notifications_config")
+    notifier = _Runtime.notifier = Notifier(
+        kube.read_secret_key, _post_event, load_config(Path(config_file)) if config_file else None
+    )
     reconciler = Reconciler(
-        kube=kube, gateway_for=_gateway_for, events=_post_event, clock=clock, alerts=book.firing
+        kube=kube,
+        gateway_for=_gateway_for,
+        events=_post_event,
+        clock=clock,
+        alerts=book.firing,
+        decided=notifier.decided,
     )
     controller = _Runtime.controller = Controller(
         reconciler, sentinel, kube, client, namespaces=namespaces, workers=RECONCILE_WORKERS
@@ -120,6 +131,8 @@ async def shutdown(**_: Any) -> None:
         task.cancel()
     if _Runtime.controller is not None:
         await _Runtime.controller.stop()
+    if _Runtime.notifier is not None:
+        await _Runtime.notifier.close()  # what is still queued is not sent (notifier.py: at most once)
     for runner in _Runtime.servers:
         await runner.cleanup()
     for unregister in _Runtime.unregister:

@@ -7,6 +7,7 @@ never blocks, and thousands of rollouts cannot open thousands of threads or conn
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -45,6 +46,10 @@ class RouteWriteError(Exception):
     def __init__(self, message: str, permanent: bool) -> None:
         super().__init__(message)
         self.permanent = permanent
+
+
+class SecretUnavailable(Exception):
+    """A Secret or its key cannot be read (missing, or RBAC: see the chart's notifications values)."""
 
 
 PERMANENT_STATUSES = frozenset({400, 403, 422})
@@ -186,6 +191,20 @@ class KubeClient:
             )
         )
         return evaluation.termination_message(json.loads(response.data))  # type: ignore[attr-defined]
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        """One key of a Secret, decoded (a notification sink's webhook URL). A read the operator may not
+        make, a missing Secret or key: SecretUnavailable, naming them (never the value)."""
+        try:
+            secret = await self._run(lambda: self._core.read_namespaced_secret(name, namespace))
+        except ApiException as e:
+            raise SecretUnavailable(f"Secret {namespace}/{name}: {e.status} {_api_error_text(e)}") from e
+        except (OSError, urllib3.exceptions.HTTPError) as e:
+            raise SecretUnavailable(f"Secret {namespace}/{name}: {type(e).__name__}") from e
+        value = (secret.data or {}).get(key)
+        if value is None:
+            raise SecretUnavailable(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(value).decode()
 
     def post_event_soon(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
         """Post a core/v1 Event on the rollout in the background, on a budget of its own.

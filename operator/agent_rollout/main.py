@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 import kopf
 
@@ -34,9 +35,18 @@ def main(argv: list[str] | None = None) -> int:
         help="file holding the bearer token Alertmanager must send (e.g. a mounted Secret)",
     )
     parser.add_argument(
+        "--notifications-config",
+        default=os.environ.get("AGENT_ROLLOUT_NOTIFICATIONS_CONFIG"),
+        help="YAML file of operator-wide notification sinks (README: Notifications)",
+    )
+    parser.add_argument(
         "--listen", default=os.environ.get("AGENT_ROLLOUT_LISTEN", "0.0.0.0"), help="address of both servers"
     )
     args = parser.parse_args(argv)
+    if args.notifications_config:
+        from agent_rollout.notifier import load_config
+
+        load_config(Path(args.notifications_config))  # a config that does not parse stops the start, loudly
     if args.alerts_port and not args.alerts_token_file:
         parser.error("--alerts-port needs --alerts-token-file: the receiver never runs unauthenticated")
     logging.basicConfig(
@@ -64,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 alerts_port=args.alerts_port,
                 alerts_token_file=args.alerts_token_file,
                 listen=args.listen,
+                notifications_config=args.notifications_config,
             ),
         )
     )

@@ -72,6 +72,20 @@ ALERTS_REFUSED = Counter(
     "Requests to the alert receiver refused for a missing or wrong bearer token.",
     registry=REGISTRY,
 )
+NOTIFICATION_DELIVERIES = Counter(
+    f"{PREFIX}_notification_deliveries_total",
+    "Notifications a sink accepted (a 2xx answer), by sink.",
+    ["sink"],
+    registry=REGISTRY,
+)
+NOTIFICATION_FAILURES = Counter(
+    f"{PREFIX}_notification_failures_total",
+    "Notification failures by sink and reason: each failed attempt by its cause (connection, timeout, "
+    "http, secret, error), each notification given up after its last attempt (abandoned), and each "
+    "dropped because the sink's queue was full (queue_full).",
+    ["sink", "reason"],
+    registry=REGISTRY,
+)
 
 
 @dataclass(frozen=True, slots=True)

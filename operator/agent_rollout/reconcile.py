@@ -79,6 +79,11 @@ AlertLookup = Callable[[str, str], tuple[FiringAlert, ...]]
 PlannedCallback = Callable[
     [api.AgentRolloutSpec | None, api.AgentRolloutStatus, PrometheusGateway | None], None
 ]
+# Told (body, spec, status planned on, status written) after each status write that landed: the
+# notifier's hook (notifier.Notifier.decided); it must return at once.
+DecidedCallback = Callable[
+    [Mapping[str, Any], api.AgentRolloutSpec | None, api.AgentRolloutStatus, api.AgentRolloutStatus], None
+]
 
 # Phases that query Prometheus; Pending too, because the first tick may already enter a step.
 ANALYSED_PHASES = frozenset({api.Phase.PENDING, api.Phase.PROGRESSING, api.Phase.PAUSED})
@@ -157,8 +162,10 @@ class Reconciler:
         events: EventSink,
         clock: Callable[[], datetime],
         alerts: AlertLookup = lambda namespace, name: (),
+        decided: DecidedCallback = lambda body, spec, before, after: None,
     ) -> None:
         self._alerts = alerts
+        self._decided = decided
         self._kube = kube
         self._gateway_for = gateway_for
         self._events = events
@@ -267,6 +274,7 @@ class Reconciler:
             elif isinstance(action, RunEvaluation) and spec is not None and router is not None:
                 job_refused = not await self._run_evaluation(body, spec, router, new_status, action)
         await self._write_status(namespace, name, raw_status, new_status, written, force=failure is not None)
+        self._decided(body, spec, status, new_status)  # notifications of what that write recorded
         # Counted once written: a plan whose status write failed is planned (and decided) again.
         decided = (a.reason for a in result.actions if isinstance(a, EmitEvent))
         metrics.record_decisions((namespace, name), decided, ROLLBACK_REASONS)

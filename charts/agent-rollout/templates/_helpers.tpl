@@ -112,6 +112,12 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "agent-rollout.service
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.notifications.secretsInWatchedNamespaces }}
+# The webhook URL of a rollout's spec.notifications, from the Secret it names (get only: never list or watch).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 {{- end }}
 
 {{- define "agent-rollout.clusterRules" -}}
@@ -147,4 +153,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{- define "agent-rollout.comparatorName" -}}
 {{- printf "%s-comparator" (include "agent-rollout.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{/* The Secrets of the operator-wide notification sinks (release namespace), each named once. */}}
+{{- define "agent-rollout.notificationSecrets" -}}
+{{- $names := list -}}
+{{- range .Values.notifications.sinks -}}
+{{- $names = append $names .urlFrom.secretKeyRef.name -}}
+{{- end -}}
+{{- $names | uniq | toJson -}}
 {{- end }}
