@@ -59,6 +59,10 @@ class FakeKube(KubeClient):
     route_refusal: Exception | None = None
     # Raised by every status write while set: a crash or a refused write between the two writes.
     status_refusal: Exception | None = None
+    # Evaluation Jobs by (namespace, name), and the termination message their pod left.
+    jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    job_creates: int = 0  # create calls, including those answered 409 AlreadyExists
+    pod_messages: dict[Key, str] = field(default_factory=dict)
     _version: int = 1000
 
     def _next_version(self) -> str:
@@ -123,6 +127,15 @@ class FakeKube(KubeClient):
         self.routes[(namespace, name)] = patched
         self.writes.append(Write("route", namespace, name, copy.deepcopy(ops)))
 
+    async def create_job(self, manifest: dict[str, Any]) -> None:
+        """As the API server: a second create of the same name is AlreadyExists, which the client takes."""
+        self.job_creates += 1
+        key = (manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+        self.jobs.setdefault(key, copy.deepcopy(manifest))
+
+    async def termination_message(self, namespace: str, job: str) -> str | None:
+        return self.pod_messages.get((namespace, job))
+
 
 # A scalar query's answer (a number, or None for an empty result), or a building block's series.
 Reply = float | None | list[tuple[dict[str, str], float]]
@@ -181,3 +194,4 @@ class EventLog:
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
+

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent_rollout import api
+from agent_rollout import api, evaluation
 from agent_rollout.analysis.templates import candidate_requests_query, template_read
 from agent_rollout.api import Template
 from agent_rollout.domain import DeploymentState, iso
@@ -136,8 +136,13 @@ class World:
                 routes=route_lookup,
                 written=self.written,
                 route_owner=lambda namespace, route: self.route_owner,
+                jobs=self.job_state,
             )
         )
+
+    def job_state(self, namespace: str, name: str) -> evaluation.JobState | None:
+        job = self.kube.jobs.get((namespace, name))
+        return evaluation.project_job(job) if job is not None else None
 
     @property
     def status(self) -> dict[str, Any]:

@@ -408,3 +408,46 @@ def test_query_rejected_mid_rollout_rolls_back_at_once() -> None:
     analysis = world.condition("AnalysisHealthy")
     assert (analysis["status"], analysis["reason"]) == ("False", "QueryRejected")
     assert world.route_weights() == {LEGACY: 100, CANDIDATE: 0}
+
+
+# ---------------------------------------------------------------- evaluation Jobs
+
+
+EVALUATE_STEPS: list[dict[str, Any]] = [
+    {"evaluate": {"job": {"image": "eval:1"}, "minCases": 10, "requiredCases": ["edge-a"]}},
+    {"setWeight": 10},
+]
+
+
+def test_a_crash_between_the_job_create_and_the_status_write_starts_no_second_suite() -> None:
+    world = World(rollout_body(EVALUATE_STEPS))
+    world.tick()  # started: step 1, an evaluation, no user traffic
+    world.kube.status_refusal = RuntimeError("operator killed between the Job create and the status write")
+    with pytest.raises(RuntimeError):
+        world.tick(advance=1)  # creates the Job
+    world.kube.status_refusal = None
+    assert len(world.kube.jobs) == 1 and not world.status.get("evaluations")
+    world.written = type(world.written)()  # a restarted operator remembers nothing
+
+    world.tick(advance=1)  # finds its Job (same name): records it running, creates nothing
+    world.tick(advance=1)
+
+    assert len(world.kube.jobs) == 1 and world.kube.job_creates == 1
+    ((key, job),) = world.kube.jobs.items()
+    assert [r["job"] for r in world.status["evaluations"]] == [key[1]]
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    world.kube.pod_messages[key] = '{"total": 10, "passed": 10, "cases": {"edge-a": true}}'
+    world.tick(advance=1)
+    assert world.status["currentStep"] == 1 and world.route_weights()[CANDIDATE] == 10
+    assert world.status["evaluations"][0]["phase"] == "Passed"
+
+
+def test_an_evaluation_job_deleted_while_it_runs_is_created_again() -> None:
+    world = World(rollout_body(EVALUATE_STEPS))
+    world.tick()
+    world.tick(advance=1)
+    assert world.kube.job_creates == 1
+    world.kube.jobs.clear()  # someone deleted it (kubectl delete job)
+    world.tick(advance=1)
+    assert len(world.kube.jobs) == 1 and world.kube.job_creates == 2
+    assert world.route_weights()[CANDIDATE] == 0
