@@ -4,6 +4,8 @@ planner   e2e/bench/planner_scale.py: the planner's CPU and memory at 10k rollou
 comparator e2e/bench/comparator_overhead.py: the shadow comparator's added latency per mirrored request
           and CPU per 100 req/s, against real simulated agents (no cluster)
 rollback  e2e/bench/rollback_speed.py: breach-to-rollback time on the real control plane, N runs
+alert     e2e/bench/alert_speed.py: alert firing in Prometheus -> candidate weight 0, through a real
+          Alertmanager and the operator's webhook receiver, N runs
 scale     e2e/bench/operator_scale.py: the real operator process at N rollouts (default 1000) on a
           cluster of its own: RSS, start-up, status writes, pause-end lateness, breach-to-rollback,
           CPU (`make bench-scale`: N=10000)
@@ -18,7 +20,7 @@ import inspect
 import logging
 import sys
 
-from e2e.bench import comparator_overhead, operator_scale, rollback_speed
+from e2e.bench import alert_speed, comparator_overhead, operator_scale, rollback_speed
 
 PLANNER_MODULE = "e2e.bench.planner_scale"
 
@@ -42,9 +44,12 @@ def main() -> int:
         prog="python -m e2e.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", choices=["planner", "comparator", "rollback", "scale"], help="run just this benchmark"
+        "--only",
+        choices=["planner", "comparator", "rollback", "alert", "scale"],
+        help="run just this benchmark",
     )
     parser.add_argument("--runs", type=int, default=7, help="breach-to-rollback runs (default 7)")
+    parser.add_argument("--alert-runs", type=int, default=alert_speed.RUNS, help="alert -> weight 0 runs")
     scale = parser.add_argument_group("scale")
     scale.add_argument(
         "--rollouts", type=int, default=operator_scale.ROLLOUTS, help="N (default %(default)s)"
@@ -67,6 +72,9 @@ def main() -> int:
         sys.stdout.flush()
     if args.only in (None, "rollback"):
         rollback_speed.main(runs=args.runs)
+        sys.stdout.flush()
+    if args.only in (None, "alert"):
+        alert_speed.main(runs=args.alert_runs)
         sys.stdout.flush()
     if args.only in (None, "scale"):
         operator_scale.run(args.rollouts, args.window, args.breaches)

@@ -3,13 +3,18 @@ the alerts of the cluster's Prometheus and calls the operator's webhook receiver
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
-from e2e.cluster import prometheus
+from e2e.cluster import procs, prometheus
+from e2e.cluster.ports import free_ports
 
 BINARY = "prometheus-alertmanager"
 RECEIVER = "agent-rollout"
@@ -64,3 +69,36 @@ def register(run_dir: Path, name: str, port: int) -> None:
 
 def unregister(run_dir: Path, name: str) -> None:
     (prometheus.alertmanager_sd_dir(run_dir) / f"{name}.json").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def running(run_dir: Path, name: str, webhook_url: str, token_file: Path) -> Iterator[str]:
+    """A real Alertmanager, sent the cluster Prometheus' alerts, calling `webhook_url`; yields its URL."""
+    (port,) = free_ports(1)
+    home = run_dir / f"alertmanager-{name}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    config = home / "alertmanager.yml"
+    write_config(config, webhook_url, token_file)
+    info = procs.spawn(
+        "alertmanager",
+        argv(config, home / "data", port),
+        run_dir / "logs" / f"alertmanager-{name}.log",
+        die_with_parent=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
+                    return bool(resp.status == 200)
+            except OSError:
+                return False
+
+        procs.wait_until(ready, timeout_s=30, what="alertmanager /-/ready", alive=[info])
+        register(run_dir, name, port)
+        yield url
+    finally:
+        unregister(run_dir, name)
+        procs.stop(info)

@@ -6,51 +6,24 @@ rollout."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from prometheus_api_client import PrometheusConnect
 
-from e2e.cluster import ClusterState, alertmanager, procs
+from e2e.cluster import ClusterState, alertmanager
 from e2e.cluster.paths import REPO_ROOT
-from e2e.cluster.ports import free_ports
 from e2e.cluster.prometheus import reload as reload_prometheus
-from e2e.cluster.prometheus import rules_dir
 from e2e.rollout.conftest import OperatorEndpoints
+from e2e.rollout.incident import firing, incident_rules, load_rules
 from e2e.rollout.scene import CANDIDATE, LEGACY, OperatorProcess, Scene, wait_until
 
 CHART_RULES = REPO_ROOT / "charts" / "agent-rollout" / "files" / "agent-rollout.rules.yml"
 LENIENT_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.9, "window": "30s"}
-
-
-def _rule_groups(prometheus_url: str) -> set[str]:
-    with urllib.request.urlopen(f"{prometheus_url}/api/v1/rules", timeout=5) as resp:
-        body = json.load(resp)
-    return {g["name"] for g in body["data"]["groups"]}
-
-
-def load_rules(cluster: ClusterState, name: str, text: str, group: str) -> Path:
-    path = rules_dir(cluster.run_dir) / f"{name}.yml"
-    path.write_text(text)
-    reload_prometheus(cluster.prometheus_url)
-    wait_until(f"rule group {group} loaded", lambda: group in _rule_groups(cluster.prometheus_url), 20)
-    return path
-
-
-def firing(prom: PrometheusConnect, alertname: str, **labels: str) -> list[dict[str, Any]]:
-    matchers = ",".join(
-        [f'alertname="{alertname}"', 'alertstate="firing"', *(f'{k}="{v}"' for k, v in labels.items())]
-    )
-    result: list[dict[str, Any]] = prom.custom_query(f"ALERTS{{{matchers}}}")
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -67,47 +40,10 @@ def alertmanager_url(
     cluster: ClusterState, operator: OperatorProcess, operator_endpoints: OperatorEndpoints
 ) -> Iterator[str]:
     """A real Alertmanager, sent the cluster Prometheus' alerts, calling the operator's receiver."""
-    (port,) = free_ports(1)
-    run_dir = cluster.run_dir / "alertmanager"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    config = run_dir / "alertmanager.yml"
-    alertmanager.write_config(config, operator_endpoints.alerts_url, operator_endpoints.token_file)
-    info = procs.spawn(
-        "alertmanager",
-        alertmanager.argv(config, run_dir / "data", port),
-        cluster.run_dir / "logs" / "alertmanager.log",
-        die_with_parent=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        procs.wait_until(ready, timeout_s=30, what="alertmanager /-/ready", alive=[info])
-        alertmanager.register(cluster.run_dir, "session", port)
+    with alertmanager.running(
+        cluster.run_dir, "session", operator_endpoints.alerts_url, operator_endpoints.token_file
+    ) as url:
         yield url
-    finally:
-        alertmanager.unregister(cluster.run_dir, "session")
-        procs.stop(info)
-
-
-def incident_rules(namespace: str, rollout: str) -> str:
-    """The kind of rule an on-call team writes: the candidate's error ratio, labelled with the rollout."""
-    requests = f'agent_requests_total{{namespace="{namespace}",version="{CANDIDATE}"}}'
-    errors = f'agent_requests_total{{namespace="{namespace}",version="{CANDIDATE}",code=~"5.."}}'
-    rule = {
-        "alert": "AgentErrorSpike",
-        "expr": f"sum(rate({errors}[10s])) / sum(rate({requests}[10s])) > 0.1",
-        "labels": {"agentrollout": rollout, "namespace": namespace, "severity": "page"},
-        "annotations": {"summary": "candidate error ratio above 10%"},
-    }
-    return yaml.safe_dump({"groups": [{"name": f"incident-{namespace}", "rules": [rule]}]})
 
 
 def test_firing_alert_rolls_the_rollout_back_through_a_real_alertmanager(

@@ -1,0 +1,181 @@
+"""Alert firing -> candidate weight 0: `python -m e2e.bench --only alert [--alert-runs N]`.
+
+The real chain, on the real control plane: an incident rule in the cluster's real Prometheus (the
+candidate's error ratio above 10%, labelled with the rollout) fires; a real Alertmanager (Debian's
+prometheus-alertmanager, group_wait 0s) calls the real operator process's webhook receiver with its
+bearer token; the operator rolls the rollout back and writes the HTTPRoute. Every run gets a fresh
+namespace: simulated agents (the candidate answers 30% errors), Deployments, Services, an HTTPRoute and
+an AgentRollout at setWeight 20 whose only gate tolerates 90% errors, so the alert alone rolls it back.
+
+Measured: from the moment Prometheus' ALERTS series shows the alert firing (polled every 0.1 s) to the
+moment the HTTPRoute gives the candidate weight 0 (polled every 0.1 s). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import time
+from contextlib import suppress
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from prometheus_api_client import PrometheusConnect
+
+from agent_rollout import api
+from e2e.bench.rollback_speed import cluster, install_crd, terminate_as_exit
+from e2e.cluster import ClusterState, alertmanager
+from e2e.cluster.kubeapi import KubeApi, new_api_client
+from e2e.cluster.kubectl import run_kubectl
+from e2e.cluster.ports import free_ports
+from e2e.cluster.prometheus import reload as reload_prometheus
+from e2e.rollout.incident import firing, incident_rules, load_rules
+from e2e.rollout.scene import CANDIDATE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
+from e2e.sim.launcher import start_agents
+from e2e.sim.traffic import TrafficDriver
+
+RUNS = 10
+RPS = 20.0
+ROLLOUT = "incident"
+LENIENT_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.9, "window": "30s"}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def received_at(log: Path, after: float) -> float | None:
+    """Wall time of the operator's first "alert receiver" log line at or after `after` (its own clock)."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "alert receiver:" not in line or " for rollouts" not in line:
+            continue
+        stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if stamp >= after - 0.2:  # our poll of ALERTS lags the rule's evaluation by up to ~0.1 s
+            return stamp
+    return None
+
+
+def one_run(
+    index: int, state: ClusterState, kube: KubeApi, prometheus: PrometheusConnect
+) -> tuple[float, float]:
+    namespace = f"bench-alert-{index}-{secrets.token_hex(3)}"
+    body: Any = {"metadata": {"name": namespace, "labels": {"agent-rollout.dev/bench": "true"}}}
+    kube.core.create_namespace(body)
+    agents = driver = rules = None
+    traffic_client = new_api_client(state.kubeconfig)
+    try:
+        fast = {"latency_sleep": False}
+        agents = start_agents(
+            namespace,
+            {LEGACY: fast, CANDIDATE: {**fast, "error_ratio": 0.3}},
+            file_sd_dir=state.file_sd_dir,
+            prometheus_url=state.prometheus_url,
+            log_dir=state.run_dir / "agents",
+        )
+        agents.wait_scraped()
+        kube.create_agent_backends(namespace, {LEGACY: LEGACY, CANDIDATE: CANDIDATE})
+        kube.create_httproute(namespace, ROUTE, {LEGACY: 100, CANDIDATE: 0})
+        for name in (LEGACY, CANDIDATE):
+            kube.wait_deployment_available(namespace, name)
+        driver = TrafficDriver(traffic_client, namespace, ROUTE, agents.urls())
+
+        def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> Any:
+            return run_kubectl(state.kubectl_bin, state.kubeconfig, *args, stdin=stdin, check=check)
+
+        scene = Scene(namespace, kube, kubectl, state.prometheus_url, agents, driver)
+        steps = [{"setWeight": 20}, {"pause": {"duration": "10m"}}]
+        scene.apply(scene.rollout_manifest(ROLLOUT, steps=steps, gates=[LENIENT_GATE]))
+        driver.start(max_requests=int(RPS * 300), duration_s=300, rps=RPS)
+        wait_until("candidate at 20%", lambda: scene.route_weights()[CANDIDATE] == 20, 60)
+        group = f"incident-{namespace}"
+        rules = load_rules(state, group, incident_rules(namespace, ROLLOUT), group)
+        fired_at: float = wait_until(
+            "the alert firing in Prometheus",
+            lambda: time.time() if firing(prometheus, "AgentErrorSpike", namespace=namespace) else None,
+            60,
+            0.1,
+        )
+        rolled_back_at: float = wait_until(
+            "candidate weight 0",
+            lambda: time.time() if scene.route_weights()[CANDIDATE] == 0 else None,
+            60,
+            0.1,
+        )
+        return fired_at, rolled_back_at
+    finally:
+        if rules is not None:
+            rules.unlink(missing_ok=True)
+            reload_prometheus(state.prometheus_url)
+        if driver is not None:
+            driver.close()
+        traffic_client.close()  # type: ignore[no-untyped-call]
+        if agents is not None:
+            agents.stop()
+        with suppress(ApiException):
+            kube.custom.delete_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, ROLLOUT
+            )
+        kube.core.delete_namespace(namespace, propagation_policy="Background")
+
+
+def main(runs: int = RUNS) -> None:
+    print(f"== alert firing -> candidate weight 0: {runs} runs, real Prometheus + Alertmanager + operator")
+    results: list[float] = []
+    received: list[float] = []
+    with terminate_as_exit(), cluster() as state:
+        kube = KubeApi(state.kubeconfig)
+        install_crd(state)
+        metrics_port, alerts_port = free_ports(2)
+        token_file = state.run_dir / "bench-alert-receiver.token"
+        token_file.write_text(secrets.token_urlsafe(24) + "\n")
+        args = [
+            "--listen=127.0.0.1",
+            f"--metrics-port={metrics_port}",
+            f"--alerts-port={alerts_port}",
+            f"--alerts-token-file={token_file}",
+        ]
+        operator = OperatorProcess(state.kubeconfig, state.run_dir / "bench-alert-operator.log", args=args)
+        prometheus = PrometheusConnect(url=state.prometheus_url, disable_ssl=True)
+        operator.start()
+        webhook = f"http://127.0.0.1:{alerts_port}/alerts"
+        try:
+            with alertmanager.running(state.run_dir, "bench", webhook, token_file):
+                for i in range(1, runs + 1):
+                    try:
+                        fired, routed = one_run(i, state, kube, prometheus)
+                    except Exception as e:  # one broken run must not hide the others' figures
+                        print(f"run {i}/{runs}: FAILED: {e}", flush=True)
+                        continue
+                    results.append(routed - fired)
+                    got = received_at(operator.log_path, fired)
+                    split = ""
+                    if got is not None and fired - 0.2 <= got <= routed:
+                        received.append(routed - got)
+                        split = (
+                            f" = to the operator's receiver {got - fired:.2f}s"
+                            f" + receiver to route {routed - got:.2f}s"
+                        )
+                    print(
+                        f"run {i}/{runs}: alert firing -> candidate weight 0 {routed - fired:.2f}s{split}",
+                        flush=True,
+                    )
+        finally:
+            operator.stop()
+            kube.close()
+    if not results:
+        print("alert -> weight 0: no successful run")
+        return
+    print(
+        f"alert firing -> candidate weight 0 over {len(results)} runs: min {min(results):.2f}s "
+        f"median {statistics.median(results):.2f}s p99 {pct(results, 0.99):.2f}s max {max(results):.2f}s "
+        "(Prometheus -> Alertmanager (group_wait 0s) -> the operator's receiver -> plan -> route write)"
+    )
+    if received:
+        print(
+            "of which the operator (webhook received -> candidate weight 0 on the route), "
+            f"{len(received)} runs: "
+            f"median {statistics.median(received):.2f}s max {max(received):.2f}s"
+        )
