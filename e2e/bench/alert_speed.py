@@ -7,15 +7,20 @@ bearer token; the operator rolls the rollout back and writes the HTTPRoute. Ever
 namespace: simulated agents (the candidate answers 30% errors), Deployments, Services, an HTTPRoute and
 an AgentRollout at setWeight 20 whose only gate tolerates 90% errors, so the alert alone rolls it back.
 
-Measured: from the moment Prometheus' ALERTS series shows the alert firing (polled every 0.1 s) to the
-moment the HTTPRoute gives the candidate weight 0 (polled every 0.1 s). Prints figures; asserts nothing.
+Measured: from the alert's activeAt in Prometheus (the rule evaluation that found it true; the rule has
+no `for`, so it fires from then on) to the moment the HTTPRoute gives the candidate weight 0 (polled every
+0.1 s), both on this machine's clock; the operator's log says when its receiver got the webhook, which
+splits the figure into the alerting pipeline's share and the operator's. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import statistics
 import time
+import urllib.request
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +36,7 @@ from e2e.cluster.kubeapi import KubeApi, new_api_client
 from e2e.cluster.kubectl import run_kubectl
 from e2e.cluster.ports import free_ports
 from e2e.cluster.prometheus import reload as reload_prometheus
-from e2e.rollout.incident import firing, incident_rules, load_rules
+from e2e.rollout.incident import incident_rules, load_rules
 from e2e.rollout.scene import CANDIDATE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
 from e2e.sim.launcher import start_agents
 from e2e.sim.traffic import TrafficDriver
@@ -45,6 +50,20 @@ LENIENT_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.9, "wind
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def firing_since(prometheus_url: str, alertname: str, namespace: str) -> float | None:
+    """When Prometheus made the alert active (its activeAt: the rule evaluation that found it true; with
+    no `for` it fires from then on), once it is firing; None before."""
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/alerts", timeout=5) as resp:
+        alerts = json.load(resp)["data"]["alerts"]
+    for alert in alerts:
+        labels = alert.get("labels", {})
+        ours = labels.get("alertname") == alertname and labels.get("namespace") == namespace
+        if ours and alert.get("state") == "firing":
+            stamp = re.sub(r"(\.\d{6})\d*", r"\1", alert["activeAt"]).replace("Z", "+00:00")
+            return datetime.fromisoformat(stamp).timestamp()
+    return None
 
 
 def received_at(log: Path, after: float) -> float | None:
@@ -94,7 +113,7 @@ def one_run(
         rules = load_rules(state, group, incident_rules(namespace, ROLLOUT), group)
         fired_at: float = wait_until(
             "the alert firing in Prometheus",
-            lambda: time.time() if firing(prometheus, "AgentErrorSpike", namespace=namespace) else None,
+            lambda: firing_since(state.prometheus_url, "AgentErrorSpike", namespace),
             60,
             0.1,
         )
