@@ -32,8 +32,9 @@ class FakeStore:
 def stored(name: str, phase: str, candidate: int) -> StoredRollout:
     status = {"phase": phase, "weights": {"legacy": 100 - candidate, "candidate": candidate}}
     status["stepStartedAt"] = "2026-03-01T12:00:00Z"
+    spec = {"candidate": {"deployment": f"{name}-agent"}}
     return StoredRollout.of(
-        {"metadata": {"name": name, "namespace": "ns", "generation": 1}, "status": status}
+        {"metadata": {"name": name, "namespace": "ns", "generation": 1}, "spec": spec, "status": status}
     )
 
 
@@ -68,6 +69,10 @@ def test_scrape_counts_phases_and_shows_live_rollouts_weights_gates_and_rollback
     # Per-rollout series only for live rollouts.
     assert found["agent_rollout_candidate_weight"] == [({"namespace": "ns", "rollout": "a"}, 25)]
     assert [labels["rollout"] for labels, _ in found["agent_rollout_step_started_timestamp_seconds"]] == ["a"]
+    # The candidate's version label value (its Deployment's name here), for the chart's spike alerts' join.
+    assert found["agent_rollout_candidate_info"] == [
+        ({"namespace": "ns", "rollout": "a", "version": "a-agent"}, 1)
+    ]
     assert found["agent_rollout_gate_value"] == [
         ({"namespace": "ns", "rollout": "a", "gate": "error-rate"}, 0.2)
     ]
@@ -119,5 +124,20 @@ def test_the_chart_rules_pass_promtool() -> None:
         capture_output=True,
         text=True,
         timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_chart_spike_alerts_fire_for_a_live_rollouts_candidate_only() -> None:
+    """`promtool test rules` (Prometheus' own rule engine) on synthetic series: tests/promtool/."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool comes with the prometheus package: bash scripts/install-system-deps.sh"
+    tests = Path(__file__).resolve().parent / "promtool"
+    done = subprocess.run(
+        [promtool, "test", "rules", *sorted(p.name for p in tests.glob("*.test.yml"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tests,
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -113,6 +113,36 @@ def test_firing_alert_rolls_the_rollout_back_through_a_real_alertmanager(
     )
 
 
+def test_the_charts_spike_alert_rolls_a_live_rollout_back_through_alertmanager(
+    scene: Callable[..., Scene],
+    prometheus: PrometheusConnect,
+    alertmanager_url: str,
+    chart_rules: None,
+) -> None:
+    """The chart's AgentCandidateErrorSpike, as it ships: the candidate's own metrics joined with the
+    operator's agent_rollout_candidate_info give the alert the rollout's name, and Alertmanager's webhook
+    to the operator rolls it back. The legacy side's metrics never fire it (no live rollout judges them)."""
+    s = scene(candidate={"error_ratio": 0.45}, legacy={"error_ratio": 0.45}, rps=20)
+    s.apply(
+        s.rollout_manifest(
+            "spiking", steps=[{"setWeight": 50}, {"pause": {"duration": "10m"}}], gates=[LENIENT_GATE]
+        )
+    )
+    wait_until("candidate at 50%", lambda: s.route_weights()[CANDIDATE] == 50, timeout_s=60)
+    alert = wait_until(
+        "AgentCandidateErrorSpike firing for the rollout",
+        lambda: firing(prometheus, "AgentCandidateErrorSpike", namespace=s.namespace),
+        timeout_s=150,
+        every_s=0.5,
+    )
+    assert [a["metric"]["agentrollout"] for a in alert] == ["spiking"], alert
+    assert {a["metric"]["version"] for a in alert} == {CANDIDATE}  # legacy errs as much, and is not paged
+    status = s.wait_for_phase("spiking", "RolledBack", timeout_s=30)
+    decision = next(d for d in status["history"] if d["reason"] == "AlertFired")
+    assert [e["name"] for e in decision["evidence"]] == ["alert:AgentCandidateErrorSpike"]
+    assert s.route_weights() == {LEGACY: 100, CANDIDATE: 0}
+
+
 def prometheus_reload(cluster: ClusterState) -> None:
     reload_prometheus(cluster.prometheus_url)
 
@@ -139,9 +169,9 @@ def test_chart_alert_rules_stay_quiet_on_a_healthy_rollout(
     def evaluated_since() -> bool:
         with urllib.request.urlopen(f"{cluster.prometheus_url}/api/v1/rules", timeout=5) as resp:
             groups = json.load(resp)["data"]["groups"]
-        group = next(g for g in groups if g["name"] == "agent-rollout")
-        assert all(r["health"] == "ok" for r in group["rules"]), group["rules"]
-        return all(_epoch(r["lastEvaluation"]) > seen + 1 for r in group["rules"])
+        rules = [r for g in groups if g["name"].startswith("agent-rollout") for r in g["rules"]]
+        assert len(rules) >= 9 and all(r["health"] == "ok" for r in rules), rules
+        return all(_epoch(r["lastEvaluation"]) > seen + 1 for r in rules)
 
     wait_until("chart rules evaluated after the promotion", evaluated_since, timeout_s=30)
     quiet = prometheus.custom_query(f'ALERTS{{namespace="{s.namespace}"}}')

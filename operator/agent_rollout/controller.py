@@ -75,7 +75,7 @@ class StoredRollout:
             deployments=tuple(sorted({n for n in names if isinstance(n, str)})),
             created=str(meta.get("creationTimestamp") or ""),
             deleting=bool(meta.get("deletionTimestamp")),
-            gauge=_gauge(status),
+            gauge=_gauge(status, _candidate_version(spec)),
         )
 
     def body(self) -> dict[str, Any]:
@@ -94,7 +94,16 @@ def _urgency(meta: dict[str, Any], status: dict[str, Any], verb: bool) -> int:
     return AT_REST
 
 
-def _gauge(status: dict[str, Any]) -> metrics.RolloutGauge:
+def _candidate_version(spec: dict[str, Any]) -> str | None:
+    """The candidate's value of the version label in the agents' own metrics, as the templates read it:
+    analysis.metrics.candidateVersion, else the candidate Deployment's name."""
+    analysis = spec.get("analysis") or {}
+    named = (analysis.get("metrics") or {}).get("candidateVersion") if isinstance(analysis, dict) else None
+    version = named if isinstance(named, str) else (spec.get("candidate") or {}).get("deployment")
+    return version if isinstance(version, str) else None
+
+
+def _gauge(status: dict[str, Any], candidate_version: str | None = None) -> metrics.RolloutGauge:
     phase = status.get("phase")
     weights = status.get("weights") or {}
     candidate = weights.get("candidate") if isinstance(weights, dict) else None
@@ -105,6 +114,7 @@ def _gauge(status: dict[str, Any]) -> metrics.RolloutGauge:
         phase=(_PHASES.get(phase) if isinstance(phase, str) else None) or api.Phase.PENDING.value,
         candidate_weight=candidate if isinstance(candidate, int) else 0,
         step_started=started.timestamp() if started is not None else None,
+        candidate_version=candidate_version,
     )
 
 

@@ -95,6 +95,7 @@ class RolloutGauge:
     phase: str
     candidate_weight: int
     step_started: float | None  # epoch seconds of status.stepStartedAt
+    candidate_version: str | None = None  # the candidate's version label value in the agents' metrics
 
 
 class Store(Protocol):
@@ -147,6 +148,14 @@ class StoreCollector(Collector):
             "When the current step of a live rollout began (time() - this: how long it is stuck).",
             labels=["namespace", "rollout"],
         )
+        # Joins the agents' own metrics (by namespace and version) to the live rollout judging that
+        # version: the chart's agent spike alerts carry the rollout's name this way, so Alertmanager's
+        # webhook to the operator rolls it back.
+        candidate = GaugeMetricFamily(
+            f"{PREFIX}_candidate_info",
+            "1 for each live rollout (Progressing, Paused) and its candidate's version label value.",
+            labels=["namespace", "rollout", "version"],
+        )
         counts = {p.value: 0 for p in api.Phase}
         live: set[Key] = set()
         present: set[Key] = set()
@@ -156,6 +165,8 @@ class StoreCollector(Collector):
             if g.phase in (api.Phase.PROGRESSING.value, api.Phase.PAUSED.value):
                 live.add(key)
                 weight.add_metric(list(key), g.candidate_weight)
+                if g.candidate_version is not None:
+                    candidate.add_metric([*key, g.candidate_version], 1)
                 if g.step_started is not None:
                     started.add_metric(list(key), g.step_started)
         for phase, n in counts.items():
@@ -163,6 +174,7 @@ class StoreCollector(Collector):
         yield phases
         yield weight
         yield started
+        yield candidate
         gate_value = GaugeMetricFamily(
             f"{PREFIX}_gate_value",
             "A live rollout's gate value at its latest evaluation (absent: no value).",
