@@ -242,3 +242,11 @@ def test_a_timeout_of_zero_or_over_five_minutes_names_the_field(timeout: str) ->
 @pytest.mark.parametrize("timeout", ["1ms", "10s", "5m"])
 def test_a_timeout_within_bounds_is_accepted(timeout: str) -> None:
     assert prometheus_problems(url="http://p:9090", timeout=timeout) == []
+
+
+def test_two_notification_sinks_of_one_name_are_refused_naming_the_second() -> None:
+    sink = {"name": "oncall", "urlFrom": {"secretKeyRef": {"name": "hooks", "key": "slack"}}}
+    spec = AgentRolloutSpec.model_validate(spec_dict(notifications=[sink, {**sink, "type": "slack"}]))
+    problems = validate(spec)
+    assert [p.field for p in problems] == ["spec.notifications[1].name"]
+    assert "spec.notifications[0]" in problems[0].message

@@ -47,7 +47,24 @@ def validate(spec: AgentRolloutSpec) -> list[SpecProblem]:
         *_step_problems(spec.steps),
         *_analysis_problems(spec.analysis),
         *_readiness_problems(spec),
+        *_notification_problems(spec),
     ]
+
+
+def _notification_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
+    # A sink's name labels its delivery metrics and names it in Events: two of one name would be one.
+    seen: dict[str, int] = {}
+    problems = []
+    for i, sink in enumerate(spec.notifications):
+        if sink.name in seen:
+            problems.append(
+                SpecProblem(
+                    f"spec.notifications[{i}].name",
+                    f"{sink.name!r} is already the name of spec.notifications[{seen[sink.name]}]",
+                )
+            )
+        seen.setdefault(sink.name, i)
+    return problems
 
 
 def _readiness_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
