@@ -64,10 +64,13 @@ from agent_rollout.api import (
     Phase,
     Verdict,
 )
+from agent_rollout.capacity import ready as legacy_ready
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionType as CT
 from agent_rollout.conditions import find_condition, remove_condition
 from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, SpecProblem, iso
+from agent_rollout.drill import drill_hold_text, drill_stage, interrupt_if_left
+from agent_rollout.drill import spec_problems as drill_spec_problems
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
 from agent_rollout.readiness import (
     COST,
@@ -75,6 +78,7 @@ from agent_rollout.readiness import (
     baseline_record,
     baseline_refusal,
     comparison_base,
+    drill_evidence,
     hold_text,
     milestone_due,
     milestone_record,
@@ -82,6 +86,7 @@ from agent_rollout.readiness import (
     scorecard,
     unmet_requirement,
 )
+from agent_rollout.rollback import capacity_requeue, follow_capacity
 from agent_rollout.tick import (
     LIVE_PHASES,
     Reason,
@@ -133,6 +138,7 @@ def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[Spec
     found = list(obs.problems)
     if spec is not None:
         found.extend(validate(spec))
+        found.extend(drill_spec_problems(spec))
     elif not found:
         found.append(SpecProblem("spec", "spec could not be parsed"))
     return list(dict.fromkeys(found))
@@ -156,6 +162,8 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
         t.waiting = f"holding: HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
     else:
         _reconcile(t, spec)
+    interrupt_if_left(t, spec)
+    follow_capacity(t, spec)
     _record_baseline(t, spec, _baseline_blocked(spec, problems, obs))
     settle_weights(t, spec)
     request_weights(t)
@@ -166,7 +174,11 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
         _set_stages_condition(t, spec)
     t.st.message = status_message(t, spec, problems)
     t.st.step = _step_label(t.st, spec)
-    return Plan(status=t.st, actions=tuple(t.actions), requeue_after=_requeue_after(t, spec))
+    requeue = _requeue_after(t, spec)
+    if t.st.capacity_rollback is not None:
+        deadline = capacity_requeue(t.st.capacity_rollback.deadline, t.now)
+        requeue = deadline if requeue is None or deadline is None else min(requeue, deadline)
+    return Plan(status=t.st, actions=tuple(t.actions), requeue_after=requeue)
 
 
 def note_route_failure(
@@ -315,6 +327,8 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
     t.st.current_step = min(max(t.st.current_step, 0), len(spec.steps) - 1)
     if parse_time(t.st.step_started_at) is None:
         t.st.step_started_at = step_start(t.now)
+    if drill_stage(t, spec):
+        return  # a rollback drill holds the step: the candidate takes no traffic to judge
     restored = t.st.weights.candidate == 0
     settle_weights(t, spec)  # e.g. the candidate is back: restore its step's weights before judging the step
     if restored and t.st.weights.candidate > 0 and t.weights_reason is not None:
@@ -458,6 +472,7 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
     st.last_analysis, st.last_analysis_at = [], None
     st.readiness = None  # the evidence belongs to the attempt: a new revision earns its own
     st.attempt_started_at = step_start(t.now)
+    st.legacy_replicas_at_start = legacy_ready(t.obs.legacy)  # what a capacity-safe rollback restores
     first = spec.steps[0]
     phase = Phase.PAUSED if is_approval(first) else Phase.PROGRESSING
     transition(t, spec, phase, reason, f"{message}: step 1/{len(spec.steps)} ({step_text(first)})")
@@ -679,7 +694,7 @@ def _card(
     st: AgentRolloutStatus, spec: AgentRolloutSpec, milestones: list[api.MilestoneRecord] | None = None
 ) -> api.ReadinessStatus:
     found = _milestones(st) if milestones is None else milestones
-    return scorecard(spec, found, st.baseline, st.candidate_revision)
+    return scorecard(spec, found, st.baseline, st.candidate_revision, drill_evidence(st))
 
 
 def _baseline_blocked(
@@ -779,9 +794,10 @@ def _stage_hold_text(t: Tick, spec: AgentRolloutSpec) -> str | None:
     """Why completing the current step is not allowed by spec.readiness.requireStages, or None."""
     weight, what = _raised_weight(spec, t.st.current_step)
     unmet = unmet_requirement(spec, _card(t.st, spec), weight)
-    if unmet is None:
+    text = hold_text(*unmet) if unmet is not None else drill_hold_text(spec, t.st, weight, t.now)
+    if text is None:
         return None
-    return f"{what} would raise the candidate weight to {weight}: {hold_text(*unmet)}"
+    return f"{what} would raise the candidate weight to {weight}: {text}"
 
 
 def _stage_holds(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> bool:
@@ -800,7 +816,8 @@ def _stage_holds(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> bool:
 def _set_stages_condition(t: Tick, spec: AgentRolloutSpec) -> None:
     """StagesReady: may the next weight raise happen as far as spec.readiness.requireStages go (level-based,
     so it warns before the step is otherwise ready); absent when nothing is required or nothing is live."""
-    if not spec.readiness.require_stages or t.st.phase not in LIVE_PHASES:
+    required = spec.readiness.require_stages or spec.readiness.require_drill is not None
+    if not required or t.st.phase not in LIVE_PHASES:
         t.st.conditions = remove_condition(t.st.conditions, CT.STAGES_READY)
         return
     text = _stage_hold_text(t, spec)
