@@ -42,6 +42,10 @@ Choices on open questions (each is a rule a reviewer may want to change in one p
   a requirement a human could click through would not make each stage a prerequisite.
 - An invalid spec fails the rollout from any phase, Promoted included, and sends the candidate's
   traffic to legacy; fixing it restarts from step 0. `spec` may be None (it did not parse).
+- Rollback drills (agent_rollout.drill) hold a live rollout at legacy 100 until legacy's own metrics
+  confirm it, then return to the same step, which starts over; a failed drill ends RolledBack.
+- Automatic rollbacks are capacity-safe (agent_rollout.capacity, agent_rollout.rollback): traffic goes
+  back as legacy's ready replicas allow, within capacityTimeout; abort always moves all of it at once.
 """
 
 from __future__ import annotations
