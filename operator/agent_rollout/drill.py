@@ -65,6 +65,7 @@ from agent_rollout.tick import (
     route_readable,
     route_shows,
     step_start,
+    step_weights,
     transition,
 )
 
@@ -133,9 +134,12 @@ def refusal(spec: AgentRolloutSpec, st: AgentRolloutStatus, obs: Observations) -
     """Why a drill cannot start now, or None."""
     if running(st) is not None:
         return f"a drill is already running (since {st.last_drill.started_at if st.last_drill else '?'})"
-    if st.phase not in LIVE_PHASES or st.weights.candidate == 0:
+    # The step's weight, not the route's: a candidate briefly unavailable (or a status write lost after
+    # a route write) may have its share on legacy, and the drill is about the step.
+    weight = step_weights(spec.steps, st.current_step).candidate if st.current_step < len(spec.steps) else 0
+    if st.phase not in LIVE_PHASES or weight == 0:
         return (
-            f"it is {st.phase.value} with candidate weight {st.weights.candidate}: a drill rehearses the "
+            f"it is {st.phase.value} with candidate weight {weight}: a drill rehearses the "
             "rollback from a weighted step (Progressing or Paused, candidate weight > 0)"
         )
     if not drill_gates(spec):
@@ -193,10 +197,10 @@ def _start(t: Tick, spec: AgentRolloutSpec, request: DrillRequest) -> None:
         bound=bound,
         stay_rolled_back=request.stay_rolled_back,
         step=st.current_step,
-        weights=st.weights.model_copy(),
+        weights=step_weights(spec.steps, st.current_step),
         revision=st.candidate_revision,
     )
-    left = weights_text(st.weights)
+    left = weights_text(st.last_drill.weights)
     route(t, spec, Reason.DRILL_STARTED)
     after = "stays rolled back" if request.stay_rolled_back else f"returns to step {st.current_step + 1}"
     message = (
