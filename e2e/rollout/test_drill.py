@@ -6,19 +6,25 @@ a non-operator user (so the chart's status admission policy judges it).
   Prometheus that it serves within the gates' bounds, records it in status.lastDrill and the history,
   and returns to the step it left at the same weights; `requireDrill` held the next raise until then.
 - A drill whose legacy serves errors fails and stays on legacy: no traffic goes back to the candidate.
+- A pending drill request is the operator's to consume: others can neither clear nor change it (the
+  chart's status policy).
 - A rollback whose legacy an "autoscaler" (this test) shrank moves traffic back in steps as legacy's
   ready replicas grow again (kwok makes the pods ready); the operator itself never scales legacy.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from agent_rollout import api
 from e2e.cluster import ClusterState
-from e2e.rollout.scene import CANDIDATE, LEGACY, Scene, wait_until
+from e2e.rollout.scene import CANDIDATE, LEGACY, OperatorProcess, Scene, wait_until
+from e2e.rollout.test_rbac import StatusWriter, denied_by_policy, release_manager  # noqa: F401 (fixture)
 from e2e.rollout.test_verbs_and_volume import PLUGIN
 
 ERROR_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.05, "window": "30s"}
@@ -200,3 +206,56 @@ def test_a_rollback_moves_traffic_back_as_legacys_ready_replicas_grow(scene: Cal
     # The operator never touched legacy: its replica count is the one this test set last.
     dep: Any = s.kube.apps.read_namespaced_deployment(LEGACY, s.namespace)
     assert dep.spec.replicas == 4
+
+
+def test_a_pending_drill_is_the_operators_to_clear_or_change(
+    namespace: str,
+    release_manager: Path,  # noqa: F811 (the fixture of test_rbac, imported above)
+    operator: OperatorProcess,
+    cluster: ClusterState,
+    kubectl: Any,
+) -> None:
+    # With the operator stopped, a drill request stays pending: only the operator may consume it.
+    manifest = {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "metadata": {"name": "pending-drill", "namespace": namespace},
+        "spec": {
+            "legacy": {"deployment": LEGACY},
+            "candidate": {"deployment": CANDIDATE},
+            "traffic": {
+                "gatewayAPI": {"httpRoute": "triage", "legacyBackend": LEGACY, "candidateBackend": CANDIDATE}
+            },
+            "steps": [{"setWeight": 100}],
+        },
+    }
+    operator.stop()
+    writer = StatusWriter(release_manager, namespace, "pending-drill")
+    try:
+        kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+        wait_until(
+            "the status policy to be enforced",
+            lambda: denied_by_policy(writer.merge({"currentStep": 0}, dry_run=True)),
+            timeout_s=30,
+        )
+        assert writer.merge({"drill": {"stayRolledBack": False, "bound": "10m"}}) is None
+        cleared = denied_by_policy(writer.merge({"drill": None}))
+        assert "cleared: status.drill" in cleared, cleared
+        changed = denied_by_policy(writer.merge({"drill": {"stayRolledBack": True}}))
+        assert "status.drill" in changed, changed
+        assert "status.weights" in denied_by_policy(
+            writer.merge(
+                {
+                    "drill": {"stayRolledBack": False, "bound": "10m"},
+                    "weights": {"legacy": 0, "candidate": 100},
+                }
+            )
+        )
+        stored = writer.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, "pending-drill"
+        )
+        assert stored["status"]["drill"] == {"stayRolledBack": False, "bound": "10m"}
+    finally:
+        writer.close()
+        kubectl("delete", f"{api.PLURAL}.{api.GROUP}", "pending-drill", "-n", namespace, "--wait=false")
+        operator.start()
