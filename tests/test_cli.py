@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_rollout.cli import Outcome, advise, complete_main, complete_words, main
+from agent_rollout.cli import Outcome, advise, complete_main, complete_words, main, render
 from tests.specs import analysis_dict, spec_dict
 
 ERROR_RATE_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
@@ -621,3 +621,27 @@ def test_abort_during_a_rollback_waiting_for_legacy_capacity_is_sent() -> None:
     assert advice.outcome is Outcome.SEND and "sends all traffic to legacy now" in advice.text
     obj["status"].pop("capacityRollback")
     assert advise("abort", obj).outcome is Outcome.NOTHING_TO_DO
+
+
+def test_status_shows_the_latest_drill_in_one_line() -> None:
+    obj = {
+        "metadata": {"namespace": "support", "name": "triage"},
+        "spec": {"steps": [{"setWeight": 25}]},
+        "status": {
+            "phase": "Progressing",
+            "lastDrill": {
+                "result": "Passed",
+                "startedAt": "2026-03-01T12:00:00Z",
+                "routeSeconds": 2,
+                "confirmSeconds": 41,
+                "bound": "15m",
+                "message": "legacy confirmed within every drill gate",
+            },
+        },
+    }
+    assert (
+        "drill=Passed started 2026-03-01T12:00:00Z  route at legacy 100: 2s  confirmed: 41s  bound 15m  "
+        "legacy confirmed within every drill gate"
+    ) in render(obj)
+    obj["status"].pop("lastDrill")
+    assert "drill=" not in render(obj)

@@ -101,6 +101,10 @@ def test_a_drill_at_a_weighted_step_passes_and_returns_to_the_step(
 
     status = last_drill(s, "drilled", "Passed", timeout_s=90)
     record = status["lastDrill"]
+    print(
+        f"\ndrill: route at legacy 100 after {record['routeSeconds']}s, legacy confirmed after "
+        f"{record['confirmSeconds']}s (interval 5s, bound {record['bound']})"
+    )
     assert record["step"] == 0 and record["weights"] == {"legacy": 70, "candidate": 30}
     assert record["bound"] == "15m"
     assert 0 <= record["routeSeconds"] <= record["confirmSeconds"] <= 15 * 60
