@@ -18,6 +18,7 @@ from agent_rollout import api
 from agent_rollout.api import GateResult, Verdict
 from agent_rollout.domain import DeploymentState, MilestoneObservation, Observations
 from agent_rollout.planner import plan
+from agent_rollout.tick import history_evidence
 
 CRD = Path(__file__).resolve().parents[1] / "crds" / "agentrollouts.agentrollout.io.yaml"
 ETCD_LIMIT = 1536 * 1024  # etcd's default --max-request-bytes
@@ -134,6 +135,19 @@ def test_largest_object_with_its_largest_status_stays_far_below_the_etcd_limit()
     assert len(status.history) == api.HISTORY_LIMIT
     assert all(len(d.evidence) == api.MAX_GATES for d in status.history[1:])
     assert status.readiness is not None and len(status.readiness.milestones) == api.MILESTONE_LIMIT
+
+    # A drill that failed on every gate, and the one that passed before it (drill.py bounds their texts).
+    drill = api.DrillRecord(
+        result=api.DrillResult.FAILED,
+        started_at="2026-03-01T00:00:00Z",
+        bound="15m",
+        step=api.MAX_STEPS - 1,
+        weights=weights,
+        revision="c" * 64,
+        message="m" * 512,
+        evidence=[history_evidence(r) for r in results],
+    )
+    status = status.model_copy(update={"last_drill": drill, "passed_drill": drill})
 
     size = len(json.dumps({"spec": raw, "status": api.dump(status)}))
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_rollout.cli import complete_main, complete_words, main
+from agent_rollout.cli import Outcome, advise, complete_main, complete_words, main, render
 from tests.specs import analysis_dict, spec_dict
 
 ERROR_RATE_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
@@ -437,6 +437,7 @@ def test_the_first_word_completes_to_the_verbs() -> None:
         "promote",
         "retry",
         "baseline",
+        "drill",
         "version",
     ]
     assert complete_words(["pro"], no_rollouts) == ["promote"]
@@ -531,3 +532,116 @@ def test_baseline_without_candidate_and_legacy_traffic_to_compare_is_refused(
     assert ran.err.startswith("error: cannot record a baseline of agentrollout support/triage: "), ran.err
     assert why in ran.err and ran.err.count("\n") == 1
     assert server.patches() == []
+
+
+# ---------------------------------------------------------------- rollback drill
+
+
+@pytest.mark.parametrize(
+    ("args", "request_"),
+    [
+        ((), {"stayRolledBack": False}),
+        (("--stay-rolled-back", "--bound", "5m"), {"stayRolledBack": True, "bound": "5m"}),
+    ],
+)
+def test_drill_is_one_merge_patch_of_status_drill_with_its_options(
+    server: FakeApiServer,
+    run: Callable[..., Ran],
+    config: str,
+    args: tuple[str, ...],
+    request_: dict[str, Any],
+) -> None:
+    measured(server, "Progressing", 25)
+
+    ran = run("drill", "triage", *args, "--kubeconfig", config)
+
+    assert (ran.code, ran.err) == (0, "")
+    assert ran.out.startswith("agentrollout support/triage: drill requested: all traffic goes to legacy"), (
+        ran.out
+    )
+    assert ("stays RolledBack" in ran.out) == ("--stay-rolled-back" in args)
+    assert f"within {request_.get('bound', '15m')}" in ran.out
+    [patch] = server.patches()
+    assert patch.path == f"{BASE}/support/agentrollouts/triage/status"
+    assert patch.body == {"status": {"drill": request_}}
+
+
+@pytest.mark.parametrize(
+    ("phase", "candidate", "status", "why"),
+    [
+        ("Progressing", 0, {}, "a drill rehearses the rollback from a weighted step"),
+        ("RolledBack", 0, {}, "it is RolledBack"),
+        ("Promoted", 100, {}, "it is Promoted"),
+        (
+            "Paused",
+            25,
+            {"lastDrill": {"result": "Running", "startedAt": "2026-03-01T12:00:00Z"}},
+            "already running",
+        ),
+    ],
+)
+def test_drill_where_no_drill_can_run_is_refused_without_a_patch(
+    server: FakeApiServer,
+    run: Callable[..., Ran],
+    config: str,
+    phase: str,
+    candidate: int,
+    status: dict[str, Any],
+    why: str,
+) -> None:
+    measured(server, phase, candidate, **status)
+
+    ran = run("drill", "triage", "--kubeconfig", config)
+
+    assert (ran.code, ran.out) == (1, "")
+    assert ran.err.startswith("error: cannot drill agentrollout support/triage") and why in ran.err, ran.err
+    assert server.patches() == []
+
+
+def test_drill_with_a_bound_that_is_no_duration_is_refused(
+    server: FakeApiServer, run: Callable[..., Ran], config: str
+) -> None:
+    measured(server, "Progressing", 25)
+    ran = run("drill", "triage", "--bound", "15 minutes", "--kubeconfig", config)
+    assert ran.code == 1 and "is not a duration" in ran.err
+    assert server.patches() == []
+
+
+def test_abort_during_a_rollback_waiting_for_legacy_capacity_is_sent() -> None:
+    obj = {
+        "metadata": {"namespace": "support", "name": "triage"},
+        "spec": {"legacy": {"deployment": "v1"}, "candidate": {"deployment": "v2"}},
+        "status": {
+            "phase": "RolledBack",
+            "weights": {"legacy": 50, "candidate": 50},
+            "capacityRollback": {"required": 4, "ready": 2},
+        },
+    }
+    advice = advise("abort", obj)
+    assert advice.outcome is Outcome.SEND and "sends all traffic to legacy now" in advice.text
+    obj["status"].pop("capacityRollback")
+    assert advise("abort", obj).outcome is Outcome.NOTHING_TO_DO
+
+
+def test_status_shows_the_latest_drill_in_one_line() -> None:
+    obj = {
+        "metadata": {"namespace": "support", "name": "triage"},
+        "spec": {"steps": [{"setWeight": 25}]},
+        "status": {
+            "phase": "Progressing",
+            "lastDrill": {
+                "result": "Passed",
+                "startedAt": "2026-03-01T12:00:00Z",
+                "routeSeconds": 2,
+                "confirmSeconds": 41,
+                "bound": "15m",
+                "message": "legacy confirmed within every drill gate",
+            },
+        },
+    }
+    assert (
+        "drill=Passed started 2026-03-01T12:00:00Z  route at legacy 100: 2s  confirmed: 41s  bound 15m  "
+        "legacy confirmed within every drill gate"
+    ) in render(obj)
+    obj["status"].pop("lastDrill")
+    assert "drill=" not in render(obj)

@@ -86,6 +86,60 @@ def test_scrape_counts_phases_and_shows_live_rollouts_weights_gates_and_rollback
     assert {"GateFailed", "AlertFired"} <= decisions
 
 
+def test_a_rollback_waiting_for_legacy_shows_its_shortfall_and_a_finished_drill_its_duration() -> None:
+    store = FakeStore({("ns", "a"): stored("a", "RolledBack", 50)})
+    running = api.DrillRecord(
+        result=api.DrillResult.RUNNING,
+        started_at="2026-03-01T12:00:00Z",
+        bound="15m",
+        step=1,
+        weights=api.Weights(legacy=70, candidate=30),
+    )
+    passed = running.model_copy(
+        update={
+            "result": api.DrillResult.PASSED,
+            "finished_at": "2026-03-01T12:01:00Z",
+            "confirm_seconds": 42,
+        }
+    )
+    wait = api.CapacityRollback(
+        started_at="2026-03-01T12:00:00Z",
+        reason="GateFailed",
+        required=4,
+        ready=1,
+        deadline="2026-03-01T12:05:00Z",
+    )
+    before = scrape().get("agent_rollout_drill_seconds_count", [])
+    already = sum(v for labels, v in before if labels.get("result") == "Passed")
+    metrics.observe_rollback_safety(
+        ("ns", "a"),
+        api.AgentRolloutStatus(last_drill=running),
+        api.AgentRolloutStatus(last_drill=passed, capacity_rollback=wait),
+    )
+    # The same finished drill seen again (the next reconcile) is not counted twice.
+    metrics.observe_rollback_safety(
+        ("ns", "a"),
+        api.AgentRolloutStatus(last_drill=passed),
+        api.AgentRolloutStatus(last_drill=passed, capacity_rollback=wait),
+    )
+    unregister = metrics.register_store(store)
+    try:
+        found = scrape()
+    finally:
+        unregister()
+    assert found["agent_rollout_legacy_capacity_shortfall_replicas"] == [
+        ({"namespace": "ns", "rollout": "a"}, 3)
+    ]
+    counts = {labels["result"]: v for labels, v in found["agent_rollout_drill_seconds_count"]}
+    assert counts["Passed"] == already + 1
+    metrics.observe_rollback_safety(("ns", "a"), api.AgentRolloutStatus(), api.AgentRolloutStatus())
+    unregister = metrics.register_store(store)
+    try:
+        assert "agent_rollout_legacy_capacity_shortfall_replicas" not in scrape()  # the wait is over
+    finally:
+        unregister()
+
+
 CHART = Path(__file__).resolve().parents[1] / "charts" / "agent-rollout"
 METRIC_NAME = re.compile(r"\bagent_rollout_[a-z_]+")
 

@@ -45,6 +45,20 @@ LabelName = Annotated[str, Field(max_length=MAX_LABEL_NAME, pattern=r"^[a-zA-Z_]
 MetricName = Annotated[str, Field(max_length=MAX_METRIC_NAME, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")]
 
 
+# An age such as 30d or 12h: like Duration, with days; never handed to CEL (whose duration() has no days).
+AGE_PATTERN = r"^([0-9]+(s|m|h|d))+$"
+_AGE_PART = re.compile(r"([0-9]+)(s|m|h|d)")
+Age = Annotated[str, Field(max_length=32, pattern=AGE_PATTERN, examples=["30d", "12h"])]
+
+
+def age_seconds(text: str) -> float:
+    """Seconds in an age such as '30d' or '1d12h'. Raises ValueError on anything else."""
+    if not re.fullmatch(AGE_PATTERN, text):
+        raise ValueError(f"not an age: {text!r} (use forms like 12h, 30d)")
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    return sum(int(n) * units[unit] for n, unit in _AGE_PART.findall(text))
+
+
 def duration_seconds(text: str) -> float:
     """Seconds in a duration such as '1h30m'. Raises ValueError on anything else."""
     if not re.fullmatch(DURATION_PATTERN, text):
@@ -416,8 +430,17 @@ class Criteria(_Model):
     )
 
 
+class RequireDrill(_Model):
+    """The candidate's weight may not exceed `before` unless a rollback drill passed within `maxAge`
+    (kubectl agentrollout drill): a step (or the promotion) that would raise it above `before` holds."""
+
+    before: Weight = Field(description="Highest candidate weight allowed without a recent passed drill.")
+    max_age: Age = Field(default="30d", description="How old the last passed drill may be, e.g. 30d, 12h.")
+
+
 class Readiness(_Model):
     require_stages: list[RequireStage] = Field(default_factory=list, max_length=len(Stage))
+    require_drill: RequireDrill | None = None
     criteria: Criteria = Field(default_factory=Criteria)
 
 
@@ -463,6 +486,23 @@ class NotificationSink(_Model):
 MAX_NOTIFICATION_SINKS = 10
 
 
+class Rollback(_Model):
+    """How an automatic rollback (a failed gate, an alert, ...) moves traffic back to legacy when legacy
+    is short of ready replicas; `kubectl agentrollout abort` always moves all of it at once."""
+
+    min_legacy_ready_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Ready replicas legacy needs to take all traffic; default: the ready replicas it had "
+        "when the rollout began (status.legacyReplicasAtStart).",
+    )
+    capacity_timeout: Duration = Field(
+        default="5m",
+        description="How long a rollback may keep traffic on the candidate while legacy's ready replicas "
+        "grow; after it all traffic goes to legacy anyway. 0s: always all at once.",
+    )
+
+
 class AgentRolloutSpec(_Model):
     legacy: DeploymentRef = Field(
         description="What we roll back to; kept warm, never scaled down or deleted."
@@ -479,6 +519,10 @@ class AgentRolloutSpec(_Model):
         default_factory=list,
         max_length=MAX_NOTIFICATION_SINKS,
         description="Webhooks told of this rollout's decisions (README: Notifications).",
+    )
+    rollback: Rollback = Field(
+        default_factory=Rollback,
+        description="Capacity-safe rollback: traffic goes back as fast as legacy's ready replicas allow.",
     )
 
 
@@ -659,6 +703,59 @@ class ReadinessStatus(_Model):
     milestones: list[MilestoneRecord] = Field(default_factory=list)
 
 
+class DrillRequest(_Model):
+    """status.drill, set by a human (kubectl agentrollout drill): rehearse a rollback now."""
+
+    stay_rolled_back: bool = Field(
+        default=False, description="When the drill passes, stay RolledBack instead of returning to the step."
+    )
+    bound: Duration | None = Field(
+        default=None,
+        description="The drill passes only if legacy is confirmed within this long of its start; default: "
+        "spec.readiness.criteria.maxRollbackTime (15m).",
+    )
+
+
+class DrillResult(StrEnum):
+    RUNNING = "Running"
+    PASSED = "Passed"
+    FAILED = "Failed"
+    INTERRUPTED = "Interrupted"  # the rollout left the step meanwhile (abort, alert, new revision)
+
+
+class DrillRecord(_Model):
+    """A rollback drill: all traffic to legacy, then legacy's own metrics confirm it serves within bounds."""
+
+    result: DrillResult
+    started_at: str
+    bound: Duration
+    stay_rolled_back: bool = False
+    step: int = Field(description="The step the drill left (and returns to when it passes).")
+    weights: Weights = Field(description="The weights the drill left.")
+    revision: str | None = None
+    route_legacy_at: str | None = Field(default=None, description="When the route was seen at legacy 100.")
+    confirmed_at: str | None = Field(
+        default=None, description="When legacy's own metrics confirmed it serves within every drill gate."
+    )
+    finished_at: str | None = None
+    route_seconds: int | None = Field(default=None, description="startedAt to routeLegacyAt.")
+    confirm_seconds: int | None = Field(
+        default=None, description="startedAt to confirmedAt: the rollback time judged against `bound`."
+    )
+    message: str = ""
+    evidence: list[GateResult] = Field(default_factory=list)
+
+
+class CapacityRollback(_Model):
+    """An automatic rollback moving traffic to legacy only as fast as its ready replicas allow."""
+
+    started_at: str
+    reason: str = Field(description="The rollback's decision reason (GateFailed, AlertFired, ...).")
+    required: int = Field(description="Ready replicas legacy needs to take all traffic.")
+    ready: int = Field(description="Legacy's ready replicas when last seen.")
+    deadline: str = Field(description="After this, all traffic goes to legacy anyway (capacityTimeout).")
+
+
 class AgentRolloutStatus(_Model):
     phase: Phase = Phase.PENDING
     message: str = ""
@@ -706,6 +803,21 @@ class AgentRolloutStatus(_Model):
         default=False,
         description="Set by a human (kubectl agentrollout baseline): record the candidate revision's "
         "baseline against legacy now (Progressing or Paused with candidate traffic, or Promoted).",
+    )
+    drill: DrillRequest | None = Field(
+        default=None,
+        description="Set by a human (kubectl agentrollout drill): rehearse a rollback to legacy now.",
+    )
+    last_drill: DrillRecord | None = Field(default=None, description="The latest rollback drill.")
+    passed_drill: DrillRecord | None = Field(
+        default=None,
+        description="The latest rollback drill that passed (readiness evidence); kept across rollouts.",
+    )
+    legacy_replicas_at_start: int | None = Field(
+        default=None, description="Legacy's ready replicas when the current attempt began."
+    )
+    capacity_rollback: CapacityRollback | None = Field(
+        default=None, description="A rollback waiting for legacy's ready replicas to take all traffic."
     )
     conditions: list[Condition] = Field(default_factory=list)
     history: list[Decision] = Field(default_factory=list)

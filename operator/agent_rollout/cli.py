@@ -11,6 +11,13 @@ human with `kubectl patch --subresource=status --type=merge` all do exactly the 
                                              record the candidate revision's baseline against legacy
                                              now (Progressing or Paused with candidate traffic, or
                                              Promoted); it is also recorded at every promotion
+    drill [--stay-rolled-back] [--bound 15m]
+             {"status": {"drill": {"stayRolledBack": false, "bound": "15m"}}}
+                                             rehearse a rollback at a weighted step: all traffic to
+                                             legacy until legacy's own metrics confirm it within the
+                                             bound (default spec.readiness.criteria.maxRollbackTime),
+                                             then back to the same step (or stay RolledBack); a drill
+                                             that fails stays on legacy (status.lastDrill)
 
 Before patching, the plugin reads the rollout and says what the verb will do in its phase, or
 refuses a verb the operator would consume without effect (retry outside RolledBack, promote of a
@@ -45,15 +52,17 @@ from typing import Any
 from agent_rollout import api, report
 from agent_rollout.readiness import baseline_refusal
 
-VERBS = {
+VERBS: dict[str, dict[str, Any]] = {
     "abort": {"abort": True},
     "promote": {"promote": True},
     "retry": {"retry": True},
     "baseline": {"recordBaseline": True},
+    "drill": {"drill": {"stayRolledBack": False}},
 }
 # "HTTPSConnection(host='127.0.0.1', port=1): " (urllib3 2) or "<...HTTPSConnection object at 0x7f...>: " (1)
 CONNECTION_REPR = re.compile(r"^<?[\w.]*Connection(\(.*?\)| object at 0x[0-9a-f]+)?>?: ")
 FINISHED = {api.Phase.PROMOTED.value, api.Phase.ROLLED_BACK.value, api.Phase.FAILED.value}
+LIVE = {api.Phase.PROGRESSING.value, api.Phase.PAUSED.value}
 
 
 class CliError(Exception):
@@ -75,6 +84,8 @@ def render(obj: dict[str, Any]) -> str:
         lines.append(f"  {status['message']}")
     if line := readiness_line(status):
         lines.append(f"  {line}")
+    if line := drill_line(status):
+        lines.append(f"  {line}")
     gates = status.get("lastAnalysis", [])
     if gates:
         lines.append(f"  {'gate':<16} {'verdict':<13} {'value':>12} {'bound':<28} samples")
@@ -88,6 +99,20 @@ def render(obj: dict[str, Any]) -> str:
     for decision in status.get("history", [])[-3:]:
         lines.append(f"  {decision['time']}  {decision['reason']}: {decision['message']}")
     return "\n".join(lines)
+
+
+def drill_line(status: dict[str, Any]) -> str:
+    """The latest rollback drill in one line (status.lastDrill)."""
+    drill = status.get("lastDrill") or {}
+    if not drill.get("result"):
+        return ""
+    route = drill.get("routeSeconds")
+    confirmed = drill.get("confirmSeconds")
+    return (
+        f"drill={drill['result']} started {drill.get('startedAt')}  route at legacy 100: "
+        f"{'-' if route is None else f'{route}s'}  confirmed: {'-' if confirmed is None else f'{confirmed}s'}"
+        f"  bound {drill.get('bound')}" + (f"  {drill['message']}" if drill.get("message") else "")
+    )
 
 
 def readiness_line(status: dict[str, Any]) -> str:
@@ -113,8 +138,21 @@ class Advice:
     text: str
 
 
-def advise(verb: str, obj: dict[str, Any]) -> Advice:
-    """What `verb` will do to the rollout `obj` as last read, under the operator's rules."""
+def verb_patch(verb: str, stay_rolled_back: bool = False, bound: str | None = None) -> dict[str, Any]:
+    """The status merge patch of a verb; only drill takes options."""
+    if verb != "drill":
+        return dict(VERBS[verb])
+    if bound is not None and not re.fullmatch(api.DURATION_PATTERN, bound):
+        raise CliError(f"error: --bound {bound!r} is not a duration (use forms like 90s, 15m, 1h)")
+    request: dict[str, Any] = {"stayRolledBack": stay_rolled_back}
+    if bound is not None:
+        request["bound"] = bound
+    return {"drill": request}
+
+
+def advise(verb: str, obj: dict[str, Any], patch: dict[str, Any] | None = None) -> Advice:
+    """What `verb` (with its status `patch`, for drill) will do to the rollout `obj` as last read,
+    under the operator's rules."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     status = obj.get("status") or {}
     phase = status.get("phase") or api.Phase.PENDING.value
@@ -126,6 +164,12 @@ def advise(verb: str, obj: dict[str, Any]) -> Advice:
     share = (status.get("weights") or {}).get("candidate", 0)
 
     if verb == "abort":
+        if phase == api.Phase.ROLLED_BACK.value and status.get("capacityRollback"):
+            return Advice(
+                Outcome.SEND,
+                f"{ref}: abort requested: the rollback waiting for legacy {legacy}'s ready replicas sends "
+                f"all traffic to legacy now (candidate {candidate} drops from {share}% to 0%)",
+            )
         if phase in (api.Phase.ROLLED_BACK.value, api.Phase.FAILED.value):
             # No patch: the phase already routes everything to legacy, and a flag left set here would
             # be a latent abort that fires, unasked, when the rollout restarts (spec fixed, retry).
@@ -191,7 +235,44 @@ def advise(verb: str, obj: dict[str, Any]) -> Advice:
             f"{legacy} over the rollout's last hour at most (status.baseline, a BaselineRecorded Event)",
         )
 
+    if verb == "drill":
+        return _advise_drill(ref, obj, (patch or VERBS["drill"])["drill"])
+
     raise ValueError(f"unknown verb {verb}")
+
+
+def _advise_drill(ref: str, obj: dict[str, Any], request: dict[str, Any]) -> Advice:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    phase = status.get("phase") or api.Phase.PENDING.value
+    share = (status.get("weights") or {}).get("candidate", 0)
+    steps = len(spec.get("steps") or [])
+    step = min(int(status.get("currentStep") or 0) + 1, steps)
+    legacy = (spec.get("legacy") or {}).get("deployment", "legacy")
+    last = status.get("lastDrill") or {}
+    if last.get("result") == api.DrillResult.RUNNING.value and phase in LIVE:
+        return Advice(
+            Outcome.REFUSE,
+            f"error: cannot drill {ref}: a drill is already running (since {last.get('startedAt')})",
+        )
+    if phase not in LIVE or not share:
+        return Advice(
+            Outcome.REFUSE,
+            f"error: cannot drill {ref}: it is {phase} with candidate weight {share}; a drill rehearses the "
+            "rollback from a weighted step (Progressing or Paused, candidate weight > 0)",
+        )
+    criteria = ((spec.get("readiness") or {}).get("criteria") or {}).get("maxRollbackTime", "15m")
+    bound = request.get("bound") or criteria
+    after = (
+        "then it stays RolledBack (as asked)"
+        if request.get("stayRolledBack")
+        else f"then traffic returns to step {step}/{steps} at candidate {share}% (the step starts over)"
+    )
+    return Advice(
+        Outcome.SEND,
+        f"{ref}: drill requested: all traffic goes to legacy {legacy} now; it passes when legacy's own "
+        f"metrics confirm it within {bound}, {after}; a failed drill stays on legacy "
+        "(status.lastDrill, kubectl agentrollout status)",
+    )
 
 
 # ---------------------------------------------------------------- errors as one line (pure)
@@ -277,14 +358,14 @@ def _get(custom: Any, namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
-def _send(custom: Any, verb: str, namespace: str, name: str) -> int:
-    advice = advise(verb, _get(custom, namespace, name))
+def _send(custom: Any, verb: str, namespace: str, name: str, patch: dict[str, Any]) -> int:
+    advice = advise(verb, _get(custom, namespace, name), patch)
     if advice.outcome is Outcome.REFUSE:
         print(advice.text, file=sys.stderr)
         return 1
     if advice.outcome is Outcome.SEND:
         custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": VERBS[verb]}
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}
         )
     print(advice.text)
     return 0
@@ -317,7 +398,7 @@ def package_version() -> str:
 # line, then `:<directive>`; 4 is "no file completion".
 NO_FILE_COMPLETION = ":4"
 NAMED_VERBS = ("status", "report", *VERBS)
-VALUE_FLAGS = frozenset({"-n", "--namespace", "--kubeconfig", "--context"})
+VALUE_FLAGS = frozenset({"-n", "--namespace", "--kubeconfig", "--context", "--bound"})
 
 
 RolloutNames = Callable[[str | None, str | None, str | None], list[str]]
@@ -437,6 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prometheus", default=None, help="with report: Prometheus URL (default: the spec's)"
     )
+    parser.add_argument(
+        "--stay-rolled-back", action="store_true", help="with drill: stay RolledBack when the drill passes"
+    )
+    parser.add_argument(
+        "--bound", default=None, help="with drill: the drill's time bound (default: maxRollbackTime, 15m)"
+    )
     args = parser.parse_args(argv)
     if args.verb == "version":
         print(f"kubectl-agentrollout {package_version()}")
@@ -456,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
             namespace = kube_namespace(kubeconfig, args.context)
         custom, host = _custom_api(kubeconfig, args.context)
         if args.verb in VERBS:
-            return _send(custom, args.verb, namespace, args.name)
+            patch = verb_patch(args.verb, args.stay_rolled_back, args.bound)
+            return _send(custom, args.verb, namespace, args.name, patch)
         if args.verb == "report":
             return _report(custom, namespace, args.name, args.output, args.out, args.prometheus)
         return _status(custom, namespace, args.name, args.watch)

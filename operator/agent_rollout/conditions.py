@@ -23,6 +23,7 @@ class ConditionType(StrEnum):
     ANALYSIS_HEALTHY = "AnalysisHealthy"  # the last gate evaluation ran (only when gates are configured)
     COMPLETED = "Completed"  # True once promoted
     STAGES_READY = "StagesReady"  # the next weight raise is allowed by spec.readiness.requireStages
+    LEGACY_CAPACITY = "LegacyCapacity"  # legacy's ready replicas can take back what a rollback sends it
 
 
 class ConditionReason(StrEnum):
@@ -48,6 +49,9 @@ class ConditionReason(StrEnum):
     ROLLED_BACK = "RolledBack"
     STAGES_MET = "StagesMet"
     STAGE_NOT_MET = "StageNotMet"
+    LEGACY_SHORT_OF_REPLICAS = "LegacyShortOfReplicas"  # a rollback moves traffic back as replicas grow
+    LEGACY_REPLICAS_READY = "LegacyReplicasReady"
+    LEGACY_CAPACITY_TIMEOUT = "LegacyCapacityTimeout"  # sent everything after capacityTimeout, still short
 
 
 def find_condition(conditions: list[Condition], type_: str) -> Condition | None:

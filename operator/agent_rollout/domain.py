@@ -28,6 +28,7 @@ class DeploymentState:
     template_hash: str | None = None  # hash of spec.template: changes when image/model/prompt/tools change
     replicas: int = 0
     available_replicas: int = 0
+    ready_replicas: int = 0  # status.readyReplicas: what a capacity-safe rollback counts
 
     @property
     def can_serve(self) -> bool:
@@ -126,6 +127,9 @@ class Observations:
     firing_alerts: tuple[FiringAlert, ...] = ()
     # The current evaluation step's Job (None: not an evaluation step, or not observed).
     evaluation: EvaluationObservation | None = None
+    # A running rollback drill's gates measured on legacy since the route showed legacy 100 (drill.py);
+    # None: not measured this tick (not due yet, or Prometheus failed: the drill's bound still runs).
+    drill_gates: tuple[GateResult, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -429,4 +429,5 @@ def deployment_state(
         template_hash=template_hash(spec.get("template")),
         replicas=int(spec.get("replicas", 1) or 0),
         available_replicas=int(status.get("availableReplicas", 0) or 0),
+        ready_replicas=int(status.get("readyReplicas", 0) or 0),
     )

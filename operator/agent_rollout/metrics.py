@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -88,6 +89,16 @@ NOTIFICATION_FAILURES = Counter(
 )
 
 
+DRILL_SECONDS = Histogram(
+    f"{PREFIX}_drill_seconds",
+    "Rollback drills by result: seconds from the drill's start until legacy's own metrics confirmed it "
+    "(a drill never confirmed counts its whole duration).",
+    labelnames=["result"],
+    buckets=(15, 30, 60, 120, 300, 600, 900, 1800, 3600),
+    registry=REGISTRY,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RolloutGauge:
     """What the collector reads of one stored rollout (controller.StoredRollout carries it)."""
@@ -107,6 +118,7 @@ class _State:
     """Per-rollout values the store does not hold, bounded as explained in the module docstring."""
 
     gates: dict[Key, tuple[tuple[str, float | None, str], ...]] = {}
+    shortfall: dict[Key, tuple[int, int]] = {}  # (required, ready) of a rollback waiting for legacy
     rollbacks: dict[tuple[str, str, str], int] = {}
 
 
@@ -116,6 +128,25 @@ def observe_gates(key: Key, phase: api.Phase, gates: Iterable[api.GateResult] | 
         _State.gates.pop(key, None)
     elif gates is not None:
         _State.gates[key] = tuple((g.name, g.value, g.verdict.value) for g in gates)
+
+
+def observe_rollback_safety(key: Key, before: api.AgentRolloutStatus, after: api.AgentRolloutStatus) -> None:
+    """A drill that ended in this reconcile, and a rollback waiting for legacy's ready replicas."""
+    drill, old = after.last_drill, before.last_drill
+    if drill is not None and drill.result is not api.DrillResult.RUNNING and drill.finished_at is not None:
+        seen = old is not None and (old.started_at, old.finished_at) == (drill.started_at, drill.finished_at)
+        if not seen:
+            started = datetime.fromisoformat(drill.started_at)
+            ended = datetime.fromisoformat(drill.finished_at)
+            seconds = drill.confirm_seconds
+            DRILL_SECONDS.labels(result=drill.result.value).observe(
+                seconds if seconds is not None else (ended - started).total_seconds()
+            )
+    wait = after.capacity_rollback
+    if wait is None:
+        _State.shortfall.pop(key, None)
+    else:
+        _State.shortfall[key] = (wait.required, wait.ready)
 
 
 def record_decisions(key: Key, reasons: Iterable[str], rollback_reasons: frozenset[str]) -> None:
@@ -194,6 +225,17 @@ class StoreCollector(Collector):
                 gate_verdict.add_metric([*key, name, verdict], 1)
         yield gate_value
         yield gate_verdict
+        shortfall = GaugeMetricFamily(
+            f"{PREFIX}_legacy_capacity_shortfall_replicas",
+            "Ready legacy replicas missing while a rollback waits for them (capacity-safe rollback; the "
+            "operator never scales legacy): required minus ready.",
+            labels=["namespace", "rollout"],
+        )
+        for key in [k for k in _State.shortfall if k not in present]:
+            del _State.shortfall[key]
+        for key, (required, have) in _State.shortfall.items():
+            shortfall.add_metric(list(key), max(0, required - have))
+        yield shortfall
         rollbacks = CounterMetricFamily(
             f"{PREFIX}_rollbacks",
             "Rollbacks decided by this operator process, by rollout and cause (GateFailed, AlertFired, ...).",

@@ -42,6 +42,10 @@ Choices on open questions (each is a rule a reviewer may want to change in one p
   a requirement a human could click through would not make each stage a prerequisite.
 - An invalid spec fails the rollout from any phase, Promoted included, and sends the candidate's
   traffic to legacy; fixing it restarts from step 0. `spec` may be None (it did not parse).
+- Rollback drills (agent_rollout.drill) hold a live rollout at legacy 100 until legacy's own metrics
+  confirm it, then return to the same step, which starts over; a failed drill ends RolledBack.
+- Automatic rollbacks are capacity-safe (agent_rollout.capacity, agent_rollout.rollback): traffic goes
+  back as legacy's ready replicas allow, within capacityTimeout; abort always moves all of it at once.
 """
 
 from __future__ import annotations
@@ -64,10 +68,13 @@ from agent_rollout.api import (
     Phase,
     Verdict,
 )
+from agent_rollout.capacity import ready as legacy_ready
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionType as CT
 from agent_rollout.conditions import find_condition, remove_condition
 from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, RunEvaluation, SpecProblem, iso
+from agent_rollout.drill import drill_hold_text, drill_stage, interrupt_if_left
+from agent_rollout.drill import spec_problems as drill_spec_problems
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
 from agent_rollout.readiness import (
     COST,
@@ -75,6 +82,7 @@ from agent_rollout.readiness import (
     baseline_record,
     baseline_refusal,
     comparison_base,
+    drill_evidence,
     hold_text,
     milestone_due,
     milestone_record,
@@ -82,6 +90,7 @@ from agent_rollout.readiness import (
     scorecard,
     unmet_requirement,
 )
+from agent_rollout.rollback import capacity_requeue, follow_capacity
 from agent_rollout.tick import (
     LIVE_PHASES,
     Reason,
@@ -136,6 +145,7 @@ def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[Spec
     found = list(obs.problems)
     if spec is not None:
         found.extend(validate(spec))
+        found.extend(drill_spec_problems(spec))
     elif not found:
         found.append(SpecProblem("spec", "spec could not be parsed"))
     return list(dict.fromkeys(found))
@@ -159,6 +169,8 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
         t.waiting = f"holding: HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
     else:
         _reconcile(t, spec)
+    interrupt_if_left(t, spec)
+    follow_capacity(t, spec)
     _record_baseline(t, spec, _baseline_blocked(spec, problems, obs))
     settle_weights(t, spec)
     request_weights(t)
@@ -169,7 +181,11 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
         _set_stages_condition(t, spec)
     t.st.message = status_message(t, spec, problems)
     t.st.step = _step_label(t.st, spec)
-    return Plan(status=t.st, actions=tuple(t.actions), requeue_after=_requeue_after(t, spec))
+    requeue = _requeue_after(t, spec)
+    if t.st.capacity_rollback is not None:
+        deadline = capacity_requeue(t.st.capacity_rollback.deadline, t.now)
+        requeue = deadline if requeue is None or deadline is None else min(requeue, deadline)
+    return Plan(status=t.st, actions=tuple(t.actions), requeue_after=requeue)
 
 
 def note_route_failure(
@@ -318,6 +334,8 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
     t.st.current_step = min(max(t.st.current_step, 0), len(spec.steps) - 1)
     if parse_time(t.st.step_started_at) is None:
         t.st.step_started_at = step_start(t.now)
+    if drill_stage(t, spec):
+        return  # a rollback drill holds the step: the candidate takes no traffic to judge
     restored = t.st.weights.candidate == 0
     settle_weights(t, spec)  # e.g. the candidate is back: restore its step's weights before judging the step
     if restored and t.st.weights.candidate > 0 and t.weights_reason is not None:
@@ -465,6 +483,7 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
         r for r in st.evaluations if r.phase == "Passed" and r.revision == st.candidate_revision
     ]
     st.attempt_started_at = step_start(t.now)
+    st.legacy_replicas_at_start = legacy_ready(t.obs.legacy)  # what a capacity-safe rollback restores
     first = spec.steps[0]
     phase = Phase.PAUSED if is_approval(first) else Phase.PROGRESSING
     transition(t, spec, phase, reason, f"{message}: step 1/{len(spec.steps)} ({step_text(first)})")
@@ -795,7 +814,7 @@ def _card(
     st: AgentRolloutStatus, spec: AgentRolloutSpec, milestones: list[api.MilestoneRecord] | None = None
 ) -> api.ReadinessStatus:
     found = _milestones(st) if milestones is None else milestones
-    return scorecard(spec, found, st.baseline, st.candidate_revision)
+    return scorecard(spec, found, st.baseline, st.candidate_revision, drill_evidence(st))
 
 
 def _baseline_blocked(
@@ -895,9 +914,10 @@ def _stage_hold_text(t: Tick, spec: AgentRolloutSpec) -> str | None:
     """Why completing the current step is not allowed by spec.readiness.requireStages, or None."""
     weight, what = _raised_weight(spec, t.st.current_step)
     unmet = unmet_requirement(spec, _card(t.st, spec), weight)
-    if unmet is None:
+    text = hold_text(*unmet) if unmet is not None else drill_hold_text(spec, t.st, weight, t.now)
+    if text is None:
         return None
-    return f"{what} would raise the candidate weight to {weight}: {hold_text(*unmet)}"
+    return f"{what} would raise the candidate weight to {weight}: {text}"
 
 
 def _stage_holds(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> bool:
@@ -916,7 +936,8 @@ def _stage_holds(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> bool:
 def _set_stages_condition(t: Tick, spec: AgentRolloutSpec) -> None:
     """StagesReady: may the next weight raise happen as far as spec.readiness.requireStages go (level-based,
     so it warns before the step is otherwise ready); absent when nothing is required or nothing is live."""
-    if not spec.readiness.require_stages or t.st.phase not in LIVE_PHASES:
+    required = spec.readiness.require_stages or spec.readiness.require_drill is not None
+    if not required or t.st.phase not in LIVE_PHASES:
         t.st.conditions = remove_condition(t.st.conditions, CT.STAGES_READY)
         return
     text = _stage_hold_text(t, spec)

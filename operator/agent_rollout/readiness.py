@@ -3,8 +3,10 @@
 Pure functions of the spec and of the evidence the planner has recorded in status (milestones); the
 planner calls them and stays the one place that decides. Rules:
 - A criterion is Met or NotMet only on recorded evidence; without it, NotMeasured, never guessed. The
-  evaluation, shadow, drill and alert steps that would measure accuracy, edge cases, alerts and
-  rollback time do not exist yet, so those criteria are NotMeasured with the reason.
+  evaluation, shadow and alert steps that would measure accuracy, edge cases and alerts do not exist
+  yet, so those criteria are NotMeasured with the reason. The rollback drill is measured by
+  `kubectl agentrollout drill` (drill.py): the latest finished drill is the evidence (a passed one
+  stands while a newer drill runs or is interrupted), Met when it passed within maxRollbackTime.
 - A stage is Met when every criterion it keeps (not waived) is Met, NotMet when any is NotMet, and
   NotMeasured otherwise; a stage with every criterion waived is NotMeasured (validation refuses to
   require such a stage, so no rollout can wait on it).
@@ -24,6 +26,8 @@ from agent_rollout.api import (
     Comparison,
     Criterion,
     CriterionScore,
+    DrillRecord,
+    DrillResult,
     GateResult,
     Milestone,
     MilestoneRecord,
@@ -88,13 +92,14 @@ def scorecard(
     milestones: list[MilestoneRecord],
     baseline: Baseline | None = None,
     revision: str | None = None,
+    drill: DrillRecord | None = None,
 ) -> ReadinessStatus:
     """`baseline` counts for Optimize only when it is the baseline of `revision` (the candidate's)."""
     waived = set(spec.readiness.criteria.waive)
     own = baseline if baseline is not None and baseline.revision == revision else None
     stages = []
     for stage, names in STAGE_CRITERIA.items():
-        kept = [_score(name, spec, milestones, own) for name in names if name not in waived]
+        kept = [_score(name, spec, milestones, own, drill) for name in names if name not in waived]
         stages.append(
             StageScore(
                 stage=stage,
@@ -131,11 +136,17 @@ def _stage_score(criteria: list[CriterionScore]) -> Score:
 
 
 def _score(
-    name: Criterion, spec: AgentRolloutSpec, milestones: list[MilestoneRecord], baseline: Baseline | None
+    name: Criterion,
+    spec: AgentRolloutSpec,
+    milestones: list[MilestoneRecord],
+    baseline: Baseline | None,
+    drill: DrillRecord | None = None,
 ) -> CriterionScore:
     text = requirement(name, spec)
     if name is Criterion.BASELINE and baseline is not None:
         return _baseline_score(spec, baseline, text)
+    if name is Criterion.ROLLBACK_DRILL and drill is not None:
+        return _drill_score(spec, drill, text)
     if name is not Criterion.FIRST_TRANSACTIONS:
         return CriterionScore(
             name=name, score=Score.NOT_MEASURED, requirement=text, message=_NOT_MEASURED[name]
@@ -169,6 +180,33 @@ def _gates_text(gates: list[GateResult]) -> str:
 def _is_error_gate(name: str, spec: AgentRolloutSpec) -> bool:
     gates = spec.analysis.gates if spec.analysis is not None else []
     return any(g.name == name and g.template is Template.ERROR_RATE for g in gates)
+
+
+def drill_evidence(status: AgentRolloutStatus) -> DrillRecord | None:
+    """The drill the scorecard judges: the latest finished one, else the latest that passed."""
+    last = status.last_drill
+    if last is not None and last.result in (DrillResult.PASSED, DrillResult.FAILED):
+        return last
+    return status.passed_drill
+
+
+def _drill_score(spec: AgentRolloutSpec, drill: DrillRecord, text: str) -> CriterionScore:
+    bound = spec.readiness.criteria.max_rollback_time
+    seconds = drill.confirm_seconds
+    within = seconds is not None and seconds <= api.duration_seconds(bound)
+    met = drill.result is DrillResult.PASSED and within
+    route = "route never at legacy 100" if drill.route_seconds is None else f"route {drill.route_seconds}s"
+    confirmed = "unconfirmed" if seconds is None else f"confirmed {seconds}s"
+    return CriterionScore(
+        name=Criterion.ROLLBACK_DRILL,
+        score=Score.MET if met else Score.NOT_MET,
+        requirement=text,
+        value=float(seconds) if seconds is not None else None,
+        bound=f"<= {bound}",
+        at=drill.finished_at,
+        source=f"rollback drill started {drill.started_at} at step {drill.step + 1}",
+        message=f"{drill.result.value}: {route}, {confirmed}; {drill.message}",
+    )
 
 
 # ---------------------------------------------------------------- milestones

@@ -42,6 +42,7 @@ from agent_rollout.domain import (
     SetWeights,
     SpecProblem,
 )
+from agent_rollout.drill import drill_spec, drill_window
 from agent_rollout.intent import ANNOTATION, annotation_patch, decode, intent_for
 from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
 from agent_rollout.planner import gate_windows, note_route_failure, plan
@@ -226,7 +227,7 @@ class Reconciler:
         route_intent = _our_intent(route, name)
 
         gates, prometheus_error, requests, rejected, unchecked = None, None, None, None, None
-        milestone, baseline = None, None
+        milestone, baseline, drill_gates = None, None, None
         if spec is not None and not problems and claimed_by is None:
             found, unchecked = await self._preflight(namespace, spec, status, meta.get("generation"), written)
             problems = (*problems, *found)
@@ -234,6 +235,7 @@ class Reconciler:
             measured = await self._measure(namespace, spec, status, now)
             gates, prometheus_error, requests, rejected, milestone = measured
             baseline = await self._baseline(namespace, spec, status, now)
+            drill_gates = await self._drill(namespace, spec, status, now)
         evaluation_seen = await self._evaluation(namespace, name, spec, status, jobs)
         obs = Observations(
             problems=problems,
@@ -254,6 +256,7 @@ class Reconciler:
             analysis_refresh=ANALYSIS_REFRESH,
             firing_alerts=self._alerts(namespace, name),
             evaluation=evaluation_seen,
+            drill_gates=drill_gates,
         )
         result = plan(spec, status, obs, now)
         if planned is not None:
@@ -279,6 +282,7 @@ class Reconciler:
         decided = (a.reason for a in result.actions if isinstance(a, EmitEvent))
         metrics.record_decisions((namespace, name), decided, ROLLBACK_REASONS)
         metrics.observe_gates((namespace, name), new_status.phase, gates)
+        metrics.observe_rollback_safety((namespace, name), status, new_status)
 
         if failure is not None:
             # Quickly while it may be transient; a refusal backs off, visible in TrafficRouted meanwhile.
@@ -455,6 +459,20 @@ class Reconciler:
             log.warning("%s: baseline not measured yet: %s", namespace, e)
             return None
         return BaselineObservation(status.candidate_revision, seconds, gates)
+
+    async def _drill(
+        self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
+    ) -> tuple[api.GateResult, ...] | None:
+        """A running drill's gates on legacy since the route showed legacy 100 (drill.py); a Prometheus
+        failure leaves it to the next reconcile (the drill's bound keeps running)."""
+        seconds = drill_window(status, now)
+        if spec.analysis is None or seconds is None:
+            return None
+        try:
+            return await measure_gates(drill_spec(spec, seconds), namespace, self._gateway(spec.analysis))
+        except PrometheusError as e:
+            log.warning("%s: drill gates not measured: %s", namespace, e)
+            return None
 
     def _gateway(self, analysis: api.Analysis) -> PrometheusGateway:
         return self._gateway_for(analysis.prometheus.url, api.duration_seconds(analysis.prometheus.timeout))

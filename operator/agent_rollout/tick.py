@@ -23,6 +23,7 @@ from agent_rollout.api import (
     Verdict,
     Weights,
 )
+from agent_rollout.capacity import begin_wait, ready, rollback_weights, wait_text
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionStatus, set_condition
 from agent_rollout.conditions import ConditionType as CT
@@ -71,6 +72,16 @@ class Reason(StrEnum):
     EVALUATION_PASSED = "EvaluationPassed"  # recorded with the step it completes (StepCompleted)
     EVALUATION_FAILED = "EvaluationFailed"  # failed, timed out or unreadable: rolled back or paused
     DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
+    DRILL_STARTED = "DrillStarted"  # a human's status.drill: all traffic to legacy, to be confirmed
+    DRILL_PASSED = "DrillPassed"  # legacy confirmed within bounds in time: back to the step it left
+    DRILL_ROLLED_BACK = "DrillRolledBack"  # passed, and the human asked to stay rolled back
+    DRILL_FAILED = "DrillFailed"  # legacy out of bounds, or not confirmed within the bound: stays on legacy
+    DRILL_REFUSED = "DrillRefused"  # status.drill where no drill can run
+    DRILL_INTERRUPTED = "DrillInterrupted"  # the rollout left the drill's step meanwhile
+    LEGACY_SHORT_OF_REPLICAS = "LegacyShortOfReplicas"  # a rollback waits for legacy's ready replicas
+    LEGACY_CAPACITY_STEP = "LegacyCapacityStep"  # more ready legacy replicas: more traffic back
+    LEGACY_CAPACITY_RESTORED = "LegacyCapacityRestored"  # legacy ready again: all traffic to legacy
+    LEGACY_CAPACITY_TIMEOUT = "LegacyCapacityTimeout"  # capacityTimeout over: all traffic to legacy anyway
 
 
 WARNING_REASONS = frozenset(
@@ -91,6 +102,11 @@ WARNING_REASONS = frozenset(
         Reason.STAGE_REQUIRED,
         Reason.BASELINE_REFUSED,
         Reason.EVALUATION_FAILED,
+        Reason.DRILL_FAILED,
+        Reason.DRILL_REFUSED,
+        Reason.DRILL_INTERRUPTED,
+        Reason.LEGACY_SHORT_OF_REPLICAS,
+        Reason.LEGACY_CAPACITY_TIMEOUT,
     }
 )
 ROLLBACK_REASONS = frozenset(
@@ -102,6 +118,19 @@ ROLLBACK_REASONS = frozenset(
         Reason.QUERY_REJECTED,
         Reason.ALERT_FIRED,
         Reason.EVALUATION_FAILED,
+        Reason.DRILL_FAILED,
+        Reason.DRILL_ROLLED_BACK,
+    }
+)
+# Automatic rollbacks: they move traffic back only as fast as legacy's ready replicas allow (capacity.py).
+# A human's abort, a drill and an invalid spec move all of it at once.
+CAPACITY_SAFE_REASONS = frozenset(
+    {
+        Reason.GATE_FAILED,
+        Reason.PROMETHEUS_UNAVAILABLE,
+        Reason.INCONCLUSIVE_LIMIT,
+        Reason.QUERY_REJECTED,
+        Reason.ALERT_FIRED,
     }
 )
 LIVE_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
@@ -149,10 +178,19 @@ def transition(
     evidence: list[GateResult] | None = None,
 ) -> None:
     t.st.phase = phase
+    wait = None
     if phase is Phase.ROLLED_BACK:
         t.st.rolled_back_revision = t.st.candidate_revision
+        if reason in CAPACITY_SAFE_REASONS:
+            wait = begin_wait(spec, t.st, t.obs.legacy, t.obs.candidate, reason.value, t.now)
+    t.st.capacity_rollback = wait
     route(t, spec, reason)
-    record(t, reason, message, evidence or [])
+    if wait is None:
+        record(t, reason, message, evidence or [])
+        return
+    record(t, reason, f"{message}, as legacy's capacity allows", evidence or [])
+    shortfall = f"rollback ({reason.value}) waits for legacy: {wait_text(wait, t.st.weights)}"
+    record(t, Reason.LEGACY_SHORT_OF_REPLICAS, shortfall, [])
 
 
 def record(t: Tick, reason: Reason, message: str, evidence: list[GateResult]) -> None:
@@ -224,14 +262,32 @@ def route(t: Tick, spec: AgentRolloutSpec | None, reason: Reason) -> bool:
 
 
 def target_weights(t: Tick, spec: AgentRolloutSpec | None) -> Weights | None:
-    phase = t.st.phase
+    phase, wait = t.st.phase, t.st.capacity_rollback
     if phase is Phase.PENDING:
         return None  # the route is not ours until the rollout starts
+    if phase is Phase.ROLLED_BACK and wait is not None and not cannot_serve(t.obs.candidate):
+        have = ready(t.obs.legacy)
+        if have is not None:
+            return rollback_weights(t.st.weights, have, wait.required)
     if phase in (Phase.ROLLED_BACK, Phase.FAILED) or cannot_serve(t.obs.candidate):
         return legacy_only()
     if phase is Phase.PROMOTED:
         return candidate_only()
+    if drilling(t.st):
+        return legacy_only()
     return None if spec is None else step_weights(spec.steps, t.st.current_step)
+
+
+def drilling(st: AgentRolloutStatus) -> bool:
+    """A rollback drill runs: all traffic to legacy, at the step it left, for the revision it left."""
+    drill = st.last_drill
+    return (
+        drill is not None
+        and drill.result is api.DrillResult.RUNNING
+        and st.phase in LIVE_PHASES
+        and st.current_step == drill.step
+        and st.candidate_revision == drill.revision
+    )
 
 
 def settle_weights(t: Tick, spec: AgentRolloutSpec | None) -> None:
