@@ -177,7 +177,8 @@ def test_helm_lint_is_clean_in_cluster_and_namespaced_mode(helm: Helm) -> None:
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
-        ({"replicas": 2}, "/replicas"),  # no leader election yet
+        ({"replicas": 0}, "/replicas"),
+        ({"leaderElection": {"leaseDuration": 0, "renewDeadline": 10, "retryPeriod": 2}}, "/leaderElection"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"replica": 1}, "replica"),  # a misspelt key is refused, not ignored
@@ -267,8 +268,11 @@ def operator_standing_in_for_the_pod(
     )
     log_path = cluster.run_dir / f"chart-{release_namespace}-operator.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    # What the downward API would give the pod: its name and namespace.
+    fields = {"metadata.name": f"{deployment}-stand-in", "metadata.namespace": release_namespace}
     for var in container.get("env", []):
-        env[var["name"]] = var["value"]
+        ref = (var.get("valueFrom") or {}).get("fieldRef")
+        env[var["name"]] = fields[ref["fieldPath"]] if ref else var["value"]
     entry_point = REPO_ROOT / ".venv" / "bin" / "agent-rollout-operator"  # the image's ENTRYPOINT
     with log_path.open("ab") as log:
         proc = subprocess.Popen(

@@ -266,7 +266,14 @@ def test_the_namespaced_chart_runs_a_rollout_under_roles_in_its_namespace_only(
 
     # One operator at a time: the session's cluster-wide operator steps aside for this test.
     log = cluster.run_dir / "namespaced-operator.log"
-    namespaced = OperatorProcess(kubeconfig, log, ["--namespace", s.namespace])
+    # With leader election, as the chart runs it: the Lease's permissions are in the audit too.
+    election = [
+        "--leader-election-namespace",
+        chart.NAMESPACED_RELEASE_NAMESPACE,
+        "--leader-election-lease",
+        chart.NAMESPACED_RELEASE,
+    ]
+    namespaced = OperatorProcess(kubeconfig, log, ["--namespace", s.namespace, *election])
     operator.stop()
     try:
         namespaced.start()

@@ -127,8 +127,11 @@ class Controller:
         client: ListWatchClient,
         namespaces: Sequence[str] | None = None,
         workers: int = WORKERS,
+        leading: asyncio.Event | None = None,
     ) -> None:
         self._reconciler = reconciler
+        # Set once this replica holds the lease (leader.py); None: no leader election, always leading.
+        self._leading = leading
         self._sentinel = sentinel
         self._kube = kube
         self.scheduler: Scheduler[Key] = Scheduler(self._reconcile, workers, urgency_of=self._urgency_of)
@@ -159,14 +162,26 @@ class Controller:
             informer.start()
         await asyncio.gather(*(i.synced.wait() for i in informers))
         self.synced = True
-        self._unvisited = {key for key, _ in self.rollouts.items()}
         log.info(
             "watching %d AgentRollouts, %d Deployments, %d HTTPRoutes; reconciling, most urgent first",
             len(self.rollouts),
             len(self.deployments),
             len(self.routes),
         )
+        if self._leading is not None and not self._leading.is_set():
+            # A standby keeps its informers warm and writes nothing (no reconcile: no route, status or
+            # Event); a leader that loses the lease ends the process (leader.py), so this never goes back.
+            log.info("standby: waiting for the lease before reconciling anything")
+            await self._leading.wait()
+            log.info("leading: reconciling, most urgent first")
+            self._started = time.monotonic()  # the start-up pass of a takeover counts from the takeover
+        self._unvisited = {key for key, _ in self.rollouts.items()}
         self.scheduler.start()
+
+    @property
+    def active(self) -> bool:
+        """Listed everything and leads: what the alert receiver waits for before it takes alerts."""
+        return self.synced and (self._leading is None or self._leading.is_set())
 
     async def stop(self) -> None:
         for informer in (self.rollouts, self.deployments, self.routes):
