@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from agent_rollout import api
+from agent_rollout.deletion import FINALIZER
 from e2e.cluster import ClusterState, chart, identity, tools
 from e2e.cluster.kubeapi import KubeApi
 from e2e.cluster.kubectl import kubectl_for, run_kubectl
@@ -439,9 +440,14 @@ def test_install_run_upgrade_and_uninstall_in_a_pod_security_restricted_namespac
         assert release_ns not in cluster_left.stdout
         kubectl("get", "crd", f"{api.PLURAL}.{api.GROUP}")
         orphan = get_json(kubectl, api.PLURAL, rollout_name, "-n", team_a)
-        # No finalizer of the operator's: with no operator left, the rollout still deletes at once.
-        assert not orphan["metadata"].get("finalizers"), orphan["metadata"]
+        # The operator's finalizer holds a deletion until traffic is on legacy: with no operator left, the
+        # deletion waits, and removing the finalizer by hand (the README's uninstall note) lets it go.
+        assert orphan["metadata"].get("finalizers") == [FINALIZER], orphan["metadata"]
         kubectl("delete", api.PLURAL, rollout_name, "-n", team_a, "--wait=false")
+        waiting = get_json(kubectl, api.PLURAL, rollout_name, "-n", team_a)
+        assert waiting["metadata"].get("deletionTimestamp"), waiting["metadata"]
+        unblock = '[{"op":"remove","path":"/metadata/finalizers"}]'
+        kubectl("patch", api.PLURAL, rollout_name, "-n", team_a, "--type=json", "-p", unblock)
         wait_until(
             "the orphaned rollout to be deleted",
             lambda: kubectl("get", api.PLURAL, rollout_name, "-n", team_a, check=False).returncode != 0,

@@ -282,7 +282,7 @@ def test_the_namespaced_chart_runs_a_rollout_under_roles_in_its_namespace_only(
         s.wait_for_phase("scoped", "Promoted", timeout_s=90)
         assert s.route_weights() == {LEGACY: 0, CANDIDATE: 100}
         wait_until("a Promoted event", lambda: "Promoted" in s.event_reasons("scoped"), 10)
-        # Deleted while its operator runs: it stops watching it, and needs no permission to let it go.
+        # Deleted while its operator runs: it releases its finalizer (a patch of the rollout).
         custom = kube_api.custom
         custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, s.namespace, api.PLURAL, "scoped")
 

@@ -366,6 +366,11 @@ class Readiness(_Model):
     criteria: Criteria = Field(default_factory=Criteria)
 
 
+class OnDelete(StrEnum):
+    ROUTE_TO_LEGACY = "routeToLegacy"
+    KEEP_WEIGHTS = "keepWeights"
+
+
 class AgentRolloutSpec(_Model):
     legacy: DeploymentRef = Field(
         description="What we roll back to; kept warm, never scaled down or deleted."
@@ -377,6 +382,11 @@ class AgentRolloutSpec(_Model):
     readiness: Readiness = Field(
         default_factory=Readiness,
         description="The five-stage scorecard's exit criteria, and the stages required before a weight.",
+    )
+    on_delete: OnDelete = Field(
+        default=OnDelete.ROUTE_TO_LEGACY,
+        description="Deleting the rollout: routeToLegacy sends all traffic to legacy before the deletion "
+        "completes (the operator's finalizer holds it); keepWeights leaves the route as it is.",
     )
 
 

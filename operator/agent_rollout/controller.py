@@ -19,10 +19,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_rollout import api, metrics
+from agent_rollout.deletion import FINALIZER, Finalizer
 from agent_rollout.domain import DeploymentState
 from agent_rollout.informer import Informer, Key
 from agent_rollout.intent import ANNOTATION
-from agent_rollout.kube import DEPLOYMENTS, ROLLOUTS, ROUTES, KubeClient, ListWatchClient, deployment_state
+from agent_rollout.kube import (
+    DEPLOYMENTS,
+    ROLLOUTS,
+    ROUTES,
+    Conflict,
+    KubeClient,
+    ListWatchClient,
+    deployment_state,
+)
 from agent_rollout.reconcile import Reconciler, WrittenStatus
 from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
 from agent_rollout.sentinel import Sentinel
@@ -45,6 +54,7 @@ class StoredRollout:
     deployments: tuple[str, ...]
     created: str
     deleting: bool
+    finalized: bool  # carries our finalizer (deletion.py)
     gauge: metrics.RolloutGauge  # what the metrics collector reads at scrape time
 
     @classmethod
@@ -67,6 +77,7 @@ class StoredRollout:
             deployments=tuple(sorted({n for n in names if isinstance(n, str)})),
             created=str(meta.get("creationTimestamp") or ""),
             deleting=bool(meta.get("deletionTimestamp")),
+            finalized=FINALIZER in (meta.get("finalizers") or ()),
             gauge=_gauge(status),
         )
 
@@ -149,6 +160,8 @@ class Controller:
         # (namespace, route) -> {rollout: creationTimestamp}: the oldest one owns the route.
         self._claims: dict[Key, dict[str, str]] = {}
         self._written: dict[Key, WrittenStatus] = {}
+        self._finalizer = Finalizer(kube, kube.post_event_soon)
+        self._finalized: set[Key] = set()  # finalizer added, the watch may not have brought it yet
         self.synced = False
         # Rollouts not reconciled yet since start: when none is left, the start-up pass is over (logged
         # with its duration, the figure an operator restart is judged by).
@@ -226,9 +239,19 @@ class Controller:
         stored = self.rollouts.get(*key)
         if stored is None:
             return None
-        if stored.deleting:
-            return None  # nothing of ours to release: the operator puts no finalizer on rollouts
         body = stored.body()
+        if stored.deleting:
+            return await self._finalizer.release(
+                body, self.deployments.get, self.routes.get, self.route_owner
+            )
+        if not stored.finalized and key not in self._finalized:
+            # Before the first route write: a deletion from now on waits for traffic to be sent to legacy.
+            try:
+                await self._finalizer.add(body)
+            except Conflict as e:
+                log.info("%s/%s: %s; will retry on fresh data", *key, e)
+                return 1.0
+            self._finalized.add(key)
         written = self._written.setdefault(key, WrittenStatus())
         started = time.monotonic()
         try:
@@ -263,6 +286,7 @@ class Controller:
             self.scheduler.forget(key)
             self._sentinel.forget(key)
             self._written.pop(key, None)
+            self._finalized.discard(key)
         elif before is None:
             self.scheduler.wake(key, after.urgency)
         elif after.attention != before.attention or after.deleting != before.deleting:

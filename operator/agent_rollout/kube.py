@@ -140,6 +140,43 @@ class KubeClient:
         )
         return cast(dict[str, Any], result)
 
+    async def add_finalizer(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str, finalizer: str
+    ) -> None:
+        """Our finalizer added to those the rollout has, pinned to the resourceVersion they were read at
+        (a merge patch replaces the list whole: one added meanwhile must not be lost)."""
+        patch = {"metadata": {"finalizers": [*finalizers, finalizer], "resourceVersion": resource_version}}
+        await self._patch_rollout(namespace, name, patch, "application/merge-patch+json")
+
+    async def remove_finalizer(
+        self, namespace: str, name: str, finalizers: list[str], finalizer: str
+    ) -> None:
+        """Our finalizer removed, guarded by a `test` that it is still where we read it."""
+        at = f"/metadata/finalizers/{finalizers.index(finalizer)}"
+        ops = [{"op": "test", "path": at, "value": finalizer}, {"op": "remove", "path": at}]
+        await self._patch_rollout(namespace, name, ops, "application/json-patch+json")
+
+    async def _patch_rollout(self, namespace: str, name: str, body: Any, content_type: str) -> None:
+        try:
+            await self._run(
+                lambda: self._custom.patch_namespaced_custom_object(
+                    api.GROUP,
+                    api.VERSION,
+                    namespace,
+                    api.PLURAL,
+                    name,
+                    body,
+                    field_manager=api.FIELD_MANAGER,
+                    _content_type=content_type,
+                    _preload_content=False,
+                )
+            )
+        except ApiException as e:
+            detail = _api_error_text(e)
+            if e.status == 409 or (e.status == 422 and _is_failed_test(detail)):
+                raise Conflict(f"AgentRollout {namespace}/{name} changed while patching: {detail}") from e
+            raise
+
     async def patch_route(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
         """JSON patch: only the weights, guarded by `test` ops on the backendRef names."""
         try:
