@@ -230,8 +230,15 @@ class KubeClient:
 
     def _posted(self, task: asyncio.Task[None]) -> None:
         self._posting.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not post an Event: %r", task.exception())
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, ApiException):
+            # One line with the apiserver's message: e.g. a namespace being deleted (a rollout's finalizer
+            # released while its namespace goes) refuses every new Event, and the log should say so.
+            log.warning(
+                "could not post an Event: %s %s: %s", error.status, error.reason, _api_error_text(error)
+            )
+        elif error is not None:
+            log.warning("could not post an Event: %r", error)
 
     async def _post_event(self, ref: dict[str, Any], type: str, reason: str, message: str) -> None:
         await self._event_limiter.acquire()
