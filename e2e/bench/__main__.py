@@ -1,7 +1,8 @@
-"""`make bench`: python -m e2e.bench [--only planner|rollback|scale] [--runs N] [--rollouts N] ...
+"""`make bench`: python -m e2e.bench [--only planner|rollback|failover|scale] [--runs N] [--rollouts N] ...
 
 planner   e2e/bench/planner_scale.py: the planner's CPU and memory at 10k rollouts (no cluster)
 rollback  e2e/bench/rollback_speed.py: breach-to-rollback time on the real control plane, N runs
+failover  e2e/bench/failover.py: leader SIGKILL -> the next decision by the new leader (two replicas)
 scale     e2e/bench/operator_scale.py: the real operator process at N rollouts (default 1000) on a
           cluster of its own: RSS, start-up, status writes, pause-end lateness, breach-to-rollback,
           CPU (`make bench-scale`: N=10000)
@@ -16,7 +17,7 @@ import inspect
 import logging
 import sys
 
-from e2e.bench import operator_scale, rollback_speed
+from e2e.bench import failover, operator_scale, rollback_speed
 
 PLANNER_MODULE = "e2e.bench.planner_scale"
 
@@ -39,7 +40,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m e2e.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["planner", "rollback", "scale"], help="run just this benchmark")
+    parser.add_argument(
+        "--only", choices=["planner", "rollback", "failover", "scale"], help="run just this benchmark"
+    )
     parser.add_argument("--runs", type=int, default=7, help="breach-to-rollback runs (default 7)")
     scale = parser.add_argument_group("scale")
     scale.add_argument(
@@ -60,6 +63,9 @@ def main() -> int:
         sys.stdout.flush()
     if args.only in (None, "rollback"):
         rollback_speed.main(runs=args.runs)
+        sys.stdout.flush()
+    if args.only in (None, "failover"):
+        failover.main()
         sys.stdout.flush()
     if args.only in (None, "scale"):
         operator_scale.run(args.rollouts, args.window, args.breaches)
