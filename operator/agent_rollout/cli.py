@@ -18,6 +18,9 @@ rollout that has no step left to end, baseline with no candidate and legacy traf
 That check is advisory: the phase can change between the read and the patch, and the operator's
 rules stay the only authority on what a verb does.
 
+`history NAME` prints every decision in status.history: when, which step, the weights it left, why,
+and the gates it was decided on. It reads only.
+
 `report NAME -o html|md|json [--out FILE] [--prometheus URL]` writes a self-contained report: the
 readiness scorecard, the timeline of decisions, plots of the candidate weight and of each gate against
 its bound (Prometheus range queries from where the plugin runs; --prometheus when the spec's URL is
@@ -87,6 +90,23 @@ def render(obj: dict[str, Any]) -> str:
             )
     for decision in status.get("history", [])[-3:]:
         lines.append(f"  {decision['time']}  {decision['reason']}: {decision['message']}")
+    return "\n".join(lines)
+
+
+def render_history(obj: dict[str, Any]) -> str:
+    """Every decision of the audit trail, oldest first, with the gates it was decided on."""
+    meta, status = obj.get("metadata", {}), obj.get("status") or {}
+    history = status.get("history") or []
+    lines = [f"{meta.get('namespace')}/{meta.get('name')}: {len(history)} decisions"]
+    for d in history:
+        weights = d.get("weights") or {}
+        lines.append(
+            f"{d.get('time')}  step {int(d.get('step') or 0) + 1}  legacy={weights.get('legacy')} "
+            f"candidate={weights.get('candidate')}  {d.get('reason')}: {d.get('message')}"
+        )
+        for g in d.get("evidence") or []:
+            value = "-" if g.get("value") is None else f"{g['value']:.4g}"
+            lines.append(f"    {g.get('name')}: {g.get('verdict')} {value} {g.get('bound', '')}".rstrip())
     return "\n".join(lines)
 
 
@@ -316,7 +336,7 @@ def package_version() -> str:
 # PATH with the words typed so far, the last one partial, and reads Cobra's format: one candidate a
 # line, then `:<directive>`; 4 is "no file completion".
 NO_FILE_COMPLETION = ":4"
-NAMED_VERBS = ("status", "report", *VERBS)
+NAMED_VERBS = ("status", "history", "report", *VERBS)
 VALUE_FLAGS = frozenset({"-n", "--namespace", "--kubeconfig", "--context"})
 
 
@@ -420,11 +440,12 @@ def _report(
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The plugin's command line (docs/runbook.md is checked against it by a unit test)."""
     parser = argparse.ArgumentParser(
         prog="kubectl agentrollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("verb", choices=["status", "report", *VERBS, "version"])
+    parser.add_argument("verb", choices=[*NAMED_VERBS, "version"])
     parser.add_argument("name", nargs="?", help="the AgentRollout (every verb but version)")
     parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's")
     parser.add_argument("--kubeconfig", default=None)
@@ -437,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prometheus", default=None, help="with report: Prometheus URL (default: the spec's)"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb == "version":
         print(f"kubectl-agentrollout {package_version()}")
@@ -457,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         custom, host = _custom_api(kubeconfig, args.context)
         if args.verb in VERBS:
             return _send(custom, args.verb, namespace, args.name)
+        if args.verb == "history":
+            print(render_history(_get(custom, namespace, args.name)))
+            return 0
         if args.verb == "report":
             return _report(custom, namespace, args.name, args.output, args.out, args.prometheus)
         return _status(custom, namespace, args.name, args.watch)
