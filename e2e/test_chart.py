@@ -33,6 +33,7 @@ import yaml
 from agent_rollout import api
 from agent_rollout.comparator.app import parse_args as parse_comparator_args
 from agent_rollout.comparator.compare import Comparison, Mode
+from agent_rollout.deletion import FINALIZER
 from e2e.cluster import ClusterState, chart, identity, tools
 from e2e.cluster.kubeapi import KubeApi
 from e2e.cluster.kubectl import kubectl_for, run_kubectl
@@ -214,7 +215,8 @@ def test_helm_lint_is_clean_in_cluster_and_namespaced_mode(helm: Helm) -> None:
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [
-        ({"replicas": 2}, "/replicas"),  # no leader election yet
+        ({"replicas": 0}, "/replicas"),
+        ({"leaderElection": {"leaseDuration": 0, "renewDeadline": 10, "retryPeriod": 2}}, "/leaderElection"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"replica": 1}, "replica"),  # a misspelt key is refused, not ignored
@@ -356,8 +358,11 @@ def operator_standing_in_for_the_pod(
     )
     log_path = cluster.run_dir / f"chart-{release_namespace}-operator.log"
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    # What the downward API would give the pod: its name and namespace.
+    fields = {"metadata.name": f"{deployment}-stand-in", "metadata.namespace": release_namespace}
     for var in container.get("env", []):
-        env[var["name"]] = var["value"]
+        ref = (var.get("valueFrom") or {}).get("fieldRef")
+        env[var["name"]] = fields[ref["fieldPath"]] if ref else var["value"]
     entry_point = REPO_ROOT / ".venv" / "bin" / "agent-rollout-operator"  # the image's ENTRYPOINT
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
@@ -524,9 +529,14 @@ def test_install_run_upgrade_and_uninstall_in_a_pod_security_restricted_namespac
         assert release_ns not in cluster_left.stdout
         kubectl("get", "crd", f"{api.PLURAL}.{api.GROUP}")
         orphan = get_json(kubectl, api.PLURAL, rollout_name, "-n", team_a)
-        # No finalizer of the operator's: with no operator left, the rollout still deletes at once.
-        assert not orphan["metadata"].get("finalizers"), orphan["metadata"]
+        # The operator's finalizer holds a deletion until traffic is on legacy: with no operator left, the
+        # deletion waits, and removing the finalizer by hand (the README's uninstall note) lets it go.
+        assert orphan["metadata"].get("finalizers") == [FINALIZER], orphan["metadata"]
         kubectl("delete", api.PLURAL, rollout_name, "-n", team_a, "--wait=false")
+        waiting = get_json(kubectl, api.PLURAL, rollout_name, "-n", team_a)
+        assert waiting["metadata"].get("deletionTimestamp"), waiting["metadata"]
+        unblock = '[{"op":"remove","path":"/metadata/finalizers"}]'
+        kubectl("patch", api.PLURAL, rollout_name, "-n", team_a, "--type=json", "-p", unblock)
         wait_until(
             "the orphaned rollout to be deleted",
             lambda: kubectl("get", api.PLURAL, rollout_name, "-n", team_a, check=False).returncode != 0,

@@ -194,4 +194,3 @@ class EventLog:
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
-

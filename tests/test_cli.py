@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_rollout.cli import Outcome, advise, complete_main, complete_words, main, render
+from agent_rollout.cli import Outcome, advise, complete_main, complete_words, main, render, render_history
 from tests.specs import analysis_dict, spec_dict
 
 ERROR_RATE_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
@@ -432,6 +432,7 @@ def no_rollouts(namespace: str | None, kubeconfig: str | None, context: str | No
 def test_the_first_word_completes_to_the_verbs() -> None:
     assert complete_words([""], no_rollouts) == [
         "status",
+        "history",
         "report",
         "abort",
         "promote",
@@ -645,3 +646,35 @@ def test_status_shows_the_latest_drill_in_one_line() -> None:
     ) in render(obj)
     obj["status"].pop("lastDrill")
     assert "drill=" not in render(obj)
+
+
+def test_history_lists_every_decision_with_its_step_weights_and_evidence() -> None:
+    gate = {"name": "error-rate", "verdict": "Fail", "value": 0.2, "bound": "<= 0.05"}
+    obj = {
+        "metadata": {"namespace": "support", "name": "triage"},
+        "status": {
+            "history": [
+                {
+                    "time": "t1",
+                    "reason": "Started",
+                    "message": "5% to the candidate",
+                    "step": 0,
+                    "weights": {"legacy": 95, "candidate": 5},
+                },
+                {
+                    "time": "t2",
+                    "reason": "GateFailed",
+                    "message": "error-rate 0.2 > 0.05",
+                    "step": 0,
+                    "weights": {"legacy": 100, "candidate": 0},
+                    "evidence": [gate],
+                },
+            ]
+        },
+    }
+    assert render_history(obj).splitlines() == [
+        "support/triage: 2 decisions",
+        "t1  step 1  legacy=95 candidate=5  Started: 5% to the candidate",
+        "t2  step 1  legacy=100 candidate=0  GateFailed: error-rate 0.2 > 0.05",
+        "    error-rate: Fail 0.2 <= 0.05",
+    ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,48 @@ def granted_permissions(manifests: Iterable[Mapping[str, Any]]) -> set[Permissio
                 for resource in rule.get("resources", []):
                     granted.update((group, resource, verb) for verb in rule.get("verbs", []))
     return granted
+
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write request the apiserver answered, as its audit log recorded it."""
+
+    at: datetime  # requestReceivedTimestamp
+    user_agent: str
+    verb: str
+    resource: str  # group/resource[/subresource], "" for the core group
+    namespace: str
+    name: str
+    code: int
+
+
+def writes(audit_log: Path, username: str) -> list[Write]:
+    """Every create/update/patch/delete of the user, in the order the apiserver received them."""
+    found = []
+    for line in audit_log.read_text(errors="replace").splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef")
+        if (
+            event.get("user", {}).get("username") != username
+            or not ref
+            or event.get("verb") not in WRITE_VERBS
+        ):
+            continue
+        resource = f"{ref.get('apiGroup', '')}/{ref['resource']}" + (
+            f"/{ref['subresource']}" if ref.get("subresource") else ""
+        )
+        found.append(
+            Write(
+                at=datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")),
+                user_agent=str(event.get("userAgent", "")),
+                verb=event["verb"],
+                resource=resource,
+                namespace=str(ref.get("namespace", "")),
+                name=str(ref.get("name", "")),
+                code=int((event.get("responseStatus") or {}).get("code", 0)),
+            )
+        )
+    return sorted(found, key=lambda w: w.at)

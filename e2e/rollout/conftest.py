@@ -153,7 +153,12 @@ def operator(
         kube_api.custom.delete_namespaced_custom_object(
             api.GROUP, api.VERSION, meta["namespace"], api.PLURAL, meta["name"]
         )
-    time.sleep(1)
+    # Each waits for the operator's finalizer: traffic to legacy first (deletion.py).
+    wait_until(
+        "every rollout deleted",
+        lambda: not kube_api.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"],
+        timeout_s=60,
+    )
     proc.stop()
     # kopf only warns when RBAC refuses it a list or watch, and carries on degraded: make it loud here.
     with proc.log_path.open("rb") as log:

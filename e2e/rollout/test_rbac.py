@@ -269,7 +269,14 @@ def test_the_namespaced_chart_runs_a_rollout_under_roles_in_its_namespace_only(
 
     # One operator at a time: the session's cluster-wide operator steps aside for this test.
     log = cluster.run_dir / "namespaced-operator.log"
-    namespaced = OperatorProcess(kubeconfig, log, ["--namespace", s.namespace])
+    # With leader election, as the chart runs it: the Lease's permissions are in the audit too.
+    election = [
+        "--leader-election-namespace",
+        chart.NAMESPACED_RELEASE_NAMESPACE,
+        "--leader-election-lease",
+        chart.NAMESPACED_RELEASE,
+    ]
+    namespaced = OperatorProcess(kubeconfig, log, ["--namespace", s.namespace, *election])
     operator.stop()
     try:
         namespaced.start()
@@ -279,7 +286,7 @@ def test_the_namespaced_chart_runs_a_rollout_under_roles_in_its_namespace_only(
         s.wait_for_phase("scoped", "Promoted", timeout_s=90)
         assert s.route_weights() == {LEGACY: 0, CANDIDATE: 100}
         wait_until("a Promoted event", lambda: "Promoted" in s.event_reasons("scoped"), 10)
-        # Deleted while its operator runs: it stops watching it, and needs no permission to let it go.
+        # Deleted while its operator runs: it releases its finalizer (a patch of the rollout).
         custom = kube_api.custom
         custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, s.namespace, api.PLURAL, "scoped")
 

@@ -503,6 +503,11 @@ class Rollback(_Model):
     )
 
 
+class OnDelete(StrEnum):
+    ROUTE_TO_LEGACY = "routeToLegacy"
+    KEEP_WEIGHTS = "keepWeights"
+
+
 class AgentRolloutSpec(_Model):
     legacy: DeploymentRef = Field(
         description="What we roll back to; kept warm, never scaled down or deleted."
@@ -523,6 +528,11 @@ class AgentRolloutSpec(_Model):
     rollback: Rollback = Field(
         default_factory=Rollback,
         description="Capacity-safe rollback: traffic goes back as fast as legacy's ready replicas allow.",
+    )
+    on_delete: OnDelete = Field(
+        default=OnDelete.ROUTE_TO_LEGACY,
+        description="Deleting the rollout: routeToLegacy sends all traffic to legacy before the deletion "
+        "completes (the operator's finalizer holds it); keepWeights leaves the route as it is.",
     )
 
 

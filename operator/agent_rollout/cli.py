@@ -25,6 +25,9 @@ rollout that has no step left to end, baseline with no candidate and legacy traf
 That check is advisory: the phase can change between the read and the patch, and the operator's
 rules stay the only authority on what a verb does.
 
+`history NAME` prints every decision in status.history: when, which step, the weights it left, why,
+and the gates it was decided on. It reads only.
+
 `report NAME -o html|md|json [--out FILE] [--prometheus URL]` writes a self-contained report: the
 readiness scorecard, the timeline of decisions, plots of the candidate weight and of each gate against
 its bound (Prometheus range queries from where the plugin runs; --prometheus when the spec's URL is
@@ -113,6 +116,23 @@ def drill_line(status: dict[str, Any]) -> str:
         f"{'-' if route is None else f'{route}s'}  confirmed: {'-' if confirmed is None else f'{confirmed}s'}"
         f"  bound {drill.get('bound')}" + (f"  {drill['message']}" if drill.get("message") else "")
     )
+
+
+def render_history(obj: dict[str, Any]) -> str:
+    """Every decision of the audit trail, oldest first, with the gates it was decided on."""
+    meta, status = obj.get("metadata", {}), obj.get("status") or {}
+    history = status.get("history") or []
+    lines = [f"{meta.get('namespace')}/{meta.get('name')}: {len(history)} decisions"]
+    for d in history:
+        weights = d.get("weights") or {}
+        lines.append(
+            f"{d.get('time')}  step {int(d.get('step') or 0) + 1}  legacy={weights.get('legacy')} "
+            f"candidate={weights.get('candidate')}  {d.get('reason')}: {d.get('message')}"
+        )
+        for g in d.get("evidence") or []:
+            value = "-" if g.get("value") is None else f"{g['value']:.4g}"
+            lines.append(f"    {g.get('name')}: {g.get('verdict')} {value} {g.get('bound', '')}".rstrip())
+    return "\n".join(lines)
 
 
 def readiness_line(status: dict[str, Any]) -> str:
@@ -397,7 +417,7 @@ def package_version() -> str:
 # PATH with the words typed so far, the last one partial, and reads Cobra's format: one candidate a
 # line, then `:<directive>`; 4 is "no file completion".
 NO_FILE_COMPLETION = ":4"
-NAMED_VERBS = ("status", "report", *VERBS)
+NAMED_VERBS = ("status", "history", "report", *VERBS)
 VALUE_FLAGS = frozenset({"-n", "--namespace", "--kubeconfig", "--context", "--bound"})
 
 
@@ -501,11 +521,12 @@ def _report(
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The plugin's command line (docs/runbook.md is checked against it by a unit test)."""
     parser = argparse.ArgumentParser(
         prog="kubectl agentrollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("verb", choices=["status", "report", *VERBS, "version"])
+    parser.add_argument("verb", choices=[*NAMED_VERBS, "version"])
     parser.add_argument("name", nargs="?", help="the AgentRollout (every verb but version)")
     parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's")
     parser.add_argument("--kubeconfig", default=None)
@@ -524,6 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bound", default=None, help="with drill: the drill's time bound (default: maxRollbackTime, 15m)"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb == "version":
         print(f"kubectl-agentrollout {package_version()}")
@@ -545,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb in VERBS:
             patch = verb_patch(args.verb, args.stay_rolled_back, args.bound)
             return _send(custom, args.verb, namespace, args.name, patch)
+        if args.verb == "history":
+            print(render_history(_get(custom, namespace, args.name)))
+            return 0
         if args.verb == "report":
             return _report(custom, namespace, args.name, args.output, args.out, args.prometheus)
         return _status(custom, namespace, args.name, args.watch)

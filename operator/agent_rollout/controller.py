@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_rollout import api, evaluation, metrics
+from agent_rollout.deletion import FINALIZER, Finalizer
 from agent_rollout.domain import DeploymentState
 from agent_rollout.informer import Informer, Key
 from agent_rollout.intent import ANNOTATION
@@ -27,6 +28,7 @@ from agent_rollout.kube import (
     JOBS,
     ROLLOUTS,
     ROUTES,
+    Conflict,
     KubeClient,
     ListWatchClient,
     deployment_state,
@@ -53,6 +55,7 @@ class StoredRollout:
     deployments: tuple[str, ...]
     created: str
     deleting: bool
+    finalized: bool  # carries our finalizer (deletion.py)
     gauge: metrics.RolloutGauge  # what the metrics collector reads at scrape time
 
     @classmethod
@@ -75,6 +78,7 @@ class StoredRollout:
             deployments=tuple(sorted({n for n in names if isinstance(n, str)})),
             created=str(meta.get("creationTimestamp") or ""),
             deleting=bool(meta.get("deletionTimestamp")),
+            finalized=FINALIZER in (meta.get("finalizers") or ()),
             gauge=_gauge(status, _candidate_version(spec)),
         )
 
@@ -145,8 +149,11 @@ class Controller:
         client: ListWatchClient,
         namespaces: Sequence[str] | None = None,
         workers: int = WORKERS,
+        leading: asyncio.Event | None = None,
     ) -> None:
         self._reconciler = reconciler
+        # Set once this replica holds the lease (leader.py); None: no leader election, always leading.
+        self._leading = leading
         self._sentinel = sentinel
         self._kube = kube
         self.scheduler: Scheduler[Key] = Scheduler(self._reconcile, workers, urgency_of=self._urgency_of)
@@ -168,6 +175,8 @@ class Controller:
         # (namespace, route) -> {rollout: creationTimestamp}: the oldest one owns the route.
         self._claims: dict[Key, dict[str, str]] = {}
         self._written: dict[Key, WrittenStatus] = {}
+        self._finalizer = Finalizer(kube, kube.post_event_soon)
+        self._finalized: set[Key] = set()  # finalizer added, the watch may not have brought it yet
         self.synced = False
         # Rollouts not reconciled yet since start: when none is left, the start-up pass is over (logged
         # with its duration, the figure an operator restart is judged by).
@@ -181,14 +190,26 @@ class Controller:
             informer.start()
         await asyncio.gather(*(i.synced.wait() for i in informers))
         self.synced = True
-        self._unvisited = {key for key, _ in self.rollouts.items()}
         log.info(
             "watching %d AgentRollouts, %d Deployments, %d HTTPRoutes; reconciling, most urgent first",
             len(self.rollouts),
             len(self.deployments),
             len(self.routes),
         )
+        if self._leading is not None and not self._leading.is_set():
+            # A standby keeps its informers warm and writes nothing (no reconcile: no route, status or
+            # Event); a leader that loses the lease ends the process (leader.py), so this never goes back.
+            log.info("standby: waiting for the lease before reconciling anything")
+            await self._leading.wait()
+            log.info("leading: reconciling, most urgent first")
+            self._started = time.monotonic()  # the start-up pass of a takeover counts from the takeover
+        self._unvisited = {key for key, _ in self.rollouts.items()}
         self.scheduler.start()
+
+    @property
+    def active(self) -> bool:
+        """Listed everything and leads: what the alert receiver waits for before it takes alerts."""
+        return self.synced and (self._leading is None or self._leading.is_set())
 
     async def stop(self) -> None:
         for informer in (self.rollouts, self.deployments, self.routes, self.jobs):
@@ -233,9 +254,19 @@ class Controller:
         stored = self.rollouts.get(*key)
         if stored is None:
             return None
-        if stored.deleting:
-            return None  # nothing of ours to release: the operator puts no finalizer on rollouts
         body = stored.body()
+        if stored.deleting:
+            return await self._finalizer.release(
+                body, self.deployments.get, self.routes.get, self.route_owner
+            )
+        if not stored.finalized and key not in self._finalized:
+            # Before the first route write: a deletion from now on waits for traffic to be sent to legacy.
+            try:
+                await self._finalizer.add(body)
+            except Conflict as e:
+                log.info("%s/%s: %s; will retry on fresh data", *key, e)
+                return 1.0
+            self._finalized.add(key)
         written = self._written.setdefault(key, WrittenStatus())
         started = time.monotonic()
         try:
@@ -271,6 +302,7 @@ class Controller:
             self.scheduler.forget(key)
             self._sentinel.forget(key)
             self._written.pop(key, None)
+            self._finalized.discard(key)
         elif before is None:
             self.scheduler.wake(key, after.urgency)
         elif after.attention != before.attention or after.deleting != before.deleting:

@@ -24,7 +24,8 @@ from agent_rollout import alerts, metrics
 from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
 from agent_rollout.controller import WORKERS, Controller
-from agent_rollout.kube import KubeClient, ListWatchClient
+from agent_rollout.kube import KubeClient, LeaseClient, ListWatchClient
+from agent_rollout.leader import DURATION, RENEW_DEADLINE, RETRY_PERIOD, LeaseElector, default_identity
 from agent_rollout.notifier import Notifier, load_config
 from agent_rollout.reconcile import Reconciler
 from agent_rollout.sentinel import PERIOD, Sentinel
@@ -49,6 +50,10 @@ if not FAST_CHECK_PERIOD > 0:
 RECONCILE_WORKERS = int(os.environ.get("AGENT_ROLLOUT_WORKERS", str(WORKERS)))
 if RECONCILE_WORKERS < 1:
     raise ValueError(f"AGENT_ROLLOUT_WORKERS must be >= 1, got {RECONCILE_WORKERS!r}")
+# Leader election (leader.py): seconds a lease holds, a leader keeps writing unrenewed, between attempts.
+LEASE_DURATION = float(os.environ.get("AGENT_ROLLOUT_LEASE_DURATION", str(DURATION)))
+LEASE_RENEW_DEADLINE = float(os.environ.get("AGENT_ROLLOUT_LEASE_RENEW_DEADLINE", str(RENEW_DEADLINE)))
+LEASE_RETRY_PERIOD = float(os.environ.get("AGENT_ROLLOUT_LEASE_RETRY_PERIOD", str(RETRY_PERIOD)))
 
 
 class _Runtime:
@@ -62,6 +67,7 @@ class _Runtime:
     servers: list[web.AppRunner] = []
     unregister: list[Callable[[], None]] = []
     notifier: Notifier | None = None
+    elector: LeaseElector | None = None
 
 
 def _gateway_for(url: str, timeout: float) -> PrometheusGateway:
@@ -76,6 +82,11 @@ def _gateway_for(url: str, timeout: float) -> PrometheusGateway:
     return _Runtime.gateways[key]
 
 
+def elected_in(loop: asyncio.AbstractEventLoop, leading: asyncio.Event) -> None:
+    """Set `leading` from the elector's thread."""
+    loop.call_soon_threadsafe(leading.set)
+
+
 def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
     if _Runtime.kube is not None:
         _Runtime.kube.post_event_soon(body, type, reason, message)
@@ -83,10 +94,26 @@ def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -
 
 @kopf.on.startup()
 async def configure(memo: kopf.Memo, **_: Any) -> None:
-    kube = _Runtime.kube = KubeClient.from_environment()
+    identity = memo.get("identity") or default_identity()
+    kube = _Runtime.kube = KubeClient.from_environment(identity=identity)
     # The watches' own connections: one per kind and namespace, held for minutes each.
     namespaces = memo.get("namespaces") or None
-    client = ListWatchClient.from_environment(connections=3 * len(namespaces or [None]))
+    client = ListWatchClient.from_environment(connections=3 * len(namespaces or [None]), identity=identity)
+    loop = asyncio.get_running_loop()
+    leading: asyncio.Event | None = None
+    if memo.get("lease_namespace"):
+        elected = leading = asyncio.Event()
+        store = LeaseClient.from_environment(
+            memo["lease_namespace"], memo["lease_name"], identity, timeout=LEASE_RETRY_PERIOD
+        )
+        _Runtime.elector = LeaseElector(
+            store,
+            identity,
+            on_started=lambda: elected_in(loop, elected),
+            duration=LEASE_DURATION,
+            renew_deadline=LEASE_RENEW_DEADLINE,
+            retry_period=LEASE_RETRY_PERIOD,
+        )
     clock = lambda: datetime.now(UTC)  # noqa: E731
     sentinel = Sentinel(clock=clock, period=FAST_CHECK_PERIOD)
     book = alerts.AlertBook()
@@ -103,7 +130,7 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
         decided=notifier.decided,
     )
     controller = _Runtime.controller = Controller(
-        reconciler, sentinel, kube, client, namespaces=namespaces, workers=RECONCILE_WORKERS
+        reconciler, sentinel, kube, client, namespaces=namespaces, workers=RECONCILE_WORKERS, leading=leading
     )
     sentinel.wake = controller.wake
     host = memo.get("listen") or "0.0.0.0"
@@ -115,14 +142,16 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
         token_file = Path(memo["alerts_token_file"])
         alerts.read_token(token_file)  # refuse to start with a receiver nobody can authenticate to
         known = lambda key: controller.rollouts.get(*key) is not None  # noqa: E731
-        app = alerts.receiver_app(book, token_file, known, controller.wake, ready=lambda: controller.synced)
+        # A standby answers 503: Alertmanager retries, and through the Service reaches the leader.
+        app = alerts.receiver_app(book, token_file, known, controller.wake, ready=lambda: controller.active)
         _Runtime.servers.append(await alerts.serve(app, host, memo["alerts_port"]))
         log.info("Alertmanager webhook receiver on http://%s:%d%s", host, memo["alerts_port"], alerts.PATH)
-    loop = asyncio.get_running_loop()
     _Runtime.tasks = [
         loop.create_task(controller.run(), name="controller"),
         loop.create_task(sentinel.run(), name="fast-check"),
     ]
+    if _Runtime.elector is not None:
+        _Runtime.elector.start()
 
 
 @kopf.on.cleanup()
@@ -140,3 +169,7 @@ async def shutdown(**_: Any) -> None:
     _Runtime.servers, _Runtime.unregister = [], []
     if _Runtime.kube is not None:
         _Runtime.kube.close()
+    if _Runtime.elector is not None:
+        # Nothing of ours writes any more: hand the lease over, so a standby need not wait for it to expire.
+        await asyncio.get_running_loop().run_in_executor(None, _Runtime.elector.stop)
+        _Runtime.elector = None

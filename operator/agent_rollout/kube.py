@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agent_rollout import api, evaluation
 from agent_rollout.domain import DeploymentState
+from agent_rollout.leader import LeaseConflict
 from agent_rollout.traffic import gatewayapi
 
 T = TypeVar("T")
@@ -117,8 +118,10 @@ class KubeClient:
         self.events_dropped = 0
 
     @classmethod
-    def from_environment(cls, pool_size: int = POOL_SIZE, kubeconfig: str | None = None) -> KubeClient:
-        return cls(_api_client(pool_size, kubeconfig), pool_size=pool_size)
+    def from_environment(
+        cls, pool_size: int = POOL_SIZE, kubeconfig: str | None = None, identity: str | None = None
+    ) -> KubeClient:
+        return cls(_api_client(pool_size, kubeconfig, identity), pool_size=pool_size)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         """One API call in the thread pool, paced by the rate limiter, retried when the apiserver
@@ -141,6 +144,43 @@ class KubeClient:
             )
         )
         return cast(dict[str, Any], result)
+
+    async def add_finalizer(
+        self, namespace: str, name: str, finalizers: list[str], resource_version: str, finalizer: str
+    ) -> None:
+        """Our finalizer added to those the rollout has, pinned to the resourceVersion they were read at
+        (a merge patch replaces the list whole: one added meanwhile must not be lost)."""
+        patch = {"metadata": {"finalizers": [*finalizers, finalizer], "resourceVersion": resource_version}}
+        await self._patch_rollout(namespace, name, patch, "application/merge-patch+json")
+
+    async def remove_finalizer(
+        self, namespace: str, name: str, finalizers: list[str], finalizer: str
+    ) -> None:
+        """Our finalizer removed, guarded by a `test` that it is still where we read it."""
+        at = f"/metadata/finalizers/{finalizers.index(finalizer)}"
+        ops = [{"op": "test", "path": at, "value": finalizer}, {"op": "remove", "path": at}]
+        await self._patch_rollout(namespace, name, ops, "application/json-patch+json")
+
+    async def _patch_rollout(self, namespace: str, name: str, body: Any, content_type: str) -> None:
+        try:
+            await self._run(
+                lambda: self._custom.patch_namespaced_custom_object(
+                    api.GROUP,
+                    api.VERSION,
+                    namespace,
+                    api.PLURAL,
+                    name,
+                    body,
+                    field_manager=api.FIELD_MANAGER,
+                    _content_type=content_type,
+                    _preload_content=False,
+                )
+            )
+        except ApiException as e:
+            detail = _api_error_text(e)
+            if e.status == 409 or (e.status == 422 and _is_failed_test(detail)):
+                raise Conflict(f"AgentRollout {namespace}/{name} changed while patching: {detail}") from e
+            raise
 
     async def patch_route(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
         """JSON patch: only the weights, guarded by `test` ops on the backendRef names."""
@@ -232,8 +272,15 @@ class KubeClient:
 
     def _posted(self, task: asyncio.Task[None]) -> None:
         self._posting.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not post an Event: %r", task.exception())
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, ApiException):
+            # One line with the apiserver's message: e.g. a namespace being deleted (a rollout's finalizer
+            # released while its namespace goes) refuses every new Event, and the log should say so.
+            log.warning(
+                "could not post an Event: %s %s: %s", error.status, error.reason, _api_error_text(error)
+            )
+        elif error is not None:
+            log.warning("could not post an Event: %r", error)
 
     async def _post_event(self, ref: dict[str, Any], type: str, reason: str, message: str) -> None:
         await self._event_limiter.acquire()
@@ -263,7 +310,15 @@ class KubeClient:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _api_client(pool_size: int, kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+def user_agent(identity: str | None) -> str:
+    """`agent-rollout/<replica>`: the apiserver's audit log tells the replicas' requests apart by it (and
+    takes `agent-rollout` as the field manager of writes that name none)."""
+    return f"{api.FIELD_MANAGER}/{identity or 'unknown'}"
+
+
+def _api_client(
+    pool_size: int, kubeconfig: str | None = None, identity: str | None = None
+) -> kubernetes.client.ApiClient:
     configuration = kubernetes.client.Configuration()
     try:
         kubernetes.config.load_incluster_config(client_configuration=configuration)
@@ -272,7 +327,73 @@ def _api_client(pool_size: int, kubeconfig: str | None = None) -> kubernetes.cli
     # One connection per thread, set before the pool exists: set afterwards (as it was) it stayed at
     # urllib3's default, and the operator logged "connection pool is full" under load.
     configuration.connection_pool_maxsize = pool_size
-    return kubernetes.client.ApiClient(configuration)
+    client = kubernetes.client.ApiClient(configuration)
+    client.user_agent = user_agent(identity)
+    return client
+
+
+class LeaseClient:
+    """The operator's Lease (leader.py), read and written from the elector's own thread (blocking calls,
+    never on the event loop) over a connection of its own: a renewal must not queue behind status writes.
+    Every write replaces the resourceVersion it read, or fails with LeaseConflict."""
+
+    def __init__(
+        self, client: kubernetes.client.ApiClient, namespace: str, name: str, timeout: float
+    ) -> None:
+        self._coordination = kubernetes.client.CoordinationV1Api(client)
+        self.namespace, self.name = namespace, name
+        self._timeout = (timeout, timeout)
+
+    @classmethod
+    def from_environment(
+        cls, namespace: str, name: str, identity: str, timeout: float, kubeconfig: str | None = None
+    ) -> LeaseClient:
+        return cls(_api_client(1, kubeconfig, identity), namespace, name, timeout)
+
+    def get(self) -> dict[str, Any] | None:
+        try:
+            response = self._coordination.read_namespaced_lease(
+                self.name, self.namespace, _preload_content=False, _request_timeout=self._timeout
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        lease: dict[str, Any] = json.loads(cast(Any, response).data)  # raw: _preload_content=False
+        return lease
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = {**body, "metadata": {"name": self.name, "namespace": self.namespace}}
+        return self._write(
+            lambda: self._coordination.create_namespaced_lease(
+                self.namespace, cast(Any, body), _preload_content=False, _request_timeout=self._timeout
+            )
+        )
+
+    def replace(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = {
+            **body,
+            "metadata": {**body.get("metadata", {}), "name": self.name, "namespace": self.namespace},
+        }
+        return self._write(
+            lambda: self._coordination.replace_namespaced_lease(
+                self.name,
+                self.namespace,
+                cast(Any, body),
+                _preload_content=False,
+                _request_timeout=self._timeout,
+            )
+        )
+
+    def _write(self, call: Callable[[], Any]) -> dict[str, Any]:
+        try:
+            response = call()
+        except ApiException as e:
+            if e.status == 409:  # created or written by another replica since we read it
+                raise LeaseConflict(_api_error_text(e)) from e
+            raise
+        lease: dict[str, Any] = json.loads(response.data)
+        return lease
 
 
 @dataclass(frozen=True)
@@ -309,8 +430,10 @@ class ListWatchClient:
         self._custom = kubernetes.client.CustomObjectsApi(client)
 
     @classmethod
-    def from_environment(cls, connections: int, kubeconfig: str | None = None) -> ListWatchClient:
-        return cls(_api_client(connections, kubeconfig))
+    def from_environment(
+        cls, connections: int, kubeconfig: str | None = None, identity: str | None = None
+    ) -> ListWatchClient:
+        return cls(_api_client(connections, kubeconfig, identity))
 
     def _get(self, kind: Kind, namespace: str | None, args: dict[str, Any], expired: str) -> Any:
         """A list or watch request; a 410 Gone is Expired(`expired`): the caller lists again."""

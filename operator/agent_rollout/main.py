@@ -42,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--listen", default=os.environ.get("AGENT_ROLLOUT_LISTEN", "0.0.0.0"), help="address of both servers"
     )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("AGENT_ROLLOUT_LEADER_ELECTION_NAMESPACE"),
+        help="elect one writing replica with a Lease in this namespace (the chart's: its own); unset: "
+        "no election, this process always writes (env AGENT_ROLLOUT_LEADER_ELECTION_NAMESPACE)",
+    )
+    parser.add_argument("--leader-election-lease", default="agent-rollout", help="the Lease's name")
+    parser.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME"),
+        help="this replica's name in the Lease and in its User-Agent (default: env POD_NAME, else host-pid)",
+    )
     args = parser.parse_args(argv)
     if args.notifications_config:
         from agent_rollout.notifier import load_config
@@ -75,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                 alerts_token_file=args.alerts_token_file,
                 listen=args.listen,
                 notifications_config=args.notifications_config,
+                lease_namespace=args.leader_election_namespace,
+                lease_name=args.leader_election_lease,
+                identity=args.identity,
             ),
         )
     )

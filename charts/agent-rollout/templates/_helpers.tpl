@@ -83,10 +83,11 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "agent-rollout.service
 {{- end }}
 
 {{- define "agent-rollout.namespacedRules" -}}
-# The rollouts: listed and watched; the operator writes only their status (no finalizer, no labels).
+# The rollouts: listed and watched; patched only to add and remove the operator's finalizer (a deletion
+# sends all traffic to legacy before it completes), never spec, labels or annotations.
 - apiGroups: ["agentrollout.io"]
   resources: ["agentrollouts"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "patch"]
 # Status is written with merge patches only; reads come from the watch.
 - apiGroups: ["agentrollout.io"]
   resources: ["agentrollouts/status"]
