@@ -382,7 +382,9 @@ def test_steps_advance_one_at_a_time_and_restart_only_from_the_first(
         steps = len(t.version.spec.steps)
         if after.current_step != before.current_step:
             if decided & ADVANCES:
-                assert after.current_step == before.current_step + 1
+                # From the step it was at, or from the last one when an edit removed that step (the
+                # repair and the advance can fall in one tick).
+                assert after.current_step == min(before.current_step, steps - 1) + 1, (before, after)
             else:
                 # Only a repair: steps were removed by an edit, so the rollout resumes at the last one.
                 assert before.current_step >= steps and after.current_step == steps - 1, (before, after)
