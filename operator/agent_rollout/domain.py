@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from agent_rollout.api import AgentRolloutStatus, GateResult, Phase, Weights
+from agent_rollout.api import AgentRolloutStatus, AgentVersion, Decision, GateResult, Phase, Weights
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class DeploymentState:
     template_hash: str | None = None  # hash of spec.template: changes when image/model/prompt/tools change
     replicas: int = 0
     available_replicas: int = 0
+    agent_version: AgentVersion | None = None  # image(s) and model/prompt/tools versions of the template
+    changed_by: str | None = None  # who changed the template last, as the chart's admission stamped it
 
     @property
     def can_serve(self) -> bool:
@@ -139,6 +141,8 @@ class EmitEvent:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    # The history entry this Event announces (the shell logs it as JSON); not part of the Event's identity.
+    decision: Decision | None = field(default=None, compare=False, repr=False)
 
 
 Action = SetWeights | EmitEvent
