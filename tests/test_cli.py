@@ -433,6 +433,8 @@ def test_the_first_word_completes_to_the_verbs() -> None:
     assert complete_words([""], no_rollouts) == [
         "status",
         "report",
+        "history",
+        "approve",
         "abort",
         "promote",
         "retry",
@@ -531,3 +533,66 @@ def test_baseline_without_candidate_and_legacy_traffic_to_compare_is_refused(
     assert ran.err.startswith("error: cannot record a baseline of agentrollout support/triage: "), ran.err
     assert why in ran.err and ran.err.count("\n") == 1
     assert server.patches() == []
+
+
+# ---------------------------------------------------------------- history and approve
+
+
+def _recorded() -> dict[str, Any]:
+    decision = {
+        "time": "2026-03-01T12:00:00Z",
+        "reason": "ApprovalGiven",
+        "message": "approval 1/1 of step 2/3 by alice for candidate revision agent-1: looks good",
+        "step": 1,
+        "weights": {"legacy": 90, "candidate": 10},
+        "actor": "alice",
+        "actorGroups": ["release-managers", "system:authenticated"],
+        "agentVersion": {"image": "acme/triage:2", "model": "gpt-x", "prompt": "unknown", "tools": "unknown"},
+    }
+    return {
+        "metadata": {"name": "triage", "namespace": "agents"},
+        "spec": {"steps": [{"setWeight": 10}, {"approval": {"approvers": {"users": ["alice"]}}}]},
+        "status": {
+            "phase": "Paused",
+            "currentStep": 1,
+            "candidateRevision": "agent-1",
+            "history": [decision],
+        },
+    }
+
+
+def test_history_prints_who_decided_about_which_agent() -> None:
+    from agent_rollout import history
+
+    header, row = history.history_table(_recorded()).splitlines()
+    assert header.split() == [
+        "TIME",
+        "STEP",
+        "REASON",
+        "ACTOR",
+        "IMAGE",
+        "MODEL",
+        "PROMPT",
+        "TOOLS",
+        "MESSAGE",
+    ]
+    assert "alice (release-managers)" in row and "acme/triage:2" in row and "gpt-x" in row
+    assert row.split()[:3] == ["2026-03-01T12:00:00Z", "2", "ApprovalGiven"]
+    (entry,) = json.loads(history.history_json(_recorded()))
+    assert (entry["agentrollout"], entry["actor"], entry["agentVersion"]["model"]) == (
+        "triage",
+        "alice",
+        "gpt-x",
+    )
+
+
+def test_approve_names_the_revision_it_approves_and_never_the_approver() -> None:
+    from agent_rollout import history
+
+    patch = history.approve_patch(_recorded(), "looks good")
+    assert patch == {"status": {"requests": {"approve": {"reason": "looks good", "revision": "agent-1"}}}}
+    assert history.approve_refusal(_recorded()) is None
+    elsewhere = {**_recorded(), "status": {"phase": "Paused", "currentStep": 0}}
+    assert "not an approval step" in (history.approve_refusal(elsewhere) or "")
+    done = {**_recorded(), "status": {"phase": "Promoted", "currentStep": 2}}
+    assert "Promoted" in (history.approve_refusal(done) or "")

@@ -58,7 +58,7 @@ def refusal(
         return f"not waiting for approval ({st.phase.value} at {where})"
     if not request.by:
         return "it has no author stamped by the apiserver (are the chart's admission policies installed?)"
-    if request.revision is not None and request.revision != st.candidate_revision:
+    if request.revision and request.revision != st.candidate_revision:
         return (
             f"it approves candidate revision {request.revision}, but the candidate is {st.candidate_revision}"
         )

@@ -18,6 +18,15 @@ rollout that has no step left to end, baseline with no candidate and legacy traf
 That check is advisory: the phase can change between the read and the patch, and the operator's
 rules stay the only authority on what a verb does.
 
+    approve  {"status": {"requests": {"approve": {"reason": "...", "revision": "<candidateRevision>"}}}}
+                                             approve the candidate revision at an approval step
+                                             (--reason); the apiserver's admission stamps who you are
+
+Every verb takes --reason "...", kept with the request in status.requests.<verb>; the chart's
+admission policies stamp the authenticated user and groups there, and the operator records them as
+the decision's actor. `history NAME [-o json]` prints status.history: time, step, reason, actor,
+the candidate's image/model/prompt/tools versions and the message.
+
 `report NAME -o html|md|json [--out FILE] [--prometheus URL]` writes a self-contained report: the
 readiness scorecard, the timeline of decisions, plots of the candidate weight and of each gate against
 its bound (Prometheus range queries from where the plugin runs; --prometheus when the spec's URL is
@@ -42,7 +51,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from agent_rollout import api, report
+from agent_rollout import api, history, report
 from agent_rollout.readiness import baseline_refusal
 
 VERBS = {
@@ -277,16 +286,46 @@ def _get(custom: Any, namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
-def _send(custom: Any, verb: str, namespace: str, name: str) -> int:
+def verb_patch(verb: str, reason: str | None) -> dict[str, Any]:
+    """A verb's merge patch; with a reason, its request record too (admission stamps who sent it)."""
+    status: dict[str, Any] = dict(VERBS[verb])
+    if reason:
+        status["requests"] = {next(iter(VERBS[verb])): {"reason": reason}}
+    return {"status": status}
+
+
+def _send(custom: Any, verb: str, namespace: str, name: str, reason: str | None = None) -> int:
     advice = advise(verb, _get(custom, namespace, name))
     if advice.outcome is Outcome.REFUSE:
         print(advice.text, file=sys.stderr)
         return 1
     if advice.outcome is Outcome.SEND:
         custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": VERBS[verb]}
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, verb_patch(verb, reason)
         )
     print(advice.text)
+    return 0
+
+
+def _approve(custom: Any, namespace: str, name: str, reason: str | None) -> int:
+    obj = _get(custom, namespace, name)
+    refused = history.approve_refusal(obj)
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return 1
+    patch = history.approve_patch(obj, reason or "")
+    custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch)
+    revision = patch["status"]["requests"]["approve"].get("revision")
+    print(
+        f"agentrollout {namespace}/{name}: approval of candidate revision {revision} sent; the operator "
+        "counts it (kubectl agentrollout history shows it)"
+    )
+    return 0
+
+
+def _history(custom: Any, namespace: str, name: str, output: str) -> int:
+    obj = _get(custom, namespace, name)
+    print(history.history_json(obj) if output == "json" else history.history_table(obj))
     return 0
 
 
@@ -316,8 +355,8 @@ def package_version() -> str:
 # PATH with the words typed so far, the last one partial, and reads Cobra's format: one candidate a
 # line, then `:<directive>`; 4 is "no file completion".
 NO_FILE_COMPLETION = ":4"
-NAMED_VERBS = ("status", "report", *VERBS)
-VALUE_FLAGS = frozenset({"-n", "--namespace", "--kubeconfig", "--context"})
+NAMED_VERBS = ("status", "report", "history", "approve", *VERBS)
+VALUE_FLAGS = frozenset({"-n", "--namespace", "--kubeconfig", "--context", "--reason", "-o", "--output"})
 
 
 RolloutNames = Callable[[str | None, str | None, str | None], list[str]]
@@ -424,14 +463,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kubectl agentrollout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("verb", choices=["status", "report", *VERBS, "version"])
+    parser.add_argument("verb", choices=["status", "report", "history", "approve", *VERBS, "version"])
     parser.add_argument("name", nargs="?", help="the AgentRollout (every verb but version)")
     parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's")
     parser.add_argument("--kubeconfig", default=None)
     parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     parser.add_argument("-w", "--watch", action="store_true", help="with status: refresh until finished")
     parser.add_argument(
-        "-o", "--output", choices=sorted(report.RENDERERS), default="html", help="with report"
+        "-o",
+        "--output",
+        choices=sorted({*report.RENDERERS, "table"}),
+        default=None,
+        help="with report (default html) and history (table or json)",
+    )
+    parser.add_argument(
+        "--reason", default=None, help="with approve and the verbs: why, kept with the request"
     )
     parser.add_argument("--out", default=None, help="with report: write to this file (default: stdout)")
     parser.add_argument(
@@ -456,9 +502,16 @@ def main(argv: list[str] | None = None) -> int:
             namespace = kube_namespace(kubeconfig, args.context)
         custom, host = _custom_api(kubeconfig, args.context)
         if args.verb in VERBS:
-            return _send(custom, args.verb, namespace, args.name)
+            return _send(custom, args.verb, namespace, args.name, args.reason)
+        if args.verb == "approve":
+            return _approve(custom, namespace, args.name, args.reason)
+        if args.verb == "history":
+            return _history(custom, namespace, args.name, args.output or "table")
         if args.verb == "report":
-            return _report(custom, namespace, args.name, args.output, args.out, args.prometheus)
+            output = args.output or "html"
+            if output not in report.RENDERERS:
+                parser.error(f"report -o takes one of {', '.join(sorted(report.RENDERERS))}")
+            return _report(custom, namespace, args.name, output, args.out, args.prometheus)
         return _status(custom, namespace, args.name, args.watch)
     except CliError as e:
         print(e, file=sys.stderr)
