@@ -596,3 +596,29 @@ def test_approve_names_the_revision_it_approves_and_never_the_approver() -> None
     assert "not an approval step" in (history.approve_refusal(elsewhere) or "")
     done = {**_recorded(), "status": {"phase": "Promoted", "currentStep": 2}}
     assert "Promoted" in (history.approve_refusal(done) or "")
+
+
+def test_a_verb_retries_the_503_of_an_apiserver_that_has_not_loaded_the_crd_schema_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from agent_rollout import cli
+
+    class Custom:
+        def __init__(self, failures: int, status: int = 503) -> None:
+            self.failures, self.status, self.bodies = failures, status, []
+
+        def patch_namespaced_custom_object_status(self, *args: Any) -> None:
+            self.bodies.append(args[-1])
+            if len(self.bodies) <= self.failures:
+                raise ApiException(status=self.status)
+
+    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    starting = Custom(failures=2)
+    cli._patch_status(starting, "ns", "triage", {"status": {"abort": True}})
+    assert len(starting.bodies) == 3
+    refused = Custom(failures=1, status=403)
+    with pytest.raises(ApiException):
+        cli._patch_status(refused, "ns", "triage", {"status": {"abort": True}})
+    assert len(refused.bodies) == 1  # a refusal is not retried

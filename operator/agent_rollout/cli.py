@@ -286,6 +286,27 @@ def _get(custom: Any, namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
+# A restarted apiserver answers 503 for the few seconds before it has loaded the CRD's schema that the
+# chart's MutatingAdmissionPolicy (who asked) needs; a verb is worth those seconds, not an error.
+UNAVAILABLE_RETRY_S = 15.0
+
+
+def _patch_status(custom: Any, namespace: str, name: str, body: dict[str, Any]) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    deadline = time.monotonic() + UNAVAILABLE_RETRY_S
+    while True:
+        try:
+            custom.patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, body
+            )
+            return
+        except ApiException as e:
+            if e.status != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
 def verb_patch(verb: str, reason: str | None) -> dict[str, Any]:
     """A verb's merge patch; with a reason, its request record too (admission stamps who sent it)."""
     status: dict[str, Any] = dict(VERBS[verb])
@@ -300,9 +321,7 @@ def _send(custom: Any, verb: str, namespace: str, name: str, reason: str | None 
         print(advice.text, file=sys.stderr)
         return 1
     if advice.outcome is Outcome.SEND:
-        custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, verb_patch(verb, reason)
-        )
+        _patch_status(custom, namespace, name, verb_patch(verb, reason))
     print(advice.text)
     return 0
 
@@ -314,7 +333,7 @@ def _approve(custom: Any, namespace: str, name: str, reason: str | None) -> int:
         print(refused, file=sys.stderr)
         return 1
     patch = history.approve_patch(obj, reason or "")
-    custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name, patch)
+    _patch_status(custom, namespace, name, patch)
     revision = patch["status"]["requests"]["approve"].get("revision")
     print(
         f"agentrollout {namespace}/{name}: approval of candidate revision {revision} sent; the operator "
