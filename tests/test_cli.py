@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_rollout.cli import complete_main, complete_words, main
+from agent_rollout.cli import Outcome, advise, complete_main, complete_words, main
 from tests.specs import analysis_dict, spec_dict
 
 ERROR_RATE_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
@@ -622,3 +622,13 @@ def test_a_verb_retries_the_503_of_an_apiserver_that_has_not_loaded_the_crd_sche
     with pytest.raises(ApiException):
         cli._patch_status(refused, "ns", "triage", {"status": {"abort": True}})
     assert len(refused.bodies) == 1  # a refusal is not retried
+
+
+def test_promote_is_refused_on_an_approval_step() -> None:
+    obj = {
+        "metadata": {"name": "triage", "namespace": "agents"},
+        "spec": {"steps": [{"setWeight": 10}, {"approval": {"approvers": {"users": ["alice"]}}}]},
+        "status": {"phase": "Paused", "currentStep": 1},
+    }
+    advice = advise("promote", obj)
+    assert advice.outcome is Outcome.REFUSE and "kubectl agentrollout approve" in advice.text

@@ -180,6 +180,13 @@ def advise(verb: str, obj: dict[str, Any]) -> Advice:
         }.get(phase)
         if why_not is not None:
             return Advice(Outcome.REFUSE, f"error: cannot promote {ref}: {why_not}")
+        current = (spec.get("steps") or [{}])[min(step, steps) - 1] if steps else {}
+        if "approval" in current:
+            return Advice(
+                Outcome.REFUSE,
+                f"error: cannot promote {ref}: step {step}/{steps} is an approval step, which only its "
+                "approvers end (kubectl agentrollout approve); the operator would refuse it (PromoteRefused)",
+            )
         if phase == api.Phase.PAUSED.value:
             return Advice(Outcome.SEND, f"{ref}: promote requested: ends the pause at step {step}/{steps}")
         return Advice(
