@@ -18,6 +18,7 @@ agentrollout.io/template-changed-by on the Deployment, which only the chart's ad
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from agent_rollout.api import GROUP, UNKNOWN, AgentVersion
@@ -43,13 +44,20 @@ def agent_version(template: Mapping[str, Any] | None, revision: str | None = Non
         for c in containers
         if isinstance(c, Mapping) and isinstance(c.get("image"), str) and c["image"]
     ]
-    return AgentVersion(
-        image=", ".join(images)[:_VALUE_LIMIT] if images else UNKNOWN,
-        model=_text(annotations.get(MODEL_ANNOTATION)),
-        prompt=_text(annotations.get(PROMPT_ANNOTATION)),
-        tools=_text(annotations.get(TOOLS_ANNOTATION)),
-        revision=revision,
+    return _shared(
+        ", ".join(images)[:_VALUE_LIMIT] if images else UNKNOWN,
+        _text(annotations.get(MODEL_ANNOTATION)),
+        _text(annotations.get(PROMPT_ANNOTATION)),
+        _text(annotations.get(TOOLS_ANNOTATION)),
+        revision,
     )
+
+
+@lru_cache(maxsize=4096)
+def _shared(image: str, model: str, prompt: str, tools: str, revision: str | None) -> AgentVersion:
+    """One object per distinct version: the Deployment informer keeps one per Deployment, and a fleet
+    of rollouts mostly runs a few versions (a version costs ~1 KiB; decisions take a copy)."""
+    return AgentVersion(image=image, model=model, prompt=prompt, tools=tools, revision=revision)
 
 
 def changed_by(metadata: Mapping[str, Any] | None) -> str | None:

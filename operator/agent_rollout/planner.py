@@ -261,6 +261,7 @@ def _recover(t: Tick) -> None:
     st.promote = st.abort = st.retry = False
     if entered_step:
         st.last_analysis, st.last_analysis_at, st.inconclusive_runs = [], None, {}
+        st.approvals = []  # given for the step the lost write left
         # This tick's gates were measured over windows of the step we left: not evidence for this one.
         t.obs = replace(
             t.obs, gates=None, prometheus_error=None, candidate_requests=None, milestone=None, baseline=None
