@@ -10,7 +10,8 @@ chart's admission policies (installed by the session, as for every test) stamp a
 - (b) a user outside the approvers, and a user who writes someone else's name, are refused with a
   clear message, and nothing changes.
 - (c) the user who changed the candidate's pod template cannot approve it (forbidSelfApproval).
-- (d) an approval step that expires rolls back.
+- (d) an approval step that expires rolls back (onExpiry: rollback) or stays paused and still takes a
+  late approval (onExpiry: pause).
 - (f) the history survives an operator restart (kill -9), and the restarted operator appends to it.
 """
 
@@ -244,3 +245,24 @@ def test_an_approval_step_that_expires_rolls_back(
     wait_until("legacy 100", lambda: s.route_weights() == {LEGACY: 100, CANDIDATE: 0}, 30)
     late = plugin(team.alice, "approve", "expiring", "-n", s.namespace)
     assert late.returncode == 1 and "RolledBack" in late.stderr, late
+
+
+def test_an_approval_step_that_expires_with_pause_waits_for_a_late_approval(
+    scene: Callable[..., Scene], team: Team, operator: OperatorProcess
+) -> None:
+    s = scene(rps=10)
+    s.apply(s.rollout_manifest("late", steps=approval_steps(expires="10s", onExpiry="pause")))
+
+    def expired() -> dict[str, Any] | None:
+        status = s.status("late")
+        reasons = [d["reason"] for d in status.get("history", [])]
+        return status if "ApprovalExpired" in reasons else None
+
+    status = wait_until("ApprovalExpired", expired, 60)
+    assert (status["phase"], status["currentStep"]) == ("Paused", 1), status
+    assert s.route_weights() == {LEGACY: 80, CANDIDATE: 20}  # paused where it was, not rolled back
+    out = plugin(team.alice, "approve", "late", "-n", s.namespace, "--reason", "back from lunch")
+    assert out.returncode == 0, out.stderr
+    promoted = s.wait_for_phase("late", "Promoted", timeout_s=60)
+    reasons = [d["reason"] for d in promoted["history"]]
+    assert reasons.count("ApprovalExpired") == 1 and "ApprovalGiven" in reasons, reasons
