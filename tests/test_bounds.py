@@ -97,7 +97,7 @@ def largest_spec() -> dict[str, Any]:
 
 
 def test_largest_object_with_its_largest_status_stays_far_below_the_etcd_limit() -> None:
-    raw = largest_spec()
+    raw = {**largest_spec(), "historyLimit": api.HISTORY_LIMIT_MAX}
     spec = api.parse_spec(raw)
     assert spec.analysis is not None
     now = datetime(2026, 3, 1, tzinfo=UTC)
@@ -105,7 +105,7 @@ def test_largest_object_with_its_largest_status_stays_far_below_the_etcd_limit()
     legacy = DeploymentState(spec.legacy.deployment, True, "l", 1, 1)
     candidate = DeploymentState(spec.candidate.deployment, True, "c", 1, 1)
     weights = api.Weights()
-    for tick in range(3 * api.HISTORY_LIMIT):  # fills the history with step decisions carrying all gates
+    for tick in range(3 * api.HISTORY_LIMIT_MAX):  # fills the history with step decisions carrying all gates
         results = tuple(
             GateResult(
                 name=g.name,
@@ -132,7 +132,7 @@ def test_largest_object_with_its_largest_status_stays_far_below_the_etcd_limit()
         )
         status = plan(spec, status, obs, now + timedelta(seconds=10 * tick)).status
         weights = status.weights
-    assert len(status.history) == api.HISTORY_LIMIT
+    assert len(status.history) == api.HISTORY_LIMIT_MAX
     assert all(len(d.evidence) == api.MAX_GATES for d in status.history[1:])
     assert status.readiness is not None and len(status.readiness.milestones) == api.MILESTONE_LIMIT
 
@@ -149,7 +149,14 @@ def test_largest_object_with_its_largest_status_stays_far_below_the_etcd_limit()
     )
     status = status.model_copy(update={"last_drill": drill, "passed_drill": drill})
 
-    size = len(json.dumps({"spec": raw, "status": api.dump(status)}))
+    # A step has one kind: the largest spec may also have its last steps approvals, every list full.
+    names = ["u" * 128] * api.MAX_APPROVERS
+    approval = {"approvers": {"users": names, "groups": names}, "expires": "1h", "minApprovals": 1}
+    last = [{"approval": approval, "escalate": {"after": "1h"}}] * api.MAX_APPROVAL_STEPS
+    approvals = {**raw, "steps": [*raw["steps"][: -api.MAX_APPROVAL_STEPS], *last]}
+    api.parse_spec(approvals)
+    spec_size = max(len(json.dumps(raw)), len(json.dumps(approvals)))
+    size = spec_size + len(json.dumps({"status": api.dump(status)}))
 
     print(f"largest AgentRollout with its largest status: {size / 1024:.0f} KiB (etcd limit 1536 KiB)")
     assert size < ETCD_LIMIT / 2

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent_rollout.cli import Outcome, advise, complete_main, complete_words, main, render, render_history
+from agent_rollout.cli import Outcome, advise, complete_main, complete_words, main, render
 from tests.specs import analysis_dict, spec_dict
 
 ERROR_RATE_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.01}
@@ -434,6 +434,7 @@ def test_the_first_word_completes_to_the_verbs() -> None:
         "status",
         "history",
         "report",
+        "approve",
         "abort",
         "promote",
         "retry",
@@ -648,33 +649,97 @@ def test_status_shows_the_latest_drill_in_one_line() -> None:
     assert "drill=" not in render(obj)
 
 
-def test_history_lists_every_decision_with_its_step_weights_and_evidence() -> None:
-    gate = {"name": "error-rate", "verdict": "Fail", "value": 0.2, "bound": "<= 0.05"}
-    obj = {
-        "metadata": {"namespace": "support", "name": "triage"},
+def _recorded() -> dict[str, Any]:
+    decision = {
+        "time": "2026-03-01T12:00:00Z",
+        "reason": "ApprovalGiven",
+        "message": "approval 1/1 of step 2/3 by alice for candidate revision agent-1: looks good",
+        "step": 1,
+        "weights": {"legacy": 90, "candidate": 10},
+        "actor": "alice",
+        "actorGroups": ["release-managers", "system:authenticated"],
+        "agentVersion": {"image": "acme/triage:2", "model": "gpt-x", "prompt": "unknown", "tools": "unknown"},
+    }
+    return {
+        "metadata": {"name": "triage", "namespace": "agents"},
+        "spec": {"steps": [{"setWeight": 10}, {"approval": {"approvers": {"users": ["alice"]}}}]},
         "status": {
-            "history": [
-                {
-                    "time": "t1",
-                    "reason": "Started",
-                    "message": "5% to the candidate",
-                    "step": 0,
-                    "weights": {"legacy": 95, "candidate": 5},
-                },
-                {
-                    "time": "t2",
-                    "reason": "GateFailed",
-                    "message": "error-rate 0.2 > 0.05",
-                    "step": 0,
-                    "weights": {"legacy": 100, "candidate": 0},
-                    "evidence": [gate],
-                },
-            ]
+            "phase": "Paused",
+            "currentStep": 1,
+            "candidateRevision": "agent-1",
+            "history": [decision],
         },
     }
-    assert render_history(obj).splitlines() == [
-        "support/triage: 2 decisions",
-        "t1  step 1  legacy=95 candidate=5  Started: 5% to the candidate",
-        "t2  step 1  legacy=100 candidate=0  GateFailed: error-rate 0.2 > 0.05",
-        "    error-rate: Fail 0.2 <= 0.05",
+
+
+def test_history_prints_who_decided_about_which_agent() -> None:
+    from agent_rollout import history
+
+    header, row = history.history_table(_recorded()).splitlines()
+    assert header.split() == [
+        "TIME",
+        "STEP",
+        "REASON",
+        "ACTOR",
+        "IMAGE",
+        "MODEL",
+        "PROMPT",
+        "TOOLS",
+        "MESSAGE",
     ]
+    assert "alice (release-managers)" in row and "acme/triage:2" in row and "gpt-x" in row
+    assert row.split()[:3] == ["2026-03-01T12:00:00Z", "2", "ApprovalGiven"]
+    (entry,) = json.loads(history.history_json(_recorded()))
+    assert (entry["agentrollout"], entry["actor"], entry["agentVersion"]["model"]) == (
+        "triage",
+        "alice",
+        "gpt-x",
+    )
+
+
+def test_approve_names_the_revision_it_approves_and_never_the_approver() -> None:
+    from agent_rollout import history
+
+    patch = history.approve_patch(_recorded(), "looks good")
+    assert patch == {"status": {"requests": {"approve": {"reason": "looks good", "revision": "agent-1"}}}}
+    assert history.approve_refusal(_recorded()) is None
+    elsewhere = {**_recorded(), "status": {"phase": "Paused", "currentStep": 0}}
+    assert "not an approval step" in (history.approve_refusal(elsewhere) or "")
+    done = {**_recorded(), "status": {"phase": "Promoted", "currentStep": 2}}
+    assert "Promoted" in (history.approve_refusal(done) or "")
+
+
+def test_a_verb_retries_the_503_of_an_apiserver_that_has_not_loaded_the_crd_schema_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from agent_rollout import cli
+
+    class Custom:
+        def __init__(self, failures: int, status: int = 503) -> None:
+            self.failures, self.status, self.bodies = failures, status, []
+
+        def patch_namespaced_custom_object_status(self, *args: Any) -> None:
+            self.bodies.append(args[-1])
+            if len(self.bodies) <= self.failures:
+                raise ApiException(status=self.status)
+
+    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    starting = Custom(failures=2)
+    cli._patch_status(starting, "ns", "triage", {"status": {"abort": True}})
+    assert len(starting.bodies) == 3
+    refused = Custom(failures=1, status=403)
+    with pytest.raises(ApiException):
+        cli._patch_status(refused, "ns", "triage", {"status": {"abort": True}})
+    assert len(refused.bodies) == 1  # a refusal is not retried
+
+
+def test_promote_is_refused_on_an_approval_step() -> None:
+    obj = {
+        "metadata": {"name": "triage", "namespace": "agents"},
+        "spec": {"steps": [{"setWeight": 10}, {"approval": {"approvers": {"users": ["alice"]}}}]},
+        "status": {"phase": "Paused", "currentStep": 1},
+    }
+    advice = advise("promote", obj)
+    assert advice.outcome is Outcome.REFUSE and "kubectl agentrollout approve" in advice.text

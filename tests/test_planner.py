@@ -9,6 +9,7 @@ from agent_rollout.api import (
     HISTORY_LIMIT,
     AgentRolloutSpec,
     AgentRolloutStatus,
+    AgentVersion,
     Condition,
     Decision,
     GateResult,
@@ -160,6 +161,9 @@ def test_first_valid_tick_enters_step_zero() -> None:
             message="started rolling out triage-agent revision agent-1: step 1/3 (setWeight 5)",
             step=0,
             weights=w(5),
+            actor="operator",
+            # The test's candidate has no template: every version part is unknown, never guessed.
+            agent_version=AgentVersion(revision="agent-1"),
         )
     ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -468,3 +469,17 @@ def test_a_promoted_revision_has_its_baseline_measured_over_the_rollout_against_
     writes = len(world.kube.writes)
     world.tick()  # recorded: no more measuring, nothing more to write
     assert world.kube.writes[writes:] == [] and world.status["baseline"] == baseline
+
+
+def test_each_written_decision_is_one_json_log_line_with_its_actor(caplog: pytest.LogCaptureFixture) -> None:
+    world = World(rollout_body(THREE_WEIGHTS))
+    world.tick()
+    abort = {"abort": True, "requests": {"abort": {"by": "alice", "groups": ["sre"], "reason": "pager"}}}
+    world.kube.edit_rollout(NS, NAME, lambda stored: stored["status"].update(abort))
+    with caplog.at_level(logging.INFO, logger="agent_rollout.decisions"):
+        world.tick()
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "agent_rollout.decisions"]
+    assert [(d["reason"], d["actor"], d["actorGroups"]) for d in lines] == [("Aborted", "alice", ["sre"])]
+    assert lines[0]["agentrollout"] == NAME and lines[0]["namespace"] == NS
+    assert world.status["history"][-1]["actor"] == "alice"
+    assert "abort" not in world.status.get("requests", {})  # consumed with the verb

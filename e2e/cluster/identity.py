@@ -13,6 +13,7 @@ from typing import Any, cast
 import yaml
 from kubernetes import client
 
+from e2e.cluster import pki
 from e2e.cluster.kubeapi import KubeApi
 
 # Long enough for a `cluster up` that several sessions reuse; tokens are bound to their ServiceAccount,
@@ -60,3 +61,33 @@ def ensure_service_account(kube: KubeApi, namespace: str, name: str) -> None:
     except client.ApiException as e:
         if e.status != 409:
             raise
+
+
+def client_certificate_kubeconfig(
+    admin_kubeconfig: Path, pki_dir: Path, path: Path, user: str, groups: tuple[str, ...] = ()
+) -> Path:
+    """A kubeconfig authenticating as `user` in `groups` with a client certificate minted from the
+    harness CA (CN is the user name, each O a group), as a company's SSO or kubelogin would hand out.
+    The apiserver vouches for exactly these names in request.userInfo."""
+    name = "user-" + "".join(c if c.isalnum() else "-" for c in user)
+    subject = "".join(f"/O={g}" for g in groups) + f"/CN={user}"
+    extensions = (
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+    )
+    pki.issue(pki_dir, name, subject, extensions, (pki_dir / "ca.crt", pki_dir / "ca.key"))
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    credentials = {
+        "client-certificate": str(pki_dir / f"{name}.crt"),
+        "client-key": str(pki_dir / f"{name}.key"),
+    }
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [{"name": user, "context": {"cluster": admin["clusters"][0]["name"], "user": user}}],
+        "current-context": user,
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path

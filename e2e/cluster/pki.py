@@ -31,7 +31,7 @@ def _genkey(path: str, d: Path) -> None:
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path, cwd=d)
 
 
-def _issue(d: Path, name: str, subject: str, extensions: str, ca: tuple[Path, Path]) -> None:
+def issue(d: Path, name: str, subject: str, extensions: str, ca: tuple[Path, Path]) -> None:
     _genkey(f"{name}.key", d)
     _openssl("req", "-new", "-key", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=d)
     (d / f"{name}.ext").write_text(extensions)
@@ -79,7 +79,7 @@ def make_pki(d: Path) -> Pki:
     )
     ca = (d / "ca.crt", d / "ca.key")
     # 10.0.0.1 is the `kubernetes` Service IP of --service-cluster-ip-range=10.0.0.0/24.
-    _issue(
+    issue(
         d,
         "apiserver",
         "/CN=kube-apiserver",
@@ -90,7 +90,7 @@ def make_pki(d: Path) -> Pki:
         ca,
     )
     # O=system:masters is bound to cluster-admin by the default RBAC policy.
-    _issue(
+    issue(
         d,
         "admin",
         "/O=system:masters/CN=e2e-admin",

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from agent_rollout.api import GROUP, PLURAL, VERSION
 from agent_rollout.reconcile import CRASH_AFTER_ROUTE_WRITE, FAULT_ENV
@@ -408,9 +409,21 @@ def test_apiserver_restarted_mid_rollout_the_watches_come_back_and_an_abort_stil
 
     restart_component(cluster, "kube-apiserver", down_s=3)
     start = time.monotonic()
-    s.kube.custom.patch_namespaced_custom_object_status(
-        GROUP, VERSION, s.namespace, PLURAL, "outage", {"status": {"abort": True}}
-    )
+
+    def abort() -> bool:
+        # The chart's MutatingAdmissionPolicy (who asked) answers 503 for the few seconds the restarted
+        # apiserver has not loaded the CRD's schema yet: a client retries it, as the plugin does.
+        try:
+            s.kube.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, s.namespace, PLURAL, "outage", {"status": {"abort": True}}
+            )
+        except ApiException as e:
+            if e.status != 503:
+                raise
+            return False
+        return True
+
+    wait_until("the abort accepted", abort, 20, every_s=0.2)
     wait_until("legacy 100 after the abort", lambda: s.route_weights()[CANDIDATE] == 0, 30, every_s=0.1)
     took = time.monotonic() - start
     print(f"\napiserver back -> abort acted in {took:.2f}s (interval 30s)")

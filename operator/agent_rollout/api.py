@@ -41,6 +41,11 @@ MAX_STEPS = 50
 MAX_LABEL_NAME = 128
 MAX_METRIC_NAME = 200
 MAX_QUERY = 4096
+# status.history: spec.historyLimit decisions (default and ceiling HISTORY_LIMIT_MAX). A decision keeps the
+# evidence of up to MAX_GATES gates (~30 KiB at worst), so the ceiling is what keeps the largest status
+# far below etcd's object limit (tests/test_bounds.py); a longer record is the Events' and the log's.
+HISTORY_LIMIT = 20
+HISTORY_LIMIT_MAX = 20
 LabelName = Annotated[str, Field(max_length=MAX_LABEL_NAME, pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 MetricName = Annotated[str, Field(max_length=MAX_METRIC_NAME, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")]
 
@@ -341,11 +346,65 @@ class Evaluate(_Model):
     )
 
 
+# Kubernetes user and group names (request.userInfo), bounded with the lists and the number of approval
+# steps so the largest spec stays far below etcd's object limit (tests/test_bounds.py) and the admission
+# policy's CEL cost stays low.
+PrincipalName = Annotated[str, Field(min_length=1, max_length=128)]
+MAX_APPROVERS = 16
+MAX_APPROVAL_STEPS = 5
+
+
+class OnExpiryPolicy(StrEnum):
+    ROLLBACK = "rollback"
+    PAUSE = "pause"
+
+
+class Approvers(_Model):
+    """Who may approve: a user named here, or a member of a group named here (as the apiserver
+    authenticated them: request.userInfo.username and .groups)."""
+
+    users: list[PrincipalName] = Field(default_factory=list, max_length=MAX_APPROVERS)
+    groups: list[PrincipalName] = Field(default_factory=list, max_length=MAX_APPROVERS)
+
+
+class Approval(_Model):
+    """Hold the rollout at its current weight until `minApprovals` distinct allowed people approved the
+    current candidate revision (kubectl agentrollout approve); the approver is the identity the
+    apiserver authenticated, stamped by the chart's admission policies."""
+
+    approvers: Approvers
+    min_approvals: int = Field(default=1, ge=1, le=MAX_APPROVERS)
+    expires: Duration | None = Field(
+        default=None, description="How long the step waits for approvals from when it began; unset: forever."
+    )
+    on_expiry: OnExpiryPolicy = Field(
+        default=OnExpiryPolicy.ROLLBACK,
+        description="rollback: all traffic to legacy; pause: stay Paused on the step, recorded as "
+        "ApprovalExpired (late approvals still count, abort rolls back).",
+    )
+    forbid_self_approval: bool = Field(
+        default=True,
+        description="The user who changed the candidate's pod template (agentrollout.io/template-changed-by, "
+        "stamped by the chart's admission policy) cannot approve it.",
+    )
+
+
+class Escalate(_Model):
+    """Hand a step stuck on inconclusive gates to a human instead of holding silently forever."""
+
+    after: Duration = Field(description="Time on the step after which inconclusive gates pause the rollout.")
+
+
 class Step(_Model):
     set_weight: Weight | None = Field(default=None, description="Percent of traffic for the candidate.")
     pause: Pause | None = None
     evaluate: Evaluate | None = Field(
         default=None, description="Run an evaluation Job against the candidate; no user traffic meanwhile."
+    )
+    approval: Approval | None = None
+    escalate: Escalate | None = Field(
+        default=None,
+        description="Pause the rollout (reason Escalated) when gates stay inconclusive this long.",
     )
     milestone: Milestone | None = Field(
         default=None, description="Hold this step until its first N candidate transactions are recorded."
@@ -353,9 +412,9 @@ class Step(_Model):
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Step:
-        kinds = [k for k in ("set_weight", "pause", "evaluate") if getattr(self, k) is not None]
+        kinds = [k for k in ("set_weight", "pause", "evaluate", "approval") if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("each step needs exactly one of setWeight, pause or evaluate")
+            raise ValueError("each step needs exactly one of setWeight, pause, evaluate or approval")
         return self
 
 
@@ -535,6 +594,20 @@ class AgentRolloutSpec(_Model):
         "completes (the operator's finalizer holds it); keepWeights leaves the route as it is.",
     )
 
+    @model_validator(mode="after")
+    def _few_approval_steps(self) -> AgentRolloutSpec:
+        if sum(1 for s in self.steps if s.approval is not None) > MAX_APPROVAL_STEPS:
+            raise ValueError(f"at most {MAX_APPROVAL_STEPS} approval steps")
+        return self
+
+    history_limit: int = Field(
+        default=HISTORY_LIMIT,
+        ge=1,
+        le=HISTORY_LIMIT_MAX,
+        description="Decisions status.history keeps; the oldest is dropped first (Events and the operator's "
+        "JSON log lines keep every one).",
+    )
+
 
 # ---------------------------------------------------------------- status
 
@@ -608,8 +681,23 @@ class EvaluationRecord(_Model):
     message: str = ""
 
 
+UNKNOWN = "unknown"
+OPERATOR = "operator"
+
+
+class AgentVersion(_Model):
+    """The candidate agent a decision was about: its image(s) and the versions of its model, prompt and
+    tools, read from pod-template annotations (agent_rollout.agentversion); "unknown" when not given."""
+
+    image: str = UNKNOWN
+    model: str = UNKNOWN
+    prompt: str = UNKNOWN
+    tools: str = UNKNOWN
+    revision: str | None = Field(default=None, description="Hash of the candidate's pod template.")
+
+
 class Decision(_Model):
-    """One entry of the audit trail: what the operator decided, when, and on what evidence."""
+    """One entry of the audit trail: what was decided, when, by whom, about which agent, on what evidence."""
 
     time: str
     reason: str
@@ -617,6 +705,44 @@ class Decision(_Model):
     step: int
     weights: Weights
     evidence: list[GateResult] = Field(default_factory=list)
+    actor: str = Field(
+        default=OPERATOR,
+        description="`operator`, or the user the apiserver authenticated for a human verb (as the chart's "
+        "admission policy stamped it); `unverified` for a verb set without such a record.",
+    )
+    actor_groups: list[str] = Field(default_factory=list)
+    agent_version: AgentVersion | None = None
+
+
+class VerbRequest(_Model):
+    """Who asked for a verb: `by` and `groups` are request.userInfo, stamped by the chart's
+    MutatingAdmissionPolicy; a `by` naming anyone else is refused by its ValidatingAdmissionPolicy."""
+
+    by: str | None = None
+    groups: list[str] = Field(default_factory=list)
+    reason: str = Field(default="", max_length=1024)
+    revision: str | None = Field(default=None, description="The candidate revision the request is about.")
+
+
+class Requests(_Model):
+    """The latest request of each human verb with its author; the operator removes one as it acts on it."""
+
+    abort: VerbRequest | None = None
+    promote: VerbRequest | None = None
+    retry: VerbRequest | None = None
+    record_baseline: VerbRequest | None = None
+    approve: VerbRequest | None = None
+
+
+class GivenApproval(_Model):
+    """An approval the operator counted for the current approval step and candidate revision."""
+
+    by: str
+    groups: list[str] = Field(default_factory=list)
+    at: str
+    reason: str = ""
+    revision: str | None = None
+    step: int
 
 
 class Score(StrEnum):
@@ -829,6 +955,19 @@ class AgentRolloutStatus(_Model):
     capacity_rollback: CapacityRollback | None = Field(
         default=None, description="A rollback waiting for legacy's ready replicas to take all traffic."
     )
+    requests: Requests | None = Field(
+        default=None,
+        description="Who asked for each verb (status.requests.approve is the approve verb itself): stamped "
+        "by the apiserver's admission from request.userInfo, consumed by the operator.",
+    )
+    approvals: list[GivenApproval] = Field(
+        default_factory=list, description="Approvals counted for the current approval step and revision."
+    )
+    candidate_changed_by: str | None = Field(
+        default=None,
+        description="Who changed the candidate's pod template last (its agentrollout.io/template-changed-by "
+        "annotation): forbidSelfApproval refuses this user's approval.",
+    )
     conditions: list[Condition] = Field(default_factory=list)
     history: list[Decision] = Field(default_factory=list)
     readiness: ReadinessStatus | None = None
@@ -845,7 +984,6 @@ class AgentRolloutStatus(_Model):
     )
 
 
-HISTORY_LIMIT = 20
 MILESTONE_LIMIT = 5  # the first milestones of an attempt: "the first N transactions" is about the first
 
 

@@ -25,8 +25,14 @@ rollout that has no step left to end, baseline with no candidate and legacy traf
 That check is advisory: the phase can change between the read and the patch, and the operator's
 rules stay the only authority on what a verb does.
 
-`history NAME` prints every decision in status.history: when, which step, the weights it left, why,
-and the gates it was decided on. It reads only.
+    approve  {"status": {"requests": {"approve": {"reason": "...", "revision": "<candidateRevision>"}}}}
+                                             approve the candidate revision at an approval step
+                                             (--reason); the apiserver's admission stamps who you are
+
+Every verb takes --reason "...", kept with the request in status.requests.<verb>; the chart's
+admission policies stamp the authenticated user and groups there, and the operator records them as
+the decision's actor. `history NAME [-o json]` prints status.history: time, step, reason, actor,
+the candidate's image/model/prompt/tools versions and the message.
 
 `report NAME -o html|md|json [--out FILE] [--prometheus URL]` writes a self-contained report: the
 readiness scorecard, the timeline of decisions, plots of the candidate weight and of each gate against
@@ -52,7 +58,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from agent_rollout import api, report
+from agent_rollout import api, history, report
 from agent_rollout.readiness import baseline_refusal
 
 VERBS: dict[str, dict[str, Any]] = {
@@ -118,23 +124,6 @@ def drill_line(status: dict[str, Any]) -> str:
     )
 
 
-def render_history(obj: dict[str, Any]) -> str:
-    """Every decision of the audit trail, oldest first, with the gates it was decided on."""
-    meta, status = obj.get("metadata", {}), obj.get("status") or {}
-    history = status.get("history") or []
-    lines = [f"{meta.get('namespace')}/{meta.get('name')}: {len(history)} decisions"]
-    for d in history:
-        weights = d.get("weights") or {}
-        lines.append(
-            f"{d.get('time')}  step {int(d.get('step') or 0) + 1}  legacy={weights.get('legacy')} "
-            f"candidate={weights.get('candidate')}  {d.get('reason')}: {d.get('message')}"
-        )
-        for g in d.get("evidence") or []:
-            value = "-" if g.get("value") is None else f"{g['value']:.4g}"
-            lines.append(f"    {g.get('name')}: {g.get('verdict')} {value} {g.get('bound', '')}".rstrip())
-    return "\n".join(lines)
-
-
 def readiness_line(status: dict[str, Any]) -> str:
     """The current stage and the next unmet criterion in one line (status.readiness)."""
     readiness = status.get("readiness") or {}
@@ -158,10 +147,16 @@ class Advice:
     text: str
 
 
-def verb_patch(verb: str, stay_rolled_back: bool = False, bound: str | None = None) -> dict[str, Any]:
-    """The status merge patch of a verb; only drill takes options."""
+def verb_patch(
+    verb: str, stay_rolled_back: bool = False, bound: str | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """The status merge patch of a verb; only drill takes options. With a reason, the verb's request
+    record too (the chart's admission stamps who sent it; drill records no requester yet)."""
     if verb != "drill":
-        return dict(VERBS[verb])
+        status: dict[str, Any] = dict(VERBS[verb])
+        if reason:
+            status["requests"] = {next(iter(VERBS[verb])): {"reason": reason}}
+        return status
     if bound is not None and not re.fullmatch(api.DURATION_PATTERN, bound):
         raise CliError(f"error: --bound {bound!r} is not a duration (use forms like 90s, 15m, 1h)")
     request: dict[str, Any] = {"stayRolledBack": stay_rolled_back}
@@ -235,6 +230,13 @@ def advise(verb: str, obj: dict[str, Any], patch: dict[str, Any] | None = None) 
         }.get(phase)
         if why_not is not None:
             return Advice(Outcome.REFUSE, f"error: cannot promote {ref}: {why_not}")
+        current = (spec.get("steps") or [{}])[min(step, steps) - 1] if steps else {}
+        if "approval" in current:
+            return Advice(
+                Outcome.REFUSE,
+                f"error: cannot promote {ref}: step {step}/{steps} is an approval step, which only its "
+                "approvers end (kubectl agentrollout approve); the operator would refuse it (PromoteRefused)",
+            )
         if phase == api.Phase.PAUSED.value:
             return Advice(Outcome.SEND, f"{ref}: promote requested: ends the pause at step {step}/{steps}")
         return Advice(
@@ -378,16 +380,57 @@ def _get(custom: Any, namespace: str, name: str) -> dict[str, Any]:
     return obj
 
 
+# A restarted apiserver answers 503 for the few seconds before it has loaded the CRD's schema that the
+# chart's MutatingAdmissionPolicy (who asked) needs; a verb is worth those seconds, not an error.
+UNAVAILABLE_RETRY_S = 15.0
+
+
+def _patch_status(custom: Any, namespace: str, name: str, body: dict[str, Any]) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    deadline = time.monotonic() + UNAVAILABLE_RETRY_S
+    while True:
+        try:
+            custom.patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, body
+            )
+            return
+        except ApiException as e:
+            if e.status != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
+
+
 def _send(custom: Any, verb: str, namespace: str, name: str, patch: dict[str, Any]) -> int:
     advice = advise(verb, _get(custom, namespace, name), patch)
     if advice.outcome is Outcome.REFUSE:
         print(advice.text, file=sys.stderr)
         return 1
     if advice.outcome is Outcome.SEND:
-        custom.patch_namespaced_custom_object_status(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": patch}
-        )
+        _patch_status(custom, namespace, name, {"status": patch})
     print(advice.text)
+    return 0
+
+
+def _approve(custom: Any, namespace: str, name: str, reason: str | None) -> int:
+    obj = _get(custom, namespace, name)
+    refused = history.approve_refusal(obj)
+    if refused is not None:
+        print(refused, file=sys.stderr)
+        return 1
+    patch = history.approve_patch(obj, reason or "")
+    _patch_status(custom, namespace, name, patch)
+    revision = patch["status"]["requests"]["approve"].get("revision")
+    print(
+        f"agentrollout {namespace}/{name}: approval of candidate revision {revision} sent; the operator "
+        "counts it (kubectl agentrollout history shows it)"
+    )
+    return 0
+
+
+def _history(custom: Any, namespace: str, name: str, output: str) -> int:
+    obj = _get(custom, namespace, name)
+    print(history.history_json(obj) if output == "json" else history.history_table(obj))
     return 0
 
 
@@ -417,8 +460,10 @@ def package_version() -> str:
 # PATH with the words typed so far, the last one partial, and reads Cobra's format: one candidate a
 # line, then `:<directive>`; 4 is "no file completion".
 NO_FILE_COMPLETION = ":4"
-NAMED_VERBS = ("status", "history", "report", *VERBS)
-VALUE_FLAGS = frozenset({"-n", "--namespace", "--kubeconfig", "--context", "--bound"})
+NAMED_VERBS = ("status", "history", "report", "approve", *VERBS)
+VALUE_FLAGS = frozenset(
+    {"-n", "--namespace", "--kubeconfig", "--context", "--bound", "--reason", "-o", "--output"}
+)
 
 
 RolloutNames = Callable[[str | None, str | None, str | None], list[str]]
@@ -533,7 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     parser.add_argument("-w", "--watch", action="store_true", help="with status: refresh until finished")
     parser.add_argument(
-        "-o", "--output", choices=sorted(report.RENDERERS), default="html", help="with report"
+        "-o",
+        "--output",
+        choices=sorted({*report.RENDERERS, "table"}),
+        default=None,
+        help="with report (default html) and history (table or json)",
+    )
+    parser.add_argument(
+        "--reason", default=None, help="with approve and the verbs: why, kept with the request"
     )
     parser.add_argument("--out", default=None, help="with report: write to this file (default: stdout)")
     parser.add_argument(
@@ -569,13 +621,17 @@ def main(argv: list[str] | None = None) -> int:
             namespace = kube_namespace(kubeconfig, args.context)
         custom, host = _custom_api(kubeconfig, args.context)
         if args.verb in VERBS:
-            patch = verb_patch(args.verb, args.stay_rolled_back, args.bound)
+            patch = verb_patch(args.verb, args.stay_rolled_back, args.bound, args.reason)
             return _send(custom, args.verb, namespace, args.name, patch)
+        if args.verb == "approve":
+            return _approve(custom, namespace, args.name, args.reason)
         if args.verb == "history":
-            print(render_history(_get(custom, namespace, args.name)))
-            return 0
+            return _history(custom, namespace, args.name, args.output or "table")
         if args.verb == "report":
-            return _report(custom, namespace, args.name, args.output, args.out, args.prometheus)
+            output = args.output or "html"
+            if output not in report.RENDERERS:
+                parser.error(f"report -o takes one of {', '.join(sorted(report.RENDERERS))}")
+            return _report(custom, namespace, args.name, output, args.out, args.prometheus)
         return _status(custom, namespace, args.name, args.watch)
     except CliError as e:
         print(e, file=sys.stderr)

@@ -127,7 +127,7 @@ _PHASES = {p.value: p.value for p in api.Phase}
 
 def project_deployment(obj: dict[str, Any]) -> DeploymentState:
     meta = obj.get("metadata") or {}
-    return deployment_state(str(meta.get("name")), obj.get("spec"), obj.get("status"))
+    return deployment_state(str(meta.get("name")), obj.get("spec"), obj.get("status"), meta)
 
 
 def project_route(obj: dict[str, Any]) -> dict[str, Any]:

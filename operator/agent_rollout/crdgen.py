@@ -32,9 +32,16 @@ _CEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
     "Step": [
         {
-            "rule": "(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0)"
-            " + (has(self.evaluate) ? 1 : 0) == 1",
-            "message": "each step needs exactly one of setWeight, pause or evaluate",
+            "rule": "(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.evaluate) ? 1 : 0)"
+            " + (has(self.approval) ? 1 : 0) == 1",
+            "message": "each step needs exactly one of setWeight, pause, evaluate or approval",
+        },
+    ],
+    "AgentRolloutSpec": [
+        {
+            "rule": f"self.steps.filter(s, has(s.approval)).size() <= {api.MAX_APPROVAL_STEPS}",
+            "message": f"at most {api.MAX_APPROVAL_STEPS} approval steps",
+            "fieldPath": ".steps",
         },
     ],
     "Gate": [

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from agent_rollout.api import AgentRolloutStatus, GateResult, Phase, Weights
+from agent_rollout.api import AgentRolloutStatus, AgentVersion, Decision, GateResult, Phase, Weights
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class DeploymentState:
     replicas: int = 0
     available_replicas: int = 0
     ready_replicas: int = 0  # status.readyReplicas: what a capacity-safe rollback counts
+    agent_version: AgentVersion | None = None  # image(s) and model/prompt/tools versions of the template
+    changed_by: str | None = None  # who changed the template last, as the chart's admission stamped it
 
     @property
     def can_serve(self) -> bool:
@@ -156,6 +158,8 @@ class EmitEvent:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    # The history entry this Event announces (the shell logs it as JSON); not part of the Event's identity.
+    decision: Decision | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

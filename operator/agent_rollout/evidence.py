@@ -18,7 +18,9 @@ def weights_text(weights: Weights) -> str:
 
 
 def is_approval(step: Step) -> bool:
-    """`pause: {}`: neither a duration nor a request count, so only a human can end it."""
+    """`approval: {...}`, or `pause: {}` (neither a duration nor a request count): only a human ends it."""
+    if step.approval is not None:
+        return True
     return step.pause is not None and step.pause.duration is None and step.pause.min_requests is None
 
 
@@ -34,6 +36,9 @@ def _kind_text(step: Step) -> str:
         return f"setWeight {step.set_weight}"
     if step.evaluate is not None:
         return "evaluate"
+    if step.approval is not None:
+        n = step.approval.min_approvals
+        return f"approval by {n} approver{'' if n == 1 else 's'}"
     if step.pause is None or is_approval(step):
         return "approval"
     parts = []

@@ -23,7 +23,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from agent_rollout import api, evaluation
+from agent_rollout import agentversion, api, evaluation
 from agent_rollout.domain import DeploymentState
 from agent_rollout.leader import LeaseConflict
 from agent_rollout.traffic import gatewayapi
@@ -543,14 +543,20 @@ def template_hash(template: dict[str, Any] | None) -> str | None:
 
 
 def deployment_state(
-    name: str, spec: dict[str, Any] | None, status: dict[str, Any] | None
+    name: str,
+    spec: dict[str, Any] | None,
+    status: dict[str, Any] | None,
+    metadata: dict[str, Any] | None = None,
 ) -> DeploymentState:
     spec, status = spec or {}, status or {}
+    revision = template_hash(spec.get("template"))
     return DeploymentState(
         name=name,
         exists=True,
-        template_hash=template_hash(spec.get("template")),
+        template_hash=revision,
         replicas=int(spec.get("replicas", 1) or 0),
         available_replicas=int(status.get("availableReplicas", 0) or 0),
         ready_replicas=int(status.get("readyReplicas", 0) or 0),
+        agent_version=agentversion.agent_version(spec.get("template"), revision),
+        changed_by=agentversion.changed_by(metadata),
     )

@@ -20,6 +20,7 @@ from agent_rollout.tick import ROLLBACK_REASONS, Reason
 # Which decisions on-call hears of, by the decision's reason. Extend it here when the planner gains a
 # reason; a reason not in the table is not notified (unless it ended the rollout, see event_of).
 EVENT_OF_REASON: Mapping[str, E] = {
+    **{reason.value: E.ROLLED_BACK for reason in ROLLBACK_REASONS},
     Reason.STEP_COMPLETED.value: E.STEP_COMPLETED,
     Reason.MANUAL_PROMOTION.value: E.STEP_COMPLETED,  # a human's promote ended the step
     Reason.AWAITING_APPROVAL.value: E.AWAITING_APPROVAL,
@@ -27,9 +28,10 @@ EVENT_OF_REASON: Mapping[str, E] = {
     "ApprovalGiven": E.APPROVED,
     "ApprovalRefused": E.APPROVAL_REFUSED,
     "Escalated": E.ESCALATED,
-    "ApprovalExpired": E.ESCALATED,  # onExpiry: pause hands it to a human; a rollback is RolledBack
+    # onExpiry: pause hands it to a human; with onExpiry: rollback the decision ends the rollout RolledBack,
+    # and the phase it ended in names the event (EVENT_OF_ENDING).
+    "ApprovalExpired": E.ESCALATED,
     Reason.PROMOTED.value: E.PROMOTED,
-    **{reason.value: E.ROLLED_BACK for reason in ROLLBACK_REASONS},
 }
 # The phase a decision left the rollout in says more than its reason when the phase changed with it.
 EVENT_OF_ENDING: Mapping[api.Phase, E] = {

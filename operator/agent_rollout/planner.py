@@ -68,6 +68,7 @@ from agent_rollout.api import (
     Phase,
     Verdict,
 )
+from agent_rollout.approval import approval_holds, observe_candidate_author, refuse_promote, take_approval
 from agent_rollout.capacity import ready as legacy_ready
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionType as CT
@@ -93,6 +94,8 @@ from agent_rollout.readiness import (
 from agent_rollout.rollback import capacity_requeue, follow_capacity
 from agent_rollout.tick import (
     LIVE_PHASES,
+    OPERATOR,
+    Actor,
     Reason,
     Tick,
     bounded,
@@ -114,6 +117,7 @@ from agent_rollout.tick import (
     status_message,
     step_start,
     step_weights,
+    take_request,
     transition,
     utc,
 )
@@ -159,6 +163,8 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     """The complete new status and the actions for one reconcile. `spec` is None when it did not parse
     (obs.problems then says why). Never mutates its inputs; the same inputs give the same Plan."""
     t = Tick(obs=obs, now=utc(now), st=status.model_copy(deep=True))
+    if spec is not None:
+        t.history_limit = spec.history_limit
     if obs.generation is not None:
         t.st.observed_generation = obs.generation
     _recover(t)
@@ -168,6 +174,8 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     elif obs.route_claimed_by is not None:
         t.waiting = f"holding: HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
     else:
+        observe_candidate_author(t)
+        take_approval(t, spec)  # before the rules that may end the step or the attempt it was given for
         _reconcile(t, spec)
     interrupt_if_left(t, spec)
     follow_capacity(t, spec)
@@ -272,6 +280,7 @@ def _recover(t: Tick) -> None:
     st.promote = st.abort = st.retry = False
     if entered_step:
         st.last_analysis, st.last_analysis_at, st.inconclusive_runs = [], None, {}
+        st.approvals = []  # given for the step the lost write left
         # This tick's gates were measured over windows of the step we left: not evidence for this one.
         t.obs = replace(
             t.obs, gates=None, prometheus_error=None, candidate_requests=None, milestone=None, baseline=None
@@ -398,6 +407,7 @@ def _abort(t: Tick, spec: AgentRolloutSpec) -> bool:
         Reason.ABORTED,
         "aborted by a human (status.abort): all traffic to legacy",
         evidence=st.last_analysis,
+        actor=take_request(st, "abort"),
     )
     return True
 
@@ -454,7 +464,8 @@ def _retry(t: Tick, spec: AgentRolloutSpec) -> bool:
     if t.st.phase is not Phase.ROLLED_BACK:
         t.st.retry = False
         return False
-    _begin(t, spec, Reason.RETRIED, "retried by a human (status.retry)")
+    actor = take_request(t.st, "retry")
+    _begin(t, spec, Reason.RETRIED, "retried by a human (status.retry)", actor)
     return True
 
 
@@ -466,7 +477,7 @@ def _start(t: Tick, spec: AgentRolloutSpec) -> None:
     _begin(t, spec, Reason.STARTED, f"started rolling out {spec.candidate.deployment} revision {revision}")
 
 
-def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> None:
+def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str, actor: Actor = OPERATOR) -> None:
     """Enter step 0 of a fresh rollout: nothing counted for an earlier attempt carries over."""
     st = t.st
     st.current_step = 0
@@ -482,11 +493,14 @@ def _begin(t: Tick, spec: AgentRolloutSpec, reason: Reason, message: str) -> Non
     st.evaluations = [
         r for r in st.evaluations if r.phase == "Passed" and r.revision == st.candidate_revision
     ]
+    st.approvals, st.requests = [], None  # approvals were for the attempt's revision; verbs are consumed
     st.attempt_started_at = step_start(t.now)
     st.legacy_replicas_at_start = legacy_ready(t.obs.legacy)  # what a capacity-safe rollback restores
     first = spec.steps[0]
     phase = Phase.PAUSED if is_approval(first) else Phase.PROGRESSING
-    transition(t, spec, phase, reason, f"{message}: step 1/{len(spec.steps)} ({step_text(first)})")
+    transition(
+        t, spec, phase, reason, f"{message}: step 1/{len(spec.steps)} ({step_text(first)})", actor=actor
+    )
 
 
 def _analyse(t: Tick, spec: AgentRolloutSpec) -> bool:
@@ -617,9 +631,16 @@ def _prometheus_down(t: Tick, spec: AgentRolloutSpec, analysis: Analysis, error:
 def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
     st = t.st
     step = spec.steps[st.current_step]
+    if step.approval is not None:
+        # Only the approvers end an approval step; promote is refused, so it cannot route around them.
+        if st.promote:
+            refuse_promote(t, spec, step.approval)
+        if not held and not approval_holds(t, spec, step.approval):
+            _complete_step(t, spec, manual=False)
+        return
     if st.promote:
         st.promote = False
-        _complete_step(t, spec, manual=True)
+        _complete_step(t, spec, manual=True, actor=take_request(st, "promote"))
         return
     if held or st.phase is Phase.PAUSED:
         return
@@ -662,6 +683,15 @@ def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
         names = ", ".join(r.name for r in inconclusive)
         message = f"{position} paused: gates inconclusive ({names}); set status.promote or status.abort"
         transition(t, spec, Phase.PAUSED, Reason.INCONCLUSIVE, message, evidence=inconclusive)
+        return
+    if inconclusive and _escalation_due(t, step):
+        names = ", ".join(r.name for r in inconclusive)
+        assert step.escalate is not None
+        message = (
+            f"{position} escalated: gates inconclusive ({names}) for {step.escalate.after} on the step; "
+            "paused for a human: set status.promote or status.abort"
+        )
+        transition(t, spec, Phase.PAUSED, Reason.ESCALATED, message, evidence=inconclusive)
         return
     name, result = blocking[0]
     t.waiting = waiting_text(result) if result is not None else f"waiting for analysis of gate {name}"
@@ -770,6 +800,14 @@ def replace_record(record_: api.EvaluationRecord, **changes: object) -> api.Eval
     return record_.model_copy(update=changes)
 
 
+def _escalation_due(t: Tick, step: api.Step) -> bool:
+    """The step has held on inconclusive gates for `escalate.after` since it began."""
+    started = parse_time(t.st.step_started_at)
+    if step.escalate is None or started is None:
+        return False
+    return (t.now - started).total_seconds() >= api.duration_seconds(step.escalate.after)
+
+
 def _pause_over(t: Tick, pause: Pause) -> bool:
     end = pause_end(t.st, pause)
     if end is not None and t.now < end:
@@ -782,7 +820,7 @@ def _pause_over(t: Tick, pause: Pause) -> bool:
     return True
 
 
-def _complete_step(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> None:
+def _complete_step(t: Tick, spec: AgentRolloutSpec, *, manual: bool, actor: Actor = OPERATOR) -> None:
     st = t.st
     if _stage_holds(t, spec, manual=manual):
         return
@@ -792,15 +830,16 @@ def _complete_step(t: Tick, spec: AgentRolloutSpec, *, manual: bool) -> None:
     if done + 1 >= total:
         st.current_step = total  # past the last step, as Argo Rollouts marks a finished rollout
         message = f"step {done + 1}/{total} {how}: candidate promoted to all traffic"
-        transition(t, spec, Phase.PROMOTED, Reason.PROMOTED, message, evidence=evidence)
+        transition(t, spec, Phase.PROMOTED, Reason.PROMOTED, message, evidence=evidence, actor=actor)
         return
     following = spec.steps[done + 1]
     st.current_step, st.step_started_at = done + 1, step_start(t.now)
     st.last_analysis, st.last_analysis_at, st.inconclusive_runs = [], None, {}
+    st.approvals = []  # given for the step that ended
     phase = Phase.PAUSED if is_approval(following) else Phase.PROGRESSING
     reason = Reason.MANUAL_PROMOTION if manual else Reason.STEP_COMPLETED
     message = f"step {done + 1}/{total} {how}; entering step {done + 2}/{total} ({step_text(following)})"
-    transition(t, spec, phase, reason, message, evidence=evidence)
+    transition(t, spec, phase, reason, message, evidence=evidence, actor=actor)
 
 
 # ---------------------------------------------------------------- readiness
@@ -842,7 +881,8 @@ def _record_baseline(t: Tick, spec: AgentRolloutSpec | None, blocked: str | None
     refused = blocked if spec is None or blocked is not None else baseline_refusal(spec, st)
     if asked and refused is not None:
         st.record_baseline = False
-        record(t, Reason.BASELINE_REFUSED, f"status.recordBaseline not applied: {refused}", [])
+        actor = take_request(st, "record_baseline")
+        record(t, Reason.BASELINE_REFUSED, f"status.recordBaseline not applied: {refused}", [], actor)
         return
     if spec is None or blocked is not None or not (asked or promotion_baseline_due(st)):
         return
@@ -855,6 +895,7 @@ def _record_baseline(t: Tick, spec: AgentRolloutSpec | None, blocked: str | None
     if not asked:
         return
     st.record_baseline = False
+    actor = take_request(st, "record_baseline")
     cost = next((m for m in st.baseline.metrics if m.name == COST), None)
     costs = (
         "no cost data"
@@ -869,7 +910,7 @@ def _record_baseline(t: Tick, spec: AgentRolloutSpec | None, blocked: str | None
         f"baseline of candidate revision {seen.revision} recorded on demand (status.recordBaseline) in "
         f"{st.phase.value} over the last {seen.window_seconds}s against legacy: {costs}"
     )
-    record(t, Reason.BASELINE_RECORDED, message, [])
+    record(t, Reason.BASELINE_RECORDED, message, [], actor)
 
 
 def _record_milestone(t: Tick, spec: AgentRolloutSpec) -> None:

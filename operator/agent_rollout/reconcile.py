@@ -7,6 +7,7 @@ traffic first (a rollback must not wait on a status write), then sends one statu
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -59,6 +60,9 @@ from agent_rollout.traffic import gatewayapi
 from agent_rollout.validation import validate
 
 log = logging.getLogger(__name__)
+# One JSON line per decision (time, rollout, step, action, actor, reason, evidence, agent version), for
+# log pipelines that keep every decision when status.history has dropped the oldest.
+decision_log = logging.getLogger("agent_rollout.decisions")
 M = TypeVar("M", bound=BaseModel)
 
 # Fault point for the e2e proof that a crash between the route write and the status write never moves
@@ -278,6 +282,9 @@ class Reconciler:
                 job_refused = not await self._run_evaluation(body, spec, router, new_status, action)
         await self._write_status(namespace, name, raw_status, new_status, written, force=failure is not None)
         self._decided(body, spec, status, new_status)  # notifications of what that write recorded
+        for action in result.actions:
+            if isinstance(action, EmitEvent) and action.decision is not None:
+                decision_log.info("%s", decision_line(namespace, name, action.decision))
         # Counted once written: a plan whose status write failed is planned (and decided) again.
         decided = (a.reason for a in result.actions if isinstance(a, EmitEvent))
         metrics.record_decisions((namespace, name), decided, ROLLBACK_REASONS)
@@ -535,6 +542,12 @@ class Reconciler:
         if not isinstance(stored_status, dict):
             stored_status = {k: v for k, v in {**raw_status, **new}.items() if patch.get(k, k) is not None}
         written.remember(dict(stored_status))
+
+
+def decision_line(namespace: str, name: str, decision: api.Decision) -> str:
+    """The decision as one JSON object: the history entry's wire form, with the rollout it belongs to."""
+    body = {"kind": "Decision", "namespace": namespace, "agentrollout": name, **api.dump(decision)}
+    return json.dumps(body, separators=(",", ":"), sort_keys=False)
 
 
 def _with_windows(spec: api.AgentRolloutSpec, windows: Mapping[str, int | None]) -> api.AgentRolloutSpec:

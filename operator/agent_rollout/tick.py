@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
 from agent_rollout import api
 from agent_rollout.api import (
@@ -71,6 +72,11 @@ class Reason(StrEnum):
     EVALUATION_STARTED = "EvaluationStarted"  # an evaluation step's Job was created
     EVALUATION_PASSED = "EvaluationPassed"  # recorded with the step it completes (StepCompleted)
     EVALUATION_FAILED = "EvaluationFailed"  # failed, timed out or unreadable: rolled back or paused
+    APPROVAL_GIVEN = "ApprovalGiven"  # an allowed user's approval counted for the current step and revision
+    APPROVAL_REFUSED = "ApprovalRefused"  # an approval that does not count (wrong step, revision, approver)
+    APPROVAL_EXPIRED = "ApprovalExpired"  # an approval step's `expires` passed without enough approvals
+    PROMOTE_REFUSED = "PromoteRefused"  # status.promote on an approval step: only approvals end it
+    ESCALATED = "Escalated"  # a step stuck on inconclusive gates for `escalate.after`: handed to a human
     DRIFT = "Drift"  # SetWeights only: re-assert weights the route lost; nothing was decided
     DRILL_STARTED = "DrillStarted"  # a human's status.drill: all traffic to legacy, to be confirmed
     DRILL_PASSED = "DrillPassed"  # legacy confirmed within bounds in time: back to the step it left
@@ -107,6 +113,10 @@ WARNING_REASONS = frozenset(
         Reason.DRILL_INTERRUPTED,
         Reason.LEGACY_SHORT_OF_REPLICAS,
         Reason.LEGACY_CAPACITY_TIMEOUT,
+        Reason.APPROVAL_REFUSED,
+        Reason.APPROVAL_EXPIRED,
+        Reason.PROMOTE_REFUSED,
+        Reason.ESCALATED,
     }
 )
 ROLLBACK_REASONS = frozenset(
@@ -120,6 +130,7 @@ ROLLBACK_REASONS = frozenset(
         Reason.EVALUATION_FAILED,
         Reason.DRILL_FAILED,
         Reason.DRILL_ROLLED_BACK,
+        Reason.APPROVAL_EXPIRED,
     }
 )
 # Automatic rollbacks: they move traffic back only as fast as legacy's ready replicas allow (capacity.py).
@@ -131,6 +142,7 @@ CAPACITY_SAFE_REASONS = frozenset(
         Reason.INCONCLUSIVE_LIMIT,
         Reason.QUERY_REJECTED,
         Reason.ALERT_FIRED,
+        Reason.APPROVAL_EXPIRED,
     }
 )
 LIVE_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED})
@@ -147,6 +159,39 @@ class Tick:
     weights_reason: str | None = None  # set when status.weights changed this tick
     latest: list[GateResult] | None = None  # this tick's gate results (status.lastAnalysis may lag)
     waiting: str = ""  # what holds the rollout, for status.message
+    history_limit: int = api.HISTORY_LIMIT  # spec.historyLimit
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who a decision is attributed to: the operator, or the user the apiserver authenticated."""
+
+    name: str = api.OPERATOR
+    groups: tuple[str, ...] = ()
+
+
+OPERATOR = Actor()
+ACTOR_GROUPS = 20
+ACTOR_TEXT_LIMIT = 253
+UNVERIFIED = Actor("unverified")
+
+
+def take_request(st: AgentRolloutStatus, verb: str) -> Actor:
+    """The author of a human verb being acted on; its record in status.requests is consumed with it."""
+    request = getattr(st.requests, verb, None) if st.requests is not None else None
+    if st.requests is not None:
+        setattr(st.requests, verb, None)
+    return requester(request)
+
+
+def requester(request: api.VerbRequest | None) -> Actor:
+    """The author of a human verb, from its admission-stamped record; `unverified` without one (the
+    chart's policies not installed, or a writer the policies exempt)."""
+    if request is None or not request.by:
+        return UNVERIFIED
+    # A user may be in hundreds of groups: the record keeps the first ACTOR_GROUPS, bounded in length.
+    groups = tuple(g[:ACTOR_TEXT_LIMIT] for g in request.groups[:ACTOR_GROUPS])
+    return Actor(request.by[:ACTOR_TEXT_LIMIT], groups)
 
 
 def legacy_only() -> Weights:
@@ -176,6 +221,7 @@ def transition(
     reason: Reason,
     message: str,
     evidence: list[GateResult] | None = None,
+    actor: Actor = OPERATOR,
 ) -> None:
     t.st.phase = phase
     wait = None
@@ -186,15 +232,18 @@ def transition(
     t.st.capacity_rollback = wait
     route(t, spec, reason)
     if wait is None:
-        record(t, reason, message, evidence or [])
+        record(t, reason, message, evidence or [], actor)
         return
-    record(t, reason, f"{message}, as legacy's capacity allows", evidence or [])
+    record(t, reason, f"{message}, as legacy's capacity allows", evidence or [], actor)
     shortfall = f"rollback ({reason.value}) waits for legacy: {wait_text(wait, t.st.weights)}"
     record(t, Reason.LEGACY_SHORT_OF_REPLICAS, shortfall, [])
 
 
-def record(t: Tick, reason: Reason, message: str, evidence: list[GateResult]) -> None:
-    """A Decision in the bounded history and the Event that announces it, both with the evidence."""
+def record(
+    t: Tick, reason: Reason, message: str, evidence: list[GateResult], actor: Actor = OPERATOR
+) -> None:
+    """A Decision in the bounded history (oldest dropped first) and the Event that announces it, both
+    with the evidence, who decided and which candidate agent it was about."""
     st = t.st
     decision = Decision(
         time=iso(t.now),
@@ -203,13 +252,24 @@ def record(t: Tick, reason: Reason, message: str, evidence: list[GateResult]) ->
         step=st.current_step,
         weights=st.weights.model_copy(),
         evidence=[history_evidence(r) for r in evidence],
+        actor=actor.name,
+        actor_groups=list(actor.groups),
+        agent_version=candidate_version(t),
     )
-    st.history = [*st.history, decision][-api.HISTORY_LIMIT :]
-    text = event_text(message, evidence)
-    if reason in WARNING_REASONS:
-        t.actions.append(EmitEvent(type="Warning", reason=reason.value, message=text))
-    else:
-        t.actions.append(EmitEvent(type="Normal", reason=reason.value, message=text))
+    st.history = [*st.history, decision][-t.history_limit :]
+    # The Event names a verified author; the history says `unverified` where there is none.
+    by = f" (by {actor.name})" if actor not in (OPERATOR, UNVERIFIED) else ""
+    text = event_text(bounded(message) + by, evidence)
+    kind: Literal["Normal", "Warning"] = "Warning" if reason in WARNING_REASONS else "Normal"
+    t.actions.append(EmitEvent(type=kind, reason=reason.value, message=text, decision=decision))
+
+
+def candidate_version(t: Tick) -> api.AgentVersion:
+    """The candidate the decision is about as observed now; unknown parts stay unknown."""
+    candidate = t.obs.candidate
+    if candidate is not None and candidate.agent_version is not None:
+        return candidate.agent_version.model_copy()
+    return api.AgentVersion(revision=t.st.candidate_revision)
 
 
 def condition(t: Tick, type_: CT, status: ConditionStatus, reason: CR, message: str) -> None:
