@@ -34,6 +34,8 @@ def _kind_text(step: Step) -> str:
         return f"setWeight {step.set_weight}"
     if step.evaluate is not None:
         return "evaluate"
+    if step.shadow is not None:
+        return f"shadow {step.shadow.percent}% for {step.shadow.duration}"
     if step.pause is None or is_approval(step):
         return "approval"
     parts = []

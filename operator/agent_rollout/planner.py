@@ -82,6 +82,7 @@ from agent_rollout.readiness import (
     scorecard,
     unmet_requirement,
 )
+from agent_rollout.shadow import current_shadow, shadow_end, shadow_over, wanted_mirror
 from agent_rollout.tick import (
     LIVE_PHASES,
     Reason,
@@ -161,7 +162,7 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
         _reconcile(t, spec)
     _record_baseline(t, spec, _baseline_blocked(spec, problems, obs))
     settle_weights(t, spec)
-    request_weights(t)
+    request_weights(t, wanted_mirror(spec, t.st, t.obs) if not problems else None)
     set_traffic_condition(t, spec)
     set_completed_condition(t)
     if spec is not None and not problems:
@@ -617,6 +618,8 @@ def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
         return
     if step.pause is not None and not _pause_over(t, step.pause):
         return
+    if step.shadow is not None and not shadow_over(t, spec, step.shadow):
+        return  # the gates still judge the shadow traffic meanwhile, and roll back on a failure
     if step.evaluate is not None:
         # The suite is the step's verdict: the gates measure user traffic, which the candidate does not
         # get during an evaluation (they would hold the step for ever), and a failing gate still rolls back.
@@ -943,6 +946,9 @@ def _requeue_after(t: Tick, spec: AgentRolloutSpec | None) -> float | None:
         return _evaluation_due(t, evaluate)
     pause = spec.steps[st.current_step].pause
     end = pause_end(st, pause) if pause is not None else None
+    shadow = current_shadow(spec, st)
+    if shadow is not None:
+        end = shadow_end(st, shadow)
     left = (end - t.now).total_seconds() if end is not None else 0.0
     return left if left > 0 else None
 
