@@ -228,3 +228,15 @@ def test_shadow_agreement_reads_the_comparator_and_its_noise_floor() -> None:
     assert (gate.value, gate.samples, gate.legacy_value, gate.legacy_samples) == (0.7, 300, 0.95, 60)
     read = template_read(Template.SHADOW_AGREEMENT, MetricNames(), window="2m")
     assert 'outcome=~"match|mismatch"' in read.samples.promql
+
+
+def test_shadow_agreement_holds_only_shadow_steps() -> None:
+    spec = shadow_spec({"setWeight": 10}, {"setWeight": 100})
+    # At setWeight 10 the comparator compares nothing: the agreement gate has no say there.
+    p = plan(spec, running(1, w(10)), observe(w(10), gates=()), T0 + timedelta(seconds=30))
+    assert p.status.current_step == 2, p.status.message
+    # In the shadow step it holds until it passes.
+    held = plan(
+        spec, running(0, w(0)), observe(w(0), route_mirror=MIRROR, shadow_pairs=500), T0 + timedelta(hours=1)
+    )
+    assert held.status.current_step == 0 and "agreement" in held.status.message

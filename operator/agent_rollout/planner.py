@@ -82,7 +82,7 @@ from agent_rollout.readiness import (
     scorecard,
     unmet_requirement,
 )
-from agent_rollout.shadow import current_shadow, shadow_end, shadow_over, wanted_mirror
+from agent_rollout.shadow import current_shadow, judged_analysis, shadow_end, shadow_over, wanted_mirror
 from agent_rollout.tick import (
     LIVE_PHASES,
     Reason,
@@ -200,7 +200,9 @@ def fast_gates(spec: AgentRolloutSpec, status: AgentRolloutStatus) -> tuple[str,
     return tuple(
         g.name
         for g in spec.analysis.gates
-        if g.template is not None and (g.min is not None or g.max is not None) and not g.dry_run
+        if g.template not in (None, api.Template.SHADOW_AGREEMENT)  # never with candidate weight
+        and (g.min is not None or g.max is not None)
+        and not g.dry_run
     )
 
 
@@ -633,7 +635,7 @@ def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
             f"waiting for milestone: candidate requests {'?' if seen is None else seen}/{n.transactions}"
         )
         return
-    blocking = _blocking_gates(spec.analysis, st.last_analysis)
+    blocking = _blocking_gates(judged_analysis(spec, st), st.last_analysis)
     if not blocking:
         _complete_step(t, spec, manual=False)
         return

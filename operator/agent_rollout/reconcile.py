@@ -402,8 +402,9 @@ class Reconciler:
             return None, None, None, None, None
         gateway = self._gateway(spec.analysis)
         try:
+            judged = spec.model_copy(update={"analysis": shadow.judged_analysis(spec, status)})
             gates = await measure_gates(
-                _with_windows(spec, gate_windows(spec, status, now)), namespace, gateway
+                _with_windows(judged, gate_windows(spec, status, now)), namespace, gateway
             )
             requests, milestone = None, None
             step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from agent_rollout import api
-from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, Shadow
+from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, Analysis, Shadow, Template
 from agent_rollout.domain import Observations, SpecProblem, iso
 from agent_rollout.tick import LIVE_PHASES, Tick, cannot_serve, exists, parse_time
 from agent_rollout.traffic.value import Mirror
@@ -94,3 +94,15 @@ def shadow_end(st: AgentRolloutStatus, shadow: Shadow) -> datetime | None:
     if started is None:
         return None
     return started + timedelta(seconds=api.duration_seconds(shadow.duration))
+
+
+def judged_analysis(spec: AgentRolloutSpec, st: AgentRolloutStatus) -> Analysis | None:
+    """The gates that judge the current step: shadowAgreement gates only during a shadow step (outside
+    one the comparator compares nothing, and they would hold every other step for want of samples)."""
+    analysis = spec.analysis
+    if analysis is None or current_shadow(spec, st) is not None:
+        return analysis
+    gates = [g for g in analysis.gates if g.template is not Template.SHADOW_AGREEMENT]
+    if len(gates) == len(analysis.gates):
+        return analysis
+    return analysis.model_copy(update={"gates": gates})
