@@ -72,19 +72,18 @@ def wanted_mirror(spec: AgentRolloutSpec | None, st: AgentRolloutStatus, obs: Ob
 def shadow_over(t: Tick, spec: AgentRolloutSpec, shadow: Shadow) -> bool:
     """The step's own conditions are met: the mirror is in place, its duration has passed, and the
     comparator counted minRequests pairs since the step began. Sets t.waiting otherwise."""
-    position = f"step {t.st.current_step + 1}/{len(spec.steps)}"
     want = mirror_of(shadow)
     if t.obs.route_mirror != want or not t.obs.route_mirror_exact:
-        t.waiting = f"{position}: waiting for the route to mirror {want.percent}% to {want.service}"
+        t.waiting = f"waiting for the route to mirror {want.percent}% to {want.service}"
         return False
     end = shadow_end(t.st, shadow)
     if end is not None and t.now < end:
-        t.waiting = f"{position}: shadowing {want.percent}% of legacy's traffic until {iso(end)}"
+        t.waiting = f"shadowing {want.percent}% of legacy's traffic until {iso(end)}"
         return False
     seen = t.obs.shadow_pairs
     if shadow.min_requests is not None and (seen is None or seen < shadow.min_requests):
         got = "?" if seen is None else str(seen)
-        t.waiting = f"{position}: waiting for compared shadow pairs {got}/{shadow.min_requests}"
+        t.waiting = f"waiting for compared shadow pairs {got}/{shadow.min_requests}"
         return False
     return True
 
