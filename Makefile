@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 .PHONY: help bootstrap crds check-crds lint unit e2e test demo bench bench-scale cluster-up cluster-down clean
 
 help:
-	@echo "make demo [SCENARIO=good|bad]  set up everything and watch a rollout (bad: automatic rollback)"
+	@echo "make demo [SCENARIO=good|bad|shadow]  watch a rollout (bad: automatic rollback; shadow: evaluate + shadow step)"
 	@echo "make test                      all tests: unit, property and e2e on a real control plane"
 	@echo "make bench                     planner cost, breach-to-rollback timing, leader failover, the operator at 1,000 rollouts"
 	@echo "make bench-scale               the operator process at 10,000 rollouts (e2e/bench/operator_scale.py)"

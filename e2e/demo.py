@@ -1,6 +1,6 @@
-"""`make demo [SCENARIO=good|bad]`: watch a real AgentRollout go to Promoted, or roll back by itself.
+"""`make demo [SCENARIO=good|bad|shadow]`: watch a real AgentRollout go to Promoted, or roll back by itself.
 
-    python -m e2e.demo --scenario good|bad [--keep] [--timeout 300]
+    python -m e2e.demo --scenario good|bad|shadow [--keep] [--timeout 300]
 
 Everything is real except the agents and the data plane: the local control plane and Prometheus of
 e2e/cluster (a healthy `make cluster-up` one is reused), simulated legacy and candidate agents that
@@ -10,6 +10,10 @@ route's weights, and the operator as its own process (watching only the demo's n
 good: a healthy candidate walks 10% -> pause 15s -> 50% -> 100% and is Promoted.
 bad:  the candidate answers 20% errors and 8% flagged answers; the first conclusive analysis at 10%
       fails and the operator sends all traffic back to legacy (RolledBack).
+shadow: the Validate stage before any user reaches the candidate: an evaluation Job (run by the
+      harness's pod runner as a process against the candidate), then a shadow step that mirrors 30% of
+      legacy's live traffic to the real comparator, whose agreement rate (candidate vs legacy) is
+      shown live against its bound, the noise floor (legacy vs legacy); then 10% -> 100%, Promoted.
 
 Exit status 0 only when the scenario ended as expected. Ctrl-C cleans up too. With --keep, a cluster
 the demo had to start is left running as the shared `make cluster-up` cluster.
@@ -52,13 +56,21 @@ from e2e.cluster import (
 from e2e.cluster.kubeapi import KubeApi, new_api_client
 from e2e.cluster.kubectl import run_kubectl
 from e2e.cluster.paths import SHARED_CLUSTER_NAME
+from e2e.cluster.podrunner import pod_runner
 from e2e.cluster.session import remove_stale_session_runs
 from e2e.rollout.scene import CANDIDATE, CRD_FILE, LEGACY, ROUTE, OperatorProcess, Scene
+from e2e.rollout.test_evaluation import evaluate_step
+from e2e.sim.comparator import SimComparator, start_comparator
 from e2e.sim.launcher import start_agents
+from e2e.sim.profile import FaultProfile
 from e2e.sim.traffic import TrafficDriver, shares
 
 ROLLOUT = "ticket-triage"
-EXPECTED = {"good": api.Phase.PROMOTED.value, "bad": api.Phase.ROLLED_BACK.value}
+EXPECTED = {
+    "good": api.Phase.PROMOTED.value,
+    "bad": api.Phase.ROLLED_BACK.value,
+    "shadow": api.Phase.PROMOTED.value,
+}
 TERMINAL = {p.value for p in (api.Phase.PROMOTED, api.Phase.ROLLED_BACK, api.Phase.FAILED)}
 PRIVATE_PREFIX = "demo-"  # run dirs of clusters a demo started for itself: .cache/run/demo-<pid>
 RPS = 30.0
@@ -77,6 +89,11 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         LEGACY: {**_AGENT, "error_ratio": 0.002, "flagged_ratio": 0.002, "cost_per_request_usd": 0.0005},
         CANDIDATE: {**_AGENT, "error_ratio": 0.2, "flagged_ratio": 0.08, "cost_per_request_usd": 0.004},
     },
+    # Non-deterministic agents: 2% of answers reworded, so legacy disagrees with itself ~4% of the time.
+    "shadow": {
+        LEGACY: {**_AGENT, "error_ratio": 0.002, "noise_ratio": 0.02, "cost_per_request_usd": 0.0005},
+        CANDIDATE: {**_AGENT, "error_ratio": 0.002, "noise_ratio": 0.02, "eval_accuracy": 0.99},
+    },
 }
 # The agents' random draws are seeded, so a run is reproducible: the healthy candidate's rare errors
 # and flags cannot bunch up in the first small analysis windows (20 samples) and fail it by chance.
@@ -88,6 +105,14 @@ GATES = [
     {"name": "flagged", "template": "flagRate", "max": 0.05, "window": WINDOW},
     {"name": "cost", "template": "costPerRequest", "max": 0.01, "window": WINDOW},
 ]
+COMPARATOR = "agent-rollout-comparator"  # the Service a shadow step mirrors to by default
+AGREEMENT_GATE = {
+    "name": "agreement",
+    "template": "shadowAgreement",
+    "compare": {"twoProportion": True, "margin": 0.1},
+    "window": WINDOW,
+}
+SHADOW_STEP = {"shadow": {"percent": 30, "duration": "20s", "minRequests": 100}}
 STEPS: list[dict[str, Any]] = [
     {"setWeight": 10},
     {"pause": {"duration": "15s"}},
@@ -104,12 +129,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(f"signal {signum}")
 
 
-def describe(profile: dict[str, Any]) -> str:
-    return (
-        f"latency median {profile['latency_median_s']}s p95 {profile['latency_p95_s']}s, "
-        f"errors {100 * profile['error_ratio']:g}%, flagged {100 * profile['flagged_ratio']:g}%, "
-        f"${profile['cost_per_request_usd']}/request"
+def describe(given: dict[str, Any]) -> str:
+    profile = FaultProfile().updated(given)  # the defaults of what a scenario leaves out
+    text = (
+        f"latency median {profile.latency_median_s}s p95 {profile.latency_p95_s}s, "
+        f"errors {100 * profile.error_ratio:g}%, flagged {100 * profile.flagged_ratio:g}%, "
+        f"${profile.cost_per_request_usd}/request"
     )
+    if profile.noise_ratio or profile.disagreement_ratio:
+        reworded, different = 100 * profile.noise_ratio, 100 * profile.disagreement_ratio
+        text += f", answers reworded {reworded:g}% / different {different:g}%"
+    return text
 
 
 def redraw(block: str, previous_rows: int) -> int:
@@ -178,6 +208,7 @@ class Demo:
     namespace: str = ""
     scene: Scene | None = None
     operator: OperatorProcess | None = None
+    comparator: SimComparator | None = None
     log_dir: Path | None = None
     stop_cluster_at_end: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # phase of the demo -> seconds
@@ -251,6 +282,9 @@ class Demo:
             f"(stops by itself after {duration:.0f}s)"
         )
 
+        if self.scenario == "shadow":
+            self._validate_stage(cluster, agents.urls(), driver, log_dir)
+
         self.operator = operator = OperatorProcess(
             cluster.kubeconfig, log_dir / "operator.log", args=["--namespace", ns]
         )
@@ -267,10 +301,38 @@ class Demo:
         self.timings["set-up"] = time.monotonic() - t0
         return self.scene
 
+    def _validate_stage(
+        self, cluster: ClusterState, urls: dict[str, str], driver: TrafficDriver, log_dir: Path
+    ) -> None:
+        """The shadow scenario's extras: the comparator (scraped by Prometheus, the mirror's Service
+        resolved to it) and the pod runner that runs the evaluation Job's command as a process."""
+        say = self.clock.say
+        ns = self.namespace
+        args = ["--namespace", ns, "--version", CANDIDATE, "--mode", "json", "--field", "/answer"]
+        self.comparator = comparator = start_comparator(
+            urls[LEGACY], urls[CANDIDATE], log_dir=log_dir, args=[*args, "--noise-share", "0.5"]
+        )
+        self.cleanups.callback(comparator.close)
+        comparator.register(cluster.file_sd_dir, ns)
+        driver.backends[COMPARATOR] = comparator.url
+        say(
+            f"shadow comparator on {comparator.url} (Service {COMPARATOR}), comparing the answers' "
+            "/answer field, half the copies also sent to legacy twice (noise floor); scraped by Prometheus"
+        )
+
+        def resolve(namespace: str, service: str) -> str | None:
+            return urls.get(service) if namespace == ns else None
+
+        self.cleanups.enter_context(pod_runner(cluster.kubeconfig, resolve, log_dir))
+        say("pod runner started: evaluation Jobs run as local processes against the candidate")
+
     # --- the rollout --------------------------------------------------------------------------
 
     def manifest(self) -> dict[str, Any]:
         assert self.scene is not None
+        if self.scenario == "shadow":
+            steps = [evaluate_step(), SHADOW_STEP, {"setWeight": 10}, {"setWeight": 100}]
+            return self.scene.rollout_manifest(ROLLOUT, steps, minSamples=20, gates=[*GATES, AGREEMENT_GATE])
         return self.scene.rollout_manifest(ROLLOUT, STEPS, minSamples=20, gates=GATES)
 
     def watch(self) -> dict[str, Any]:
@@ -311,15 +373,48 @@ class Demo:
         recent = self.scene.driver.records()[-SHARE_WINDOW:]
         share = shares(recent)
         errors = sum(1 for r in recent if r.status != 200)
-        return "\n".join(
-            [
-                render(obj),
-                f"  HTTPRoute {ROUTE}: " + "  ".join(f"{svc}={w}" for svc, w in route.items()),
-                f"  traffic, last {len(recent)} requests: "
-                + "  ".join(f"{svc} {100 * share.get(svc, 0):.0f}%" for svc in (LEGACY, CANDIDATE))
-                + f"  (non-200: {errors})",
-            ]
+        lines = [
+            render(obj),
+            f"  HTTPRoute {ROUTE}: " + "  ".join(f"{svc}={w}" for svc, w in route.items()),
+            f"  traffic, last {len(recent)} requests: "
+            + "  ".join(f"{svc} {100 * share.get(svc, 0):.0f}%" for svc in (LEGACY, CANDIDATE))
+            + f"  (non-200: {errors})",
+        ]
+        if self.comparator is not None:
+            lines += self._validate_lines(obj)
+        return "\n".join(lines)
+
+    def _validate_lines(self, obj: dict[str, Any]) -> list[str]:
+        """The evaluation's record, the route's mirror, and the agreement against its bound."""
+        assert self.scene is not None and self.comparator is not None
+        status = obj.get("status") or {}
+        lines = []
+        for record in status.get("evaluations", [])[-1:]:
+            lines.append(
+                f"  evaluation Job {record['job']}: {record['phase']}"
+                + (f", {record['passed']}/{record['total']} passed" if record.get("total") else "")
+                + (f", failed cases {record['failedCases']}" if record.get("failedCases") else "")
+            )
+        mirrors = [m for m in self.scene.driver.weights.mirrors if m.service == COMPARATOR]
+        shown = f"{100 * mirrors[0].share:.0f}% of legacy's requests" if mirrors else "none"
+        try:
+            counts = self.comparator.counts()
+        except OSError:
+            counts = {}
+        lines.append(
+            f"  mirror to {COMPARATOR}: {shown}; compared: match {counts.get('match', 0):.0f}, "
+            f"mismatch {counts.get('mismatch', 0):.0f}, "
+            f"candidate errors {counts.get('candidate_error', 0):.0f}"
         )
+        agreement = next((r for r in status.get("lastAnalysis", []) if r["name"] == "agreement"), None)
+        if agreement is not None and agreement.get("value") is not None:
+            floor = agreement.get("legacyValue")
+            lines.append(
+                f"  shadow agreement {agreement['value']:.3f} over {agreement.get('samples')} pairs vs noise "
+                f"floor {'-' if floor is None else f'{floor:.3f}'} over {agreement.get('legacySamples')} "
+                f"(bound: {agreement.get('bound')}): {agreement['verdict']}"
+            )
+        return lines
 
     def summary(self, obj: dict[str, Any], took_s: float) -> None:
         assert self.scene is not None

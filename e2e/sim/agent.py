@@ -86,6 +86,17 @@ class Agent:
             wrong = int(hashlib.sha256(case.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF >= p.eval_accuracy
         return f"wrong answer to {case}" if wrong else expected_answer(case)
 
+    def reply(self, text: str) -> str:
+        """The answer to a live (or mirrored) input: the same for the same input, but for the profile's
+        disagreement_ratio (another answer) and noise_ratio (a rewording), drawn per call."""
+        with self._lock:
+            p, draw = self._profile, self._rng.random()
+        if draw < p.disagreement_ratio:
+            return f"a different answer to {text}"
+        if draw < p.disagreement_ratio + p.noise_ratio:
+            return f"{expected_answer(text)}, worded differently ({draw:.6f})"
+        return expected_answer(text)
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             counts = dict(self._counts)
@@ -97,13 +108,17 @@ def expected_answer(case: str) -> str:
     return f"answer to {case}"
 
 
-def _case_of(body: bytes) -> str | None:
+def _field_of(body: bytes, name: str) -> str | None:
     try:
         raw = json.loads(body or b"{}")
     except ValueError:
         return None
-    case = raw.get("case") if isinstance(raw, dict) else None
-    return case if isinstance(case, str) else None
+    value = raw.get(name) if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _case_of(body: bytes) -> str | None:
+    return _field_of(body, "case")
 
 
 def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
@@ -156,8 +171,11 @@ def _handler(agent: Agent) -> type[BaseHTTPRequestHandler]:
                     "flagged": o.flagged,
                     "tokens": {"input": o.input_tokens, "output": o.output_tokens},
                 }
+                text = _field_of(body, "input")
                 if case is not None:
                     answer["answer"] = agent.answer(case)
+                elif text is not None and o.status == 200:
+                    answer["answer"] = agent.reply(text)
                 self._json(o.status, answer)
             elif self.path == "/profile":
                 try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.cluster import procs
+from e2e.cluster import procs, prometheus
 from e2e.cluster.paths import REPO_ROOT
 
 START_TIMEOUT_S = 20.0
@@ -29,6 +29,7 @@ class SimComparator:
     process: procs.ProcessInfo
     port: int
     admin_port: int
+    registered: tuple[Path, str] | None = None  # the file_sd dir and group it is scraped through
 
     @property
     def url(self) -> str:
@@ -49,7 +50,19 @@ class SimComparator:
             if s.name == metric
         }
 
+    def register(self, file_sd_dir: Path, namespace: str) -> None:
+        """Scraped by the e2e Prometheus with the agents (file_sd), so shadowAgreement gates read its
+        counters; the target's namespace label is the one the gates select on."""
+        prometheus.write_targets(
+            file_sd_dir,
+            f"comparator-{namespace}",
+            [(f"127.0.0.1:{self.admin_port}", {"namespace": namespace})],
+        )
+        self.registered = (file_sd_dir, f"comparator-{namespace}")
+
     def close(self) -> None:
+        if self.registered is not None:
+            prometheus.remove_targets(*self.registered)
         procs.stop_all([self.process], grace_s=3.0)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-_RATIOS = ("error_ratio", "flagged_ratio", "eval_accuracy")
+_RATIOS = ("error_ratio", "flagged_ratio", "eval_accuracy", "disagreement_ratio", "noise_ratio")
 _DISTRIBUTIONS = ("lognormal", "constant")
 
 
@@ -32,6 +32,12 @@ class FaultProfile:
     eval_accuracy: float = 0.97  # probability that an answer counts as correct in agent_eval_*
     # Named evaluation cases (comma-separated) this agent answers wrongly: an edge case it gets wrong.
     failing_cases: str = ""
+    # Shadow comparisons: every call answers {"answer": ...} to its input. With this probability the
+    # answer is a different one (a candidate that disagrees with legacy), ...
+    disagreement_ratio: float = 0.0
+    # ... and with this one a rewording of the right one (a non-deterministic agent: two calls of legacy
+    # disagree on about twice this share, the comparator's noise floor).
+    noise_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         for name in _RATIOS:

@@ -115,6 +115,9 @@ class Template(StrEnum):
     COST_PER_REQUEST = "costPerRequest"
     TOKENS_PER_REQUEST = "tokensPerRequest"
     EVAL_ACCURACY = "evalAccuracy"
+    # Shadow steps: the comparator's agreement between candidate and legacy answers (match / compared),
+    # with legacy-vs-legacy agreement (the noise floor) as its legacy side for `compare`.
+    SHADOW_AGREEMENT = "shadowAgreement"
 
 
 class OnFailurePolicy(StrEnum):
@@ -178,6 +181,14 @@ class MetricNames(_Model):
     )
     eval_total_counter: MetricName = Field(default="agent_eval_total")
     eval_correct_counter: MetricName = Field(default="agent_eval_correct_total")
+    shadow_counter: MetricName = Field(
+        default="agent_shadow_comparisons_total",
+        description="The shadow comparator's legacy-vs-candidate verdicts, by outcome (shadowAgreement).",
+    )
+    shadow_noise_counter: MetricName = Field(
+        default="agent_shadow_noise_comparisons_total",
+        description="The shadow comparator's legacy-vs-legacy verdicts, by outcome: the noise floor.",
+    )
 
 
 class Comparison(_Model):
@@ -395,6 +406,28 @@ class Escalate(_Model):
     after: Duration = Field(description="Time on the step after which inconclusive gates pause the rollout.")
 
 
+class ComparatorRef(_Model):
+    """The shadow comparator's Service (the chart's agent-rollout-comparator), the mirror's backendRef."""
+
+    service: ObjectName = Field(default="agent-rollout-comparator")
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class Shadow(_Model):
+    """Mirror a share of legacy's live requests to the comparator, which replays each to legacy and the
+    candidate and compares the answers; users keep getting legacy's answers (candidate weight 0)."""
+
+    percent: int = Field(ge=1, le=100, description="Share of legacy's requests mirrored, in percent.")
+    duration: Duration = Field(default="10m", description="How long the step lasts, at least.")
+    min_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Compared pairs (match + mismatch) the comparator must count in the step before it ends.",
+    )
+    comparator: ComparatorRef = Field(default_factory=ComparatorRef)
+
+
 class Step(_Model):
     set_weight: Weight | None = Field(default=None, description="Percent of traffic for the candidate.")
     pause: Pause | None = None
@@ -406,15 +439,23 @@ class Step(_Model):
         default=None,
         description="Pause the rollout (reason Escalated) when gates stay inconclusive this long.",
     )
+    shadow: Shadow | None = Field(
+        default=None,
+        description="Mirror legacy's traffic to the shadow comparator; the candidate gets no user traffic.",
+    )
     milestone: Milestone | None = Field(
         default=None, description="Hold this step until its first N candidate transactions are recorded."
     )
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Step:
-        kinds = [k for k in ("set_weight", "pause", "evaluate", "approval") if getattr(self, k) is not None]
+        kinds = [
+            k
+            for k in ("set_weight", "pause", "evaluate", "approval", "shadow")
+            if getattr(self, k) is not None
+        ]
         if len(kinds) != 1:
-            raise ValueError("each step needs exactly one of setWeight, pause, evaluate or approval")
+            raise ValueError("each step needs exactly one of setWeight, pause, evaluate, approval or shadow")
         return self
 
 

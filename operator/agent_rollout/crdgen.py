@@ -33,8 +33,8 @@ _CEL_RULES: dict[str, list[dict[str, str]]] = {
     "Step": [
         {
             "rule": "(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.evaluate) ? 1 : 0)"
-            " + (has(self.approval) ? 1 : 0) == 1",
-            "message": "each step needs exactly one of setWeight, pause, evaluate or approval",
+            " + (has(self.approval) ? 1 : 0) + (has(self.shadow) ? 1 : 0) == 1",
+            "message": "each step needs exactly one of setWeight, pause, evaluate, approval or shadow",
         },
     ],
     "AgentRolloutSpec": [

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Literal
 
 from agent_rollout.api import AgentRolloutStatus, AgentVersion, Decision, GateResult, Phase, Weights
+from agent_rollout.traffic.value import Mirror
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class RouteIntent:
     step_started_at: str | None
     reason: str
     message: str
+    mirror: Mirror | None = None  # the shadow step's mirror this write left on the route (None: none)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,12 @@ class Observations:
     # A running rollback drill's gates measured on legacy since the route showed legacy 100 (drill.py);
     # None: not measured this tick (not due yet, or Prometheus failed: the drill's bound still runs).
     drill_gates: tuple[GateResult, ...] | None = None
+    # Our mirror filter on the route (traffic.value.MirrorReading): the mirror when every rule carrying
+    # legacy has exactly one identical filter of ours, None when none has any; exact False otherwise.
+    route_mirror: Mirror | None = None
+    route_mirror_exact: bool = True
+    # Compared pairs (match + mismatch) the shadow comparator counted since the shadow step began.
+    shadow_pairs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -145,10 +153,12 @@ class RouteFailure:
 
 @dataclass(frozen=True)
 class SetWeights:
-    """Route `weights` to legacy and candidate; the shell skips the write when the route already matches."""
+    """Route `weights` to legacy and candidate, with `mirror` (a shadow step's) or no mirror of ours;
+    the shell skips the write when the route already matches both."""
 
     weights: Weights
     reason: str
+    mirror: Mirror | None = None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ def _kind_text(step: Step) -> str:
     if step.approval is not None:
         n = step.approval.min_approvals
         return f"approval by {n} approver{'' if n == 1 else 's'}"
+    if step.shadow is not None:
+        return f"shadow {step.shadow.percent}% for {step.shadow.duration}"
     if step.pause is None or is_approval(step):
         return "approval"
     parts = []

@@ -13,12 +13,15 @@ from typing import Any
 from agent_rollout import api
 from agent_rollout.api import AgentRolloutStatus, Phase, Weights
 from agent_rollout.domain import RouteIntent
+from agent_rollout.traffic.value import Mirror
 
 ANNOTATION = f"{api.GROUP}/write-ahead"
 _MESSAGE_LIMIT = 512  # the decision's message; the annotation stays small whatever the history holds
 
 
-def intent_for(rollout: str, status: AgentRolloutStatus, sequence: int) -> RouteIntent:
+def intent_for(
+    rollout: str, status: AgentRolloutStatus, sequence: int, mirror: Mirror | None = None
+) -> RouteIntent:
     last = status.history[-1] if status.history else None
     return RouteIntent(
         rollout=rollout,
@@ -30,10 +33,15 @@ def intent_for(rollout: str, status: AgentRolloutStatus, sequence: int) -> Route
         step_started_at=status.step_started_at,
         reason=last.reason if last is not None else "",
         message=(last.message if last is not None else "")[:_MESSAGE_LIMIT],
+        mirror=mirror,
     )
 
 
 def encode(intent: RouteIntent) -> str:
+    extra: dict[str, Any] = {}
+    if intent.mirror is not None:  # absent otherwise: records of earlier versions read the same
+        m = intent.mirror
+        extra["mirror"] = {"service": m.service, "port": m.port, "percent": m.percent}
     return json.dumps(
         {
             "rollout": intent.rollout,
@@ -45,6 +53,7 @@ def encode(intent: RouteIntent) -> str:
             "stepStartedAt": intent.step_started_at,
             "reason": intent.reason,
             "message": intent.message,
+            **extra,
         },
         separators=(",", ":"),
     )
@@ -67,9 +76,16 @@ def decode(text: Any) -> RouteIntent | None:
             step_started_at=raw.get("stepStartedAt"),
             reason=str(raw.get("reason", "")),
             message=str(raw.get("message", "")),
+            mirror=_mirror(raw.get("mirror")),
         )
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _mirror(raw: Any) -> Mirror | None:
+    if not isinstance(raw, dict):
+        return None
+    return Mirror(service=str(raw["service"]), port=int(raw["port"]), percent=int(raw["percent"]))
 
 
 def annotation_patch(route_metadata: dict[str, Any] | None, intent: RouteIntent) -> list[dict[str, Any]]:

@@ -92,6 +92,7 @@ from agent_rollout.readiness import (
     unmet_requirement,
 )
 from agent_rollout.rollback import capacity_requeue, follow_capacity
+from agent_rollout.shadow import current_shadow, judged_analysis, shadow_end, shadow_over, wanted_mirror
 from agent_rollout.tick import (
     LIVE_PHASES,
     OPERATOR,
@@ -181,7 +182,7 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     follow_capacity(t, spec)
     _record_baseline(t, spec, _baseline_blocked(spec, problems, obs))
     settle_weights(t, spec)
-    request_weights(t)
+    request_weights(t, wanted_mirror(spec, t.st, t.obs) if not problems else None)
     set_traffic_condition(t, spec)
     set_completed_condition(t)
     if spec is not None and not problems:
@@ -223,7 +224,9 @@ def fast_gates(spec: AgentRolloutSpec, status: AgentRolloutStatus) -> tuple[str,
     return tuple(
         g.name
         for g in spec.analysis.gates
-        if g.template is not None and (g.min is not None or g.max is not None) and not g.dry_run
+        if g.template not in (None, api.Template.SHADOW_AGREEMENT)  # never with candidate weight
+        and (g.min is not None or g.max is not None)
+        and not g.dry_run
     )
 
 
@@ -657,6 +660,8 @@ def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
         return
     if step.pause is not None and not _pause_over(t, step.pause):
         return
+    if step.shadow is not None and not shadow_over(t, spec, step.shadow):
+        return  # the gates still judge the shadow traffic meanwhile, and roll back on a failure
     if step.evaluate is not None:
         # The suite is the step's verdict: the gates measure user traffic, which the candidate does not
         # get during an evaluation (they would hold the step for ever), and a failing gate still rolls back.
@@ -670,7 +675,7 @@ def _progress(t: Tick, spec: AgentRolloutSpec, held: bool) -> None:
             f"waiting for milestone: candidate requests {'?' if seen is None else seen}/{n.transactions}"
         )
         return
-    blocking = _blocking_gates(spec.analysis, st.last_analysis)
+    blocking = _blocking_gates(judged_analysis(spec, st), st.last_analysis)
     if not blocking:
         _complete_step(t, spec, manual=False)
         return
@@ -1005,6 +1010,9 @@ def _requeue_after(t: Tick, spec: AgentRolloutSpec | None) -> float | None:
         return _evaluation_due(t, evaluate)
     pause = spec.steps[st.current_step].pause
     end = pause_end(st, pause) if pause is not None else None
+    shadow = current_shadow(spec, st)
+    if shadow is not None:
+        end = shadow_end(st, shadow)
     left = (end - t.now).total_seconds() if end is not None else 0.0
     return left if left > 0 else None
 

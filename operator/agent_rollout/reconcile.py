@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
-from agent_rollout import api, evaluation, metrics
+from agent_rollout import api, evaluation, metrics, shadow
 from agent_rollout.analysis.prometheus import (
     PrometheusError,
     PrometheusGateway,
@@ -27,6 +27,7 @@ from agent_rollout.analysis.prometheus import (
     candidate_requests,
     check_queries,
     measure_gates,
+    shadow_pairs,
 )
 from agent_rollout.domain import (
     BaselineObservation,
@@ -57,6 +58,7 @@ from agent_rollout.readiness import (
 from agent_rollout.statuspatch import merge_patch
 from agent_rollout.tick import LIVE_PHASES, ROLLBACK_REASONS, parse_time
 from agent_rollout.traffic import gatewayapi
+from agent_rollout.traffic.value import Mirror, MirrorReading, TrafficState
 from agent_rollout.validation import validate
 
 log = logging.getLogger(__name__)
@@ -220,18 +222,21 @@ class Reconciler:
 
         route = routes(namespace, router.http_route) if router is not None else None
         route_spec = route.get("spec") if route is not None else None
+        route_intent = _our_intent(route, name)
+        mirrors = shadow.targets(spec, route_intent.mirror if route_intent is not None else None)
+        mirror_reading = MirrorReading()
         if router is not None:
             reading = gatewayapi.read_weights(route_spec, router)
+            mirror_reading = gatewayapi.read_mirror(route_spec, router, mirrors, namespace)
         else:
             reading = gatewayapi.RouteReading(None, "spec.traffic did not parse")
         claimed_by = None
         if router is not None:
             owner = route_owner(namespace, router.http_route)
             claimed_by = owner if owner not in (None, name) else None
-        route_intent = _our_intent(route, name)
 
         gates, prometheus_error, requests, rejected, unchecked = None, None, None, None, None
-        milestone, baseline, drill_gates = None, None, None
+        milestone, baseline, drill_gates, pairs = None, None, None, None
         if spec is not None and not problems and claimed_by is None:
             found, unchecked = await self._preflight(namespace, spec, status, meta.get("generation"), written)
             problems = (*problems, *found)
@@ -240,6 +245,7 @@ class Reconciler:
             gates, prometheus_error, requests, rejected, milestone = measured
             baseline = await self._baseline(namespace, spec, status, now)
             drill_gates = await self._drill(namespace, spec, status, now)
+            pairs = await self._shadow_pairs(namespace, spec, status, now)
         evaluation_seen = await self._evaluation(namespace, name, spec, status, jobs)
         obs = Observations(
             problems=problems,
@@ -261,12 +267,15 @@ class Reconciler:
             firing_alerts=self._alerts(namespace, name),
             evaluation=evaluation_seen,
             drill_gates=drill_gates,
+            route_mirror=mirror_reading.mirror,
+            route_mirror_exact=mirror_reading.exact,
+            shadow_pairs=pairs,
         )
         result = plan(spec, status, obs, now)
         if planned is not None:
             planned(spec, result.status, self._gateway(spec.analysis) if spec and spec.analysis else None)
         sequence = _sequence(raw_status) + 1  # what our next status write will carry
-        failure = await self._route(namespace, name, router, route, result, obs, sequence)
+        failure = await self._route(namespace, name, router, route, result, obs, sequence, mirrors)
         new_status, actions = result.status, result.actions
         if failure is not None:
             written.route_failures += 1
@@ -412,8 +421,9 @@ class Reconciler:
             return None, None, None, None, None
         gateway = self._gateway(spec.analysis)
         try:
+            judged = spec.model_copy(update={"analysis": shadow.judged_analysis(spec, status)})
             gates = await measure_gates(
-                _with_windows(spec, gate_windows(spec, status, now)), namespace, gateway
+                _with_windows(judged, gate_windows(spec, status, now)), namespace, gateway
             )
             requests, milestone = None, None
             step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
@@ -449,6 +459,25 @@ class Reconciler:
             log.warning("%s: milestone not measured yet: %s", namespace, e)
             return None
         return MilestoneObservation(status.current_step, requests, seconds, over)
+
+    async def _shadow_pairs(
+        self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
+    ) -> int | None:
+        """Compared pairs since a shadow step with minRequests began; None otherwise or on failure (the
+        step then waits: a count it cannot read never ends it)."""
+        step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
+        started = parse_time(status.step_started_at)
+        if spec.analysis is None or step is None or step.shadow is None or started is None:
+            return None
+        if status.phase not in LIVE_PHASES or step.shadow.min_requests is None:
+            return None
+        try:
+            return await shadow_pairs(
+                spec, namespace, (now - started).total_seconds(), self._gateway(spec.analysis)
+            )
+        except PrometheusError as e:
+            log.warning("%s: shadow pairs not counted: %s", namespace, e)
+            return None
 
     async def _baseline(
         self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
@@ -493,16 +522,22 @@ class Reconciler:
         result: Plan,
         obs: Observations,
         sequence: int,
+        mirrors: tuple[Mirror, ...] = (),
     ) -> RouteFailure | None:
-        """Write the weights the plan asks for, with the write-ahead record, before any status write."""
+        """Write the weights (and the shadow step's mirror, or its removal) the plan asks for, with the
+        write-ahead record, in one JSON patch, before any status write."""
         action = next((a for a in result.actions if isinstance(a, SetWeights)), None)
-        if action is None or router is None or route is None or obs.route_weights == action.weights:
+        if action is None or router is None or route is None:
+            return None
+        mirror_shown = obs.route_mirror == action.mirror and obs.route_mirror_exact
+        if obs.route_weights == action.weights and mirror_shown:
             return None  # no API write when nothing would change
         route_spec = route.get("spec") or {}
-        ops = gatewayapi.weight_patch(route_spec, router, action.weights)
+        want = TrafficState(action.weights, action.mirror)
+        ops = gatewayapi.traffic_patch(route_spec, router, want, mirrors, namespace)
         if not ops:
             return None
-        record = intent_for(name, result.status, sequence)
+        record = intent_for(name, result.status, sequence, action.mirror)
         ops = [*ops, *annotation_patch(route.get("metadata"), record)]
         try:
             await self._kube.patch_route(namespace, router.http_route, ops)

@@ -38,6 +38,7 @@ from agent_rollout.domain import (
     iso,
 )
 from agent_rollout.evidence import event_text, is_approval, step_text, weights_text
+from agent_rollout.traffic.value import Mirror
 
 
 class Reason(StrEnum):
@@ -369,15 +370,24 @@ def settle_weights(t: Tick, spec: AgentRolloutSpec | None) -> None:
     record(t, reason, message, [])
 
 
-def request_weights(t: Tick) -> None:
-    """Level-based: ask for status.weights whenever they changed or the route shows anything else."""
+def request_weights(t: Tick, mirror: Mirror | None = None) -> None:
+    """Level-based: ask for status.weights, and `mirror` (a shadow step's, or none of ours), whenever
+    the weights changed or the route shows anything else."""
     st, shown = t.st, t.obs.route_weights
     if not owns_route(st) or t.obs.route_claimed_by is not None or routes_to_missing(t.obs, st.weights):
         return
-    if t.weights_reason is None and (shown is None or shown == st.weights):
+    mirror_differs = t.obs.route_mirror != mirror or not t.obs.route_mirror_exact
+    if t.weights_reason is None and (shown is None or shown == st.weights) and not mirror_differs:
         return
-    action = SetWeights(weights=st.weights.model_copy(), reason=t.weights_reason or Reason.DRIFT.value)
+    reason = t.weights_reason or (_last_reason(t) if mirror_differs else None) or Reason.DRIFT.value
+    action = SetWeights(weights=st.weights.model_copy(), reason=reason, mirror=mirror)
     t.actions.insert(0, action)  # first, so the shell routes before it reports: a rollback must not wait
+
+
+def _last_reason(t: Tick) -> str | None:
+    """The reason of a Decision recorded this tick (a mirror follows the step, not the weights)."""
+    recorded = any(isinstance(a, EmitEvent) for a in t.actions)
+    return t.st.history[-1].reason if recorded and t.st.history else None
 
 
 def owns_route(st: AgentRolloutStatus) -> bool:

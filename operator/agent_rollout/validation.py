@@ -30,6 +30,7 @@ from agent_rollout.api import (
 )
 from agent_rollout.domain import SpecProblem
 from agent_rollout.readiness import STAGE_CRITERIA
+from agent_rollout.shadow import shadow_problems
 from agent_rollout.tick import step_weights
 
 # A query that takes longer than this holds a reconcile (and a worker thread) too long to be useful;
@@ -45,6 +46,7 @@ def validate(spec: AgentRolloutSpec) -> list[SpecProblem]:
     return [
         *_target_problems(spec),
         *_step_problems(spec.steps),
+        *_shadow_spec_problems(spec),
         *_analysis_problems(spec.analysis),
         *_readiness_problems(spec),
         *_notification_problems(spec),
@@ -64,6 +66,33 @@ def _notification_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
                 )
             )
         seen.setdefault(sink.name, i)
+    return problems
+
+
+def _shadow_spec_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
+    """Rules of shadow steps that need the rest of the spec."""
+    problems = []
+    router = spec.traffic.gateway_api
+    for i, step in enumerate(spec.steps):
+        if step.shadow is None:
+            continue
+        path = f"spec.steps[{i}].shadow"
+        if step.shadow.min_requests is not None and spec.analysis is None:
+            problems.append(
+                SpecProblem(
+                    f"{path}.minRequests",
+                    "compared pairs are counted in Prometheus: spec.analysis is required",
+                )
+            )
+        service = step.shadow.comparator.service
+        if router is not None and service in (router.legacy_backend, router.candidate_backend):
+            problems.append(
+                SpecProblem(
+                    f"{path}.comparator.service",
+                    f"the comparator Service {service!r} is a backend of the route: mirroring to it would "
+                    "send shadow copies to users' agents",
+                )
+            )
     return problems
 
 
@@ -141,6 +170,8 @@ def _step_problems(steps: list[Step]) -> list[SpecProblem]:
     for i, step in enumerate(steps):
         if step.evaluate is not None:
             problems += _evaluate_problems(step, f"spec.steps[{i}].evaluate", highest_at)
+        if step.shadow is not None:
+            problems += shadow_problems(step.shadow, f"spec.steps[{i}].shadow", highest_at)
         if step.set_weight is None:
             continue
         if step.set_weight < highest:

@@ -45,6 +45,8 @@ from agent_rollout.analysis.templates import (
     TemplateRead,
     candidate_requests_query,
     gate_queries,
+    noise_floor_read,
+    shadow_pairs_query,
     template_read,
     version_values,
 )
@@ -53,6 +55,7 @@ from agent_rollout.api import (
     Gate,
     GateResult,
     MetricNames,
+    Template,
     Verdict,
     duration_seconds,
 )
@@ -321,13 +324,24 @@ class _Plan:
     read: TemplateRead | None = None
     candidate: GateQueries | None = None
     legacy: GateQueries | None = None  # custom gates with `compare` only
+    # shadowAgreement: the noise floor (legacy vs legacy), always measured as its legacy side, so the
+    # evidence carries both rates and both sample counts whether or not the gate compares them.
+    floor: TemplateRead | None = None
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        reads = [r for r in (self.read, self.floor) if r is not None]
+        return tuple(dict.fromkeys(b for r in reads for b in r.blocks))
 
 
 def _plan(gate: Gate, spec: AgentRolloutSpec, namespace: str, metrics: MetricNames) -> _Plan:
     evidence = gate_queries(gate, spec, namespace, "candidate")
     if gate.template is not None:
         read = template_read(gate.template, metrics, window=gate.window, quantile=gate.quantile)
-        return _Plan(evidence.value, read=read)
+        floor = None
+        if gate.template is Template.SHADOW_AGREEMENT:
+            floor = noise_floor_read(metrics, window=gate.window)
+        return _Plan(evidence.value, read=read, floor=floor)
     legacy = gate_queries(gate, spec, namespace, "legacy") if gate.compare else None
     return _Plan(evidence.value, candidate=evidence, legacy=legacy)
 
@@ -336,7 +350,7 @@ def _gate_fields(i: int, gate: Gate, plan: _Plan) -> dict[str, str]:
     """Each query the plan sends, with the spec field it comes from."""
     path = f"spec.analysis.gates[{i}]"
     if plan.read is not None:
-        return {b.promql: f"{path}.template" for b in plan.read.blocks}
+        return {b.promql: f"{path}.template" for b in plan.blocks}
     fields: dict[str, str] = {}
     for side in (plan.candidate, plan.legacy):
         if side is not None:
@@ -384,7 +398,7 @@ async def measure_gates(
         if isinstance(plan, TemplateError):
             continue
         if plan.read is not None:
-            blocks.update(dict.fromkeys(plan.read.blocks))
+            blocks.update(dict.fromkeys(plan.blocks))
         for side in (plan.candidate, plan.legacy):
             if side is not None:
                 queries.update(dict.fromkeys(q for q in (side.value, side.samples) if q))
@@ -423,6 +437,8 @@ async def measure_gates(
             legacy_value, legacy_samples = (
                 plan.read.measure(vectors, namespace, legacy_version) if gate.compare else (None, None)
             )
+            if plan.floor is not None:
+                legacy_value, legacy_samples = plan.floor.measure(vectors, namespace, candidate_version)
         else:
             assert plan.candidate is not None
             value, samples = get(plan.candidate.value), get(plan.candidate.samples)
@@ -441,6 +457,18 @@ async def candidate_requests(
     if seconds < 1:
         return 0  # the step has just begun; an [0s] range is not valid PromQL anyway
     value = await gateway.scalar(candidate_requests_query(spec, namespace, math.floor(seconds)))
+    if value is None or not math.isfinite(value):
+        return None
+    return max(0, round(value))
+
+
+async def shadow_pairs(
+    spec: AgentRolloutSpec, namespace: str, seconds: float, gateway: MetricsSource
+) -> int | None:
+    """Compared pairs the shadow comparator counted over the last `seconds` (since the step began)."""
+    if seconds < 1:
+        return 0
+    value = await gateway.scalar(shadow_pairs_query(spec, namespace, math.floor(seconds)))
     if value is None or not math.isfinite(value):
         return None
     return max(0, round(value))

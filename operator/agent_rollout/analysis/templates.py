@@ -44,7 +44,13 @@ _VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 # Templates whose value is a proportion in [0, 1], so a two-proportion test applies.
-PROPORTION_TEMPLATES = frozenset({Template.ERROR_RATE, Template.FLAG_RATE, Template.EVAL_ACCURACY})
+PROPORTION_TEMPLATES = frozenset(
+    {Template.ERROR_RATE, Template.FLAG_RATE, Template.EVAL_ACCURACY, Template.SHADOW_AGREEMENT}
+)
+# The shadow comparator's outcome label; only match and mismatch are comparisons: a candidate error is
+# the error gate's (the candidate's own metrics), and legacy errors, skipped pairs and judge errors say
+# nothing about the candidate's answers.
+OUTCOME_LABEL = "outcome"
 
 
 class TemplateError(ValueError):
@@ -161,7 +167,15 @@ def _recipe(template: Template, metrics: MetricNames, quantile: float) -> _Recip
         # Zero correct answers must read as accuracy 0 (a failing gate), not as "no data".
         correct = _Increase(_metric(metrics.eval_correct_counter))
         return _Recipe(_Increase(_metric(metrics.eval_total_counter)), correct, sparse=True)
+    if template is Template.SHADOW_AGREEMENT:
+        return _agreement(_metric(metrics.shadow_counter))
     raise TemplateError(f"unknown template {template!r}")
+
+
+def _agreement(counter: str) -> _Recipe:
+    """match / (match + mismatch) of one of the comparator's counters; 0 matches is agreement 0."""
+    compared = _Increase(counter, f'{OUTCOME_LABEL}=~"match|mismatch"')
+    return _Recipe(compared, _Increase(counter, f'{OUTCOME_LABEL}="match"'), sparse=True)
 
 
 class _Selectors:
@@ -265,10 +279,35 @@ def template_read(
     return _template_read(template, tuple(getattr(metrics, n) for n in _READ_NAMES), window, quantile)
 
 
+def noise_floor_read(metrics: MetricNames, *, window: str) -> TemplateRead:
+    """shadowAgreement's legacy side: legacy-vs-legacy agreement from the comparator's noise counter,
+    labelled with the candidate's version (one comparator compares one pair)."""
+    return _noise_floor_read(tuple(getattr(metrics, n) for n in _READ_NAMES), window)
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_floor_read(names: tuple[Any, ...], window: str) -> TemplateRead:
+    metrics = MetricNames.model_construct(**dict(zip(_READ_NAMES, names, strict=True)))
+    return _read(_agreement(_metric(metrics.shadow_noise_counter)), metrics, window, 0.95)
+
+
+def shadow_pairs_query(spec: AgentRolloutSpec, namespace: str, seconds: int) -> str:
+    """Compared pairs (match + mismatch) the comparator counted in the last `seconds` (minRequests)."""
+    if seconds < 1:
+        raise TemplateError(f"window must be at least 1s, got {seconds!r}")
+    metrics = spec.analysis.metrics if spec.analysis else MetricNames()
+    _, candidate = version_values(spec)
+    recipe = _agreement(_metric(metrics.shadow_counter))
+    return _Selectors(metrics, candidate, namespace, f"{int(seconds)}s").increase(recipe.denominator)
+
+
 @functools.lru_cache(maxsize=1024)
 def _template_read(template: Template, names: tuple[Any, ...], window: str, quantile: float) -> TemplateRead:
     metrics = MetricNames.model_construct(**dict(zip(_READ_NAMES, names, strict=True)))
-    recipe = _recipe(template, metrics, quantile)
+    return _read(_recipe(template, metrics, quantile), metrics, window, quantile)
+
+
+def _read(recipe: _Recipe, metrics: MetricNames, window: str, quantile: float) -> TemplateRead:
     ns, ver = _label(metrics.namespace_label), _label(metrics.version_label)
     w = _seconds_or_millis(_millis(window))  # one spelling: 2m and 120s are one block
 

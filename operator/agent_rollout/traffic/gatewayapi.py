@@ -1,7 +1,8 @@
 """Gateway API HTTPRoute router, pure functions over the route's JSON.
 
-Only the `weight` of backendRefs named like the legacy and candidate backends is ever written; every
-other rule, match, filter and backendRef stays exactly as the user (or Git) wrote it. The write is a
+Only the `weight` of backendRefs named like the legacy and candidate backends, and during a shadow step
+one RequestMirror filter of ours in each rule carrying legacy, are ever written; every other rule,
+match, filter and backendRef stays exactly as the user (or Git) wrote it. The write is a
 JSON patch whose `test` ops pin each backendRef's name, so a route edited concurrently fails the patch
 instead of getting a weight on the wrong backend; the next reconcile retries on fresh data.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_rollout.api import GatewayAPIRouter, Weights
+from agent_rollout.traffic.value import Mirror, MirrorReading, TrafficState
 
 GROUP = "gateway.networking.k8s.io"
 VERSION = "v1"
@@ -76,3 +78,119 @@ def weight_patch(
             ops.append({"op": "test", "path": f"{base}/name", "value": backend})
             ops.append({"op": "add", "path": f"{base}/weight", "value": weight})
     return ops
+
+
+# ---------------------------------------------------------------- mirror (shadow steps)
+
+MIRROR = "RequestMirror"
+
+
+def mirror_filter(mirror: Mirror) -> dict[str, Any]:
+    """Our filter exactly as written (group and kind spelled out, so the stored value equals it and a
+    `test` of it holds: the apiserver would default them to these values anyway)."""
+    ref = {"group": "", "kind": "Service", "name": mirror.service, "port": mirror.port}
+    return {"type": MIRROR, "requestMirror": {"backendRef": ref, "percent": mirror.percent}}
+
+
+def _ours(item: Any, targets: tuple[Mirror, ...], namespace: str | None) -> Mirror | None:
+    """The mirror a filter is, when it mirrors to one of our comparators. Filters carry no name or
+    annotation, so ours is recognised by content: RequestMirror to a comparator Service and port."""
+    if not isinstance(item, dict) or item.get("type") != MIRROR:
+        return None
+    spec = item.get("requestMirror")
+    ref = spec.get("backendRef") if isinstance(spec, dict) else None
+    if not isinstance(ref, dict) or ref.get("group", "") != "" or ref.get("kind", "Service") != "Service":
+        return None
+    if ref.get("namespace") not in (None, namespace):
+        return None
+    assert isinstance(spec, dict)
+    for target in targets:
+        if ref.get("name") == target.service and ref.get("port") == target.port:
+            percent = spec.get("percent")
+            return Mirror(target.service, target.port, percent if isinstance(percent, int) else -1)
+    return None
+
+
+def _legacy_rules(route_spec: dict[str, Any], router: GatewayAPIRouter) -> list[int]:
+    return sorted({r for r, _b, _ref in _backend_positions(route_spec, router.legacy_backend)})
+
+
+def read_mirror(
+    route_spec: dict[str, Any] | None,
+    router: GatewayAPIRouter,
+    targets: tuple[Mirror, ...],
+    namespace: str | None = None,
+) -> MirrorReading:
+    """Our mirror filters in the rules that carry the legacy backendRef (`targets`: the comparators
+    this rollout may mirror to; their percent is ignored)."""
+    if route_spec is None or not targets:
+        return MirrorReading()
+    rules = route_spec.get("rules") or []
+    per_rule: list[list[Mirror]] = []
+    for r in _legacy_rules(route_spec, router):
+        filters = rules[r].get("filters") or []
+        per_rule.append([m for f in filters if (m := _ours(f, targets, namespace)) is not None])
+    found = sum(len(ms) for ms in per_rule)
+    if found == 0:
+        return MirrorReading(None, True, 0)
+    first = per_rule[0][0] if per_rule and per_rule[0] else None
+    exact = first is not None and all(ms == [first] for ms in per_rule)
+    return MirrorReading(first if exact else None, exact, found)
+
+
+def mirror_patch(
+    route_spec: dict[str, Any],
+    router: GatewayAPIRouter,
+    want: Mirror | None,
+    targets: tuple[Mirror, ...],
+    namespace: str | None = None,
+) -> list[dict[str, Any]]:
+    """JSON patch ops that leave exactly `want` (or none) of our filters in each rule carrying legacy.
+
+    Exactly once: an add is preceded by a `test` of the whole rule as read (JSON patch cannot test for
+    absence, and adding a `filters` member that exists would replace it), so a retried or concurrent
+    write that already added one fails the patch (a conflict, retried on fresh data) instead of adding
+    a second. A removal tests the exact filter at its index first. Other filters are never addressed;
+    when ours is the only filter, the whole `filters` member goes, so a rule that had none is as before.
+    These ops come before the weight ops of the same patch (the rule test must see the rule as read).
+    """
+    ops: list[dict[str, Any]] = []
+    rules = route_spec.get("rules") or []
+    every = (*targets, *((want,) if want is not None else ()))
+    for r in _legacy_rules(route_spec, router):
+        rule = rules[r]
+        base = f"/spec/rules/{r}"
+        filters = rule.get("filters")
+        listed = filters if isinstance(filters, list) else []
+        ours = [(i, f) for i, f in enumerate(listed) if _ours(f, every, namespace) is not None]
+        if want is not None and [f for _i, f in ours] == [mirror_filter(want)]:
+            continue  # exactly ours, exactly as wanted
+        if want is not None:
+            ops.append({"op": "test", "path": base, "value": rule})
+        if ours and len(ours) == len(listed) and want is None:
+            ops.append({"op": "test", "path": f"{base}/filters", "value": listed})
+            ops.append({"op": "remove", "path": f"{base}/filters"})
+            continue
+        for i, f in reversed(ours):  # from the end, so earlier indexes stay valid
+            ops.append({"op": "test", "path": f"{base}/filters/{i}", "value": f})
+            ops.append({"op": "remove", "path": f"{base}/filters/{i}"})
+        if want is None:
+            continue
+        if isinstance(filters, list):
+            ops.append({"op": "add", "path": f"{base}/filters/-", "value": mirror_filter(want)})
+        else:
+            ops.append({"op": "add", "path": f"{base}/filters", "value": [mirror_filter(want)]})
+    return ops
+
+
+def traffic_patch(
+    route_spec: dict[str, Any],
+    router: GatewayAPIRouter,
+    want: TrafficState,
+    targets: tuple[Mirror, ...],
+    namespace: str | None = None,
+) -> list[dict[str, Any]]:
+    """One atomic JSON patch from the route as read to `want`: the mirror first, then the weights, so
+    there is no moment with both a mirror and candidate weight, nor a mirror left after a rollback."""
+    mirror_ops = mirror_patch(route_spec, router, want.mirror, targets, namespace)
+    return [*mirror_ops, *weight_patch(route_spec, router, want.weights)]
