@@ -11,6 +11,8 @@ from agent_rollout.deletion import ALL_TO_LEGACY, FINALIZER, Finalizer, on_delet
 from agent_rollout.domain import DeploymentState
 from agent_rollout.intent import ANNOTATION
 from agent_rollout.kube import Conflict
+from agent_rollout.traffic import gatewayapi
+from agent_rollout.traffic.value import Mirror
 from tests.fakes import EventLog, FakeKube
 from tests.specs import CANDIDATE, LEGACY, ROUTE, spec_dict
 from tests.test_reconcile import NS, route_object
@@ -148,3 +150,31 @@ def test_a_finalizer_added_on_a_stale_read_is_a_conflict_not_an_overwrite() -> N
     else:
         raise AssertionError("a stale finalizer list was written over a newer one")
     assert kube.rollout(NS, NAME)["metadata"]["finalizers"] == ["example.com/backup"]
+
+
+def shadow_scene(on_delete: str | None) -> tuple[FinalizingKube, Finalizer]:
+    """Deleted during a shadow step: the route mirrors to the comparator, beside a user's own filter."""
+    kube, finalizer, _ = scene(candidate=0, on_delete=on_delete)
+    stored = kube.rollouts[(NS, NAME)]
+    shadow = {"shadow": {"percent": 20, "duration": "10m"}}
+    stored["spec"]["steps"] = [shadow, {"setWeight": 30}]
+    rule = kube.routes[(NS, ROUTE)]["spec"]["rules"][0]
+    rule["filters"] = [USER_FILTER, gatewayapi.mirror_filter(Mirror("agent-rollout-comparator", 8080, 20))]
+    asyncio.run(finalizer.add(kube.rollout(NS, NAME)))
+    return kube, finalizer
+
+
+USER_FILTER = {
+    "type": "RequestHeaderModifier",
+    "requestHeaderModifier": {"set": [{"name": "x", "value": "1"}]},
+}
+
+
+def test_a_rollout_deleted_in_a_shadow_step_takes_its_mirror_and_only_it_with_it() -> None:
+    for on_delete in (None, "keepWeights"):
+        kube, finalizer = shadow_scene(on_delete)
+        assert release(kube, finalizer) is None
+        spec = kube.route_spec(NS, ROUTE)
+        assert spec is not None and spec["rules"][0]["filters"] == [USER_FILTER], on_delete
+        assert weights(kube) == [100, 0]
+        assert kube.rollout(NS, NAME)["metadata"]["finalizers"] == []

@@ -19,12 +19,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from agent_rollout import api
+from agent_rollout import api, shadow
 from agent_rollout.api import OnDelete, Weights
 from agent_rollout.domain import DeploymentState
 from agent_rollout.intent import ANNOTATION, decode
 from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
 from agent_rollout.traffic import gatewayapi
+from agent_rollout.traffic.value import TrafficState
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -47,19 +48,31 @@ def on_deletion(
     route_found: bool,
     legacy_exists: bool,
     claimed_by: str | None,
+    mirrored: bool = False,
 ) -> OnDeletion:
-    if on_delete is OnDelete.KEEP_WEIGHTS:
-        return OnDeletion(None, "deleted with spec.onDelete keepWeights: the route is left as it is")
+    """`mirrored`: the route carries a shadow step's mirror filter of this rollout. It goes with the
+    rollout whatever onDelete says (the comparator would get copies for ever, and no step of ours is
+    left to judge them); keepWeights keeps the weights."""
     if not route_found:
         return OnDeletion(None, "deleted: no HTTPRoute of this rollout to send to legacy")
     if claimed_by is not None:
         return OnDeletion(None, f"deleted: the HTTPRoute is rollout {claimed_by}'s, left as it is")
+    unmirror = " (its shadow mirror removed)" if mirrored else ""
+    if on_delete is OnDelete.KEEP_WEIGHTS:
+        message = (
+            f"deleted with spec.onDelete keepWeights: the route's weights are left as they are{unmirror}"
+        )
+        return OnDeletion(route_weights if mirrored else None, message)
     if route_weights == ALL_TO_LEGACY:
-        return OnDeletion(None, "deleted: all traffic already on legacy")
+        return OnDeletion(
+            ALL_TO_LEGACY if mirrored else None, f"deleted: all traffic already on legacy{unmirror}"
+        )
     if not legacy_exists:
         # Sending traffic to a Deployment that is not there would fail every request.
-        return OnDeletion(None, "deleted: the legacy Deployment does not exist, the route is left as it is")
-    return OnDeletion(ALL_TO_LEGACY, "deleted mid-rollout: all traffic sent to legacy before the deletion")
+        message = f"deleted: the legacy Deployment does not exist; weights left as they are{unmirror}"
+        return OnDeletion(route_weights if mirrored else None, message)
+    message = f"deleted mid-rollout: all traffic sent to legacy before the deletion{unmirror}"
+    return OnDeletion(ALL_TO_LEGACY, message)
 
 
 # ---------------------------------------------------------------- the shell
@@ -115,15 +128,26 @@ class Finalizer:
         route = routes(namespace, router.http_route) if router is not None else None
         owner = route_owner(namespace, router.http_route) if router is not None else None
         route_spec = (route or {}).get("spec")
+        # Every comparator this rollout may have mirrored to: its shadow steps' and its write-ahead record's.
+        record = decode(((route or {}).get("metadata") or {}).get("annotations", {}).get(ANNOTATION))
+        mirrors = shadow.targets(
+            _parse_alone(api.AgentRolloutSpec, raw_spec),
+            record.mirror if record is not None and record.rollout == name else None,
+        )
+        mirrored = (
+            router is not None and gatewayapi.read_mirror(route_spec, router, mirrors, namespace).found > 0
+        )
         decision = on_deletion(
             parse_on_delete(raw_spec),
             gatewayapi.read_weights(route_spec, router).weights if router is not None else None,
             route is not None,
             legacy is not None and deployments(namespace, legacy.deployment) is not None,
             owner if owner not in (None, name) else None,
+            mirrored,
         )
         if decision.weights is not None and router is not None and route is not None:
-            ops = gatewayapi.weight_patch(route_spec or {}, router, decision.weights)
+            want = TrafficState(weights=decision.weights, mirror=None)
+            ops = gatewayapi.traffic_patch(route_spec or {}, router, want, mirrors, namespace)
             if ops:
                 try:
                     await self._kube.patch_route(
