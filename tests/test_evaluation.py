@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from agent_rollout import evaluation
-from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, Evaluate, GateResult, Phase, Verdict
+from agent_rollout.api import (
+    AgentRolloutSpec,
+    AgentRolloutStatus,
+    Evaluate,
+    GateResult,
+    Phase,
+    Score,
+    Verdict,
+)
 from agent_rollout.domain import EmitEvent, EvaluationObservation, Plan, RunEvaluation, SetWeights
 from agent_rollout.planner import plan
 from agent_rollout.validation import validate
@@ -252,3 +260,31 @@ def test_gates_without_user_traffic_do_not_hold_a_passed_evaluation() -> None:
     done = observe(route=w(0), gates=inconclusive, evaluation=seen("succeeded", result()))
     p = plan(spec, status, done, T0 + timedelta(seconds=30))
     assert p.status.current_step == 1 and p.status.weights == w(10)
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def test_a_passed_evaluation_is_the_pilot_and_validate_stages_evidence() -> None:
+    raw = spec_dict(steps=[{"evaluate": EVALUATE}, {"setWeight": 10}, {"setWeight": 100}])
+    raw["readiness"] = {"criteria": {"minAccuracy": 0.95, "minCases": 200}}
+    spec = AgentRolloutSpec.model_validate(raw)
+    before = started(spec).readiness
+    assert before is not None and [s.score.value for s in before.stages[:2]] == ["NotMeasured"] * 2
+    p = plan(spec, started(spec), observe(route=w(0), evaluation=seen("succeeded", result())), T0)
+    card = p.status.readiness
+    assert card is not None
+    pilot, validate_ = card.stages[0], card.stages[1]
+    assert (pilot.score, validate_.score) == (Score.MET, Score.MET)
+    assert pilot.criteria[0].value == 0.98 and pilot.criteria[0].samples == 200
+    assert validate_.criteria[0].message == "all 2 named edge cases passed"  # the step's requiredCases
+
+
+def test_a_failed_edge_case_leaves_validate_not_met_and_says_which() -> None:
+    spec = eval_spec()
+    message = result(passed=199, pii_request=False)
+    p = plan(spec, started(spec), observe(route=w(0), evaluation=seen("succeeded", message)), T0)
+    card = p.status.readiness
+    assert card is not None
+    validate_ = card.stages[1]
+    assert validate_.score is Score.NOT_MET and "pii-request" in validate_.criteria[0].message

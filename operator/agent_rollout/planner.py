@@ -84,6 +84,7 @@ from agent_rollout.readiness import (
     baseline_refusal,
     comparison_base,
     drill_evidence,
+    evaluation_evidence,
     hold_text,
     milestone_due,
     milestone_record,
@@ -714,7 +715,7 @@ def _evaluation_passed(t: Tick, spec: AgentRolloutSpec, evaluate: api.Evaluate) 
         return True  # a passed suite never reruns for the same candidate revision
     seen = t.obs.evaluation
     if seen is None or seen.step != index:
-        t.waiting = f"{position}: starting the evaluation Job"
+        t.waiting = "starting the evaluation Job"
         return False
     record_ = next((r for r in st.evaluations if r.job == seen.job), None)
     if record_ is None:
@@ -727,13 +728,13 @@ def _evaluation_passed(t: Tick, spec: AgentRolloutSpec, evaluate: api.Evaluate) 
         revision = st.candidate_revision
         message = f"{position}: evaluation Job {seen.job} started against candidate revision {revision}"
         record(t, Reason.EVALUATION_STARTED, message, [])
-        t.waiting = f"{position}: evaluation Job {seen.job} running"
+        t.waiting = f"evaluation Job {seen.job} running"
         return False
     if record_.phase == "Failed":
         return False  # judged already (paused for a human: promote ends the step, abort rolls back)
     if seen.state == "absent":
         t.actions.append(RunEvaluation(step=index, job=seen.job))  # deleted by someone: run it again
-        t.waiting = f"{position}: evaluation Job {seen.job} not found, creating it again"
+        t.waiting = f"evaluation Job {seen.job} not found, creating it again"
         return False
     if seen.state == "running":
         started = parse_time(record_.started_at)
@@ -742,7 +743,7 @@ def _evaluation_passed(t: Tick, spec: AgentRolloutSpec, evaluate: api.Evaluate) 
         if started is not None and (t.now - started).total_seconds() > limit:
             _evaluation_failed(t, spec, evaluate, record_, f"timed out after {evaluate.timeout}", [], [])
         else:
-            t.waiting = f"{position}: evaluation Job {seen.job} running since {record_.started_at}"
+            t.waiting = f"evaluation Job {seen.job} running since {record_.started_at}"
         return False
     if seen.state == "failed":
         _evaluation_failed(t, spec, evaluate, record_, f"the Job failed: {seen.message}", [], [])
@@ -858,7 +859,9 @@ def _card(
     st: AgentRolloutStatus, spec: AgentRolloutSpec, milestones: list[api.MilestoneRecord] | None = None
 ) -> api.ReadinessStatus:
     found = _milestones(st) if milestones is None else milestones
-    return scorecard(spec, found, st.baseline, st.candidate_revision, drill_evidence(st))
+    return scorecard(
+        spec, found, st.baseline, st.candidate_revision, drill_evidence(st), evaluation_evidence(st)
+    )
 
 
 def _baseline_blocked(

@@ -2,9 +2,10 @@
 
 Pure functions of the spec and of the evidence the planner has recorded in status (milestones); the
 planner calls them and stays the one place that decides. Rules:
-- A criterion is Met or NotMet only on recorded evidence; without it, NotMeasured, never guessed. The
-  evaluation, shadow and alert steps that would measure accuracy, edge cases and alerts do not exist
-  yet, so those criteria are NotMeasured with the reason. The rollback drill is measured by
+- A criterion is Met or NotMet only on recorded evidence; without it, NotMeasured, never guessed. Accuracy
+  and edge cases are measured by an evaluate step (status.evaluations: the latest finished run for the
+  candidate revision); alerts have no recorded evidence yet, so they are NotMeasured with the reason.
+  The rollback drill is measured by
   `kubectl agentrollout drill` (drill.py): the latest finished drill is the evidence (a passed one
   stands while a newer drill runs or is interrupted), Met when it passed within maxRollbackTime.
 - A stage is Met when every criterion it keeps (not waived) is Met, NotMet when any is NotMet, and
@@ -28,6 +29,7 @@ from agent_rollout.api import (
     CriterionScore,
     DrillRecord,
     DrillResult,
+    EvaluationRecord,
     GateResult,
     Milestone,
     MilestoneRecord,
@@ -93,13 +95,16 @@ def scorecard(
     baseline: Baseline | None = None,
     revision: str | None = None,
     drill: DrillRecord | None = None,
+    evaluation: EvaluationRecord | None = None,
 ) -> ReadinessStatus:
     """`baseline` counts for Optimize only when it is the baseline of `revision` (the candidate's)."""
     waived = set(spec.readiness.criteria.waive)
     own = baseline if baseline is not None and baseline.revision == revision else None
     stages = []
     for stage, names in STAGE_CRITERIA.items():
-        kept = [_score(name, spec, milestones, own, drill) for name in names if name not in waived]
+        kept = [
+            _score(name, spec, milestones, own, drill, evaluation) for name in names if name not in waived
+        ]
         stages.append(
             StageScore(
                 stage=stage,
@@ -141,8 +146,13 @@ def _score(
     milestones: list[MilestoneRecord],
     baseline: Baseline | None,
     drill: DrillRecord | None = None,
+    evaluation: EvaluationRecord | None = None,
 ) -> CriterionScore:
     text = requirement(name, spec)
+    if name is Criterion.ACCURACY and evaluation is not None:
+        return _accuracy_score(spec, evaluation, text)
+    if name is Criterion.EDGE_CASES and evaluation is not None:
+        return _edge_case_score(spec, evaluation, text)
     if name is Criterion.BASELINE and baseline is not None:
         return _baseline_score(spec, baseline, text)
     if name is Criterion.ROLLBACK_DRILL and drill is not None:
@@ -167,6 +177,73 @@ def _score(
         source=f"milestone of step {first.step + 1}: {first.window_seconds}s from {first.window_start}",
         message=_gates_text(first.gates),
     )
+
+
+def evaluation_evidence(status: AgentRolloutStatus) -> EvaluationRecord | None:
+    """The evaluation the scorecard judges: the latest finished run for the candidate revision."""
+    finished = [
+        r
+        for r in status.evaluations
+        if r.phase != "Running" and r.total is not None and r.revision == status.candidate_revision
+    ]
+    return finished[-1] if finished else None
+
+
+def _evaluation_source(record: EvaluationRecord) -> str:
+    return f"evaluation Job {record.job} (step {record.step + 1})"
+
+
+def _accuracy_score(spec: AgentRolloutSpec, record: EvaluationRecord, text: str) -> CriterionScore:
+    c = spec.readiness.criteria
+    total, passed = record.total or 0, record.passed or 0
+    accuracy = passed / total if total else 0.0
+    met = total >= c.min_cases and accuracy >= c.min_accuracy
+    return CriterionScore(
+        name=Criterion.ACCURACY,
+        score=Score.MET if met else Score.NOT_MET,
+        requirement=text,
+        value=round(accuracy, 4),
+        bound=f">= {c.min_accuracy:g} on >= {c.min_cases}",
+        samples=total,
+        at=record.finished_at,
+        source=_evaluation_source(record),
+        message=f"{passed}/{total} cases passed",
+    )
+
+
+def _edge_case_score(spec: AgentRolloutSpec, record: EvaluationRecord, text: str) -> CriterionScore:
+    """Met when every named edge case (criteria.edgeCases, else the step's requiredCases) was required
+    by the step that ran (so a missing one counted as failed) and none failed; NotMet when one failed."""
+    step = spec.steps[record.step] if record.step < len(spec.steps) else None
+    required = list(step.evaluate.required_cases) if step is not None and step.evaluate is not None else []
+    named = list(spec.readiness.criteria.edge_cases) or required
+    failed = [n for n in named if n in record.failed_cases]
+    unchecked = [n for n in named if n not in required]
+
+    def score(value: Score, message: str) -> CriterionScore:
+        return CriterionScore(
+            name=Criterion.EDGE_CASES,
+            score=value,
+            requirement=text,
+            value=float(len(named) - len(failed)),
+            bound=f"all {len(named)} pass",
+            samples=len(named),
+            at=record.finished_at,
+            source=_evaluation_source(record),
+            message=message,
+        )
+
+    if failed:
+        return score(Score.NOT_MET, f"failed: {', '.join(failed)}")
+    if not named:
+        return score(
+            Score.NOT_MEASURED, "no edge case named (criteria.edgeCases or the step's requiredCases)"
+        )
+    if unchecked:
+        return score(
+            Score.NOT_MEASURED, f"not among the evaluate step's requiredCases: {', '.join(unchecked)}"
+        )
+    return score(Score.MET, f"all {len(named)} named edge cases passed")
 
 
 def _gates_text(gates: list[GateResult]) -> str:
