@@ -32,7 +32,7 @@ class FakeStore:
 def stored(name: str, phase: str, candidate: int) -> StoredRollout:
     status = {"phase": phase, "weights": {"legacy": 100 - candidate, "candidate": candidate}}
     status["stepStartedAt"] = "2026-03-01T12:00:00Z"
-    spec = {"candidate": {"deployment": f"{name}-agent"}}
+    spec = {"candidate": {"deployment": f"{name}-agent"}, "readiness": {"requireDrill": {"before": 50}}}
     return StoredRollout.of(
         {"metadata": {"name": name, "namespace": "ns", "generation": 1}, "spec": spec, "status": status}
     )
@@ -69,6 +69,8 @@ def test_scrape_counts_phases_and_shows_live_rollouts_weights_gates_and_rollback
     # Per-rollout series only for live rollouts.
     assert found["agent_rollout_candidate_weight"] == [({"namespace": "ns", "rollout": "a"}, 25)]
     assert [labels["rollout"] for labels, _ in found["agent_rollout_step_started_timestamp_seconds"]] == ["a"]
+    # A rollout requiring drills that never passed one: due since 0 (the DrillOverdue alert).
+    assert found["agent_rollout_drill_due_timestamp_seconds"] == [({"namespace": "ns", "rollout": "a"}, 0.0)]
     # The candidate's version label value (its Deployment's name here), for the chart's spike alerts' join.
     assert found["agent_rollout_candidate_info"] == [
         ({"namespace": "ns", "rollout": "a", "version": "a-agent"}, 1)

@@ -79,7 +79,7 @@ class StoredRollout:
             created=str(meta.get("creationTimestamp") or ""),
             deleting=bool(meta.get("deletionTimestamp")),
             finalized=FINALIZER in (meta.get("finalizers") or ()),
-            gauge=_gauge(status, _candidate_version(spec)),
+            gauge=_gauge(status, _candidate_version(spec), _drill_due(spec, status)),
         )
 
     def body(self) -> dict[str, Any]:
@@ -107,7 +107,24 @@ def _candidate_version(spec: dict[str, Any]) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def _gauge(status: dict[str, Any], candidate_version: str | None = None) -> metrics.RolloutGauge:
+def _drill_due(spec: dict[str, Any], status: dict[str, Any]) -> float | None:
+    """When a rollout that requires drills (readiness.requireDrill) needs its next one: its last passed
+    drill's start plus maxAge, 0 if none passed; None when it requires none (or the spec is unreadable)."""
+    required = ((spec.get("readiness") or {}).get("requireDrill") or {}) if isinstance(spec, dict) else {}
+    if not isinstance(required, dict) or not required:
+        return None
+    try:
+        max_age = api.age_seconds(str(required.get("maxAge", "30d")))
+    except ValueError:
+        return None
+    passed = status.get("passedDrill") or {}
+    started = parse_time(passed.get("startedAt")) if isinstance(passed.get("startedAt"), str) else None
+    return started.timestamp() + max_age if started is not None else 0.0
+
+
+def _gauge(
+    status: dict[str, Any], candidate_version: str | None = None, drill_due: float | None = None
+) -> metrics.RolloutGauge:
     phase = status.get("phase")
     weights = status.get("weights") or {}
     candidate = weights.get("candidate") if isinstance(weights, dict) else None
@@ -119,6 +136,7 @@ def _gauge(status: dict[str, Any], candidate_version: str | None = None) -> metr
         candidate_weight=candidate if isinstance(candidate, int) else 0,
         step_started=started.timestamp() if started is not None else None,
         candidate_version=candidate_version,
+        drill_due=drill_due,
     )
 
 

@@ -107,6 +107,7 @@ class RolloutGauge:
     candidate_weight: int
     step_started: float | None  # epoch seconds of status.stepStartedAt
     candidate_version: str | None = None  # the candidate's version label value in the agents' metrics
+    drill_due: float | None = None  # epoch seconds a requireDrill rollout needs its next drill by
 
 
 class Store(Protocol):
@@ -187,6 +188,12 @@ class StoreCollector(Collector):
             "1 for each live rollout (Progressing, Paused) and its candidate's version label value.",
             labels=["namespace", "rollout", "version"],
         )
+        drill_due = GaugeMetricFamily(
+            f"{PREFIX}_drill_due_timestamp_seconds",
+            "When a live rollout with readiness.requireDrill needs its next passed drill (its last passed "
+            "drill plus maxAge; 0: none passed yet).",
+            labels=["namespace", "rollout"],
+        )
         counts = {p.value: 0 for p in api.Phase}
         live: set[Key] = set()
         present: set[Key] = set()
@@ -198,6 +205,8 @@ class StoreCollector(Collector):
                 weight.add_metric(list(key), g.candidate_weight)
                 if g.candidate_version is not None:
                     candidate.add_metric([*key, g.candidate_version], 1)
+                if g.drill_due is not None:
+                    drill_due.add_metric(list(key), g.drill_due)
                 if g.step_started is not None:
                     started.add_metric(list(key), g.step_started)
         for phase, n in counts.items():
@@ -206,6 +215,7 @@ class StoreCollector(Collector):
         yield weight
         yield started
         yield candidate
+        yield drill_due
         gate_value = GaugeMetricFamily(
             f"{PREFIX}_gate_value",
             "A live rollout's gate value at its latest evaluation (absent: no value).",
