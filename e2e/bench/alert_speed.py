@@ -30,16 +30,13 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_api_client import PrometheusConnect
 
 from agent_rollout import api
-from e2e.bench.rollback_speed import cluster, install_crd, terminate_as_exit
+from e2e.bench.rollback_speed import bench_scene, cluster, install_crd, terminate_as_exit
 from e2e.cluster import ClusterState, alertmanager
 from e2e.cluster.kubeapi import KubeApi, new_api_client
-from e2e.cluster.kubectl import run_kubectl
 from e2e.cluster.ports import free_ports
 from e2e.cluster.prometheus import reload as reload_prometheus
 from e2e.rollout.incident import incident_rules, load_rules
-from e2e.rollout.scene import CANDIDATE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
-from e2e.sim.launcher import start_agents
-from e2e.sim.traffic import TrafficDriver
+from e2e.rollout.scene import CANDIDATE, OperatorProcess, wait_until
 
 RUNS = 10
 RPS = 20.0
@@ -86,25 +83,8 @@ def one_run(
     agents = driver = rules = None
     traffic_client = new_api_client(state.kubeconfig)
     try:
-        fast = {"latency_sleep": False}
-        agents = start_agents(
-            namespace,
-            {LEGACY: fast, CANDIDATE: {**fast, "error_ratio": 0.3}},
-            file_sd_dir=state.file_sd_dir,
-            prometheus_url=state.prometheus_url,
-            log_dir=state.run_dir / "agents",
-        )
-        agents.wait_scraped()
-        kube.create_agent_backends(namespace, {LEGACY: LEGACY, CANDIDATE: CANDIDATE})
-        kube.create_httproute(namespace, ROUTE, {LEGACY: 100, CANDIDATE: 0})
-        for name in (LEGACY, CANDIDATE):
-            kube.wait_deployment_available(namespace, name)
-        driver = TrafficDriver(traffic_client, namespace, ROUTE, agents.urls())
-
-        def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> Any:
-            return run_kubectl(state.kubectl_bin, state.kubeconfig, *args, stdin=stdin, check=check)
-
-        scene = Scene(namespace, kube, kubectl, state.prometheus_url, agents, driver)
+        scene = bench_scene(state, kube, namespace, {"error_ratio": 0.3}, traffic_client)
+        agents, driver = scene.agents, scene.driver
         steps = [{"setWeight": 20}, {"pause": {"duration": "10m"}}]
         scene.apply(scene.rollout_manifest(ROLLOUT, steps=steps, gates=[LENIENT_GATE]))
         driver.start(max_requests=int(RPS * 300), duration_s=300, rps=RPS)

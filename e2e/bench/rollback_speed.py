@@ -261,6 +261,41 @@ def terminate_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def bench_scene(
+    state: ClusterState,
+    kube: KubeApi,
+    namespace: str,
+    candidate: dict[str, Any],
+    traffic_client: Any,
+) -> Scene:
+    """In `namespace`: simulated legacy and candidate agents (the candidate with the fault profile
+    `candidate`), their Deployments and Services, an HTTPRoute (legacy 100, candidate 0), and a traffic
+    driver following it, not started yet."""
+    fast = {"latency_sleep": False}
+    agents = start_agents(
+        namespace,
+        {LEGACY: fast, CANDIDATE: {**fast, **candidate}},
+        file_sd_dir=state.file_sd_dir,
+        prometheus_url=state.prometheus_url,
+        log_dir=state.run_dir / "agents",
+    )
+    try:
+        agents.wait_scraped()
+        kube.create_agent_backends(namespace, {LEGACY: LEGACY, CANDIDATE: CANDIDATE})
+        kube.create_httproute(namespace, ROUTE, {LEGACY: 100, CANDIDATE: 0})
+        for name in (LEGACY, CANDIDATE):
+            kube.wait_deployment_available(namespace, name)
+        driver = TrafficDriver(traffic_client, namespace, ROUTE, agents.urls())
+    except BaseException:
+        agents.stop()
+        raise
+
+    def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> Any:
+        return run_kubectl(state.kubectl_bin, state.kubeconfig, *args, stdin=stdin, check=check)
+
+    return Scene(namespace, kube, kubectl, state.prometheus_url, agents, driver)
+
+
 def one_run(
     index: int, offset_s: float, state: ClusterState, kube: KubeApi, prometheus: PrometheusConnect
 ) -> RunResult:
@@ -271,25 +306,8 @@ def one_run(
     agents = driver = status_watch = None
     traffic_client = new_api_client(state.kubeconfig)
     try:
-        fast = {"latency_sleep": False}
-        agents = start_agents(
-            namespace,
-            {LEGACY: fast, CANDIDATE: {**fast, "error_ratio": 0.2}},
-            file_sd_dir=state.file_sd_dir,
-            prometheus_url=state.prometheus_url,
-            log_dir=state.run_dir / "agents",
-        )
-        agents.wait_scraped()
-        kube.create_agent_backends(namespace, {LEGACY: LEGACY, CANDIDATE: CANDIDATE})
-        kube.create_httproute(namespace, ROUTE, {LEGACY: 100, CANDIDATE: 0})
-        for name in (LEGACY, CANDIDATE):
-            kube.wait_deployment_available(namespace, name)
-        driver = TrafficDriver(traffic_client, namespace, ROUTE, agents.urls())
-
-        def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> Any:
-            return run_kubectl(state.kubectl_bin, state.kubeconfig, *args, stdin=stdin, check=check)
-
-        scene = Scene(namespace, kube, kubectl, state.prometheus_url, agents, driver)
+        scene = bench_scene(state, kube, namespace, {"error_ratio": 0.2}, traffic_client)
+        agents, driver = scene.agents, scene.driver
         manifest = scene.rollout_manifest(
             ROLLOUT,
             steps=STEPS,
