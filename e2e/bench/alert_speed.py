@@ -85,7 +85,7 @@ def one_run(
     try:
         scene = bench_scene(state, kube, namespace, {"error_ratio": 0.3}, traffic_client)
         agents, driver = scene.agents, scene.driver
-        steps = [{"setWeight": 20}, {"pause": {"duration": "10m"}}]
+        steps: list[dict[str, Any]] = [{"setWeight": 20}, {"pause": {"duration": "10m"}}]
         scene.apply(scene.rollout_manifest(ROLLOUT, steps=steps, gates=[LENIENT_GATE]))
         driver.start(max_requests=int(RPS * 300), duration_s=300, rps=RPS)
         wait_until("candidate at 20%", lambda: scene.route_weights()[CANDIDATE] == 20, 60)
