@@ -178,3 +178,11 @@ def test_a_rollout_deleted_in_a_shadow_step_takes_its_mirror_and_only_it_with_it
         assert spec is not None and spec["rules"][0]["filters"] == [USER_FILTER], on_delete
         assert weights(kube) == [100, 0]
         assert kube.rollout(NS, NAME)["metadata"]["finalizers"] == []
+
+
+def test_a_route_whose_annotations_are_null_does_not_stop_the_deletion() -> None:
+    kube, finalizer, _ = scene(candidate=30)
+    kube.routes[(NS, ROUTE)]["metadata"]["annotations"] = None  # as `kubectl edit` can leave it
+    asyncio.run(finalizer.add(kube.rollout(NS, NAME)))
+    assert release(kube, finalizer) is None
+    assert weights(kube) == [100, 0]

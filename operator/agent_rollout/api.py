@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "agentrollout.io"
@@ -1041,3 +1041,14 @@ def parse_status(raw: dict[str, Any] | None) -> AgentRolloutStatus:
 def dump(model: BaseModel) -> dict[str, Any]:
     """Wire form: camelCase, no nulls."""
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_alone(model: type[M], raw: Any) -> M | None:
+    """One part of a spec that failed elsewhere (or a whole one), when that part parses on its own."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError:
+        return None

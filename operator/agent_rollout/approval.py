@@ -34,6 +34,7 @@ from agent_rollout.tick import (
     parse_time,
     record,
     requester,
+    take_request,
     transition,
 )
 
@@ -159,9 +160,7 @@ def expiry_recorded(st: api.AgentRolloutStatus) -> bool:
 def refuse_promote(t: Tick, spec: AgentRolloutSpec, approval: Approval) -> None:
     st = t.st
     st.promote = False
-    actor = requester(st.requests.promote if st.requests is not None else None)
-    if st.requests is not None:
-        st.requests.promote = None
+    actor = take_request(st, "promote")
     message = (
         f"status.promote not applied: step {st.current_step + 1}/{len(spec.steps)} needs "
         f"{approval.min_approvals} approval(s) (kubectl agentrollout approve), {len(st.approvals)} so far"

@@ -21,6 +21,7 @@ from typing import Any
 from agent_rollout import api, evaluation, metrics
 from agent_rollout.deletion import FINALIZER, Finalizer
 from agent_rollout.domain import DeploymentState
+from agent_rollout.drill import drill_due
 from agent_rollout.informer import Informer, Key
 from agent_rollout.intent import ANNOTATION
 from agent_rollout.kube import (
@@ -40,6 +41,9 @@ from agent_rollout.tick import parse_time
 
 log = logging.getLogger(__name__)
 
+# The kinds the controller lists and watches (rollouts, Deployments, HTTPRoutes, evaluation Jobs): each
+# holds one watch connection per namespace.
+INFORMER_KINDS = 4
 WORKERS = 32  # rollouts reconciled at once: Prometheus and the apiserver are what they wait on
 
 
@@ -108,18 +112,17 @@ def _candidate_version(spec: dict[str, Any]) -> str | None:
 
 
 def _drill_due(spec: dict[str, Any], status: dict[str, Any]) -> float | None:
-    """When a rollout that requires drills (readiness.requireDrill) needs its next one: its last passed
-    drill's start plus maxAge, 0 if none passed; None when it requires none (or the spec is unreadable)."""
+    """When a rollout that requires drills (readiness.requireDrill) needs its next passed one
+    (drill.drill_due), 0 if none passed; None when it requires none (or the spec is unreadable)."""
     required = ((spec.get("readiness") or {}).get("requireDrill") or {}) if isinstance(spec, dict) else {}
     if not isinstance(required, dict) or not required:
         return None
+    finished = (status.get("passedDrill") or {}).get("finishedAt")
     try:
-        max_age = api.age_seconds(str(required.get("maxAge", "30d")))
+        due = drill_due(str(required.get("maxAge", "30d")), finished if isinstance(finished, str) else None)
     except ValueError:
         return None
-    passed = status.get("passedDrill") or {}
-    started = parse_time(passed.get("startedAt")) if isinstance(passed.get("startedAt"), str) else None
-    return started.timestamp() + max_age if started is not None else 0.0
+    return due.timestamp() if due is not None else 0.0
 
 
 def _gauge(
@@ -194,7 +197,8 @@ class Controller:
         self._claims: dict[Key, dict[str, str]] = {}
         self._written: dict[Key, WrittenStatus] = {}
         self._finalizer = Finalizer(kube, kube.post_event_soon)
-        self._finalized: set[Key] = set()  # finalizer added, the watch may not have brought it yet
+        # Finalizer added, the watch has not brought it yet (so it is not added twice meanwhile).
+        self._finalized: set[Key] = set()
         self.synced = False
         # Rollouts not reconciled yet since start: when none is left, the start-up pass is over (logged
         # with its duration, the figure an operator restart is judged by).
@@ -277,7 +281,9 @@ class Controller:
             return await self._finalizer.release(
                 body, self.deployments.get, self.routes.get, self.route_owner
             )
-        if not stored.finalized and key not in self._finalized:
+        if stored.finalized:
+            self._finalized.discard(key)  # the watch has it: no entry kept per rollout for nothing
+        elif key not in self._finalized:
             # Before the first route write: a deletion from now on waits for traffic to be sent to legacy.
             try:
                 await self._finalizer.add(body)

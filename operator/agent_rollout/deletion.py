@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from agent_rollout import api, shadow
 from agent_rollout.api import OnDelete, Weights
-from agent_rollout.domain import DeploymentState
-from agent_rollout.intent import ANNOTATION, decode
+from agent_rollout.domain import DeploymentState, RouteIntent
+from agent_rollout.intent import ANNOTATION, our_intent
 from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
 from agent_rollout.traffic import gatewayapi
 from agent_rollout.traffic.value import TrafficState
@@ -85,13 +85,6 @@ def parse_on_delete(raw_spec: Mapping[str, Any]) -> OnDelete | None:
         return None  # a spec that does not parse: the safe default, all traffic to legacy
 
 
-def _parse_alone(model: type[M], raw: Any) -> M | None:
-    try:
-        return model.model_validate(raw)
-    except ValidationError:
-        return None
-
-
 class Finalizer:
     """Adds our finalizer before a rollout's first route write, and releases it on deletion once the
     route is where spec.onDelete says. Each call is one step; a failed write is retried on fresh data."""
@@ -122,17 +115,16 @@ class Finalizer:
         if FINALIZER not in finalizers:
             return None
         raw_spec = body.get("spec") or {}
-        traffic = _parse_alone(api.Traffic, raw_spec.get("traffic"))
+        traffic = api.parse_alone(api.Traffic, raw_spec.get("traffic"))
         router = traffic.gateway_api if traffic is not None else None
-        legacy = _parse_alone(api.DeploymentRef, raw_spec.get("legacy"))
+        legacy = api.parse_alone(api.DeploymentRef, raw_spec.get("legacy"))
         route = routes(namespace, router.http_route) if router is not None else None
         owner = route_owner(namespace, router.http_route) if router is not None else None
         route_spec = (route or {}).get("spec")
         # Every comparator this rollout may have mirrored to: its shadow steps' and its write-ahead record's.
-        record = decode(((route or {}).get("metadata") or {}).get("annotations", {}).get(ANNOTATION))
+        record = our_intent(route, name)
         mirrors = shadow.targets(
-            _parse_alone(api.AgentRolloutSpec, raw_spec),
-            record.mirror if record is not None and record.rollout == name else None,
+            api.parse_alone(api.AgentRolloutSpec, raw_spec), record.mirror if record is not None else None
         )
         mirrored = (
             router is not None and gatewayapi.read_mirror(route_spec, router, mirrors, namespace).found > 0
@@ -151,7 +143,7 @@ class Finalizer:
             if ops:
                 try:
                     await self._kube.patch_route(
-                        namespace, router.http_route, [*ops, *_drop_record(route.get("metadata"), name)]
+                        namespace, router.http_route, [*ops, *_drop_record(route.get("metadata"), record)]
                     )
                 except Conflict as e:
                     log.warning("%s/%s: %s; will retry on fresh data", namespace, name, e)
@@ -175,13 +167,14 @@ RETRY = 1.0  # seconds: a conflict is retried once the watch has brought the fre
 RETRY_FAILED = 5.0
 
 
-def _drop_record(route_metadata: Mapping[str, Any] | None, rollout: str) -> list[dict[str, Any]]:
-    """Ops removing this rollout's write-ahead record from the route. No status write follows this route
-    write for the record to guard, and a rollout created again under the same name must not resume from
-    the record of the one deleted."""
-    annotations = (route_metadata or {}).get("annotations") or {}
-    record = decode(annotations.get(ANNOTATION))
-    if record is None or record.rollout != rollout:
+def _drop_record(
+    route_metadata: Mapping[str, Any] | None, record: RouteIntent | None
+) -> list[dict[str, Any]]:
+    """Ops removing this rollout's write-ahead record (`record`, from our_intent) from the route. No status
+    write follows this route write for the record to guard, and a rollout created again under the same
+    name must not resume from the record of the one deleted."""
+    if record is None:
         return []
+    annotations = (route_metadata or {}).get("annotations") or {}
     path = "/metadata/annotations/" + ANNOTATION.replace("~", "~0").replace("/", "~1")
     return [{"op": "test", "path": path, "value": annotations[ANNOTATION]}, {"op": "remove", "path": path}]

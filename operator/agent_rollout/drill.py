@@ -310,9 +310,16 @@ def drill_hold_text(spec: AgentRolloutSpec, st: AgentRolloutStatus, weight: int,
         f"exceeds {required.before}"
     )
     passed = st.passed_drill
-    finished = parse_time(passed.finished_at) if passed is not None else None
-    if passed is None or finished is None:
+    due = drill_due(required.max_age, passed.finished_at if passed is not None else None)
+    if passed is None or due is None:
         return f"{need} (none passed yet: kubectl agentrollout drill)"
-    if now - finished > timedelta(seconds=api.age_seconds(required.max_age)):
+    if now > due:
         return f"{need} (the last passed at {passed.finished_at}: kubectl agentrollout drill)"
     return None
+
+
+def drill_due(max_age: str, passed_finished_at: str | None) -> datetime | None:
+    """When requireDrill wants the next passed drill: the last passed one's end plus maxAge; None when
+    none passed. The hold above and the DrillOverdue alert's metric both read it."""
+    finished = parse_time(passed_finished_at) if passed_finished_at is not None else None
+    return finished + timedelta(seconds=api.age_seconds(max_age)) if finished is not None else None

@@ -59,6 +59,13 @@ def encode(intent: RouteIntent) -> str:
     )
 
 
+def our_intent(route: dict[str, Any] | None, rollout: str) -> RouteIntent | None:
+    """This rollout's write-ahead record on the route (as the informer stores it), or None."""
+    annotations = ((route or {}).get("metadata") or {}).get("annotations") or {}
+    found = decode(annotations.get(ANNOTATION))
+    return found if found is not None and found.rollout == rollout else None
+
+
 def decode(text: Any) -> RouteIntent | None:
     """The record, or None for anything that is not one of ours (a hand edit, another version)."""
     if not isinstance(text, str):

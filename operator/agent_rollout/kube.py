@@ -173,7 +173,6 @@ class KubeClient:
                     body,
                     field_manager=api.FIELD_MANAGER,
                     _content_type=content_type,
-                    _preload_content=False,
                 )
             )
         except ApiException as e:
@@ -225,12 +224,18 @@ class KubeClient:
 
     async def termination_message(self, namespace: str, job: str) -> str | None:
         """The result an evaluation Job's pod left (evaluation.termination_message), read once it ended."""
-        response = await self._run(
-            lambda: self._core.list_namespaced_pod(
-                namespace, label_selector=f"batch.kubernetes.io/job-name={job}", _preload_content=False
+        # The body is read in the pool's thread too: read on the event loop, a slow answer would stall it.
+        pods = await self._run(
+            lambda: json.loads(
+                self._core.list_namespaced_pod(
+                    namespace,
+                    label_selector=f"batch.kubernetes.io/job-name={job}",
+                    _preload_content=False,
+                    _request_timeout=(10, 30),
+                ).data  # type: ignore[attr-defined]
             )
         )
-        return evaluation.termination_message(json.loads(response.data))  # type: ignore[attr-defined]
+        return evaluation.termination_message(pods)
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
         """One key of a Secret, decoded (a notification sink's webhook URL). A read the operator may not

@@ -15,7 +15,7 @@ from typing import Any
 
 from agent_rollout import api
 from agent_rollout.api import NotificationEvent as E
-from agent_rollout.tick import ROLLBACK_REASONS, Reason
+from agent_rollout.tick import ROLLBACK_REASONS, Reason, bounded
 
 # Which decisions on-call hears of, by the decision's reason. Extend it here when the planner gains a
 # reason; a reason not in the table is not notified (unless it ended the rollout, see event_of).
@@ -24,13 +24,12 @@ EVENT_OF_REASON: Mapping[str, E] = {
     Reason.STEP_COMPLETED.value: E.STEP_COMPLETED,
     Reason.MANUAL_PROMOTION.value: E.STEP_COMPLETED,  # a human's promote ended the step
     Reason.AWAITING_APPROVAL.value: E.AWAITING_APPROVAL,
-    # The approval steps' reasons (tick.Reason once approvals land; named here so this module stands alone).
-    "ApprovalGiven": E.APPROVED,
-    "ApprovalRefused": E.APPROVAL_REFUSED,
-    "Escalated": E.ESCALATED,
+    Reason.APPROVAL_GIVEN.value: E.APPROVED,
+    Reason.APPROVAL_REFUSED.value: E.APPROVAL_REFUSED,
+    Reason.ESCALATED.value: E.ESCALATED,
     # onExpiry: pause hands it to a human; with onExpiry: rollback the decision ends the rollout RolledBack,
     # and the phase it ended in names the event (EVENT_OF_ENDING).
-    "ApprovalExpired": E.ESCALATED,
+    Reason.APPROVAL_EXPIRED.value: E.ESCALATED,
     Reason.PROMOTED.value: E.PROMOTED,
 }
 # The phase a decision left the rollout in says more than its reason when the phase changed with it.
@@ -125,10 +124,6 @@ HEADLINE = {
 }
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def headline(n: Notification) -> str:
     what = HEADLINE[n.event].format(step=n.step_text)
     return f"AgentRollout {n.rollout.namespace}/{n.rollout.name}: {what}"
@@ -181,19 +176,21 @@ def slack_body(n: Notification) -> dict[str, Any]:
     """A Slack incoming webhook's message: `text` for notifications and clients without blocks."""
     message = str(n.decision.get("message", ""))
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _cut(headline(n), SLACK_HEADER_LIMIT)}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(message or "-", SLACK_TEXT_LIMIT)}},
+        {"type": "header", "text": {"type": "plain_text", "text": bounded(headline(n), SLACK_HEADER_LIMIT)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": bounded(message or "-", SLACK_TEXT_LIMIT)}},
         {
             "type": "section",
-            "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{_cut(v, 1900)}"} for k, v in facts(n)][:10],
+            "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{bounded(v, 1900)}"} for k, v in facts(n)][:10],
         },
     ]
     evidence = evidence_lines(n)
     if evidence:
         text = "*Evidence*\n" + "\n".join(f"• {line}" for line in evidence)
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(text, SLACK_TEXT_LIMIT)}})
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": bounded(text, SLACK_TEXT_LIMIT)}}
+        )
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"id {n.id}"}]})
-    return {"text": _cut(f"{headline(n)}: {message}", SLACK_TEXT_LIMIT), "blocks": blocks}
+    return {"text": bounded(f"{headline(n)}: {message}", SLACK_TEXT_LIMIT), "blocks": blocks}
 
 
 def teams_body(n: Notification) -> dict[str, Any]:

@@ -39,13 +39,12 @@ from agent_rollout.domain import (
     Observations,
     Plan,
     RouteFailure,
-    RouteIntent,
     RunEvaluation,
     SetWeights,
     SpecProblem,
 )
 from agent_rollout.drill import drill_spec, drill_window
-from agent_rollout.intent import ANNOTATION, annotation_patch, decode, intent_for
+from agent_rollout.intent import annotation_patch, intent_for, our_intent
 from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
 from agent_rollout.planner import gate_windows, note_route_failure, plan
 from agent_rollout.readiness import (
@@ -212,9 +211,9 @@ class Reconciler:
         if spec is None:
             # The spec as a whole did not parse, but its parts may: a Failed rollout still sends the
             # candidate's traffic to legacy, as the planner asks (and never to a missing legacy).
-            traffic = _parse_alone(api.Traffic, raw_spec.get("traffic"))
+            traffic = api.parse_alone(api.Traffic, raw_spec.get("traffic"))
             router = traffic.gateway_api if traffic is not None else None
-            legacy = deployment(_parse_alone(api.DeploymentRef, raw_spec.get("legacy")))
+            legacy = deployment(api.parse_alone(api.DeploymentRef, raw_spec.get("legacy")))
             candidate = None
         else:
             router = spec.traffic.gateway_api
@@ -222,7 +221,7 @@ class Reconciler:
 
         route = routes(namespace, router.http_route) if router is not None else None
         route_spec = route.get("spec") if route is not None else None
-        route_intent = _our_intent(route, name)
+        route_intent = our_intent(route, name)
         mirrors = shadow.targets(spec, route_intent.mirror if route_intent is not None else None)
         mirror_reading = MirrorReading()
         if router is not None:
@@ -597,17 +596,3 @@ def _with_windows(spec: api.AgentRolloutSpec, windows: Mapping[str, int | None])
         full = int(api.duration_seconds(gate.window))
         gates.append(gate if seconds in (-1, full) else gate.model_copy(update={"window": f"{seconds}s"}))
     return spec.model_copy(update={"analysis": spec.analysis.model_copy(update={"gates": gates})})
-
-
-def _our_intent(route: Mapping[str, Any] | None, rollout: str) -> RouteIntent | None:
-    annotations = ((route or {}).get("metadata") or {}).get("annotations") or {}
-    found = decode(annotations.get(ANNOTATION))
-    return found if found is not None and found.rollout == rollout else None
-
-
-def _parse_alone(model: type[M], raw: Any) -> M | None:
-    """One part of a spec that failed elsewhere, when that part parses on its own."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError:
-        return None

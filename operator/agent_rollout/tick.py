@@ -71,7 +71,6 @@ class Reason(StrEnum):
     BASELINE_RECORDED = "BaselineRecorded"  # a human's status.recordBaseline: the baseline is in status
     BASELINE_REFUSED = "BaselineRefused"  # a human's status.recordBaseline in a phase with nothing to compare
     EVALUATION_STARTED = "EvaluationStarted"  # an evaluation step's Job was created
-    EVALUATION_PASSED = "EvaluationPassed"  # recorded with the step it completes (StepCompleted)
     EVALUATION_FAILED = "EvaluationFailed"  # failed, timed out or unreadable: rolled back or paused
     APPROVAL_GIVEN = "ApprovalGiven"  # an allowed user's approval counted for the current step and revision
     APPROVAL_REFUSED = "ApprovalRefused"  # an approval that does not count (wrong step, revision, approver)

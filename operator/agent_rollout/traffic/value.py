@@ -22,9 +22,6 @@ class Mirror:
     port: int
     percent: int
 
-    def same_target(self, other: Mirror) -> bool:
-        return (self.service, self.port) == (other.service, other.port)
-
 
 @dataclass(frozen=True)
 class TrafficState:
