@@ -708,10 +708,7 @@ def _evaluation_passed(t: Tick, spec: AgentRolloutSpec, evaluate: api.Evaluate) 
     True when it passed (now or before, for this revision): the step may complete."""
     st, index = t.st, t.st.current_step
     position = f"step {index + 1}/{len(spec.steps)}"
-    if any(
-        r.step == index and r.revision == st.candidate_revision and r.phase == "Passed"
-        for r in st.evaluations
-    ):
+    if _evaluation_done(st, index):
         return True  # a passed suite never reruns for the same candidate revision
     seen = t.obs.evaluation
     if seen is None or seen.step != index:
@@ -737,10 +734,9 @@ def _evaluation_passed(t: Tick, spec: AgentRolloutSpec, evaluate: api.Evaluate) 
         t.waiting = f"evaluation Job {seen.job} not found, creating it again"
         return False
     if seen.state == "running":
-        started = parse_time(record_.started_at)
         # The Job's activeDeadlineSeconds ends it at the timeout; this catches a Job that never starts.
-        limit = api.duration_seconds(evaluate.timeout) + EVALUATION_GRACE_SECONDS
-        if started is not None and (t.now - started).total_seconds() > limit:
+        deadline = _evaluation_deadline(record_, evaluate)
+        if deadline is not None and t.now > deadline:
             _evaluation_failed(t, spec, evaluate, record_, f"timed out after {evaluate.timeout}", [], [])
         else:
             t.waiting = f"evaluation Job {seen.job} running since {record_.started_at}"
@@ -753,14 +749,15 @@ def _evaluation_passed(t: Tick, spec: AgentRolloutSpec, evaluate: api.Evaluate) 
         _evaluation_failed(t, spec, evaluate, record_, f"no readable result: {result}", [], [])
         return False
     ok, evidence, failed_cases = evaluation.judge(evaluate, result)
-    done = replace_record(
-        record_,
-        phase="Passed" if ok else "Failed",
-        finished_at=iso(t.now),
-        total=result.total,
-        passed=result.passed,
-        accuracy=round(result.passed / result.total, 4) if result.total else 0.0,
-        failed_cases=failed_cases,
+    done = record_.model_copy(
+        update=dict(
+            phase="Passed" if ok else "Failed",
+            finished_at=iso(t.now),
+            total=result.total,
+            passed=result.passed,
+            accuracy=round(result.passed / result.total, 4) if result.total else 0.0,
+            failed_cases=failed_cases,
+        )
     )
     st.evaluations = [done if r.job == done.job else r for r in st.evaluations]
     if not ok:
@@ -783,11 +780,10 @@ def _evaluation_failed(
     failed_cases: list[str],
 ) -> None:
     st = t.st
-    failed = replace_record(
-        record_, phase="Failed", finished_at=record_.finished_at or iso(t.now), message=why[:512]
+    failed = record_.model_copy(
+        update={"phase": "Failed", "finished_at": record_.finished_at or iso(t.now), "message": why[:512]}
+        | ({"failed_cases": failed_cases} if failed_cases else {})
     )
-    if failed_cases:
-        failed = replace_record(failed, failed_cases=failed_cases)
     st.evaluations = [failed if r.job == failed.job else r for r in st.evaluations]
     if not evidence:
         evidence = [
@@ -802,8 +798,19 @@ def _evaluation_failed(
         transition(t, spec, Phase.ROLLED_BACK, Reason.EVALUATION_FAILED, message, evidence=evidence)
 
 
-def replace_record(record_: api.EvaluationRecord, **changes: object) -> api.EvaluationRecord:
-    return record_.model_copy(update=changes)
+def _evaluation_done(st: AgentRolloutStatus, index: int) -> bool:
+    """Step `index`'s suite passed for the candidate revision (any other record is another attempt's)."""
+    return any(
+        r.step == index and r.revision == st.candidate_revision and r.phase == "Passed"
+        for r in st.evaluations
+    )
+
+
+def _evaluation_deadline(record_: api.EvaluationRecord, evaluate: api.Evaluate) -> datetime | None:
+    """When a run still not finished fails: the Job's timeout plus a grace for a Job that never started."""
+    started = parse_time(record_.started_at)
+    limit = api.duration_seconds(evaluate.timeout) + EVALUATION_GRACE_SECONDS
+    return started + timedelta(seconds=limit) if started is not None else None
 
 
 def _escalation_due(t: Tick, step: api.Step) -> bool:
@@ -1026,13 +1033,9 @@ def _evaluation_due(t: Tick, evaluate: api.Evaluate) -> float | None:
     st = t.st
     running = [r for r in st.evaluations if r.step == st.current_step and r.phase == "Running"]
     if not running:
-        passed = any(r.step == st.current_step and r.phase == "Passed" for r in st.evaluations)
-        return None if passed else 1.0
-    started = parse_time(running[-1].started_at)
-    if started is None:
-        return 1.0
-    limit = api.duration_seconds(evaluate.timeout) + EVALUATION_GRACE_SECONDS
-    return max(1.0, limit - (t.now - started).total_seconds())
+        return None if _evaluation_done(st, st.current_step) else 1.0
+    deadline = _evaluation_deadline(running[-1], evaluate)
+    return 1.0 if deadline is None else max(1.0, (deadline - t.now).total_seconds())
 
 
 def _blocking_gates(
