@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from prometheus_api_client import PrometheusConnect
 
 from agent_rollout import api
+from e2e.bench.operator_scale import pct
 from e2e.bench.rollback_speed import bench_scene, cluster, install_crd, terminate_as_exit
 from e2e.cluster import ClusterState, alertmanager
 from e2e.cluster.kubeapi import KubeApi, new_api_client
@@ -42,11 +42,6 @@ RUNS = 10
 RPS = 20.0
 ROLLOUT = "incident"
 LENIENT_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.9, "window": "30s"}
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def firing_since(prometheus_url: str, alertname: str, namespace: str) -> float | None:
@@ -74,9 +69,7 @@ def received_at(log: Path, after: float) -> float | None:
     return None
 
 
-def one_run(
-    index: int, state: ClusterState, kube: KubeApi, prometheus: PrometheusConnect
-) -> tuple[float, float]:
+def one_run(index: int, state: ClusterState, kube: KubeApi) -> tuple[float, float]:
     namespace = f"bench-alert-{index}-{secrets.token_hex(3)}"
     body: Any = {"metadata": {"name": namespace, "labels": {"agent-rollout.dev/bench": "true"}}}
     kube.core.create_namespace(body)
@@ -137,14 +130,13 @@ def main(runs: int = RUNS) -> None:
             f"--alerts-token-file={token_file}",
         ]
         operator = OperatorProcess(state.kubeconfig, state.run_dir / "bench-alert-operator.log", args=args)
-        prometheus = PrometheusConnect(url=state.prometheus_url, disable_ssl=True)
         operator.start()
         webhook = f"http://127.0.0.1:{alerts_port}/alerts"
         try:
             with alertmanager.running(state.run_dir, "bench", webhook, token_file):
                 for i in range(1, runs + 1):
                     try:
-                        fired, routed = one_run(i, state, kube, prometheus)
+                        fired, routed = one_run(i, state, kube)
                     except Exception as e:  # one broken run must not hide the others' figures
                         print(f"run {i}/{runs}: FAILED: {e}", flush=True)
                         continue

@@ -197,7 +197,7 @@ class PodRunner:
         env["PYTHONPATH"] = str(REPO_ROOT)
         for var in container.env or []:
             value = var.value or ""
-            env[var.name] = str(message_file) if value == message_path else self._resolve(value, pod)
+            env[var.name] = str(message_file) if value == message_path else self._resolve(value)
         argv = [*(container.command or []), *(container.args or [])]
         log_path = self._log_dir / f"pod-{pod.metadata.namespace}-{pod.metadata.name}.log"
         with log_path.open("ab") as out:
@@ -209,7 +209,7 @@ class PodRunner:
         running = {"running": {"startedAt": started}}
         self._write_status(pod, "Running", container, running, ready=True)
 
-    def _resolve(self, value: str, pod: client.V1Pod) -> str:
+    def _resolve(self, value: str) -> str:
         def local(match: re.Match[str]) -> str:
             url = self._services(match.group(2), match.group(1))
             return url if url is not None else match.group(0)
