@@ -215,12 +215,20 @@ def test_approvals_count_only_for_allowed_people_as_the_apiserver_authenticated_
         assert rolled_back["history"][:-1] == promoted["history"][-(len(rolled_back["history"]) - 1) :]
         last = rolled_back["history"][-1]
         assert (last["reason"], last["actor"], SUPPORT in last["actorGroups"]) == ("Aborted", MALLORY, True)
-        # One JSON log line per decision, with the actor.
-        lines = [
-            json.loads(line[line.index("{") :])
-            for line in operator.log_path.read_text(errors="replace").splitlines()
-            if '"kind":"Decision"' in line and f'"namespace":"{s.namespace}"' in line
-        ]
+
+        # One JSON log line per decision, with the actor. The operator logs it after its status write
+        # returns, so the status can be seen a moment before the line is in the log.
+        def decision_lines() -> list[dict[str, Any]]:
+            return [
+                json.loads(line[line.index("{") :])
+                for line in operator.log_path.read_text(errors="replace").splitlines()
+                if '"kind":"Decision"' in line and f'"namespace":"{s.namespace}"' in line
+            ]
+
+        wait_until(
+            "the abort's log line", lambda: any(d["reason"] == "Aborted" for d in decision_lines()), 10
+        )
+        lines = decision_lines()
         assert [(d["reason"], d["actor"]) for d in lines if d["reason"] in ("ApprovalGiven", "Aborted")] == [
             ("ApprovalGiven", ALICE),
             ("Aborted", MALLORY),
