@@ -488,3 +488,25 @@ def test_check_queries_reports_unrenderable_queries_and_raises_when_prometheus_i
             )
         )
     assert asyncio.run(check_queries(spec.model_copy(update={"analysis": None}), "s", FakeChecker())) == []
+
+
+def test_check_sends_a_query_whose_shape_parsed_before_only_once(prometheus: FakePrometheusServer) -> None:
+    # 10,000 rollouts from one template send queries that differ only in a matcher's value.
+    parsed = {"status": "success", "data": "..."}
+    prometheus.format_query = lambda q: (
+        (400, PARSE_ERROR, 0.0) if "[bad" in q or 'v=""' in q else (200, parsed, 0.0)
+    )
+    gateway = PrometheusGateway(prometheus.url, timeout=2)
+
+    def checked(promql: str) -> str | None:
+        return asyncio.run(gateway.check(promql))
+
+    for namespace in ("team-a", "team-b", "team-c"):
+        assert checked(f'sum(rate(x{{namespace="{namespace}",version="agent-2"}}[1m]))') is None
+    assert len(prometheus.paths) == 1
+    # What may parse differently is sent: a regex value, an empty value, a rejected query (every time).
+    assert checked('sum(x{v=~"[bad"})') == PARSE_ERROR["error"]
+    assert checked('sum(x{v=~"[bad"})') == PARSE_ERROR["error"]
+    assert checked('sum(x{v=""})') == PARSE_ERROR["error"]
+    assert checked('sum(x{v="a"})') is None
+    assert len(prometheus.paths) == 5

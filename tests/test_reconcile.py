@@ -181,6 +181,38 @@ def test_steady_state_makes_no_api_write_at_all() -> None:
     assert len(world.metrics.asked) > asked  # the gates were evaluated; they just changed nothing
 
 
+def test_a_step_change_costs_one_route_write_and_one_status_write() -> None:
+    # The route watch wakes the rollout right after our route write; its status must already say what
+    # that reconcile would (the message waits for the gate, the route shows the weights).
+    world = World(rollout_body([{"setWeight": 10}, {"pause": {"duration": "1h"}}, {"setWeight": 50}]))
+    world.tick(advance=0.2)
+    assert len(world.kube.writes_of("route")) == 1
+    assert len(world.kube.writes_of("status")) == 1
+    assert world.status["message"] == "step 1/3 (setWeight 10): waiting for analysis of gate error-rate"
+    assert world.condition("TrafficRouted")["status"] == "True"
+
+    world.tick(advance=0.2)  # the route watch's wake
+
+    assert len(world.kube.writes_of("status")) == 1
+    assert len(world.kube.writes_of("route")) == 1
+
+
+def test_a_refinement_that_would_decide_is_left_to_the_next_reconcile() -> None:
+    # Without gates or pause, the step completes as soon as the route shows its weights: that is a
+    # decision (and another route write), taken by the next reconcile, never folded into this one.
+    body = rollout_body([{"setWeight": 10}, {"setWeight": 50}])
+    body["spec"].pop("analysis")
+    world = World(body)
+    world.tick(advance=0.2)
+    assert world.route_weights() == {LEGACY: 90, CANDIDATE: 10}
+    assert (world.status["currentStep"], world.history_reasons()) == (0, ["Started"])
+
+    world.tick(advance=0.2)
+
+    assert world.route_weights() == {LEGACY: 50, CANDIDATE: 50}
+    assert (world.status["currentStep"], world.history_reasons()) == (1, ["Started", "StepCompleted"])
+
+
 def test_failed_gate_routes_all_traffic_to_legacy_before_writing_status() -> None:
     world = World(rollout_body(THREE_WEIGHTS))
     world.tick()

@@ -73,7 +73,17 @@ from agent_rollout.capacity import ready as legacy_ready
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionType as CT
 from agent_rollout.conditions import find_condition, remove_condition
-from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, RunEvaluation, SpecProblem, iso
+from agent_rollout.domain import (
+    EmitEvent,
+    Observations,
+    Plan,
+    RouteFailure,
+    RouteIntent,
+    RunEvaluation,
+    SetWeights,
+    SpecProblem,
+    iso,
+)
 from agent_rollout.drill import drill_hold_text, drill_stage, interrupt_if_left
 from agent_rollout.drill import spec_problems as drill_spec_problems
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
@@ -196,6 +206,46 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
         deadline = capacity_requeue(t.st.capacity_rollback.deadline, t.now)
         requeue = deadline if requeue is None or deadline is None else min(requeue, deadline)
     return Plan(status=t.st, actions=tuple(t.actions), requeue_after=requeue)
+
+
+def after_route_write(
+    spec: AgentRolloutSpec | None,
+    planned: Plan,
+    obs: Observations,
+    shown: SetWeights,
+    intent: RouteIntent,
+    now: datetime,
+) -> Plan:
+    """`planned`'s status as the next reconcile would write it once the route shows what `planned`
+    asked for and the shell wrote: the route watch wakes the rollout right after the write, and
+    without this its status differed from ours only in what is derived from the route (the message,
+    TrafficRouted), which cost every step change a second status write.
+
+    Only a refinement: a plan that would decide anything (an action) is not taken here; the next
+    reconcile takes it with its own write. Nothing is measured for it (a gate window that begins now
+    has no samples yet)."""
+    if spec is None:
+        return planned
+    seen = replace(
+        obs,
+        route_weights=shown.weights,
+        route_error=None,
+        route_mirror=shown.mirror,
+        route_mirror_exact=True,
+        route_intent=intent,
+        gates=None,
+        prometheus_error=None,
+        candidate_requests=None,
+        milestone=None,
+        baseline=None,
+        drill_gates=None,
+        shadow_pairs=None,
+    )
+    again = plan(spec, planned.status, seen, now)
+    if again.actions:
+        return planned
+    requeue = [r for r in (planned.requeue_after, again.requeue_after) if r is not None]
+    return Plan(status=again.status, actions=planned.actions, requeue_after=min(requeue) if requeue else None)
 
 
 def note_route_failure(

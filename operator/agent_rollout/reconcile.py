@@ -39,6 +39,7 @@ from agent_rollout.domain import (
     Observations,
     Plan,
     RouteFailure,
+    RouteIntent,
     RunEvaluation,
     SetWeights,
     SpecProblem,
@@ -46,7 +47,7 @@ from agent_rollout.domain import (
 from agent_rollout.drill import drill_spec, drill_window
 from agent_rollout.intent import annotation_patch, intent_for, our_intent
 from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
-from agent_rollout.planner import gate_windows, note_route_failure, plan
+from agent_rollout.planner import after_route_write, gate_windows, note_route_failure, plan
 from agent_rollout.readiness import (
     baseline_due,
     baseline_spec,
@@ -274,7 +275,12 @@ class Reconciler:
         if planned is not None:
             planned(spec, result.status, self._gateway(spec.analysis) if spec and spec.analysis else None)
         sequence = _sequence(raw_status) + 1  # what our next status write will carry
-        failure = await self._route(namespace, name, router, route, result, obs, sequence, mirrors)
+        failure, written_record = await self._route(
+            namespace, name, router, route, result, obs, sequence, mirrors
+        )
+        shown = next((a for a in result.actions if isinstance(a, SetWeights)), None)
+        if written_record is not None and shown is not None:
+            result = after_route_write(spec, result, obs, shown, written_record, now)
         new_status, actions = result.status, result.actions
         if failure is not None:
             written.route_failures += 1
@@ -522,36 +528,38 @@ class Reconciler:
         obs: Observations,
         sequence: int,
         mirrors: tuple[Mirror, ...] = (),
-    ) -> RouteFailure | None:
+    ) -> tuple[RouteFailure | None, RouteIntent | None]:
         """Write the weights (and the shadow step's mirror, or its removal) the plan asks for, with the
-        write-ahead record, in one JSON patch, before any status write."""
+        write-ahead record, in one JSON patch, before any status write. Returns why the write was not
+        taken, or the record it wrote (None, None: nothing to write)."""
         action = next((a for a in result.actions if isinstance(a, SetWeights)), None)
         if action is None or router is None or route is None:
-            return None
+            return None, None
         mirror_shown = obs.route_mirror == action.mirror and obs.route_mirror_exact
         if obs.route_weights == action.weights and mirror_shown:
-            return None  # no API write when nothing would change
+            return None, None  # no API write when nothing would change
         route_spec = route.get("spec") or {}
         want = TrafficState(action.weights, action.mirror)
         ops = gatewayapi.traffic_patch(route_spec, router, want, mirrors, namespace)
         if not ops:
-            return None
+            return None, None
         record = intent_for(name, result.status, sequence, action.mirror)
         ops = [*ops, *annotation_patch(route.get("metadata"), record)]
         try:
             await self._kube.patch_route(namespace, router.http_route, ops)
         except Conflict as e:
             log.warning("%s/%s: %s; will retry on fresh data", namespace, name, e)
-            return RouteFailure(
+            failure = RouteFailure(
                 f"HTTPRoute changed while patching; retrying on fresh data ({e})", permanent=False
             )
+            return failure, None
         except RouteWriteError as e:
             log.warning("%s/%s: %s", namespace, name, e)
-            return RouteFailure(str(e), permanent=e.permanent)
+            return RouteFailure(str(e), permanent=e.permanent), None
         if os.environ.get(FAULT_ENV) == CRASH_AFTER_ROUTE_WRITE:
             log.error("%s/%s: fault point %s: exiting before the status write", namespace, name, FAULT_ENV)
             os._exit(86)
-        return None
+        return None, record
 
     async def _write_status(
         self,
