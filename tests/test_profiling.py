@@ -35,3 +35,29 @@ def test_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(profiling.ENV, raising=False)
     profiling.install()
     assert not tracemalloc.is_tracing()
+
+
+def test_more_frames_log_the_call_path_that_holds_the_memory(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(profiling.ENV, "4")
+    previous = signal.getsignal(signal.SIGUSR2)
+
+    def allocate() -> list[bytearray]:
+        return [bytearray(1024) for _ in range(2048)]
+
+    try:
+        profiling.install()
+        held = allocate()
+        with caplog.at_level(logging.WARNING, logger=profiling.__name__):
+            os.kill(os.getpid(), signal.SIGUSR2)
+        lines = caplog.text.splitlines()
+        top = next(i for i, line in enumerate(lines) if "MiB" in line and "blocks" in line)
+        assert "test_profiling.py" in lines[top], caplog.text  # the allocating line, then who called it
+        assert lines[top + 1].strip().startswith("from ") and "test_profiling.py" in lines[top + 1], (
+            caplog.text
+        )
+        del held
+    finally:
+        tracemalloc.stop()
+        signal.signal(signal.SIGUSR2, previous)

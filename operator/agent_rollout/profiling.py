@@ -1,7 +1,9 @@
 """Memory profile of the running operator, for finding what grows with the number of rollouts.
 
 With AGENT_ROLLOUT_TRACEMALLOC=1 the process traces its allocations from the start, and SIGUSR2 logs
-the 25 lines of code holding the most memory. Off by default: tracing costs CPU and memory itself.
+the 25 lines of code holding the most memory. With a larger number N, each allocation keeps N frames
+and the log groups by those call paths (who holds what json.loads made, not only that it did). Off by
+default: tracing costs CPU and memory itself.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ TOP = 25
 
 
 def install() -> None:
-    if os.environ.get(ENV) != "1":
+    frames = os.environ.get(ENV, "")
+    if not frames.isdigit() or int(frames) < 1:
         return
-    tracemalloc.start(1)
+    tracemalloc.start(int(frames))
     signal.signal(signal.SIGUSR2, _report)
     log.info("tracing allocations (%s=1): `kill -USR2 %d` logs the top %d lines", ENV, os.getpid(), TOP)
 
@@ -32,8 +35,14 @@ def _report(signum: int, frame: FrameType | None) -> None:
             tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
         ]
     )
-    stats = snapshot.statistics("lineno")
+    deep = tracemalloc.get_traceback_limit() > 1
+    stats = snapshot.statistics("traceback" if deep else "lineno")
     total = sum(s.size for s in stats)
-    lines = [f"traced {total / 2**20:.1f} MiB in {len(stats)} lines; top {TOP}:"]
-    lines += [f"  {s.size / 2**20:8.2f} MiB {s.count:9d} blocks  {s.traceback[0]}" for s in stats[:TOP]]
+    lines = [f"traced {total / 2**20:.1f} MiB in {len(stats)} {'paths' if deep else 'lines'}; top {TOP}:"]
+    for stat in stats[:TOP]:
+        frames = list(
+            reversed(stat.traceback)
+        )  # tracemalloc keeps the oldest first: the allocating line first
+        lines.append(f"  {stat.size / 2**20:8.2f} MiB {stat.count:9d} blocks  {frames[0]}")
+        lines += [f"      from {frame}" for frame in frames[1:]]
     log.warning("\n".join(lines))
