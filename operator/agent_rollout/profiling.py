@@ -23,9 +23,17 @@ def install() -> None:
     frames = os.environ.get(ENV, "")
     if not frames.isdigit() or int(frames) < 1:
         return
+    if int(frames) > 1:
+        # Imported before tracing: tracing the kubernetes client's import (tens of thousands of
+        # objects, each with its frames) took minutes, and what it allocates does not grow with rollouts.
+        import kubernetes.client
+
+        for name in ("CoreV1Api", "CustomObjectsApi", "AppsV1Api", "BatchV1Api", "CoordinationV1Api"):
+            getattr(kubernetes.client, name)
     tracemalloc.start(int(frames))
     signal.signal(signal.SIGUSR2, _report)
-    log.info("tracing allocations (%s=1): `kill -USR2 %d` logs the top %d lines", ENV, os.getpid(), TOP)
+    pid = os.getpid()
+    log.info("tracing allocations (%s=%s frames): `kill -USR2 %d` logs the top %d", ENV, frames, pid, TOP)
 
 
 def _report(signum: int, frame: FrameType | None) -> None:
