@@ -11,7 +11,7 @@ import pytest
 from agent_rollout import api
 from agent_rollout.api import Phase, Weights
 from agent_rollout.domain import iso
-from agent_rollout.sentinel import Sentinel, next_pause
+from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause
 from tests.fakes import FakeClock, FakePrometheus
 from tests.test_reconcile import Metrics, rollout_body
 
@@ -96,3 +96,30 @@ def test_sweeps_keep_their_period_while_cheap_and_stretch_when_expensive() -> No
     assert next_pause(1.0, 0.1) == pytest.approx(0.9)  # a second apart
     assert next_pause(1.0, 0.5) == pytest.approx(1.5)  # never more than a quarter of the time busy
     assert next_pause(1.0, 2.0) == pytest.approx(6.0)
+
+
+def test_rollouts_with_equal_analyses_share_one_and_the_last_to_leave_takes_it_along() -> None:
+    shared = SharedAnalyses()
+    first = shared.share(_spec().analysis)  # type: ignore[arg-type]
+    for _ in range(99):
+        assert shared.share(_spec().analysis) is first  # type: ignore[arg-type]
+    other = _spec().analysis.model_copy(update={"min_samples": 7})  # type: ignore[union-attr]
+    assert shared.share(other) is other
+    assert len(shared) == 2
+    for _ in range(100):
+        shared.release(_spec().analysis)  # type: ignore[arg-type]
+    assert len(shared) == 1  # only the other one is still watched
+    shared.release(other)
+    assert len(shared) == 0
+
+
+def test_a_watched_rollout_still_wakes_after_the_others_with_its_analysis_left() -> None:
+    clock, metrics = FakeClock(), Metrics()
+    prometheus = FakePrometheus(metrics)
+    sentinel = Sentinel(clock)
+    for name in ("a", "b", "c"):
+        sentinel.update(("support", name), _spec(), _status(clock), prometheus)
+    sentinel.forget(("support", "a"))
+    sentinel.update(("support", "b"), _spec(), _status(clock, candidate=0), prometheus)  # not watched now
+    metrics.error_rate = 0.5
+    assert _sweep(sentinel) == 1  # c, on the analysis it shared with a and b

@@ -562,6 +562,7 @@ def deployment_state(
         replicas=int(spec.get("replicas", 1) or 0),
         available_replicas=int(status.get("availableReplicas", 0) or 0),
         ready_replicas=int(status.get("readyReplicas", 0) or 0),
-        agent_version=agentversion.agent_version(spec.get("template"), revision),
+        # Without the revision, so Deployments running the same agent share one (decisions add it).
+        agent_version=agentversion.agent_version(spec.get("template")),
         changed_by=agentversion.changed_by(metadata),
     )

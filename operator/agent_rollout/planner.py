@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -135,7 +136,15 @@ from agent_rollout.tick import (
 )
 from agent_rollout.validation import validate
 
-__all__ = ["Reason", "fast_gates", "gate_windows", "note_route_failure", "plan", "spec_problems"]
+__all__ = [
+    "Reason",
+    "analysis_windows",
+    "fast_gates",
+    "gate_windows",
+    "note_route_failure",
+    "plan",
+    "spec_problems",
+]
 
 # Shortest window a gate is measured over, and the step windows are rounded down to: a window may not
 # reach back before the step began (or before the gate's last counted failure), so right after either
@@ -287,13 +296,20 @@ def gate_windows(spec: AgentRolloutSpec, status: AgentRolloutStatus, now: dateti
     (same version label) or a new weight is then judged on its own samples only, and the samples of
     one burst that failed a gate once are not counted again by the overlapping windows that follow.
     None: less than MIN_WINDOW_SECONDS since that moment, so the gate is not measured this time."""
-    windows: dict[str, int | None] = {}
     if spec.analysis is None:
-        return windows
-    started = parse_time(status.step_started_at)
-    for gate in spec.analysis.gates:
+        return {}
+    return analysis_windows(spec.analysis, status.step_started_at, status.last_failure_at, now)
+
+
+def analysis_windows(
+    analysis: Analysis, step_started_at: str | None, last_failure_at: Mapping[str, str], now: datetime
+) -> dict[str, int | None]:
+    """gate_windows from only what it depends on: the gates and the two anchors in status."""
+    windows: dict[str, int | None] = {}
+    started = parse_time(step_started_at)
+    for gate in analysis.gates:
         full = math.floor(api.duration_seconds(gate.window))
-        anchors = [a for a in (started, parse_time(status.last_failure_at.get(gate.name))) if a is not None]
+        anchors = [a for a in (started, parse_time(last_failure_at.get(gate.name))) if a is not None]
         if not anchors:
             windows[gate.name] = full
             continue

@@ -8,8 +8,9 @@ woken rollout's reconcile evaluates its gates on the same blocks and decides wit
 planner (failureLimit, windows, dry runs), so the sentinel never decides anything itself.
 
 Which gates are watched is the planner's rule (planner.fast_gates); what they are measured over is
-too (planner.gate_windows). The cost per pass is one shared read per block and a few microseconds of
-arithmetic per watched gate; the loop yields to the event loop between slices, so it never blocks it.
+too (planner.analysis_windows: the analysis and two status fields). The cost per pass is one shared
+read per block and a few microseconds of arithmetic per watched gate; the loop yields to the event
+loop between slices, so it never blocks it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from agent_rollout.analysis.templates import (
     template_read,
     version_values,
 )
-from agent_rollout.planner import fast_gates, gate_windows
+from agent_rollout.planner import analysis_windows, fast_gates
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,17 @@ SLICE = 500  # rollouts checked between two yields to the event loop
 Key = tuple[str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Watched:
-    """What the sentinel needs of one rollout, refreshed after each of its reconciles."""
+    """What the sentinel needs of one rollout, refreshed after each of its reconciles: not the parsed
+    spec (about 12 KiB a rollout, most of the operator's memory per rollout once it was measured),
+    only the analysis (one object shared by every rollout with the same one) and two status fields."""
 
     key: Key
-    spec: api.AgentRolloutSpec
-    anchors: api.AgentRolloutStatus  # only stepStartedAt and lastFailureAt: what windows depend on
+    analysis: api.Analysis
+    candidate: str  # the candidate's value of the version label
+    step_started_at: str | None  # what the gates' windows depend on (planner.gate_windows)
+    last_failure_at: dict[str, str]
     gates: tuple[str, ...]
     source: MetricsSource
 
@@ -63,6 +68,31 @@ def next_pause(period: float, took: float) -> float:
     return max(period - took, took * (1 - MAX_BUSY_SHARE) / MAX_BUSY_SHARE, 0.0)
 
 
+class SharedAnalyses:
+    """One Analysis object for every watched rollout whose analysis is equal (rollouts made from one
+    template usually are), counted so that the last rollout to leave takes it along."""
+
+    def __init__(self) -> None:
+        self._shared: dict[str, tuple[api.Analysis, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._shared)
+
+    def share(self, analysis: api.Analysis) -> api.Analysis:
+        key = analysis.model_dump_json()
+        shared, users = self._shared.get(key, (analysis, 0))
+        self._shared[key] = (shared, users + 1)
+        return shared
+
+    def release(self, analysis: api.Analysis) -> None:
+        key = analysis.model_dump_json()
+        shared, users = self._shared.get(key, (analysis, 0))
+        if users <= 1:
+            self._shared.pop(key, None)
+        else:
+            self._shared[key] = (shared, users - 1)
+
+
 class Sentinel:
     def __init__(
         self,
@@ -71,6 +101,7 @@ class Sentinel:
         wake: Callable[[Key], None] = lambda key: None,
     ) -> None:
         self._watched: dict[Key, Watched] = {}
+        self._analyses = SharedAnalyses()
         self._clock = clock
         self.wake = wake  # reconcile that rollout now (the scheduler drops a wake already queued)
         self.period = period
@@ -88,16 +119,26 @@ class Sentinel:
     ) -> None:
         """After a reconcile: watch the rollout's fast gates, or stop watching it."""
         gates = fast_gates(spec, status) if spec is not None and source is not None else ()
-        if not gates or spec is None or source is None:
-            self._watched.pop(key, None)
+        if not gates or spec is None or spec.analysis is None or source is None:
+            self.forget(key)
             return
-        anchors = api.AgentRolloutStatus.model_construct(
-            step_started_at=status.step_started_at, last_failure_at=dict(status.last_failure_at)
+        before = self._watched.get(key)
+        self._watched[key] = Watched(
+            key,
+            self._analyses.share(spec.analysis),
+            version_values(spec)[1],
+            status.step_started_at,
+            dict(status.last_failure_at),
+            gates,
+            source,
         )
-        self._watched[key] = Watched(key, spec, anchors, gates, source)
+        if before is not None:
+            self._analyses.release(before.analysis)
 
     def forget(self, key: Key) -> None:
-        self._watched.pop(key, None)
+        before = self._watched.pop(key, None)
+        if before is not None:
+            self._analyses.release(before.analysis)
 
     async def run(self) -> None:
         while True:
@@ -132,10 +173,8 @@ class Sentinel:
         return woken
 
     def _reads(self, watched: Watched, now: datetime) -> list[tuple[api.Gate, TemplateRead]]:
-        analysis = watched.spec.analysis
-        if analysis is None:
-            return []
-        windows = gate_windows(watched.spec, watched.anchors, now)
+        analysis = watched.analysis
+        windows = analysis_windows(analysis, watched.step_started_at, watched.last_failure_at, now)
         reads = []
         for gate in analysis.gates:
             seconds = windows.get(gate.name)
@@ -176,14 +215,11 @@ class Sentinel:
     def _breached(
         self, watched: Watched, reads: list[tuple[api.Gate, TemplateRead]], vectors: dict[Block, BlockValues]
     ) -> bool:
-        analysis = watched.spec.analysis
-        assert analysis is not None
-        _, candidate = version_values(watched.spec)
         for gate, read in reads:
             if any(block not in vectors for block in read.blocks):
                 continue
-            value, samples = read.measure(vectors, watched.key[0], candidate)
-            if breaches_hard_bound(gate, analysis, value, samples):
+            value, samples = read.measure(vectors, watched.key[0], watched.candidate)
+            if breaches_hard_bound(gate, watched.analysis, value, samples):
                 log.info(
                     "%s/%s: gate %s breached between evaluations: waking the rollout",
                     *watched.key,

@@ -268,7 +268,7 @@ def candidate_version(t: Tick) -> api.AgentVersion:
     """The candidate the decision is about as observed now; unknown parts stay unknown."""
     candidate = t.obs.candidate
     if candidate is not None and candidate.agent_version is not None:
-        return candidate.agent_version.model_copy()
+        return candidate.agent_version.model_copy(update={"revision": candidate.template_hash})
     return api.AgentVersion(revision=t.st.candidate_revision)
 
 
