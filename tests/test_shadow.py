@@ -14,11 +14,12 @@ from pydantic import ValidationError
 
 from agent_rollout.analysis.prometheus import measure_gates
 from agent_rollout.analysis.templates import template_read
-from agent_rollout.api import AgentRolloutSpec, GatewayAPIRouter, MetricNames, Phase, Template, Verdict
+from agent_rollout.api import AgentRolloutSpec, MetricNames, Phase, Template, Verdict
 from agent_rollout.domain import SetWeights
 from agent_rollout.intent import decode, encode, intent_for
 from agent_rollout.planner import plan
 from agent_rollout.traffic import gatewayapi
+from agent_rollout.traffic.gatewayapi import GatewayAPIRouter
 from agent_rollout.traffic.value import Mirror, TrafficState
 from agent_rollout.validation import validate
 from tests.specs import CANDIDATE, LEGACY, analysis_dict, spec_dict

@@ -138,6 +138,9 @@ class Observations:
     # legacy has exactly one identical filter of ours, None when none has any; exact False otherwise.
     route_mirror: Mirror | None = None
     route_mirror_exact: bool = True
+    # A mirror identical to a shadow step's that the operator did not write (router's text, naming the
+    # route): never adopted nor removed; a shadow step waits on it.
+    route_mirror_conflict: str | None = None
     # Compared pairs (match + mismatch) the shadow comparator counted since the shadow step began.
     shadow_pairs: int | None = None
 

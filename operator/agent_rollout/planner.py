@@ -174,7 +174,7 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     if spec is None or problems:
         _fail(t, spec, problems)
     elif obs.route_claimed_by is not None:
-        t.waiting = f"holding: HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
+        t.waiting = f"holding: the route is managed by AgentRollout {obs.route_claimed_by}"
     else:
         observe_candidate_author(t)
         take_approval(t, spec)  # before the rules that may end the step or the attempt it was given for
@@ -878,7 +878,7 @@ def _baseline_blocked(
     if spec is None or problems:
         return "the spec is invalid"
     if obs.route_claimed_by is not None:
-        return f"the HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
+        return f"the route is managed by AgentRollout {obs.route_claimed_by}"
     if not exists(obs.candidate):
         return f"candidate Deployment {spec.candidate.deployment} not found"
     return None

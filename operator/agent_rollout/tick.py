@@ -389,6 +389,12 @@ def _last_reason(t: Tick) -> str | None:
     return t.st.history[-1].reason if recorded and t.st.history else None
 
 
+def shadow_step(st: AgentRolloutStatus, spec: AgentRolloutSpec | None) -> bool:
+    """A shadow step is the live step: the route should mirror."""
+    live = spec is not None and st.phase in LIVE_PHASES and 0 <= st.current_step < len(spec.steps)
+    return live and spec is not None and spec.steps[st.current_step].shadow is not None
+
+
 def owns_route(st: AgentRolloutStatus) -> bool:
     """The route is ours once a rollout started; a spec that failed before that never touches it."""
     if st.phase is Phase.FAILED:
@@ -412,6 +418,8 @@ def set_traffic_condition(t: Tick, spec: AgentRolloutSpec | None) -> None:
     elif t.obs.route_error is not None or shown is None:
         detail = t.obs.route_error or "route weights could not be read"
         condition(t, CT.TRAFFIC_ROUTED, "False", CR.ROUTE_NOT_FOUND, detail)
+    elif t.obs.route_mirror_conflict is not None and shadow_step(t.st, spec):
+        condition(t, CT.TRAFFIC_ROUTED, "False", CR.MIRROR_CONFLICT, t.obs.route_mirror_conflict)
     elif not owns_route(st):
         condition(
             t, CT.TRAFFIC_ROUTED, "True", CR.ROUTE_FOUND, "route found; untouched until the rollout starts"

@@ -72,11 +72,16 @@ def _notification_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
 def _shadow_spec_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
     """Rules of shadow steps that need the rest of the spec."""
     problems = []
-    router = spec.traffic.gateway_api
+    traffic = spec.traffic
+    backends = traffic.router.backends(traffic.config)
     for i, step in enumerate(spec.steps):
         if step.shadow is None:
             continue
         path = f"spec.steps[{i}].shadow"
+        if not traffic.router.supports_mirror:
+            problems.append(
+                SpecProblem(path, f"the router spec.traffic.{traffic.key} cannot mirror requests")
+            )
         if step.shadow.min_requests is not None and spec.analysis is None:
             problems.append(
                 SpecProblem(
@@ -85,7 +90,7 @@ def _shadow_spec_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
                 )
             )
         service = step.shadow.comparator.service
-        if router is not None and service in (router.legacy_backend, router.candidate_backend):
+        if service in backends:
             problems.append(
                 SpecProblem(
                     f"{path}.comparator.service",
@@ -151,14 +156,8 @@ def _target_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
                 "a rollback needs somewhere else to go",
             )
         )
-    router = spec.traffic.gateway_api
-    if router is not None and router.legacy_backend == router.candidate_backend:
-        problems.append(
-            SpecProblem(
-                "spec.traffic.gatewayAPI.candidateBackend",
-                f"candidateBackend and legacyBackend are the same Service {router.candidate_backend!r}",
-            )
-        )
+    traffic = spec.traffic
+    problems += traffic.router.problems(traffic.config, f"spec.traffic.{traffic.key}")
     return problems
 
 
