@@ -164,7 +164,8 @@ def test_abort_and_an_invalid_spec_remove_the_mirror_too() -> None:
     aborted = plan(spec, running(0, w(0), abort=True), observe(w(0), route_mirror=MIRROR), T0)
     assert set_weights(aborted).mirror is None and aborted.status.phase is Phase.ROLLED_BACK
     broken = shadow_spec({"setWeight": 50}, {"setWeight": 10})
-    failed = plan(broken, running(0, w(0)), observe(w(0), route_mirror=MIRROR), T0)
+    shown = observe(w(0), route_mirror=MIRROR, problems=tuple(validate(broken)))
+    failed = plan(broken, running(0, w(0)), shown, T0)
     assert failed.status.phase is Phase.FAILED and set_weights(failed).mirror is None
 
 

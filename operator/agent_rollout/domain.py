@@ -107,6 +107,8 @@ class EvaluationObservation:
 class Observations:
     """Everything the shell measured for one reconcile. `None` means "could not be observed"."""
 
+    # Every problem of the spec: parse errors, or validation.validate's (with Prometheus' refusals of
+    # its queries before the start); the planner does not validate again.
     problems: tuple[SpecProblem, ...] = ()
     legacy: DeploymentState | None = None
     candidate: DeploymentState | None = None

@@ -75,7 +75,6 @@ from agent_rollout.conditions import ConditionType as CT
 from agent_rollout.conditions import find_condition, remove_condition
 from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, RunEvaluation, SpecProblem, iso
 from agent_rollout.drill import drill_hold_text, drill_stage, interrupt_if_left
-from agent_rollout.drill import spec_problems as drill_spec_problems
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
 from agent_rollout.readiness import (
     COST,
@@ -123,7 +122,6 @@ from agent_rollout.tick import (
     transition,
     utc,
 )
-from agent_rollout.validation import validate
 
 __all__ = ["Reason", "fast_gates", "gate_windows", "note_route_failure", "plan", "spec_problems"]
 
@@ -147,12 +145,10 @@ EVALUATION_GRACE_SECONDS = 60
 
 
 def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[SpecProblem]:
-    """The shell's problems (parse errors) and our own validation, without duplicates."""
+    """The spec's problems as the shell found them: parse errors or validation.validate's, found once
+    per reconcile (the shell needs them first, to ask Prometheus nothing for an invalid spec)."""
     found = list(obs.problems)
-    if spec is not None:
-        found.extend(validate(spec))
-        found.extend(drill_spec_problems(spec))
-    elif not found:
+    if spec is None and not found:
         found.append(SpecProblem("spec", "spec could not be parsed"))
     return list(dict.fromkeys(found))
 

@@ -1,6 +1,7 @@
 """Spec rules the CRD's OpenAPI schema cannot express.
 
-`validate(spec)` returns every problem at once, each naming the field (spec.steps[2].setWeight), so
+`validate(spec)` returns every problem at once (the shell calls it once per reconcile and hands the
+result to the planner in Observations.problems), each naming the field (spec.steps[2].setWeight), so
 one `kubectl describe` shows all a user has to fix. The planner turns any problem into phase Failed
 with condition SpecValid=False, reason InvalidSpec.
 """
@@ -29,6 +30,7 @@ from agent_rollout.api import (
     duration_seconds,
 )
 from agent_rollout.domain import SpecProblem
+from agent_rollout.drill import spec_problems as drill_spec_problems
 from agent_rollout.readiness import STAGE_CRITERIA
 from agent_rollout.shadow import shadow_problems
 from agent_rollout.tick import step_weights
@@ -50,6 +52,7 @@ def validate(spec: AgentRolloutSpec) -> list[SpecProblem]:
         *_analysis_problems(spec.analysis),
         *_readiness_problems(spec),
         *_notification_problems(spec),
+        *drill_spec_problems(spec),
     ]
 
 
