@@ -20,7 +20,7 @@ from agent_rollout.api import (
 from agent_rollout.domain import DeploymentState, EmitEvent, Plan, SetWeights
 from agent_rollout.drill import drill_gates, drill_spec, drill_window
 from agent_rollout.planner import plan
-from agent_rollout.tick import drilling
+from agent_rollout.routing import drilling
 from agent_rollout.validation import validate
 from tests.test_planner import (
     CANDIDATE,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_rollout import api, evaluation, metrics
+from agent_rollout.clock import parse_time
 from agent_rollout.deletion import FINALIZER, Finalizer
 from agent_rollout.domain import DeploymentState
 from agent_rollout.drill import drill_due
@@ -37,7 +38,6 @@ from agent_rollout.kube import (
 from agent_rollout.reconcile import Reconciler, WrittenStatus
 from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
 from agent_rollout.sentinel import Sentinel
-from agent_rollout.tick import parse_time
 from agent_rollout.traffic import registry
 
 log = logging.getLogger(__name__)

@@ -70,9 +70,11 @@ from agent_rollout.api import (
 )
 from agent_rollout.approval import approval_holds, observe_candidate_author, refuse_promote, take_approval
 from agent_rollout.capacity import ready as legacy_ready
+from agent_rollout.clock import parse_time, pause_end, step_start, utc
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionType as CT
 from agent_rollout.conditions import find_condition, remove_condition
+from agent_rollout.decisions import OPERATOR, Actor, record, settle_weights, take_request, transition
 from agent_rollout.domain import EmitEvent, Observations, Plan, RouteFailure, RunEvaluation, SpecProblem, iso
 from agent_rollout.drill import drill_hold_text, drill_stage, interrupt_if_left
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
@@ -91,37 +93,28 @@ from agent_rollout.readiness import (
     scorecard,
     unmet_requirement,
 )
+from agent_rollout.reasons import Reason
 from agent_rollout.rollback import capacity_requeue, follow_capacity
-from agent_rollout.shadow import current_shadow, judged_analysis, shadow_end, shadow_over, wanted_mirror
-from agent_rollout.tick import (
-    LIVE_PHASES,
-    OPERATOR,
-    Actor,
-    Reason,
-    Tick,
-    bounded,
+from agent_rollout.routing import (
     cannot_serve,
-    condition,
     exists,
-    history_evidence,
-    latest_evidence,
-    parse_time,
-    pause_end,
-    problems_text,
-    record,
     request_weights,
     route_readable,
     route_shows,
+    step_weights,
+)
+from agent_rollout.shadow import current_shadow, judged_analysis, shadow_end, shadow_over, wanted_mirror
+from agent_rollout.statustext import (
+    bounded,
+    condition,
+    history_evidence,
+    latest_evidence,
+    problems_text,
     set_completed_condition,
     set_traffic_condition,
-    settle_weights,
     status_message,
-    step_start,
-    step_weights,
-    take_request,
-    transition,
-    utc,
 )
+from agent_rollout.tick import LIVE_PHASES, Tick
 
 __all__ = ["Reason", "fast_gates", "gate_windows", "note_route_failure", "plan", "spec_problems"]
 

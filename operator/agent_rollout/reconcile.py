@@ -29,6 +29,7 @@ from agent_rollout.analysis.prometheus import (
     measure_gates,
     shadow_pairs,
 )
+from agent_rollout.clock import parse_time
 from agent_rollout.domain import (
     BaselineObservation,
     DeploymentState,
@@ -54,8 +55,9 @@ from agent_rollout.readiness import (
     milestone_due,
     milestone_spec,
 )
+from agent_rollout.reasons import ROLLBACK_REASONS
 from agent_rollout.statuspatch import merge_patch
-from agent_rollout.tick import LIVE_PHASES, ROLLBACK_REASONS, parse_time
+from agent_rollout.tick import LIVE_PHASES
 from agent_rollout.traffic.router import TrafficReading
 from agent_rollout.traffic.value import Mirror, TrafficState
 from agent_rollout.validation import validate

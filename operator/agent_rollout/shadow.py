@@ -16,8 +16,10 @@ from datetime import datetime, timedelta
 
 from agent_rollout import api
 from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, Analysis, Shadow, Template
+from agent_rollout.clock import parse_time
 from agent_rollout.domain import Observations, RouteIntent, SpecProblem, iso
-from agent_rollout.tick import LIVE_PHASES, Tick, cannot_serve, exists, parse_time
+from agent_rollout.routing import cannot_serve, exists
+from agent_rollout.tick import LIVE_PHASES, Tick
 from agent_rollout.traffic.value import Mirror
 
 

@@ -32,8 +32,8 @@ from agent_rollout.api import (
 from agent_rollout.domain import SpecProblem
 from agent_rollout.drill import spec_problems as drill_spec_problems
 from agent_rollout.readiness import STAGE_CRITERIA
+from agent_rollout.routing import step_weights
 from agent_rollout.shadow import shadow_problems
-from agent_rollout.tick import step_weights
 
 # A query that takes longer than this holds a reconcile (and a worker thread) too long to be useful;
 # every analysis interval starts new ones anyway.
