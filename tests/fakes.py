@@ -19,6 +19,7 @@ import jsonpatch
 from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway, PrometheusUnavailable
 from agent_rollout.kube import Conflict, KubeClient
+from agent_rollout.traffic.router import Resource
 
 Key = tuple[str, str]
 T = TypeVar("T")
@@ -52,6 +53,7 @@ class FakeKube(KubeClient):
     rollouts: dict[Key, dict[str, Any]] = field(default_factory=dict)
     routes: dict[Key, dict[str, Any]] = field(default_factory=dict)
     writes: list[Write] = field(default_factory=list)
+    route_resources: list[Resource] = field(default_factory=list)  # the resource of each route patch
     conflicts: int = 0
     # Called just before a status patch is applied: someone else writing "meanwhile".
     before_status_patch: Callable[[], None] | None = None
@@ -113,16 +115,19 @@ class FakeKube(KubeClient):
         self.writes.append(Write("status", namespace, name, copy.deepcopy(patch)))
         return copy.deepcopy(stored)
 
-    async def patch_route(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+    async def patch_route(
+        self, resource: Resource, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> None:
         if self.route_refusal is not None:
             raise self.route_refusal
+        self.route_resources.append(resource)
         stored = self.routes[(namespace, name)]
         try:
             patched = jsonpatch.apply_patch(stored, ops)
         except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as e:
             # The API server answers 422 here, which kube.KubeClient turns into Conflict.
             self.conflicts += 1
-            raise Conflict(f"HTTPRoute {namespace}/{name} changed while patching: {e}") from e
+            raise Conflict(f"{resource.kind} {namespace}/{name} changed while patching: {e}") from e
         patched.setdefault("metadata", {})["resourceVersion"] = self._next_version()
         self.routes[(namespace, name)] = patched
         self.writes.append(Write("route", namespace, name, copy.deepcopy(ops)))

@@ -18,7 +18,7 @@ from agent_rollout import api
 from agent_rollout.api import GateResult, Verdict
 from agent_rollout.domain import DeploymentState, MilestoneObservation, Observations
 from agent_rollout.planner import plan
-from agent_rollout.tick import history_evidence
+from agent_rollout.statustext import history_evidence
 
 CRD = Path(__file__).resolve().parents[1] / "crds" / "agentrollouts.agentrollout.io.yaml"
 ETCD_LIMIT = 1536 * 1024  # etcd's default --max-request-bytes

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import jsonpatch
 
-from agent_rollout.api import OnDelete, Weights
+from agent_rollout.api import OnDelete, Phase, Weights
 from agent_rollout.deletion import ALL_TO_LEGACY, FINALIZER, Finalizer, on_deletion
-from agent_rollout.domain import DeploymentState
-from agent_rollout.intent import ANNOTATION
+from agent_rollout.domain import DeploymentState, RouteIntent
+from agent_rollout.intent import ANNOTATION, encode
 from agent_rollout.kube import Conflict
 from agent_rollout.traffic import gatewayapi
 from agent_rollout.traffic.value import Mirror
@@ -34,7 +35,7 @@ def test_keep_weights_or_nothing_to_move_releases_at_once() -> None:
     cases = [
         (OnDelete.KEEP_WEIGHTS, MID, True, True, None, "keepWeights"),
         (None, ALL_TO_LEGACY, True, True, None, "already on legacy"),
-        (None, None, False, True, None, "no HTTPRoute"),
+        (None, None, False, True, None, "no route"),
         (None, MID, True, True, "older", "rollout older's"),
         (None, MID, True, False, None, "legacy Deployment does not exist"),  # never route to nothing
     ]
@@ -159,9 +160,26 @@ def shadow_scene(on_delete: str | None) -> tuple[FinalizingKube, Finalizer]:
     shadow = {"shadow": {"percent": 20, "duration": "10m"}}
     stored["spec"]["steps"] = [shadow, {"setWeight": 30}]
     rule = kube.routes[(NS, ROUTE)]["spec"]["rules"][0]
-    rule["filters"] = [USER_FILTER, gatewayapi.mirror_filter(Mirror("agent-rollout-comparator", 8080, 20))]
+    ours = Mirror("agent-rollout-comparator", 8080, 20)
+    rule["filters"] = [USER_FILTER, gatewayapi.mirror_filter(ours)]
+    # The write-ahead record the operator writes in the same patch as its filter: what makes it ours.
+    record = RouteIntent(
+        NAME, 3, Phase.PROGRESSING, 0, Weights(legacy=100, candidate=0), None, None, "", "", ours
+    )
+    kube.routes[(NS, ROUTE)]["metadata"]["annotations"] = {ANNOTATION: encode(record)}
     asyncio.run(finalizer.add(kube.rollout(NS, NAME)))
     return kube, finalizer
+
+
+def test_a_mirror_the_operator_did_not_write_stays_when_the_rollout_is_deleted() -> None:
+    """Identical to a shadow step's, but no write-ahead record of ours names it: someone else's."""
+    kube, finalizer = shadow_scene(None)
+    del kube.routes[(NS, ROUTE)]["metadata"]["annotations"]
+    filters = copy.deepcopy(kube.routes[(NS, ROUTE)]["spec"]["rules"][0]["filters"])
+    assert release(kube, finalizer) is None
+    spec = kube.route_spec(NS, ROUTE)
+    assert spec is not None and spec["rules"][0]["filters"] == filters
+    assert kube.rollout(NS, NAME)["metadata"]["finalizers"] == []
 
 
 USER_FILTER = {

@@ -19,8 +19,9 @@ from agent_rollout.api import (
 )
 from agent_rollout.domain import DeploymentState, EmitEvent, Plan, SetWeights
 from agent_rollout.drill import drill_gates, drill_spec, drill_window
-from agent_rollout.planner import plan, spec_problems
-from agent_rollout.tick import drilling
+from agent_rollout.planner import plan
+from agent_rollout.routing import drilling
+from agent_rollout.validation import validate
 from tests.test_planner import (
     CANDIDATE,
     ERROR_RATE,
@@ -306,7 +307,7 @@ def test_require_drill_holds_a_raise_above_its_weight_until_a_recent_drill_passe
 def test_require_drill_without_a_gate_a_drill_could_use_is_a_spec_problem() -> None:
     s = make_spec(steps=STEPS, gates=[{"name": "cost", "template": "costPerRequest", "max": 1.0}])
     s = s.model_copy(update={"readiness": api.Readiness.model_validate({"requireDrill": {"before": 50}})})
-    problems = spec_problems(s, observe())
+    problems = validate(s)
     assert [p.field for p in problems] == ["spec.readiness.requireDrill"]
 
 

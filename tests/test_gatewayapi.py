@@ -8,8 +8,8 @@ from typing import Any
 import jsonpatch  # type: ignore[import-untyped]
 import pytest
 
-from agent_rollout.api import GatewayAPIRouter, Weights
-from agent_rollout.traffic.gatewayapi import read_weights, weight_patch
+from agent_rollout.api import Weights
+from agent_rollout.traffic.gatewayapi import GatewayAPIRouter, read_weights, weight_patch
 
 ROUTER = GatewayAPIRouter(http_route="triage", legacy_backend="rules", candidate_backend="agent")
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_rollout import api, metrics
 from agent_rollout.controller import StoredRollout
-from agent_rollout.tick import ROLLBACK_REASONS
+from agent_rollout.reasons import ROLLBACK_REASONS
 
 
 class FakeStore:

@@ -19,6 +19,7 @@ from agent_rollout.api import (
 )
 from agent_rollout.domain import DeploymentState, EmitEvent, Observations, Plan, SetWeights, SpecProblem
 from agent_rollout.planner import plan
+from agent_rollout.validation import validate
 from tests.specs import analysis_dict, spec_dict
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -91,7 +92,7 @@ def reasons(p: Plan) -> list[str]:
 
 def test_invalid_spec_fails_naming_field() -> None:
     spec = make_spec(steps=[{"setWeight": 25}, {"setWeight": 5}])
-    p = plan(spec, AgentRolloutStatus(), observe(), T0)
+    p = plan(spec, AgentRolloutStatus(), observe(problems=tuple(validate(spec))), T0)
     assert p.status.phase is Phase.FAILED
     spec_valid = condition(p, "SpecValid")
     assert (spec_valid.status, spec_valid.reason) == ("False", "InvalidSpec")
@@ -106,7 +107,7 @@ def test_invalid_spec_fails_naming_field() -> None:
 
 def test_invalid_spec_mid_rollout_sends_traffic_to_legacy() -> None:
     spec = make_spec(steps=[{"setWeight": 25}, {"setWeight": 5}])
-    p = plan(spec, running(0, w(25)), observe(route=w(25)), T0)
+    p = plan(spec, running(0, w(25)), observe(route=w(25), problems=tuple(validate(spec))), T0)
     assert p.status.phase is Phase.FAILED
     assert p.status.weights == w(0)
     assert p.actions[0] == SetWeights(weights=w(0), reason="InvalidSpec")

@@ -23,6 +23,7 @@ from agent_rollout import api
 from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, GateResult, Phase, Verdict, Weights
 from agent_rollout.domain import DeploymentState, EmitEvent, Observations, Plan, SetWeights, SpecProblem
 from agent_rollout.planner import plan
+from agent_rollout.validation import validate
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
@@ -114,7 +115,9 @@ def valid_raw_specs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def version(raw: dict[str, Any], kind: str = "valid") -> Version:
-    return Version(AgentRolloutSpec.model_validate(raw), kind=kind)
+    """A spec as the shell hands it to the planner: parsed, with validation's problems."""
+    spec = AgentRolloutSpec.model_validate(raw)
+    return Version(spec, tuple(validate(spec)), kind=kind)
 
 
 @st.composite

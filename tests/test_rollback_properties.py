@@ -23,7 +23,8 @@ from agent_rollout.api import (
 from agent_rollout.domain import DeploymentState, EmitEvent, Observations, Plan, SetWeights
 from agent_rollout.drill import drill_gates
 from agent_rollout.planner import plan
-from agent_rollout.tick import LIVE_PHASES, drilling
+from agent_rollout.routing import drilling
+from agent_rollout.tick import LIVE_PHASES
 from tests.test_planner_properties import (
     PROPERTY_SETTINGS,
     T0,

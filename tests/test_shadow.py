@@ -14,11 +14,12 @@ from pydantic import ValidationError
 
 from agent_rollout.analysis.prometheus import measure_gates
 from agent_rollout.analysis.templates import template_read
-from agent_rollout.api import AgentRolloutSpec, GatewayAPIRouter, MetricNames, Phase, Template, Verdict
+from agent_rollout.api import AgentRolloutSpec, MetricNames, Phase, Template, Verdict
 from agent_rollout.domain import SetWeights
 from agent_rollout.intent import decode, encode, intent_for
 from agent_rollout.planner import plan
 from agent_rollout.traffic import gatewayapi
+from agent_rollout.traffic.gatewayapi import GatewayAPIRouter
 from agent_rollout.traffic.value import Mirror, TrafficState
 from agent_rollout.validation import validate
 from tests.specs import CANDIDATE, LEGACY, analysis_dict, spec_dict
@@ -163,7 +164,8 @@ def test_abort_and_an_invalid_spec_remove_the_mirror_too() -> None:
     aborted = plan(spec, running(0, w(0), abort=True), observe(w(0), route_mirror=MIRROR), T0)
     assert set_weights(aborted).mirror is None and aborted.status.phase is Phase.ROLLED_BACK
     broken = shadow_spec({"setWeight": 50}, {"setWeight": 10})
-    failed = plan(broken, running(0, w(0)), observe(w(0), route_mirror=MIRROR), T0)
+    shown = observe(w(0), route_mirror=MIRROR, problems=tuple(validate(broken)))
+    failed = plan(broken, running(0, w(0)), shown, T0)
     assert failed.status.phase is Phase.FAILED and set_weights(failed).mirror is None
 
 

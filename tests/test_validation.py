@@ -250,3 +250,24 @@ def test_two_notification_sinks_of_one_name_are_refused_naming_the_second() -> N
     problems = validate(spec)
     assert [p.field for p in problems] == ["spec.notifications[1].name"]
     assert "spec.notifications[0]" in problems[0].message
+
+
+def test_one_reconcile_validates_the_spec_once_and_still_names_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agent_rollout import validation
+    from tests.test_reconcile import World, rollout_body
+
+    calls: list[int] = []
+    targets = validation._target_problems
+
+    def counted(spec: AgentRolloutSpec) -> list[SpecProblem]:
+        calls.append(1)
+        return targets(spec)
+
+    monkeypatch.setattr(validation, "_target_problems", counted)
+    world = World(rollout_body([{"setWeight": 50}, {"setWeight": 10}]))
+    world.tick()
+    assert len(calls) == 1
+    assert world.status["phase"] == "Failed"
+    assert "spec.steps[1].setWeight" in world.condition("SpecValid")["message"]

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails
+
+if TYPE_CHECKING:
+    from agent_rollout.traffic.router import TrafficRouter
 
 GROUP = "agentrollout.io"
 VERSION = "v1alpha1"
@@ -84,25 +98,71 @@ class DeploymentRef(_Model):
     deployment: ObjectName = Field(description="Name of an existing Deployment in the rollout's namespace.")
 
 
-class GatewayAPIRouter(_Model):
-    """Weights on two backendRefs of a Gateway API HTTPRoute; every other part of the route is left alone."""
+class Traffic(BaseModel):
+    """Exactly one router: `spec.traffic.<key>` for a key of the router registry (traffic/registry.py),
+    parsed with that router's own model. The CRD's schema of this section is generated from the same
+    registry, so a router is added without touching this model."""
 
-    http_route: ObjectName = Field(description="HTTPRoute in the rollout's namespace.")
-    legacy_backend: ObjectName = Field(description="Service name of the legacy backendRef.")
-    candidate_backend: ObjectName = Field(description="Service name of the candidate backendRef.")
+    key: str
+    config: Any
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _exactly_one_router(cls, raw: Any, handler: ModelWrapValidatorHandler[Traffic]) -> Traffic:
+        if isinstance(raw, Traffic):
+            return raw
+        # Imported here: the routers' models build on this module.
+        from agent_rollout.traffic import registry
 
-class Traffic(_Model):
-    """Exactly one router."""
+        if not isinstance(raw, dict):
+            raise ValueError(registry.one_router_message())
+        routers = registry.routers()
+        unknown = [k for k in raw if k not in routers]
+        if unknown:
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [InitErrorDetails(type="extra_forbidden", loc=(k,), input=raw[k]) for k in unknown],
+            )
+        if len(raw) != 1:
+            raise ValueError(registry.one_router_message())
+        [(key, section)] = raw.items()
+        try:
+            config = routers[key].config_model.model_validate(section)
+        except ValidationError as e:
+            # Keep each error's path (spec.traffic.gatewayAPI.httpRoute), not one error at spec.traffic.
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=err["type"],
+                        loc=(key, *err["loc"]),
+                        input=err["input"],
+                        ctx=err.get("ctx", {}),
+                    )
+                    for err in e.errors()
+                ],
+            ) from None
+        return handler({"key": key, "config": config})
 
-    gateway_api: GatewayAPIRouter | None = Field(default=None, alias="gatewayAPI")
+    @model_serializer
+    def _as_written(self) -> dict[str, Any]:
+        return {self.key: self.config.model_dump(by_alias=True, exclude_none=True)}
 
-    @model_validator(mode="after")
-    def _exactly_one_router(self) -> Traffic:
-        routers = [name for name in ("gateway_api",) if getattr(self, name) is not None]
-        if len(routers) != 1:
-            raise ValueError("spec.traffic needs exactly one router (gatewayAPI)")
-        return self
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        from agent_rollout.traffic import registry
+
+        properties = {
+            key: handler(router.config_model.__pydantic_core_schema__)
+            for key, router in registry.routers().items()
+        }
+        return {"type": "object", "description": "Exactly one router.", "properties": properties}
+
+    @property
+    def router(self) -> TrafficRouter:
+        from agent_rollout.traffic import registry
+
+        return registry.router(self.key)
 
 
 # ---------------------------------------------------------------- spec: analysis

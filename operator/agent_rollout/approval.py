@@ -24,19 +24,12 @@ from datetime import timedelta
 
 from agent_rollout import api
 from agent_rollout.api import AgentRolloutSpec, Approval, GivenApproval, OnExpiryPolicy, Phase, VerbRequest
+from agent_rollout.clock import parse_time
+from agent_rollout.decisions import Actor, record, requester, take_request, transition
 from agent_rollout.domain import iso
-from agent_rollout.tick import (
-    LIVE_PHASES,
-    Actor,
-    Reason,
-    Tick,
-    exists,
-    parse_time,
-    record,
-    requester,
-    take_request,
-    transition,
-)
+from agent_rollout.reasons import Reason
+from agent_rollout.routing import exists
+from agent_rollout.tick import LIVE_PHASES, Tick
 
 
 def current_approval(spec: AgentRolloutSpec, st: api.AgentRolloutStatus) -> Approval | None:

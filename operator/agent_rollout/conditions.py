@@ -36,6 +36,7 @@ class ConditionReason(StrEnum):
     WEIGHTS_APPLIED = "WeightsApplied"
     WEIGHTS_PENDING = "WeightsPending"  # a weight write has not landed (or someone changed the route)
     ROUTE_CLAIMED = "RouteClaimed"  # an older AgentRollout manages the same route
+    MIRROR_CONFLICT = "MirrorConflict"  # the route already mirrors to the comparator: not our filter
     TARGET_UNAVAILABLE = "TargetUnavailable"  # the wanted weights would send users to nowhere
     ROUTE_WRITE_FAILED = "RouteWriteFailed"  # the API server failed the weight write (5xx, timeout)
     ROUTE_WRITE_REFUSED = "RouteWriteRefused"  # refused by RBAC, validation or admission (403, 422)

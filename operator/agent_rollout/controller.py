@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_rollout import api, evaluation, metrics
+from agent_rollout.clock import parse_time
 from agent_rollout.deletion import FINALIZER, Finalizer
 from agent_rollout.domain import DeploymentState
 from agent_rollout.drill import drill_due
@@ -37,7 +38,7 @@ from agent_rollout.kube import (
 from agent_rollout.reconcile import Reconciler, WrittenStatus
 from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
 from agent_rollout.sentinel import Sentinel
-from agent_rollout.tick import parse_time
+from agent_rollout.traffic import registry
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,13 @@ class StoredRollout:
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
         verbs = tuple(status.get(v) is True for v in ("abort", "promote", "retry", "recordBaseline"))
-        router = (spec.get("traffic") or {}).get("gatewayAPI") or {}
-        route = router.get("httpRoute")
+        routed = registry.routed_object(spec.get("traffic"))
         names = [(spec.get(side) or {}).get("deployment") for side in ("legacy", "candidate")]
         return cls(
             raw=json.dumps(obj, separators=(",", ":")).encode(),
             attention=(meta.get("generation"), *verbs),
             urgency=_urgency(meta, status, any(verbs)),
-            route=route if isinstance(route, str) else None,
+            route=routed[1] if routed is not None else None,
             deployments=tuple(sorted({n for n in names if isinstance(n, str)})),
             created=str(meta.get("creationTimestamp") or ""),
             deleting=bool(meta.get("deletionTimestamp")),

@@ -17,12 +17,11 @@ import yaml
 from pydantic import BaseModel
 
 from agent_rollout import api
+from agent_rollout.traffic import registry
 
-# Cross-field rules the apiserver enforces; keyed by the pydantic model they belong to.
+# Cross-field rules the apiserver enforces; keyed by the pydantic model they belong to. spec.traffic's
+# rule is made from the router registry when the CRD is generated (_rules).
 _CEL_RULES: dict[str, list[dict[str, str]]] = {
-    "Traffic": [
-        {"rule": "has(self.gatewayAPI)", "message": "spec.traffic needs exactly one router (gatewayAPI)"},
-    ],
     "Analysis": [
         {
             "rule": "!has(self.interval) || duration(self.interval) >= duration('5s')",
@@ -67,7 +66,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     if "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
         resolved = _structural(defs[name], defs)
-        rules = _CEL_RULES.get(name)
+        rules = _rules(name)
         if rules:
             resolved["x-kubernetes-validations"] = rules
         # A description next to a $ref describes the field, not the referenced type.
@@ -111,10 +110,16 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.get("$defs", {})
     schema: dict[str, Any] = _structural(raw, defs)
-    rules = _CEL_RULES.get(model.__name__)
+    rules = _rules(model.__name__)
     if rules:
         schema["x-kubernetes-validations"] = rules
     return schema
+
+
+def _rules(model: str) -> list[dict[str, str]]:
+    if model == api.Traffic.__name__:
+        return [{"rule": registry.cel_rule(), "message": registry.one_router_message()}]
+    return _CEL_RULES.get(model, [])
 
 
 def crd() -> dict[str, Any]:

@@ -24,7 +24,6 @@ from agent_rollout.api import OnDelete, Weights
 from agent_rollout.domain import DeploymentState, RouteIntent
 from agent_rollout.intent import ANNOTATION, our_intent
 from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
-from agent_rollout.traffic import gatewayapi
 from agent_rollout.traffic.value import TrafficState
 
 log = logging.getLogger(__name__)
@@ -49,14 +48,15 @@ def on_deletion(
     legacy_exists: bool,
     claimed_by: str | None,
     mirrored: bool = False,
+    kind: str = "route",
 ) -> OnDeletion:
     """`mirrored`: the route carries a shadow step's mirror filter of this rollout. It goes with the
     rollout whatever onDelete says (the comparator would get copies for ever, and no step of ours is
-    left to judge them); keepWeights keeps the weights."""
+    left to judge them); keepWeights keeps the weights. `kind`: the routed object's, for the messages."""
     if not route_found:
-        return OnDeletion(None, "deleted: no HTTPRoute of this rollout to send to legacy")
+        return OnDeletion(None, f"deleted: no {kind} of this rollout to send to legacy")
     if claimed_by is not None:
-        return OnDeletion(None, f"deleted: the HTTPRoute is rollout {claimed_by}'s, left as it is")
+        return OnDeletion(None, f"deleted: the {kind} is rollout {claimed_by}'s, left as it is")
     unmirror = " (its shadow mirror removed)" if mirrored else ""
     if on_delete is OnDelete.KEEP_WEIGHTS:
         message = (
@@ -116,34 +116,36 @@ class Finalizer:
             return None
         raw_spec = body.get("spec") or {}
         traffic = api.parse_alone(api.Traffic, raw_spec.get("traffic"))
-        router = traffic.gateway_api if traffic is not None else None
         legacy = api.parse_alone(api.DeploymentRef, raw_spec.get("legacy"))
-        route = routes(namespace, router.http_route) if router is not None else None
-        owner = route_owner(namespace, router.http_route) if router is not None else None
+        route_name = traffic.router.object_name(traffic.config) if traffic is not None else None
+        route = routes(namespace, route_name) if route_name is not None else None
+        owner = route_owner(namespace, route_name) if route_name is not None else None
         route_spec = (route or {}).get("spec")
-        # Every comparator this rollout may have mirrored to: its shadow steps' and its write-ahead record's.
+        # Only the mirror this rollout's write-ahead record says it wrote is removed; an identical filter
+        # someone else wrote stays (shadow.ours_and_others).
         record = our_intent(route, name)
-        mirrors = shadow.targets(
-            api.parse_alone(api.AgentRolloutSpec, raw_spec), record.mirror if record is not None else None
-        )
-        mirrored = (
-            router is not None and gatewayapi.read_mirror(route_spec, router, mirrors, namespace).found > 0
-        )
+        mirrors, _others = shadow.ours_and_others(None, record)
+        reading = traffic.router.read(route_spec, traffic.config, mirrors, (), namespace) if traffic else None
         decision = on_deletion(
             parse_on_delete(raw_spec),
-            gatewayapi.read_weights(route_spec, router).weights if router is not None else None,
+            reading.weights if reading is not None else None,
             route is not None,
             legacy is not None and deployments(namespace, legacy.deployment) is not None,
             owner if owner not in (None, name) else None,
-            mirrored,
+            reading is not None and reading.mirror.found > 0,
+            traffic.router.resource.kind if traffic is not None else "route",
         )
-        if decision.weights is not None and router is not None and route is not None:
+        if decision.weights is not None and traffic is not None and route is not None:
+            router = traffic.router
             want = TrafficState(weights=decision.weights, mirror=None)
-            ops = gatewayapi.traffic_patch(route_spec or {}, router, want, mirrors, namespace)
+            ops = router.patch(route_spec or {}, traffic.config, want, mirrors, namespace)
             if ops:
                 try:
                     await self._kube.patch_route(
-                        namespace, router.http_route, [*ops, *_drop_record(route.get("metadata"), record)]
+                        router.resource,
+                        namespace,
+                        router.object_name(traffic.config),
+                        [*ops, *_drop_record(route.get("metadata"), record)],
                     )
                 except Conflict as e:
                     log.warning("%s/%s: %s; will retry on fresh data", namespace, name, e)

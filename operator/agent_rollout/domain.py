@@ -107,6 +107,8 @@ class EvaluationObservation:
 class Observations:
     """Everything the shell measured for one reconcile. `None` means "could not be observed"."""
 
+    # Every problem of the spec: parse errors, or validation.validate's (with Prometheus' refusals of
+    # its queries before the start); the planner does not validate again.
     problems: tuple[SpecProblem, ...] = ()
     legacy: DeploymentState | None = None
     candidate: DeploymentState | None = None
@@ -138,6 +140,9 @@ class Observations:
     # legacy has exactly one identical filter of ours, None when none has any; exact False otherwise.
     route_mirror: Mirror | None = None
     route_mirror_exact: bool = True
+    # A mirror identical to a shadow step's that the operator did not write (router's text, naming the
+    # route): never adopted nor removed; a shadow step waits on it.
+    route_mirror_conflict: str | None = None
     # Compared pairs (match + mismatch) the shadow comparator counted since the shadow step began.
     shadow_pairs: int | None = None
 

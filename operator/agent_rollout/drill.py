@@ -48,26 +48,14 @@ from agent_rollout.api import (
     Verdict,
 )
 from agent_rollout.capacity import ready, required_replicas, shortfall_text
+from agent_rollout.clock import parse_time, step_start
+from agent_rollout.decisions import record, transition
 from agent_rollout.domain import Observations, SpecProblem, iso
 from agent_rollout.evidence import weights_text
-from agent_rollout.tick import (
-    LIVE_PHASES,
-    Reason,
-    Tick,
-    bounded,
-    drilling,
-    history_evidence,
-    latest_evidence,
-    legacy_only,
-    parse_time,
-    record,
-    route,
-    route_readable,
-    route_shows,
-    step_start,
-    step_weights,
-    transition,
-)
+from agent_rollout.reasons import Reason
+from agent_rollout.routing import drilling, legacy_only, route, route_readable, route_shows, step_weights
+from agent_rollout.statustext import bounded, history_evidence, latest_evidence
+from agent_rollout.tick import LIVE_PHASES, Tick
 
 DRILL_TEMPLATES = (Template.ERROR_RATE, Template.LATENCY_QUANTILE)
 MIN_WINDOW_SECONDS = 5  # legacy's samples since the route showed legacy 100, before judging them

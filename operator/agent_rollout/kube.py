@@ -26,7 +26,8 @@ from kubernetes.client.exceptions import ApiException
 from agent_rollout import agentversion, api, evaluation
 from agent_rollout.domain import DeploymentState
 from agent_rollout.leader import LeaseConflict
-from agent_rollout.traffic import gatewayapi
+from agent_rollout.traffic import registry
+from agent_rollout.traffic.router import Resource
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -181,15 +182,18 @@ class KubeClient:
                 raise Conflict(f"AgentRollout {namespace}/{name} changed while patching: {detail}") from e
             raise
 
-    async def patch_route(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
-        """JSON patch: only the weights, guarded by `test` ops on the backendRef names."""
+    async def patch_route(
+        self, resource: Resource, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> None:
+        """JSON patch of a routed object (`resource`: its router's), guarded by the router's `test` ops."""
+        kind = resource.kind
         try:
             await self._run(
                 lambda: self._custom.patch_namespaced_custom_object(
-                    gatewayapi.GROUP,
-                    gatewayapi.VERSION,
+                    resource.group,
+                    resource.version,
                     namespace,
-                    gatewayapi.PLURAL,
+                    resource.plural,
                     name,
                     ops,
                     field_manager=api.FIELD_MANAGER,
@@ -200,13 +204,13 @@ class KubeClient:
         except ApiException as e:
             detail = _api_error_text(e)
             if e.status == 409 or (e.status == 422 and _is_failed_test(detail)):
-                raise Conflict(f"HTTPRoute {namespace}/{name} changed while patching: {detail}") from e
+                raise Conflict(f"{kind} {namespace}/{name} changed while patching: {detail}") from e
             raise RouteWriteError(
-                f"HTTPRoute {namespace}/{name}: {e.status} {e.reason}: {detail}",
+                f"{kind} {namespace}/{name}: {e.status} {e.reason}: {detail}",
                 permanent=e.status in PERMANENT_STATUSES,
             ) from e
         except (OSError, urllib3.exceptions.HTTPError) as e:
-            raise RouteWriteError(f"HTTPRoute {namespace}/{name}: {type(e).__name__}: {e}", False) from e
+            raise RouteWriteError(f"{kind} {namespace}/{name}: {type(e).__name__}: {e}", False) from e
 
     async def create_job(self, manifest: dict[str, Any]) -> None:
         """Create an evaluation Job; one of that name already there is the same Job (its name is
@@ -415,7 +419,18 @@ class Kind:
 
 
 DEPLOYMENTS = Kind("apps", "v1", "deployments")
-ROUTES = Kind(gatewayapi.GROUP, gatewayapi.VERSION, gatewayapi.PLURAL)
+
+
+def _route_kind() -> Kind:
+    """The resource of the registered routers' objects (traffic/registry.py). The controller runs one
+    informer for it: a router on another resource needs a second one there, hence the loud failure."""
+    resources = registry.resources()
+    if len(resources) != 1:
+        raise RuntimeError(f"the controller watches one routed resource; the routers use {resources}")
+    return Kind(resources[0].group, resources[0].version, resources[0].plural)
+
+
+ROUTES = _route_kind()
 ROLLOUTS = Kind(api.GROUP, api.VERSION, api.PLURAL)
 JOBS = Kind("batch", "v1", "jobs", label_selector=evaluation.ROLLOUT_LABEL)  # evaluation Jobs only
 

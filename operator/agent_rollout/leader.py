@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from agent_rollout.tick import parse_time
+from agent_rollout.clock import parse_time
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from agent_rollout import api
 from agent_rollout.api import NotificationEvent as E
-from agent_rollout.tick import ROLLBACK_REASONS, Reason, bounded
+from agent_rollout.reasons import ROLLBACK_REASONS, Reason
+from agent_rollout.statustext import bounded
 
 # Which decisions on-call hears of, by the decision's reason. Extend it here when the planner gains a
 # reason; a reason not in the table is not notified (unless it ended the rollout, see event_of).

@@ -71,9 +71,11 @@ from agent_rollout.api import (
 )
 from agent_rollout.approval import approval_holds, observe_candidate_author, refuse_promote, take_approval
 from agent_rollout.capacity import ready as legacy_ready
+from agent_rollout.clock import parse_time, pause_end, step_start, utc
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionType as CT
 from agent_rollout.conditions import find_condition, remove_condition
+from agent_rollout.decisions import OPERATOR, Actor, record, settle_weights, take_request, transition
 from agent_rollout.domain import (
     EmitEvent,
     Observations,
@@ -86,7 +88,6 @@ from agent_rollout.domain import (
     iso,
 )
 from agent_rollout.drill import drill_hold_text, drill_stage, interrupt_if_left
-from agent_rollout.drill import spec_problems as drill_spec_problems
 from agent_rollout.evidence import is_approval, step_text, waiting_text, weights_text
 from agent_rollout.readiness import (
     COST,
@@ -103,38 +104,28 @@ from agent_rollout.readiness import (
     scorecard,
     unmet_requirement,
 )
+from agent_rollout.reasons import Reason
 from agent_rollout.rollback import capacity_requeue, follow_capacity
-from agent_rollout.shadow import current_shadow, judged_analysis, shadow_end, shadow_over, wanted_mirror
-from agent_rollout.tick import (
-    LIVE_PHASES,
-    OPERATOR,
-    Actor,
-    Reason,
-    Tick,
-    bounded,
+from agent_rollout.routing import (
     cannot_serve,
-    condition,
     exists,
-    history_evidence,
-    latest_evidence,
-    parse_time,
-    pause_end,
-    problems_text,
-    record,
     request_weights,
     route_readable,
     route_shows,
+    step_weights,
+)
+from agent_rollout.shadow import current_shadow, judged_analysis, shadow_end, shadow_over, wanted_mirror
+from agent_rollout.statustext import (
+    bounded,
+    condition,
+    history_evidence,
+    latest_evidence,
+    problems_text,
     set_completed_condition,
     set_traffic_condition,
-    settle_weights,
     status_message,
-    step_start,
-    step_weights,
-    take_request,
-    transition,
-    utc,
 )
-from agent_rollout.validation import validate
+from agent_rollout.tick import LIVE_PHASES, Tick
 
 __all__ = [
     "Reason",
@@ -166,12 +157,10 @@ EVALUATION_GRACE_SECONDS = 60
 
 
 def spec_problems(spec: AgentRolloutSpec | None, obs: Observations) -> list[SpecProblem]:
-    """The shell's problems (parse errors) and our own validation, without duplicates."""
+    """The spec's problems as the shell found them: parse errors or validation.validate's, found once
+    per reconcile (the shell needs them first, to ask Prometheus nothing for an invalid spec)."""
     found = list(obs.problems)
-    if spec is not None:
-        found.extend(validate(spec))
-        found.extend(drill_spec_problems(spec))
-    elif not found:
+    if spec is None and not found:
         found.append(SpecProblem("spec", "spec could not be parsed"))
     return list(dict.fromkeys(found))
 
@@ -193,7 +182,7 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     if spec is None or problems:
         _fail(t, spec, problems)
     elif obs.route_claimed_by is not None:
-        t.waiting = f"holding: HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
+        t.waiting = f"holding: the route is managed by AgentRollout {obs.route_claimed_by}"
     else:
         observe_candidate_author(t)
         take_approval(t, spec)  # before the rules that may end the step or the attempt it was given for
@@ -944,7 +933,7 @@ def _baseline_blocked(
     if spec is None or problems:
         return "the spec is invalid"
     if obs.route_claimed_by is not None:
-        return f"the HTTPRoute is managed by AgentRollout {obs.route_claimed_by}"
+        return f"the route is managed by AgentRollout {obs.route_claimed_by}"
     if not exists(obs.candidate):
         return f"candidate Deployment {spec.candidate.deployment} not found"
     return None

@@ -1,6 +1,6 @@
 """One reconcile of one AgentRollout: observe, plan, act, write status once (or not at all).
 
-This is the imperative shell around the pure planner. It reads Deployments and HTTPRoutes from
+This is the imperative shell around the pure planner. It reads Deployments and routed objects from
 watch-fed indices (no API reads per rollout), asks Prometheus through the analysis adapter, routes
 traffic first (a rollback must not wait on a status write), then sends one status diff patch.
 """
@@ -29,6 +29,7 @@ from agent_rollout.analysis.prometheus import (
     measure_gates,
     shadow_pairs,
 )
+from agent_rollout.clock import parse_time
 from agent_rollout.domain import (
     BaselineObservation,
     DeploymentState,
@@ -55,10 +56,11 @@ from agent_rollout.readiness import (
     milestone_due,
     milestone_spec,
 )
+from agent_rollout.reasons import ROLLBACK_REASONS
 from agent_rollout.statuspatch import merge_patch
-from agent_rollout.tick import LIVE_PHASES, ROLLBACK_REASONS, parse_time
-from agent_rollout.traffic import gatewayapi
-from agent_rollout.traffic.value import Mirror, MirrorReading, TrafficState
+from agent_rollout.tick import LIVE_PHASES
+from agent_rollout.traffic.router import TrafficReading
+from agent_rollout.traffic.value import Mirror, TrafficState
 from agent_rollout.validation import validate
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,8 @@ CRASH_AFTER_ROUTE_WRITE = "crash-after-route-write"
 
 # (namespace, name) -> summary, fed by kopf indices in production and by dicts in tests.
 DeploymentLookup = Callable[[str, str], DeploymentState | None]
-# (namespace, name) -> {"spec": ..., "metadata": {"resourceVersion", "annotations"}} of an HTTPRoute.
+# (namespace, name) -> {"spec": ..., "metadata": {"resourceVersion", "annotations"}} of the routed object
+# (of the resource of the rollout's router, traffic/registry.py).
 RouteLookup = Callable[[str, str], dict[str, Any] | None]
 # (namespace, route) -> the AgentRollout that owns it: the oldest one naming it.
 RouteOwnerLookup = Callable[[str, str], str | None]
@@ -221,26 +224,24 @@ class Reconciler:
             # The spec as a whole did not parse, but its parts may: a Failed rollout still sends the
             # candidate's traffic to legacy, as the planner asks (and never to a missing legacy).
             traffic = api.parse_alone(api.Traffic, raw_spec.get("traffic"))
-            router = traffic.gateway_api if traffic is not None else None
             legacy = deployment(api.parse_alone(api.DeploymentRef, raw_spec.get("legacy")))
             candidate = None
         else:
-            router = spec.traffic.gateway_api
+            traffic = spec.traffic
             legacy, candidate = deployment(spec.legacy), deployment(spec.candidate)
 
-        route = routes(namespace, router.http_route) if router is not None else None
+        route_name = traffic.router.object_name(traffic.config) if traffic is not None else None
+        route = routes(namespace, route_name) if route_name is not None else None
         route_spec = route.get("spec") if route is not None else None
         route_intent = our_intent(route, name)
-        mirrors = shadow.targets(spec, route_intent.mirror if route_intent is not None else None)
-        mirror_reading = MirrorReading()
-        if router is not None:
-            reading = gatewayapi.read_weights(route_spec, router)
-            mirror_reading = gatewayapi.read_mirror(route_spec, router, mirrors, namespace)
+        mirrors, others = shadow.ours_and_others(spec, route_intent)
+        if traffic is not None:
+            reading = traffic.router.read(route_spec, traffic.config, mirrors, others, namespace)
         else:
-            reading = gatewayapi.RouteReading(None, "spec.traffic did not parse")
+            reading = TrafficReading(None, "spec.traffic did not parse")
         claimed_by = None
-        if router is not None:
-            owner = route_owner(namespace, router.http_route)
+        if route_name is not None:
+            owner = route_owner(namespace, route_name)
             claimed_by = owner if owner not in (None, name) else None
 
         gates, prometheus_error, requests, rejected, unchecked = None, None, None, None, None
@@ -275,8 +276,9 @@ class Reconciler:
             firing_alerts=self._alerts(namespace, name),
             evaluation=evaluation_seen,
             drill_gates=drill_gates,
-            route_mirror=mirror_reading.mirror,
-            route_mirror_exact=mirror_reading.exact,
+            route_mirror=reading.mirror.mirror,
+            route_mirror_exact=reading.mirror.exact,
+            route_mirror_conflict=reading.mirror_conflict,
             shadow_pairs=pairs,
         )
         result = plan(spec, status, obs, now)
@@ -284,7 +286,7 @@ class Reconciler:
             planned(spec, result.status, self._gateway(spec.analysis) if spec and spec.analysis else None)
         sequence = _sequence(raw_status) + 1  # what our next status write will carry
         failure, written_record = await self._route(
-            namespace, name, router, route, result, obs, sequence, mirrors
+            namespace, name, traffic, route, result, obs, sequence, mirrors
         )
         shown = next((a for a in result.actions if isinstance(a, SetWeights)), None)
         if written_record is not None and shown is not None:
@@ -300,8 +302,8 @@ class Reconciler:
         for action in actions:
             if isinstance(action, EmitEvent):
                 self._events(body, action.type, action.reason, action.message)
-            elif isinstance(action, RunEvaluation) and spec is not None and router is not None:
-                job_refused = not await self._run_evaluation(body, spec, router, new_status, action)
+            elif isinstance(action, RunEvaluation) and spec is not None:
+                job_refused = not await self._run_evaluation(body, spec, new_status, action)
         await self._write_status(namespace, name, raw_status, new_status, written, force=failure is not None)
         self._decided(body, spec, status, new_status)  # notifications of what that write recorded
         for action in result.actions:
@@ -366,7 +368,6 @@ class Reconciler:
         self,
         body: Mapping[str, Any],
         spec: api.AgentRolloutSpec,
-        router: api.GatewayAPIRouter,
         status: api.AgentRolloutStatus,
         action: RunEvaluation,
     ) -> bool:
@@ -382,7 +383,9 @@ class Reconciler:
             rollout_uid=meta.get("uid", ""),
             step=action.step,
             evaluate=evaluate,
-            url=evaluation.candidate_url(evaluate, namespace, router.candidate_backend),
+            url=evaluation.candidate_url(
+                evaluate, namespace, spec.traffic.router.backends(spec.traffic.config)[1]
+            ),
             revision=status.candidate_revision,
         )
         try:
@@ -530,7 +533,7 @@ class Reconciler:
         self,
         namespace: str,
         name: str,
-        router: api.GatewayAPIRouter | None,
+        traffic: api.Traffic | None,
         route: dict[str, Any] | None,
         result: Plan,
         obs: Observations,
@@ -541,24 +544,26 @@ class Reconciler:
         write-ahead record, in one JSON patch, before any status write. Returns why the write was not
         taken, or the record it wrote (None, None: nothing to write)."""
         action = next((a for a in result.actions if isinstance(a, SetWeights)), None)
-        if action is None or router is None or route is None:
+        if action is None or traffic is None or route is None:
             return None, None
         mirror_shown = obs.route_mirror == action.mirror and obs.route_mirror_exact
         if obs.route_weights == action.weights and mirror_shown:
             return None, None  # no API write when nothing would change
         route_spec = route.get("spec") or {}
         want = TrafficState(action.weights, action.mirror)
-        ops = gatewayapi.traffic_patch(route_spec, router, want, mirrors, namespace)
+        router = traffic.router
+        ops = router.patch(route_spec, traffic.config, want, mirrors, namespace)
         if not ops:
             return None, None
         record = intent_for(name, result.status, sequence, action.mirror)
         ops = [*ops, *annotation_patch(route.get("metadata"), record)]
         try:
-            await self._kube.patch_route(namespace, router.http_route, ops)
+            await self._kube.patch_route(router.resource, namespace, router.object_name(traffic.config), ops)
         except Conflict as e:
             log.warning("%s/%s: %s; will retry on fresh data", namespace, name, e)
             failure = RouteFailure(
-                f"HTTPRoute changed while patching; retrying on fresh data ({e})", permanent=False
+                f"{router.resource.kind} changed while patching; retrying on fresh data ({e})",
+                permanent=False,
             )
             return failure, None
         except RouteWriteError as e:

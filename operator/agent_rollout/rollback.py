@@ -13,11 +13,16 @@ from datetime import datetime
 
 from agent_rollout.api import AgentRolloutSpec, Phase
 from agent_rollout.capacity import ready, shortfall_text, wait_text
+from agent_rollout.clock import parse_time
 from agent_rollout.conditions import ConditionReason as CR
 from agent_rollout.conditions import ConditionType as CT
 from agent_rollout.conditions import remove_condition
+from agent_rollout.decisions import record
 from agent_rollout.evidence import weights_text
-from agent_rollout.tick import LIVE_PHASES, Reason, Tick, cannot_serve, condition, parse_time, record, route
+from agent_rollout.reasons import Reason
+from agent_rollout.routing import cannot_serve, route
+from agent_rollout.statustext import condition
+from agent_rollout.tick import LIVE_PHASES, Tick
 
 
 def follow_capacity(t: Tick, spec: AgentRolloutSpec | None) -> None:

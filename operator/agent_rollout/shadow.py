@@ -16,8 +16,10 @@ from datetime import datetime, timedelta
 
 from agent_rollout import api
 from agent_rollout.api import AgentRolloutSpec, AgentRolloutStatus, Analysis, Shadow, Template
-from agent_rollout.domain import Observations, SpecProblem, iso
-from agent_rollout.tick import LIVE_PHASES, Tick, cannot_serve, exists, parse_time
+from agent_rollout.clock import parse_time
+from agent_rollout.domain import Observations, RouteIntent, SpecProblem, iso
+from agent_rollout.routing import cannot_serve, exists
+from agent_rollout.tick import LIVE_PHASES, Tick
 from agent_rollout.traffic.value import Mirror
 
 
@@ -52,6 +54,18 @@ def targets(spec: AgentRolloutSpec | None, *more: Mirror | None) -> tuple[Mirror
     return tuple(unique.values())
 
 
+def ours_and_others(
+    spec: AgentRolloutSpec | None, record: RouteIntent | None
+) -> tuple[tuple[Mirror, ...], tuple[Mirror, ...]]:
+    """(ours, others): the mirror this rollout wrote, as the route's write-ahead record (written in the
+    same patch as the filter) says, and every other comparator its shadow steps may mirror to. Only ours
+    is ever read as ours or removed: a filter identical to one of ours that the record does not name is
+    someone else's (router: a mirror conflict), however it got there."""
+    ours = (record.mirror,) if record is not None and record.mirror is not None else ()
+    taken = {(m.service, m.port) for m in ours}
+    return ours, tuple(m for m in targets(spec) if (m.service, m.port) not in taken)
+
+
 def current_shadow(spec: AgentRolloutSpec | None, st: AgentRolloutStatus) -> Shadow | None:
     if spec is None or st.phase not in LIVE_PHASES or not 0 <= st.current_step < len(spec.steps):
         return None
@@ -64,6 +78,8 @@ def wanted_mirror(spec: AgentRolloutSpec | None, st: AgentRolloutStatus, obs: Ob
     shadow = current_shadow(spec, st)
     if shadow is None or st.weights.candidate != 0 or obs.route_claimed_by is not None:
         return None
+    if obs.route_mirror_conflict is not None:
+        return None  # never a second mirror beside someone else's identical one
     if not exists(obs.legacy) or cannot_serve(obs.candidate):
         return None
     return mirror_of(shadow)
@@ -73,6 +89,9 @@ def shadow_over(t: Tick, spec: AgentRolloutSpec, shadow: Shadow) -> bool:
     """The step's own conditions are met: the mirror is in place, its duration has passed, and the
     comparator counted minRequests pairs since the step began. Sets t.waiting otherwise."""
     want = mirror_of(shadow)
+    if t.obs.route_mirror_conflict is not None:
+        t.waiting = t.obs.route_mirror_conflict
+        return False
     if t.obs.route_mirror != want or not t.obs.route_mirror_exact:
         t.waiting = f"waiting for the route to mirror {want.percent}% to {want.service}"
         return False

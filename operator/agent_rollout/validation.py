@@ -1,6 +1,7 @@
 """Spec rules the CRD's OpenAPI schema cannot express.
 
-`validate(spec)` returns every problem at once, each naming the field (spec.steps[2].setWeight), so
+`validate(spec)` returns every problem at once (the shell calls it once per reconcile and hands the
+result to the planner in Observations.problems), each naming the field (spec.steps[2].setWeight), so
 one `kubectl describe` shows all a user has to fix. The planner turns any problem into phase Failed
 with condition SpecValid=False, reason InvalidSpec.
 """
@@ -29,9 +30,10 @@ from agent_rollout.api import (
     duration_seconds,
 )
 from agent_rollout.domain import SpecProblem
+from agent_rollout.drill import spec_problems as drill_spec_problems
 from agent_rollout.readiness import STAGE_CRITERIA
+from agent_rollout.routing import step_weights
 from agent_rollout.shadow import shadow_problems
-from agent_rollout.tick import step_weights
 
 # A query that takes longer than this holds a reconcile (and a worker thread) too long to be useful;
 # every analysis interval starts new ones anyway.
@@ -50,6 +52,7 @@ def validate(spec: AgentRolloutSpec) -> list[SpecProblem]:
         *_analysis_problems(spec.analysis),
         *_readiness_problems(spec),
         *_notification_problems(spec),
+        *drill_spec_problems(spec),
     ]
 
 
@@ -72,11 +75,16 @@ def _notification_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
 def _shadow_spec_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
     """Rules of shadow steps that need the rest of the spec."""
     problems = []
-    router = spec.traffic.gateway_api
+    traffic = spec.traffic
+    backends = traffic.router.backends(traffic.config)
     for i, step in enumerate(spec.steps):
         if step.shadow is None:
             continue
         path = f"spec.steps[{i}].shadow"
+        if not traffic.router.supports_mirror:
+            problems.append(
+                SpecProblem(path, f"the router spec.traffic.{traffic.key} cannot mirror requests")
+            )
         if step.shadow.min_requests is not None and spec.analysis is None:
             problems.append(
                 SpecProblem(
@@ -85,7 +93,7 @@ def _shadow_spec_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
                 )
             )
         service = step.shadow.comparator.service
-        if router is not None and service in (router.legacy_backend, router.candidate_backend):
+        if service in backends:
             problems.append(
                 SpecProblem(
                     f"{path}.comparator.service",
@@ -151,14 +159,8 @@ def _target_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
                 "a rollback needs somewhere else to go",
             )
         )
-    router = spec.traffic.gateway_api
-    if router is not None and router.legacy_backend == router.candidate_backend:
-        problems.append(
-            SpecProblem(
-                "spec.traffic.gatewayAPI.candidateBackend",
-                f"candidateBackend and legacyBackend are the same Service {router.candidate_backend!r}",
-            )
-        )
+    traffic = spec.traffic
+    problems += traffic.router.problems(traffic.config, f"spec.traffic.{traffic.key}")
     return problems
 
 

@@ -12,12 +12,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agent_rollout.api import GatewayAPIRouter, Weights
+from pydantic import Field
+
+from agent_rollout.api import ObjectName, Weights, _Model
+from agent_rollout.domain import SpecProblem
+from agent_rollout.traffic.router import Resource, TrafficReading
 from agent_rollout.traffic.value import Mirror, MirrorReading, TrafficState
 
 GROUP = "gateway.networking.k8s.io"
 VERSION = "v1"
 PLURAL = "httproutes"
+KIND = "HTTPRoute"
+
+
+class GatewayAPIRouter(_Model):
+    """Weights on two backendRefs of a Gateway API HTTPRoute; every other part of the route is left alone."""
+
+    http_route: ObjectName = Field(description="HTTPRoute in the rollout's namespace.")
+    legacy_backend: ObjectName = Field(description="Service name of the legacy backendRef.")
+    candidate_backend: ObjectName = Field(description="Service name of the candidate backendRef.")
 
 
 @dataclass(frozen=True)
@@ -194,3 +207,79 @@ def traffic_patch(
     there is no moment with both a mirror and candidate weight, nor a mirror left after a rollback."""
     mirror_ops = mirror_patch(route_spec, router, want.mirror, targets, namespace)
     return [*mirror_ops, *weight_patch(route_spec, router, want.weights)]
+
+
+def mirror_conflict(
+    route_spec: dict[str, Any] | None,
+    router: GatewayAPIRouter,
+    others: tuple[Mirror, ...],
+    namespace: str | None = None,
+) -> str | None:
+    """A RequestMirror filter to a comparator a shadow step would mirror to, that the operator did not
+    write. Filters carry no owner, so an identical one cannot be told from ours by content: it is never
+    adopted (removing it would undo the user's mirror), and a second one is never added beside it (the
+    comparator would count every request twice)."""
+    found = read_mirror(route_spec, router, others, namespace)
+    if found.found == 0:
+        return None
+    targets = ", ".join(f"{m.service}:{m.port}" for m in others)
+    return (
+        f"{KIND} {router.http_route} already has a RequestMirror filter to the comparator ({targets}) "
+        "that the operator did not write: remove it, or mirror to another comparator, for the shadow "
+        "step to start"
+    )
+
+
+class GatewayAPI:
+    """The Gateway API router: spec.traffic.gatewayAPI."""
+
+    key = "gatewayAPI"
+    config_model = GatewayAPIRouter
+    resource = Resource(GROUP, VERSION, PLURAL, KIND)
+    object_field = "httpRoute"
+    supports_mirror = True
+
+    def object_name(self, config: GatewayAPIRouter) -> str:
+        return config.http_route
+
+    def backends(self, config: GatewayAPIRouter) -> tuple[str, str]:
+        return config.legacy_backend, config.candidate_backend
+
+    def read(
+        self,
+        obj_spec: dict[str, Any] | None,
+        config: GatewayAPIRouter,
+        mirrors: tuple[Mirror, ...] = (),
+        others: tuple[Mirror, ...] = (),
+        namespace: str | None = None,
+    ) -> TrafficReading:
+        weights = read_weights(obj_spec, config)
+        return TrafficReading(
+            weights.weights,
+            weights.error,
+            read_mirror(obj_spec, config, mirrors, namespace),
+            mirror_conflict(obj_spec, config, others, namespace),
+        )
+
+    def patch(
+        self,
+        obj_spec: dict[str, Any],
+        config: GatewayAPIRouter,
+        want: TrafficState,
+        mirrors: tuple[Mirror, ...] = (),
+        namespace: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return traffic_patch(obj_spec, config, want, mirrors, namespace)
+
+    def problems(self, config: GatewayAPIRouter, path: str) -> list[SpecProblem]:
+        if config.legacy_backend != config.candidate_backend:
+            return []
+        return [
+            SpecProblem(
+                f"{path}.candidateBackend",
+                f"candidateBackend and legacyBackend are the same Service {config.candidate_backend!r}",
+            )
+        ]
+
+
+ROUTER = GatewayAPI()
