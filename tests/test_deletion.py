@@ -56,11 +56,12 @@ class FinalizingKube(FakeKube):
 
     async def remove_finalizer(
         self, namespace: str, name: str, finalizers: list[str], finalizer: str
-    ) -> None:
+    ) -> bool:
         stored = self.rollouts[(namespace, name)]
         at = f"/metadata/finalizers/{finalizers.index(finalizer)}"
         ops = [{"op": "test", "path": at, "value": finalizer}, {"op": "remove", "path": at}]
         self.rollouts[(namespace, name)] = jsonpatch.apply_patch(stored, ops)
+        return True
 
 
 def deployments(namespace: str, name: str) -> DeploymentState | None:

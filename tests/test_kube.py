@@ -9,6 +9,7 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from agent_rollout.deletion import FINALIZER
 from agent_rollout.kube import KubeClient, RateLimiter
 
 
@@ -109,3 +110,24 @@ def test_events_have_a_budget_of_their_own_and_a_full_backlog_drops_them(
     assert asyncio.run(run()) == "route written"
     assert posted == ["Decision0"]  # the Event budget's one token
     assert client.events_dropped == 15  # 5 waited for the budget, the other 15 were dropped
+
+
+def test_releasing_the_finalizer_of_a_rollout_already_gone_is_done_not_an_error() -> None:
+    # The store may still hold a rollout whose deletion our previous release completed.
+    client = KubeClient(kubernetes.client.ApiClient(), limiter=RateLimiter(qps=1000, burst=1000))
+    answers: list[int] = []
+
+    def patch(*args: object, **kwargs: object) -> None:
+        answers.append(404)
+        raise ApiException(status=404, reason="Not Found")
+
+    client._custom.patch_namespaced_custom_object = patch  # type: ignore[method-assign]
+    assert not asyncio.run(client.remove_finalizer("support", "gone", [FINALIZER], FINALIZER))
+    assert answers == [404]
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise ApiException(status=500, reason="Internal Server Error")
+
+    client._custom.patch_namespaced_custom_object = refused  # type: ignore[method-assign]
+    with pytest.raises(ApiException):
+        asyncio.run(client.remove_finalizer("support", "x", [FINALIZER], FINALIZER))

@@ -156,10 +156,12 @@ class Finalizer:
                     self._events(body, "Warning", "RouteWriteFailed", f"deleting: {e}"[:1024])
                     return RETRY_FAILED
         try:
-            await self._kube.remove_finalizer(namespace, name, finalizers, FINALIZER)
+            released = await self._kube.remove_finalizer(namespace, name, finalizers, FINALIZER)
         except Conflict as e:
             log.warning("%s/%s: %s; will retry on fresh data", namespace, name, e)
             return RETRY
+        if not released:
+            return None  # released by an earlier pass: its Event is out already
         log.info("%s/%s: %s", namespace, name, decision.message)
         self._events(body, "Normal", "Deleted", decision.message)
         return None

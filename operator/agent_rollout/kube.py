@@ -156,11 +156,19 @@ class KubeClient:
 
     async def remove_finalizer(
         self, namespace: str, name: str, finalizers: list[str], finalizer: str
-    ) -> None:
-        """Our finalizer removed, guarded by a `test` that it is still where we read it."""
+    ) -> bool:
+        """Our finalizer removed, guarded by a `test` that it is still where we read it; False when the
+        rollout was gone already (nothing left to release)."""
         at = f"/metadata/finalizers/{finalizers.index(finalizer)}"
         ops = [{"op": "test", "path": at, "value": finalizer}, {"op": "remove", "path": at}]
-        await self._patch_rollout(namespace, name, ops, "application/json-patch+json")
+        try:
+            await self._patch_rollout(namespace, name, ops, "application/json-patch+json")
+        except ApiException as e:
+            # Gone: an earlier release of ours went through and the watch had not told the store yet.
+            if e.status != 404:
+                raise
+            return False
+        return True
 
     async def _patch_rollout(self, namespace: str, name: str, body: Any, content_type: str) -> None:
         try:
