@@ -333,3 +333,24 @@ def test_the_harden_scorecard_uses_the_recorded_drill() -> None:
     running_drill = passed_drill().model_copy(update={"result": DrillResult.RUNNING})
     kept = drill_criterion(at_weighted_step(last_drill=running_drill, passed_drill=passed_drill()))
     assert kept.score is Score.MET
+
+
+def test_a_drill_is_recorded_with_who_asked_for_it_and_the_record_is_consumed() -> None:
+    asked = api.Requests(drill=api.VerbRequest(by="oncall-ana", groups=["sre"], reason="quarterly drill"))
+    status = at_weighted_step(drill=DrillRequest(), requests=asked)
+    p = plan(spec(), status, observe(route=w(25), legacy=READY_LEGACY), T0)
+    started_by = p.status.history[-1]
+    assert (started_by.reason, started_by.actor, started_by.actor_groups) == (
+        "DrillStarted",
+        "oncall-ana",
+        ["sre"],
+    )
+    assert p.status.requests is None or p.status.requests.drill is None
+    # Without the admission's record (policies not installed), the author is unverified, never the operator.
+    p = plan(spec(), at_weighted_step(drill=DrillRequest()), observe(route=w(25), legacy=READY_LEGACY), T0)
+    assert p.status.history[-1].actor == "unverified"
+    # A refused drill names who asked too.
+    refused = running(phase=Phase.PROMOTED, weights=w(100), current_step=3)
+    refused = refused.model_copy(update={"drill": DrillRequest(), "requests": asked})
+    p = plan(spec(), refused, observe(route=w(100), legacy=READY_LEGACY), T0)
+    assert (p.status.history[-1].reason, p.status.history[-1].actor) == ("DrillRefused", "oncall-ana")

@@ -112,6 +112,9 @@ def test_a_drill_at_a_weighted_step_passes_and_returns_to_the_step(
     assert {g["name"]: g["verdict"] for g in record["evidence"]} == {"error-rate": "Pass", "p95": "Pass"}
     reasons = [d["reason"] for d in status["history"]]
     assert reasons.index("DrillStarted") < reasons.index("DrillPassed"), reasons
+    # Who asked, as the apiserver authenticated the plugin's request (the chart's admission stamped it).
+    asked = next(d for d in status["history"] if d["reason"] == "DrillStarted")
+    assert (asked["actor"], "system:masters" in asked["actorGroups"]) == ("e2e-admin", True), asked
     passed = next(d for d in status["history"] if d["reason"] == "DrillPassed")
     assert passed["weights"] == {"legacy": 70, "candidate": 30} and passed["step"] == 0, passed
     assert "back to step 1/2" in passed["message"]

@@ -833,6 +833,7 @@ class Requests(_Model):
     retry: VerbRequest | None = None
     record_baseline: VerbRequest | None = None
     approve: VerbRequest | None = None
+    drill: VerbRequest | None = None
 
 
 class GivenApproval(_Model):

@@ -49,7 +49,7 @@ from agent_rollout.api import (
 )
 from agent_rollout.capacity import ready, required_replicas, shortfall_text
 from agent_rollout.clock import parse_time, step_start
-from agent_rollout.decisions import record, transition
+from agent_rollout.decisions import Actor, record, take_request, transition
 from agent_rollout.domain import Observations, SpecProblem, iso
 from agent_rollout.evidence import weights_text
 from agent_rollout.reasons import Reason
@@ -152,11 +152,12 @@ def drill_stage(t: Tick, spec: AgentRolloutSpec) -> bool:
         drill = None
     if st.drill is not None:
         request, st.drill = st.drill, None
+        actor = take_request(st, "drill")  # who asked, as the apiserver authenticated them
         why_not = refusal(spec, st, t.obs)
         if why_not is not None:
-            record(t, Reason.DRILL_REFUSED, f"status.drill not applied: {why_not}", [])
+            record(t, Reason.DRILL_REFUSED, f"status.drill not applied: {why_not}", [], actor)
         else:
-            _start(t, spec, request)
+            _start(t, spec, request, actor)
             return True
     if drill is None:
         return False
@@ -173,10 +174,10 @@ def interrupt_if_left(t: Tick, spec: AgentRolloutSpec | None) -> None:
     if t.st.drill is not None and t.st.phase not in LIVE_PHASES:
         t.st.drill = None
         why = f"it is {t.st.phase.value}: a drill rehearses the rollback from a weighted step"
-        record(t, Reason.DRILL_REFUSED, f"status.drill not applied: {why}", [])
+        record(t, Reason.DRILL_REFUSED, f"status.drill not applied: {why}", [], take_request(t.st, "drill"))
 
 
-def _start(t: Tick, spec: AgentRolloutSpec, request: DrillRequest) -> None:
+def _start(t: Tick, spec: AgentRolloutSpec, request: DrillRequest, actor: Actor) -> None:
     st = t.st
     bound = drill_bound(spec, request)
     st.last_drill = DrillRecord(
@@ -196,7 +197,7 @@ def _start(t: Tick, spec: AgentRolloutSpec, request: DrillRequest) -> None:
         f"({left}): all traffic to legacy; passes when legacy's own metrics confirm it within {bound}, "
         f"then {after}"
     )
-    record(t, Reason.DRILL_STARTED, message, [])
+    record(t, Reason.DRILL_STARTED, message, [], actor)
 
 
 def _follow(t: Tick, spec: AgentRolloutSpec, drill: DrillRecord) -> None:
