@@ -67,6 +67,7 @@ from agent_rollout.api import (
     Pause,
     Phase,
     Verdict,
+    Weights,
 )
 from agent_rollout.approval import approval_holds, observe_candidate_author, refuse_promote, take_approval
 from agent_rollout.capacity import ready as legacy_ready
@@ -193,6 +194,7 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     follow_capacity(t, spec)
     _record_baseline(t, spec, _baseline_blocked(spec, problems, obs))
     settle_weights(t, spec)
+    _keep_candidate_out(t, status.weights)
     request_weights(t, wanted_mirror(spec, t.st, t.obs) if not problems else None)
     set_traffic_condition(t, spec)
     set_completed_condition(t)
@@ -358,6 +360,27 @@ def _fail(t: Tick, spec: AgentRolloutSpec | None, problems: list[SpecProblem]) -
     condition(t, CT.SPEC_VALID, "False", CR.INVALID_SPEC, text)
     if t.st.phase is not Phase.FAILED:
         transition(t, spec, Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {text}")
+
+
+def _keep_candidate_out(t: Tick, before: Weights) -> None:
+    """Rolled back or Failed, the candidate's traffic only goes down until a retry or a new revision
+    starts over. Legacy-only cannot be routed while legacy is missing, so the weights are held; held,
+    they must not rise again: not through a restore earlier in this tick (the candidate served again
+    and a gate failed at once), nor by re-asserting them as drift over a route someone moved towards
+    legacy. The candidate keeps at most what it had before the tick and what the route shows."""
+    st, shown = t.st, t.obs.route_weights if route_readable(t.obs) else None
+    if st.phase not in (Phase.ROLLED_BACK, Phase.FAILED):
+        return
+    most = min(before.candidate, 100 if shown is None else shown.candidate)
+    if st.weights.candidate <= most:
+        return
+    was, st.weights = st.weights, Weights(legacy=100 - most, candidate=most)
+    t.weights_reason = Reason.WEIGHTS_RECONCILED.value
+    message = (
+        f"weights {weights_text(was)} -> {weights_text(st.weights)} for {st.phase.value}: the candidate "
+        "gets no more traffic than it had and the route shows"
+    )
+    record(t, Reason.WEIGHTS_RECONCILED, message, [])
 
 
 def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
