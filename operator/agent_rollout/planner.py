@@ -22,6 +22,8 @@ Choices on open questions (each is a rule a reviewer may want to change in one p
 - A missing legacy holds the step but not the analysis: a failing gate or an abort is decided and
   recorded at once (RolledBack, with its Event); the route goes to legacy when legacy exists again,
   never before, and TrafficRouted says so meanwhile. Traffic never goes to a Deployment seen missing.
+  Held weights of a rolled-back (or Failed) candidate only go down: they are never re-asserted over a
+  route someone moved towards legacy, so the candidate gets no traffic back (_keep_candidate_out).
 - Gate windows never reach back before the step began or before the gate's last counted failure
   (gate_windows): a restarted revision and a new weight are judged on their own samples, and one
   burst is one failure however many overlapping evaluations see it.
