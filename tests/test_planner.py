@@ -551,6 +551,24 @@ def test_a_failed_spec_with_legacy_missing_never_reasserts_weights_towards_the_c
     assert drifted.status.weights == w(0)
 
 
+def test_a_capacity_safe_rollback_keeps_a_route_someone_moved_to_legacy() -> None:
+    """Legacy is short of replicas, so the rollback moves back only half; someone (a GitOps sync, a
+    human) then sends everything to legacy. Re-asserting 50/50 would give the rolled-back candidate
+    traffic again: the route's legacy-only is kept, and the wait ends as it would have."""
+    short = DeploymentState(
+        "triage-rules", True, "legacy-1", replicas=5, available_replicas=5, ready_replicas=5
+    )
+    spec = make_spec(steps=[{"setWeight": 70}], gates=[ERROR_RATE])
+    at_70 = running(0, w(70), legacy_replicas_at_start=10)
+    failed = (result(Verdict.FAIL, value=0.3),)
+    p = plan(spec, at_70, observe(route=w(70), legacy=short, gates=failed), T0)
+    assert (p.status.phase, p.status.weights) == (Phase.ROLLED_BACK, w(50))
+    moved = plan(spec, p.status, observe(route=w(0), legacy=short), T0 + timedelta(seconds=10))
+    assert moved.status.weights == w(0)
+    assert not [a for a in moved.actions if isinstance(a, SetWeights)]  # the route already shows it
+    assert moved.status.history[-1].reason == "WeightsReconciled"
+
+
 def test_route_error_holds_the_step() -> None:
     p = plan(
         make_spec(),

@@ -377,7 +377,8 @@ def _keep_candidate_out(t: Tick, before: Weights) -> None:
     if st.weights.candidate <= most:
         return
     was, st.weights = st.weights, Weights(legacy=100 - most, candidate=most)
-    t.weights_reason = Reason.WEIGHTS_RECONCILED.value
+    if shown != st.weights:  # a route that already shows them needs no write
+        t.weights_reason = Reason.WEIGHTS_RECONCILED.value
     message = (
         f"weights {weights_text(was)} -> {weights_text(st.weights)} for {st.phase.value}: the candidate "
         "gets no more traffic than it had and the route shows"
