@@ -506,6 +506,70 @@ def test_abort_with_legacy_missing_is_recorded_but_routes_nowhere_until_legacy_r
     assert next(a for a in back.actions if isinstance(a, SetWeights)).weights == w(0)
 
 
+def test_a_rollback_with_legacy_missing_never_reasserts_weights_towards_the_rolled_back_candidate() -> None:
+    """Property counter-example (hypothesis): legacy gone, someone moved the route to legacy, a gate
+    fails. Re-asserting status.weights as drift would hand the rolled-back candidate all traffic again."""
+    spec = make_spec(steps=[{"setWeight": 100}], gates=[ERROR_RATE])
+    started = plan(spec, AgentRolloutStatus(), observe(route=w(0)), T0)
+    assert (started.status.phase, started.status.weights) == (Phase.PROGRESSING, w(100))
+    gone = DeploymentState("triage-rules", exists=False)
+    failed = (result(Verdict.FAIL, value=0.05),)
+    rolled_back = plan(
+        spec, started.status, observe(route=w(0), legacy=gone, gates=failed), T0 + timedelta(seconds=30)
+    )
+    s = rolled_back.status
+    assert s.phase is Phase.ROLLED_BACK
+    assert [a for a in rolled_back.actions if isinstance(a, SetWeights)] == []
+    assert s.weights == w(0)  # what the route shows: the candidate's share only goes down
+    assert [d.reason for d in s.history[-3:]] == ["LegacyNotFound", "GateFailed", "WeightsReconciled"]
+    # Legacy returns: nothing to route, the candidate stays out.
+    back = plan(spec, s, observe(route=w(0), gates=failed), T0 + timedelta(minutes=1))
+    assert (back.status.phase, back.status.weights) == (Phase.ROLLED_BACK, w(0))
+    assert back.actions == ()
+
+
+def test_a_candidate_restored_and_rolled_back_in_one_tick_with_legacy_missing_keeps_no_traffic() -> None:
+    """The candidate serves again (its step weight is restored) and a gate fails in the same tick, with
+    legacy gone: the rollback cannot route to legacy, and the restore must not stand either."""
+    spec = make_spec(steps=[{"setWeight": 100}], gates=[ERROR_RATE])
+    held = running(0, w(0))  # the candidate had no available replica: all traffic went to legacy
+    gone = DeploymentState("triage-rules", exists=False)
+    failed = (result(Verdict.FAIL, value=0.05),)
+    p = plan(spec, held, observe(route=w(0), legacy=gone, gates=failed), T0)
+    assert (p.status.phase, p.status.weights) == (Phase.ROLLED_BACK, w(0))
+    assert all(a.weights.candidate == 0 for a in p.actions if isinstance(a, SetWeights)), p.actions
+
+
+def test_a_failed_spec_with_legacy_missing_never_reasserts_weights_towards_the_candidate() -> None:
+    gone = DeploymentState("triage-rules", exists=False)
+    problem = SpecProblem("spec.steps[0].setWeight", "Input should be less than or equal to 100")
+    failed = plan(None, running(0, w(100)), observe(route=w(100), legacy=gone, problems=(problem,)), T0)
+    assert (failed.status.phase, failed.status.weights) == (Phase.FAILED, w(100))  # held: legacy is gone
+    drifted = plan(None, failed.status, observe(route=w(0), legacy=gone, problems=(problem,)), T0)
+    assert all(a.weights.candidate == 0 for a in drifted.actions if isinstance(a, SetWeights)), (
+        drifted.actions
+    )
+    assert drifted.status.weights == w(0)
+
+
+def test_a_capacity_safe_rollback_keeps_a_route_someone_moved_to_legacy() -> None:
+    """Legacy is short of replicas, so the rollback moves back only half; someone (a GitOps sync, a
+    human) then sends everything to legacy. Re-asserting 50/50 would give the rolled-back candidate
+    traffic again: the route's legacy-only is kept, and the wait ends as it would have."""
+    short = DeploymentState(
+        "triage-rules", True, "legacy-1", replicas=5, available_replicas=5, ready_replicas=5
+    )
+    spec = make_spec(steps=[{"setWeight": 70}], gates=[ERROR_RATE])
+    at_70 = running(0, w(70), legacy_replicas_at_start=10)
+    failed = (result(Verdict.FAIL, value=0.3),)
+    p = plan(spec, at_70, observe(route=w(70), legacy=short, gates=failed), T0)
+    assert (p.status.phase, p.status.weights) == (Phase.ROLLED_BACK, w(50))
+    moved = plan(spec, p.status, observe(route=w(0), legacy=short), T0 + timedelta(seconds=10))
+    assert moved.status.weights == w(0)
+    assert not [a for a in moved.actions if isinstance(a, SetWeights)]  # the route already shows it
+    assert moved.status.history[-1].reason == "WeightsReconciled"
+
+
 def test_route_error_holds_the_step() -> None:
     p = plan(
         make_spec(),

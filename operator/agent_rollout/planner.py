@@ -22,6 +22,8 @@ Choices on open questions (each is a rule a reviewer may want to change in one p
 - A missing legacy holds the step but not the analysis: a failing gate or an abort is decided and
   recorded at once (RolledBack, with its Event); the route goes to legacy when legacy exists again,
   never before, and TrafficRouted says so meanwhile. Traffic never goes to a Deployment seen missing.
+  Held weights of a rolled-back (or Failed) candidate only go down: they are never re-asserted over a
+  route someone moved towards legacy, so the candidate gets no traffic back (_keep_candidate_out).
 - Gate windows never reach back before the step began or before the gate's last counted failure
   (gate_windows): a restarted revision and a new weight are judged on their own samples, and one
   burst is one failure however many overlapping evaluations see it.
@@ -68,6 +70,7 @@ from agent_rollout.api import (
     Pause,
     Phase,
     Verdict,
+    Weights,
 )
 from agent_rollout.approval import approval_holds, observe_candidate_author, refuse_promote, take_approval
 from agent_rollout.capacity import ready as legacy_ready
@@ -191,6 +194,7 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     follow_capacity(t, spec)
     _record_baseline(t, spec, _baseline_blocked(spec, problems, obs))
     settle_weights(t, spec)
+    _keep_candidate_out(t, status.weights)
     request_weights(t, wanted_mirror(spec, t.st, t.obs) if not problems else None)
     set_traffic_condition(t, spec)
     set_completed_condition(t)
@@ -363,6 +367,28 @@ def _fail(t: Tick, spec: AgentRolloutSpec | None, problems: list[SpecProblem]) -
     condition(t, CT.SPEC_VALID, "False", CR.INVALID_SPEC, text)
     if t.st.phase is not Phase.FAILED:
         transition(t, spec, Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {text}")
+
+
+def _keep_candidate_out(t: Tick, before: Weights) -> None:
+    """Rolled back or Failed, the candidate's traffic only goes down until a retry or a new revision
+    starts over. Legacy-only cannot be routed while legacy is missing, so the weights are held; held,
+    they must not rise again: not through a restore earlier in this tick (the candidate served again
+    and a gate failed at once), nor by re-asserting them as drift over a route someone moved towards
+    legacy. The candidate keeps at most what it had before the tick and what the route shows."""
+    st, shown = t.st, t.obs.route_weights if route_readable(t.obs) else None
+    if st.phase not in (Phase.ROLLED_BACK, Phase.FAILED):
+        return
+    most = min(before.candidate, 100 if shown is None else shown.candidate)
+    if st.weights.candidate <= most:
+        return
+    was, st.weights = st.weights, Weights(legacy=100 - most, candidate=most)
+    if shown != st.weights:  # a route that already shows them needs no write
+        t.weights_reason = Reason.WEIGHTS_RECONCILED.value
+    message = (
+        f"weights {weights_text(was)} -> {weights_text(st.weights)} for {st.phase.value}: the candidate "
+        "gets no more traffic than it had and the route shows"
+    )
+    record(t, Reason.WEIGHTS_RECONCILED, message, [])
 
 
 def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
