@@ -84,8 +84,8 @@ def release(kube: FinalizingKube, finalizer: Finalizer) -> float | None:
         finalizer.release(
             kube.rollout(NS, NAME),
             deployments,
-            lambda ns, name: kube.route_view(ns, name),
-            lambda ns, r: NAME,
+            lambda resource, ns, name: kube.route_view(ns, name),
+            lambda resource, ns, r: NAME,
         )
     )
 

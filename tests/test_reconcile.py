@@ -20,6 +20,7 @@ from agent_rollout.analysis.templates import candidate_requests_query, template_
 from agent_rollout.api import Template
 from agent_rollout.domain import DeploymentState, iso
 from agent_rollout.reconcile import Reconciler, WrittenStatus
+from agent_rollout.traffic.router import Resource
 from tests.fakes import EventLog, FakeClock, FakeKube, FakePrometheus, Reply
 from tests.specs import CANDIDATE, LEGACY, ROUTE, analysis_dict, spec_dict
 
@@ -125,7 +126,7 @@ class World:
         self.clock.advance(advance)
         seen = body if body is not None else self.body()
 
-        def route_lookup(namespace: str, name: str) -> dict[str, Any] | None:
+        def route_lookup(resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
             if self.route_index is not None:
                 return copy.deepcopy(self.route_index.get((namespace, name)))
             return self.kube.route_view(namespace, name)
@@ -136,7 +137,7 @@ class World:
                 deployments=lambda namespace, name: self.deployments.get((namespace, name)),
                 routes=route_lookup,
                 written=self.written,
-                route_owner=lambda namespace, route: self.route_owner,
+                route_owner=lambda resource, namespace, route: self.route_owner,
                 jobs=self.job_state,
             )
         )

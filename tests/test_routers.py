@@ -1,28 +1,40 @@
 """Traffic routers through their protocol and registry (traffic/router.py, traffic/registry.py).
 
 The proof that a second router is one module plus its tests: `WeightSplit` below is a made-up CRD with
-two weight fields, defined only here, registered for the test, and driven by the real Reconciler
-without any other operator module knowing it.
+two weight fields, defined only here, registered for the test, and driven by the real Reconciler and
+Controller (its own informer, beside an HTTPRoute of the same name) without any other operator module
+knowing it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import Iterator
+import logging
+import queue
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import jsonpatch
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 from agent_rollout import api, crdgen
 from agent_rollout.api import Weights
+from agent_rollout.controller import Controller
 from agent_rollout.domain import SpecProblem
+from agent_rollout.kube import Conflict, Kind
+from agent_rollout.reconcile import Reconciler
+from agent_rollout.sentinel import Sentinel
 from agent_rollout.traffic import gatewayapi, registry
 from agent_rollout.traffic.router import Resource, TrafficReading, TrafficRouter
 from agent_rollout.traffic.value import Mirror, MirrorReading, TrafficState
 from agent_rollout.validation import validate
+from tests.fakes import EventLog, FakeClock
 from tests.specs import CANDIDATE, LEGACY, ROUTE, analysis_dict, spec_dict
+from tests.test_deletion import FinalizingKube
 from tests.test_reconcile import ERROR_RATE, NAME, NS, World, route_object
 
 SPLIT = "triage-split"
@@ -262,3 +274,175 @@ def test_an_identical_mirror_before_the_shadow_step_is_left_alone() -> None:
         world.tick()
         assert filters(world) == [theirs]
     assert world.status["phase"] == "Progressing" and world.status["currentStep"] == 0
+
+
+# ---------------------------------------------------------------- through the real controller
+
+
+class Cluster:
+    """The API server behind a fake ListWatchClient: objects by (plural, namespace, name); every write
+    and edit comes back through the watch of its kind, as it would from a real apiserver."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+        self._events: dict[str, queue.Queue[dict[str, Any]]] = defaultdict(queue.Queue)
+        self._version = 100
+
+    def put(self, plural: str, obj: dict[str, Any]) -> None:
+        self._version += 1
+        obj["metadata"]["resourceVersion"] = str(self._version)
+        meta = obj["metadata"]
+        self.objects[plural][(meta["namespace"], meta["name"])] = obj
+        self._events[plural].put({"type": "MODIFIED", "object": copy.deepcopy(obj)})
+
+    def spec(self, plural: str, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.objects[plural][(NS, name)]["spec"])
+
+    # -- kube.ListWatchClient
+
+    def list_page(self, kind: Kind, namespace: str | None, limit: int, token: str | None) -> dict[str, Any]:
+        items = [copy.deepcopy(o) for o in self.objects[kind.plural].values()]
+        return {"metadata": {"resourceVersion": str(self._version)}, "items": items}
+
+    def watch(
+        self, kind: Kind, namespace: str | None, version: str, timeout_s: int
+    ) -> Iterator[dict[str, Any]]:
+        while True:
+            try:
+                yield self._events[kind.plural].get(timeout=0.2)
+            except queue.Empty:
+                return  # the server ends a quiet watch; the informer watches again (or stops)
+
+
+class ClusterKube(FinalizingKube):
+    """The operator's writes, to the cluster's objects: routed objects by their router's resource."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__(rollouts=cluster.objects[api.PLURAL])
+        self.cluster = cluster
+
+    def _echo(self, namespace: str, name: str) -> None:
+        self.cluster.put(api.PLURAL, self.rollouts[(namespace, name)])
+
+    async def add_finalizer(self, namespace: str, name: str, *args: Any) -> None:
+        await super().add_finalizer(namespace, name, *args)
+        self._echo(namespace, name)
+
+    async def patch_rollout_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        stored = await super().patch_rollout_status(namespace, name, patch)
+        self._echo(namespace, name)
+        return stored
+
+    async def patch_route(
+        self, resource: Resource, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> None:
+        self.route_resources.append(resource)
+        stored = self.cluster.objects[resource.plural][(namespace, name)]
+        try:
+            patched = jsonpatch.apply_patch(stored, ops)
+        except (jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPatchConflict) as e:
+            raise Conflict(f"{resource.kind} {namespace}/{name} changed while patching: {e}") from e
+        self.cluster.put(resource.plural, patched)
+
+
+def deployment(name: str) -> dict[str, Any]:
+    template = {"spec": {"containers": [{"name": "agent", "image": f"{name}:1"}]}}
+    return {
+        "metadata": {"namespace": NS, "name": name},
+        "spec": {"replicas": 1, "template": template},
+        "status": {"availableReplicas": 1, "readyReplicas": 1},
+    }
+
+
+def rollout(name: str, created: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "metadata": {"namespace": NS, "name": name, "generation": 1, "creationTimestamp": created},
+        "spec": spec,
+    }
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not reached within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+def test_a_second_routers_resource_is_watched_and_routed_apart_from_an_httproute_of_the_same_name(
+    weight_split: TrafficRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the real Controller: the WeightSplit resource gets its own informer; an older rollout
+    owning an HTTPRoute named like the split does not own the split; a change of either object wakes
+    only the rollout routing through it."""
+    cluster = Cluster()
+    for name in (LEGACY, CANDIDATE):
+        cluster.put("deployments", deployment(name))
+    same_name = route_object()
+    same_name["metadata"]["name"] = SPLIT
+    cluster.put("httproutes", same_name)
+    cluster.put("weightsplits", split_object())
+    gateway_traffic = {
+        "gatewayAPI": {"httpRoute": SPLIT, "legacyBackend": LEGACY, "candidateBackend": CANDIDATE}
+    }
+    pause = {"pause": {}}  # waits for a human: only a wake-up reconciles it again within the test
+    cluster.put(
+        api.PLURAL,
+        rollout(
+            "older",
+            "2026-01-01T00:00:00Z",
+            spec_dict(traffic=gateway_traffic, steps=[{"setWeight": 10}, pause]),
+        ),
+    )
+    cluster.put(
+        api.PLURAL, rollout(NAME, "2026-02-01T00:00:00Z", split_spec(steps=[{"setWeight": 20}, pause]))
+    )
+    kube = ClusterKube(cluster)
+    reconciler = Reconciler(
+        kube=kube, gateway_for=lambda url, timeout: None, events=EventLog(), clock=FakeClock()
+    )
+    controller = Controller(reconciler, Sentinel(clock=FakeClock()), kube, cluster, workers=2)  # type: ignore[arg-type]
+
+    def status(name: str) -> dict[str, Any]:
+        return dict(cluster.objects[api.PLURAL][(NS, name)].get("status") or {})
+
+    def weights(plural: str) -> tuple[int, int]:
+        spec = cluster.spec(plural, SPLIT)
+        if plural == "weightsplits":
+            return spec["legacyWeight"], spec["candidateWeight"]
+        legacy, candidate = spec["rules"][0]["backendRefs"]
+        return legacy["weight"], candidate["weight"]
+
+    def paused(name: str) -> bool:
+        return status(name).get("currentStep") == 1 and controller.scheduler.pending() == 0
+
+    async def scenario() -> None:
+        with caplog.at_level(logging.INFO, logger="agent_rollout.controller"):
+            await controller.run()
+        try:
+            assert set(controller.routes) == {gatewayapi.ROUTER.resource, weight_split.resource}
+            await until(lambda: paused(NAME) and paused("older"), "both rollouts in their pause")
+            assert weights("weightsplits") == (80, 20) and weights("httproutes") == (90, 10)
+            assert status(NAME)["weights"] == {"legacy": 80, "candidate": 20}  # read back from the split
+            assert set(kube.route_resources) == {gatewayapi.ROUTER.resource, weight_split.resource}
+
+            # Someone edits the split: its watch wakes its rollout, not a timer (30 s away, no analysis).
+            before = len(kube.route_resources)
+            edited = copy.deepcopy(cluster.objects["weightsplits"][(NS, SPLIT)])
+            edited["spec"] = {"legacyWeight": 30, "candidateWeight": 70}
+            cluster.put("weightsplits", edited)
+            await until(lambda: weights("weightsplits") == (80, 20), "the split written back")
+            assert kube.route_resources[before:] == [weight_split.resource]  # the HTTPRoute is not touched
+
+            # Someone edits the HTTPRoute of the same name: the rollout owning it writes it back alone.
+            edited = copy.deepcopy(cluster.objects["httproutes"][(NS, SPLIT)])
+            edited["spec"]["rules"][0]["backendRefs"][1]["weight"] = 0
+            cluster.put("httproutes", edited)
+            await until(lambda: weights("httproutes") == (90, 10), "the HTTPRoute written back")
+            assert weights("weightsplits") == (80, 20)
+        finally:
+            await controller.stop()
+
+    asyncio.run(scenario())
+    assert "watching 2 AgentRollouts, 2 Deployments, 1 HTTPRoutes, 1 WeightSplits" in caplog.text

@@ -349,7 +349,7 @@ def measure_reconcile(rollouts: Sequence[Rollout]) -> ReconcileFigures:
             await reconciler.reconcile(
                 r.body,
                 deployments=lambda ns, n: deployments.get((ns, n)),
-                routes=lambda ns, n: routes.get((ns, n)),
+                routes=lambda resource, ns, n: routes.get((ns, n)),
                 written=WrittenStatus(),
             )
             per_call.append(time.thread_time_ns() - t)

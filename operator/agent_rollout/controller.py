@@ -1,5 +1,6 @@
-"""The operator's shell: three informers (rollouts, Deployments, HTTPRoutes) feed one scheduler, whose
-workers run the reconciler.
+"""The operator's shell: informers (rollouts, Deployments, evaluation Jobs, and one per resource the
+registered traffic routers route through, e.g. HTTPRoutes) feed one scheduler, whose workers run the
+reconciler.
 
 What wakes a rollout: a change a human or Git makes to it (spec, a verb), a change of a Deployment
 or route it names, the fast check seeing a hard bound breached, its own timer (a pause's end, the
@@ -29,22 +30,23 @@ from agent_rollout.kube import (
     DEPLOYMENTS,
     JOBS,
     ROLLOUTS,
-    ROUTES,
     Conflict,
     KubeClient,
     ListWatchClient,
     deployment_state,
+    routed_kind,
 )
 from agent_rollout.reconcile import Reconciler, WrittenStatus
 from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
 from agent_rollout.sentinel import Sentinel
 from agent_rollout.traffic import registry
+from agent_rollout.traffic.router import Resource
 
 log = logging.getLogger(__name__)
 
-# The kinds the controller lists and watches (rollouts, Deployments, HTTPRoutes, evaluation Jobs): each
-# holds one watch connection per namespace.
-INFORMER_KINDS = 4
+# The kinds the controller lists and watches (rollouts, Deployments, evaluation Jobs, and each routed
+# resource of the registered routers): each holds one watch connection per namespace.
+INFORMER_KINDS = 3 + len(registry.resources())
 WORKERS = 32  # rollouts reconciled at once: Prometheus and the apiserver are what they wait on
 
 
@@ -56,7 +58,8 @@ class StoredRollout:
     raw: bytes
     attention: tuple[Any, ...]  # what a human or Git changes; our own status writes do not
     urgency: int
-    route: str | None
+    route: str | None  # the routed object's name
+    route_resource: Resource | None  # its router's resource (one object shared by every rollout)
     deployments: tuple[str, ...]
     created: str
     deleting: bool
@@ -79,6 +82,7 @@ class StoredRollout:
             attention=(meta.get("generation"), *verbs),
             urgency=_urgency(meta, status, any(verbs)),
             route=routed[1] if routed is not None else None,
+            route_resource=routed[0].resource if routed is not None else None,
             deployments=tuple(sorted({n for n in names if isinstance(n, str)})),
             created=str(meta.get("creationTimestamp") or ""),
             deleting=bool(meta.get("deletionTimestamp")),
@@ -146,6 +150,10 @@ def _gauge(
 _PHASES = {p.value: p.value for p in api.Phase}
 
 
+def _routed(rollout: StoredRollout) -> tuple[Resource, str] | None:
+    return (rollout.route_resource, rollout.route) if rollout.route_resource and rollout.route else None
+
+
 def project_deployment(obj: dict[str, Any]) -> DeploymentState:
     meta = obj.get("metadata") or {}
     return deployment_state(str(meta.get("name")), obj.get("spec"), obj.get("status"), meta)
@@ -184,17 +192,22 @@ class Controller:
         self.deployments: Informer[DeploymentState] = Informer(
             DEPLOYMENTS, client, project_deployment, self._target_changed("deployment"), namespaces
         )
-        self.routes: Informer[dict[str, Any]] = Informer(
-            ROUTES, client, project_route, self._target_changed("route"), namespaces
-        )
+        # One informer per routed resource: a router on its own resource needs nothing else here.
+        self.routes: dict[Resource, Informer[dict[str, Any]]] = {
+            resource: Informer(
+                routed_kind(resource), client, project_route, self._target_changed(str(resource)), namespaces
+            )
+            for resource in registry.resources()
+        }
         # Only Jobs labelled as our evaluation Jobs: a change wakes the rollout named in the label.
         self.jobs: Informer[evaluation.JobState] = Informer(
             JOBS, client, evaluation.project_job, self._job_changed, namespaces
         )
-        # (kind, namespace, name) -> the rollouts naming that Deployment or route.
+        # (kind, namespace, name) -> the rollouts naming that Deployment ("deployment") or routed object
+        # (its resource, as plural.group: two routers' objects may share a name in one namespace).
         self._targets: dict[tuple[str, str, str], set[str]] = {}
-        # (namespace, route) -> {rollout: creationTimestamp}: the oldest one owns the route.
-        self._claims: dict[Key, dict[str, str]] = {}
+        # (resource, namespace, route) -> {rollout: creationTimestamp}: the oldest one owns the object.
+        self._claims: dict[tuple[str, str, str], dict[str, str]] = {}
         self._written: dict[Key, WrittenStatus] = {}
         self._finalizer = Finalizer(kube, kube.post_event_soon)
         # Finalizer added, the watch has not brought it yet (so it is not added twice meanwhile).
@@ -207,16 +220,16 @@ class Controller:
 
     async def run(self) -> None:
         self._started = time.monotonic()
-        informers = (self.rollouts, self.deployments, self.routes, self.jobs)
+        informers = self._informers()
         for informer in informers:
             informer.start()
         await asyncio.gather(*(i.synced.wait() for i in informers))
         self.synced = True
         log.info(
-            "watching %d AgentRollouts, %d Deployments, %d HTTPRoutes; reconciling, most urgent first",
+            "watching %d AgentRollouts, %d Deployments, %s; reconciling, most urgent first",
             len(self.rollouts),
             len(self.deployments),
-            len(self.routes),
+            ", ".join(f"{len(informer)} {resource.kind}s" for resource, informer in self.routes.items()),
         )
         if self._leading is not None and not self._leading.is_set():
             # A standby keeps its informers warm and writes nothing (no reconcile: no route, status or
@@ -234,7 +247,7 @@ class Controller:
         return self.synced and (self._leading is None or self._leading.is_set())
 
     async def stop(self) -> None:
-        for informer in (self.rollouts, self.deployments, self.routes, self.jobs):
+        for informer in self._informers():
             informer.stop()
         await self.scheduler.stop()
 
@@ -251,8 +264,16 @@ class Controller:
     def queued(self) -> int:
         return self.scheduler.pending()
 
-    def route_owner(self, namespace: str, route: str) -> str | None:
-        claims = self._claims.get((namespace, route))
+    def _informers(self) -> tuple[Informer[Any], ...]:
+        return (self.rollouts, self.deployments, *self.routes.values(), self.jobs)
+
+    def route(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        """A routed object as its resource's informer has it (reconcile.RouteLookup)."""
+        informer = self.routes.get(resource)
+        return informer.get(namespace, name) if informer is not None else None
+
+    def route_owner(self, resource: Resource, namespace: str, route: str) -> str | None:
+        claims = self._claims.get((str(resource), namespace, route))
         if not claims:
             return None
         # Oldest creationTimestamp, then name: the same answer in every reconcile.
@@ -278,9 +299,7 @@ class Controller:
             return None
         body = stored.body()
         if stored.deleting:
-            return await self._finalizer.release(
-                body, self.deployments.get, self.routes.get, self.route_owner
-            )
+            return await self._finalizer.release(body, self.deployments.get, self.route, self.route_owner)
         if stored.finalized:
             self._finalized.discard(key)  # the watch has it: no entry kept per rollout for nothing
         elif key not in self._finalized:
@@ -297,7 +316,7 @@ class Controller:
             return await self._reconciler.reconcile(
                 body,
                 deployments=self.deployments.get,
-                routes=self.routes.get,
+                routes=self.route,
                 written=written,
                 route_owner=self.route_owner,
                 planned=lambda spec, status, source: self._sentinel.update(key, spec, status, source),
@@ -331,23 +350,24 @@ class Controller:
             self.scheduler.wake(key, after.urgency)
         elif after.attention != before.attention or after.deleting != before.deleting:
             self.scheduler.wake(key, NOW)
-        # A claim that came or went may hand the route to another rollout.
-        routes = {r.route for r in (before, after) if r is not None and r.route is not None}
-        if (before is None or after is None or before.route != after.route) and self.synced:
-            for route in routes:
-                self._wake_targets(("route", namespace, route), but=name)
+        # A claim that came or went may hand the routed object to another rollout.
+        routed = [_routed(r) if r is not None else None for r in (before, after)]
+        if (before is None or after is None or routed[0] != routed[1]) and self.synced:
+            for resource, route in {r for r in routed if r is not None}:
+                self._wake_targets((str(resource), namespace, route), but=name)
 
     def _index(self, namespace: str, name: str, rollout: StoredRollout, add: bool) -> None:
         targets = [("deployment", namespace, d) for d in rollout.deployments]
-        if rollout.route is not None:
-            targets.append(("route", namespace, rollout.route))
-            claims = self._claims.setdefault((namespace, rollout.route), {})
+        if rollout.route is not None and rollout.route_resource is not None:
+            target = (str(rollout.route_resource), namespace, rollout.route)
+            targets.append(target)
+            claims = self._claims.setdefault(target, {})
             if add:
                 claims[name] = rollout.created
             else:
                 claims.pop(name, None)
                 if not claims:
-                    del self._claims[(namespace, rollout.route)]
+                    del self._claims[target]
         for target in targets:
             names = self._targets.setdefault(target, set())
             if add:

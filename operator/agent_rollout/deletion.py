@@ -24,6 +24,7 @@ from agent_rollout.api import OnDelete, Weights
 from agent_rollout.domain import DeploymentState, RouteIntent
 from agent_rollout.intent import ANNOTATION, our_intent
 from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
+from agent_rollout.traffic.router import Resource
 from agent_rollout.traffic.value import TrafficState
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,8 @@ class Finalizer:
         self,
         body: Mapping[str, Any],
         deployments: Callable[[str, str], DeploymentState | None],
-        routes: Callable[[str, str], dict[str, Any] | None],
-        route_owner: Callable[[str, str], str | None],
+        routes: Callable[[Resource, str, str], dict[str, Any] | None],
+        route_owner: Callable[[Resource, str, str], str | None],
     ) -> float | None:
         """None once released (or never ours); else seconds until the next try."""
         meta = body["metadata"]
@@ -117,9 +118,10 @@ class Finalizer:
         raw_spec = body.get("spec") or {}
         traffic = api.parse_alone(api.Traffic, raw_spec.get("traffic"))
         legacy = api.parse_alone(api.DeploymentRef, raw_spec.get("legacy"))
-        route_name = traffic.router.object_name(traffic.config) if traffic is not None else None
-        route = routes(namespace, route_name) if route_name is not None else None
-        owner = route_owner(namespace, route_name) if route_name is not None else None
+        route, owner = None, None
+        if traffic is not None:
+            named = (traffic.router.resource, namespace, traffic.router.object_name(traffic.config))
+            route, owner = routes(*named), route_owner(*named)
         route_spec = (route or {}).get("spec")
         # Only the mirror this rollout's write-ahead record says it wrote is removed; an identical filter
         # someone else wrote stays (shadow.ours_and_others).

@@ -26,7 +26,6 @@ from kubernetes.client.exceptions import ApiException
 from agent_rollout import agentversion, api, evaluation
 from agent_rollout.domain import DeploymentState
 from agent_rollout.leader import LeaseConflict
-from agent_rollout.traffic import registry
 from agent_rollout.traffic.router import Resource
 
 T = TypeVar("T")
@@ -429,16 +428,11 @@ class Kind:
 DEPLOYMENTS = Kind("apps", "v1", "deployments")
 
 
-def _route_kind() -> Kind:
-    """The resource of the registered routers' objects (traffic/registry.py). The controller runs one
-    informer for it: a router on another resource needs a second one there, hence the loud failure."""
-    resources = registry.resources()
-    if len(resources) != 1:
-        raise RuntimeError(f"the controller watches one routed resource; the routers use {resources}")
-    return Kind(resources[0].group, resources[0].version, resources[0].plural)
+def routed_kind(resource: Resource) -> Kind:
+    """The kind a router's routed objects are listed and watched as (one informer per resource)."""
+    return Kind(resource.group, resource.version, resource.plural)
 
 
-ROUTES = _route_kind()
 ROLLOUTS = Kind(api.GROUP, api.VERSION, api.PLURAL)
 JOBS = Kind("batch", "v1", "jobs", label_selector=evaluation.ROLLOUT_LABEL)  # evaluation Jobs only
 

@@ -59,7 +59,7 @@ from agent_rollout.readiness import (
 from agent_rollout.reasons import ROLLBACK_REASONS
 from agent_rollout.statuspatch import merge_patch
 from agent_rollout.tick import LIVE_PHASES
-from agent_rollout.traffic.router import TrafficReading
+from agent_rollout.traffic.router import Resource, TrafficReading
 from agent_rollout.traffic.value import Mirror, TrafficState
 from agent_rollout.validation import validate
 
@@ -76,11 +76,12 @@ CRASH_AFTER_ROUTE_WRITE = "crash-after-route-write"
 
 # (namespace, name) -> summary, fed by kopf indices in production and by dicts in tests.
 DeploymentLookup = Callable[[str, str], DeploymentState | None]
-# (namespace, name) -> {"spec": ..., "metadata": {"resourceVersion", "annotations"}} of the routed object
-# (of the resource of the rollout's router, traffic/registry.py).
-RouteLookup = Callable[[str, str], dict[str, Any] | None]
-# (namespace, route) -> the AgentRollout that owns it: the oldest one naming it.
-RouteOwnerLookup = Callable[[str, str], str | None]
+# (resource, namespace, name) -> {"spec": ..., "metadata": {"resourceVersion", "annotations"}} of the
+# routed object; the resource is the rollout's router's (traffic/registry.py): two routers' objects may
+# share a name in one namespace.
+RouteLookup = Callable[[Resource, str, str], dict[str, Any] | None]
+# (resource, namespace, route) -> the AgentRollout that owns it: the oldest one naming that object.
+RouteOwnerLookup = Callable[[Resource, str, str], str | None]
 # (namespace, Job name) -> an evaluation Job as the Jobs informer has it; None: there is none.
 JobLookup = Callable[[str, str], evaluation.JobState | None]
 # (namespace, name) -> incident alerts firing now that name the rollout (alerts.AlertBook.firing).
@@ -195,7 +196,7 @@ class Reconciler:
         deployments: DeploymentLookup,
         routes: RouteLookup,
         written: WrittenStatus,
-        route_owner: RouteOwnerLookup = lambda namespace, route: None,
+        route_owner: RouteOwnerLookup = lambda resource, namespace, route: None,
         planned: PlannedCallback | None = None,
         jobs: JobLookup = lambda namespace, name: None,
     ) -> float:
@@ -230,8 +231,12 @@ class Reconciler:
             traffic = spec.traffic
             legacy, candidate = deployment(spec.legacy), deployment(spec.candidate)
 
-        route_name = traffic.router.object_name(traffic.config) if traffic is not None else None
-        route = routes(namespace, route_name) if route_name is not None else None
+        route, claimed_by = None, None
+        if traffic is not None:
+            # The routed object is named by its router's resource too: not every router's is an HTTPRoute.
+            named = (traffic.router.resource, namespace, traffic.router.object_name(traffic.config))
+            route, owner = routes(*named), route_owner(*named)
+            claimed_by = owner if owner not in (None, name) else None
         route_spec = route.get("spec") if route is not None else None
         route_intent = our_intent(route, name)
         mirrors, others = shadow.ours_and_others(spec, route_intent)
@@ -239,10 +244,6 @@ class Reconciler:
             reading = traffic.router.read(route_spec, traffic.config, mirrors, others, namespace)
         else:
             reading = TrafficReading(None, "spec.traffic did not parse")
-        claimed_by = None
-        if route_name is not None:
-            owner = route_owner(namespace, route_name)
-            claimed_by = owner if owner not in (None, name) else None
 
         gates, prometheus_error, requests, rejected, unchecked = None, None, None, None, None
         milestone, baseline, drill_gates, pairs = None, None, None, None

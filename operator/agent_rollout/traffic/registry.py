@@ -1,8 +1,14 @@
 """The traffic routers the operator knows, by their key under spec.traffic.
 
 `api.Traffic` accepts exactly one registered key and parses its section with that router's model; the
-CRD's schema of spec.traffic and its CEL rule are generated from this registry (crdgen.py), so a new
-router is one module in traffic/ plus one `register` line below (and its tests).
+CRD's schema of spec.traffic and its CEL rule are generated from this registry (crdgen.py), and the
+controller runs one informer per resource in `resources()` (rollouts, claims and wake-ups keyed by that
+resource), so a new router is one module in traffic/ plus one `register` line below (and its tests),
+and, outside the package:
+- the chart's RBAC for its resource: `list`, `watch` and `patch` on it, beside httproutes in
+  charts/agent-rollout/templates/_helpers.tpl (agent-rollout.namespacedRules);
+- its CRD installed wherever the operator runs: the controller reconciles nothing before every
+  informer has its first list, and a resource the apiserver does not serve never lists.
 """
 
 from __future__ import annotations
