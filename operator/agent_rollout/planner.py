@@ -175,7 +175,7 @@ def _times_failed(gate: str, count: int, limit: int) -> str:
 def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observations, now: datetime) -> Plan:
     """The complete new status and the actions for one reconcile. `spec` is None when it did not parse
     (obs.problems then says why). Never mutates its inputs; the same inputs give the same Plan."""
-    t = Tick(obs=obs, now=utc(now), st=status.model_copy(deep=True))
+    t = Tick(obs=obs, now=utc(now), st=_own_copy(status))
     if spec is not None:
         t.history_limit = spec.history_limit
     if obs.generation is not None:
@@ -250,6 +250,13 @@ def after_route_write(
     return Plan(status=again.status, actions=planned.actions, requeue_after=min(requeue) if requeue else None)
 
 
+def _own_copy(status: AgentRolloutStatus) -> AgentRolloutStatus:
+    """A copy of `status` the tick may change. Built again from its plain data: pydantic's deep copy
+    was most of a steady reconcile's CPU (~0.13 ms of a 0.3 ms plan for a 6 KB status), and at 10,000
+    rollouts on a 30s interval that is 333 plans a second on one core."""
+    return AgentRolloutStatus.model_validate(status.model_dump())
+
+
 def note_route_failure(
     status: AgentRolloutStatus, previous: AgentRolloutStatus, failure: RouteFailure, now: datetime
 ) -> Plan:
@@ -257,7 +264,7 @@ def note_route_failure(
     (they are already in `status`), TrafficRouted says why the route lags, and a Warning Event goes
     out when the failure is new since `previous` (the status the plan started from), so a refusal
     retried every few seconds is one Event, not thousands."""
-    t = Tick(obs=Observations(), now=utc(now), st=status.model_copy(deep=True))
+    t = Tick(obs=Observations(), now=utc(now), st=_own_copy(status))
     reason = CR.ROUTE_WRITE_REFUSED if failure.permanent else CR.ROUTE_WRITE_FAILED
     old = find_condition(previous.conditions, CT.TRAFFIC_ROUTED.value)
     message = f"route write {'refused' if failure.permanent else 'failed'}: {failure.detail}"
