@@ -14,10 +14,13 @@ from pydantic import ValidationError
 
 from agent_rollout.analysis.prometheus import measure_gates
 from agent_rollout.analysis.templates import template_read
-from agent_rollout.api import AgentRolloutSpec, MetricNames, Phase, Template, Verdict
+from agent_rollout.api import AgentRolloutSpec, MetricNames, Phase, Template, Verdict, dump
+from agent_rollout.comparator.compare import Mode as CompareMode
+from agent_rollout.crdgen import openapi_schema
 from agent_rollout.domain import SetWeights
 from agent_rollout.intent import decode, encode, intent_for
 from agent_rollout.planner import plan
+from agent_rollout.reconcile import spec_problems_from
 from agent_rollout.traffic import gatewayapi
 from agent_rollout.traffic.gatewayapi import GatewayAPIRouter
 from agent_rollout.traffic.value import Mirror, TrafficState
@@ -242,3 +245,47 @@ def test_shadow_agreement_holds_only_shadow_steps() -> None:
         spec, running(0, w(0)), observe(w(0), route_mirror=MIRROR, shadow_pairs=500), T0 + timedelta(hours=1)
     )
     assert held.status.current_step == 0 and "agreement" in held.status.message
+
+
+def compare_step(compare: dict[str, Any]) -> dict[str, Any]:
+    return spec_dict(steps=[{"shadow": {"percent": 5, "compare": compare}}, {"setWeight": 100}])
+
+
+def test_a_shadow_steps_comparison_is_read_and_its_bad_forms_are_refused_naming_the_field() -> None:
+    good = AgentRolloutSpec.model_validate(
+        compare_step({"mode": "text", "fields": ["/answer"], "threshold": 0.7, "judgeURL": "https://j/x"})
+    )
+    compare = good.steps[0].shadow.compare if good.steps[0].shadow else None
+    assert compare is not None and (compare.mode, compare.fields, compare.threshold) == (
+        CompareMode.TEXT,
+        ["/answer"],
+        0.7,
+    )
+    assert compare.judge_url == "https://j/x" and validate(good) == []
+    assert dump(good)["steps"][0]["shadow"]["compare"]["judgeURL"] == "https://j/x"  # as written
+    # Cross-field: what a mode would silently ignore is refused (validation; the CRD's CEL says the same).
+    for bad, field in (
+        ({"mode": "exact", "fields": ["/answer"]}, "spec.steps[0].shadow.compare.fields"),
+        ({"mode": "json", "threshold": 0.5}, "spec.steps[0].shadow.compare.threshold"),
+    ):
+        assert [p.field for p in validate(AgentRolloutSpec.model_validate(compare_step(bad)))] == [field]
+    # Schema: bounds, the mode, and the judge's URL, each error at its own path.
+    for bad, field in (
+        ({"mode": "text", "threshold": 1.5}, "spec.steps[0].shadow.compare.threshold"),
+        ({"mode": "fuzzy"}, "spec.steps[0].shadow.compare.mode"),
+        ({"fields": ["a"]}, "spec.steps[0].shadow.compare.mode"),
+        ({"mode": "json", "fields": [""]}, "spec.steps[0].shadow.compare.fields[0]"),
+        ({"mode": "json", "judgeURL": "judge:80"}, "spec.steps[0].shadow.compare.judgeURL"),
+    ):
+        with pytest.raises(ValidationError) as refused:
+            AgentRolloutSpec.model_validate(compare_step(bad))
+        assert [p.field for p in spec_problems_from(refused.value)] == [field], bad
+
+
+def test_the_crd_refuses_what_a_mode_ignores_with_cel_rules_naming_the_field() -> None:
+    schema = openapi_schema(AgentRolloutSpec)
+    shadow = schema["properties"]["steps"]["items"]["properties"]["shadow"]["properties"]["compare"]
+    rules = {r["fieldPath"]: r["rule"] for r in shadow["x-kubernetes-validations"]}
+    assert set(rules) == {".fields", ".threshold"}
+    assert shadow["required"] == ["mode"]
+    assert shadow["properties"]["judgeURL"]["pattern"].startswith("^https?")

@@ -11,15 +11,19 @@ the `answer` fields (json mode) and sends half the copies to legacy twice for th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from agent_rollout import api
 from agent_rollout.reconcile import CRASH_AFTER_ROUTE_WRITE, FAULT_ENV
-from e2e.cluster import ClusterState
+from e2e.cluster import ClusterState, chart, identity
 from e2e.cluster.podrunner import PodRunner
-from e2e.rollout.scene import CANDIDATE, LEGACY, ROUTE, OperatorProcess, Scene
+from e2e.rollout.conftest import wait_for_rbac
+from e2e.rollout.scene import CANDIDATE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
 from e2e.rollout.test_evaluation import evaluate_step
 from e2e.sim.comparator import SimComparator, start_comparator
 
@@ -38,19 +42,22 @@ ERRORS = {"name": "errors", "template": "errorRate", "max": 0.05, "minSamples": 
 
 
 @pytest.fixture
-def comparator(cluster: ClusterState) -> Iterator[Callable[[Scene], SimComparator]]:
+def comparator(cluster: ClusterState) -> Iterator[Callable[..., SimComparator]]:
     """comparator(scene) -> the real comparator for the scene's agents, scraped by Prometheus, and the
-    route's mirror Service resolved to it (as the chart's Service would be)."""
+    route's mirror Service resolved to it (as the chart's Service would be). `compare` replaces its
+    comparison flags (default: json on /answer), `more` adds flags."""
     started: list[SimComparator] = []
 
-    def start(s: Scene) -> SimComparator:
-        args = ["--namespace", s.namespace, "--version", CANDIDATE, "--mode", "json", "--field", "/answer"]
+    def start(
+        s: Scene, compare: Sequence[str] = ("--mode", "json", "--field", "/answer"), more: Sequence[str] = ()
+    ) -> SimComparator:
+        args = ["--namespace", s.namespace, "--version", CANDIDATE, *compare]
         c = start_comparator(
             s.agents.url(LEGACY),
             s.agents.url(CANDIDATE),
             log_dir=cluster.run_dir / "comparators",
             name=f"comparator-{s.namespace}",
-            args=[*args, "--noise-share", "0.5"],
+            args=[*args, "--noise-share", "0.5", *more],
         )
         started.append(c)
         c.register(cluster.file_sd_dir, s.namespace)
@@ -196,3 +203,107 @@ def test_bad_shadow_specs_are_refused_naming_the_field(scene: Callable[..., Scen
     condition = next(c for c in status["conditions"] if c["type"] == "SpecValid")
     assert condition["reason"] == "InvalidSpec" and "spec.steps[1].shadow" in condition["message"], condition
     assert ours(s.kube.get_httproute(s.namespace, ROUTE)) == []
+
+
+def gauge(c: SimComparator, name: str) -> float | None:
+    with urllib.request.urlopen(f"{c.admin_url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    values = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+    return values[0] if values else None
+
+
+def comparator_access(s: Scene, rollout: str) -> list[dict[str, Any]]:
+    """The chart's comparator ServiceAccount, Role and RoleBinding for `rollout`, rendered for the scene's
+    namespace as the release namespace."""
+    values = {
+        "comparator": {
+            "enabled": True,
+            "legacyUrl": "http://l",
+            "candidateUrl": "http://c",
+            "rollout": rollout,
+        }
+    }
+    rendered = chart.render(values, release="ar", namespace=s.namespace)
+    return [
+        m
+        for m in rendered
+        if m["kind"] in ("ServiceAccount", "Role", "RoleBinding") and "comparator" in m["metadata"]["name"]
+    ]
+
+
+def test_the_shadow_steps_own_comparison_counts_answers_that_agree_on_a_field_as_matches(
+    scene: Callable[..., Scene], comparator: Callable[..., SimComparator], cluster: ClusterState
+) -> None:
+    """The comparator runs with its default flags (exact: legacy's and the candidate's answers always
+    differ byte for byte, in `version` and `latency_s`) and follows the rollout, with a token of the chart's
+    own comparator ServiceAccount and Role; the step's `compare: {mode: json, fields: [/answer]}` makes
+    them matches, so the rollout passes the step; after it, the same requests are mismatches again."""
+    s = scene(legacy={}, candidate={}, rps=20)
+    name = "shadow-json"
+    access = comparator_access(s, name)
+    assert sorted(m["kind"] for m in access) == ["Role", "RoleBinding", "ServiceAccount"]
+    (account,) = (m["metadata"]["name"] for m in access if m["kind"] == "ServiceAccount")
+    identity.ensure_service_account(s.kube, s.namespace, account)
+    kubeconfig = identity.service_account_kubeconfig(
+        s.kube, s.namespace, account, cluster.run_dir / f"comparator-{s.namespace}.kubeconfig"
+    )
+    c = comparator(
+        s, compare=(), more=("--rollout", f"{s.namespace}/{name}", "--kubeconfig", str(kubeconfig))
+    )
+    # No Role yet: the rollout is unreadable (403), which the comparator shows and survives.
+    wait_until(
+        "the comparator to report its rollout unreadable",
+        lambda: gauge(c, "agent_shadow_rollout_unreadable") == 1.0,
+        timeout_s=30,
+    )
+    s.apply({"apiVersion": "v1", "kind": "List", "items": access})
+    wait_for_rbac(cluster, kubeconfig, ("watch", f"{api.PLURAL}.{api.GROUP}/{name}", "-n", s.namespace))
+    wait_until(
+        "the comparator to read its rollout",
+        lambda: gauge(c, "agent_shadow_rollout_unreadable") == 0.0,
+        timeout_s=60,
+    )
+    # Exact, the agreement would be 0: every pair differs in `version`. A few copies mirrored between the
+    # operator's route write and its status write are still compared exactly, hence 0.8, not 1.
+    agreement = {"name": "agreement", "template": "shadowAgreement", "min": 0.8, "minSamples": 30}
+    step = {
+        "shadow": {
+            "percent": 50,
+            "duration": "15s",
+            "minRequests": 60,
+            "compare": {"mode": "json", "fields": ["/answer"]},
+        }
+    }
+    s.apply(s.rollout_manifest(name, steps=[step, {"setWeight": 100}], gates=[agreement]))
+    s.driver.wait_for_mirrors([COMPARATOR], timeout_s=60)
+    wait_until(
+        "the step's comparison to apply",
+        lambda: gauge(c, "agent_shadow_step_comparison") == 1.0,
+        timeout_s=30,
+    )
+    status = s.wait_for_phase(name, "Promoted", timeout_s=180)
+    completed = next(d for d in status["history"] if d["message"].startswith("step 1/2 completed"))
+    evidence = next(e for e in completed["evidence"] if e["name"] == "agreement")
+    print(f"\nshadow step compare evidence: {evidence}, comparator counts {c.counts()}")
+    assert evidence["verdict"] == "Pass" and evidence["value"] >= 0.8 and evidence["samples"] >= 30, evidence
+    during = c.counts()
+    assert during["match"] >= 60 and during["mismatch"] <= during["match"] / 5, during
+    # The step is over: the comparator's own exact mode again, and the same kind of request, replayed to
+    # the same agents, is a mismatch every time.
+    wait_until(
+        "the flags' comparison to apply",
+        lambda: gauge(c, "agent_shadow_step_comparison") == 0.0,
+        timeout_s=30,
+    )
+    for i in range(10):
+        body = f'{{"input": "after the step {i}"}}'.encode()
+        request = urllib.request.Request(
+            f"{c.url}/invoke", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert resp.status == 202
+    wait_until(
+        "ten exact mismatches", lambda: c.counts()["mismatch"] >= during["mismatch"] + 10, timeout_s=30
+    )
+    after = c.counts()
+    assert after["match"] <= during["match"] + 3, (during, after)  # at most the mirror's last copies

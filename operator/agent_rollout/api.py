@@ -25,6 +25,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails
 
+# One source of truth for the comparison modes: the comparator's own (compare.py is pure, stdlib only).
+from agent_rollout.comparator.compare import Mode as CompareMode
+
 if TYPE_CHECKING:
     from agent_rollout.traffic.router import TrafficRouter
 
@@ -473,6 +476,37 @@ class ComparatorRef(_Model):
     port: int = Field(default=8080, ge=1, le=65535)
 
 
+MAX_COMPARE_FIELDS = 16  # x 256 characters x 50 steps: far below etcd's object limit
+
+
+class ShadowCompare(_Model):
+    """How the comparator compares legacy's and the candidate's answers during this step, instead of its
+    own flags (the comparator follows the rollout when started with --rollout NAMESPACE/NAME)."""
+
+    mode: CompareMode = Field(
+        description="exact: bodies byte for byte; json: the bodies' JSON agrees on `fields` (all of it "
+        "without fields, key order and spacing ignored); text: normalised word-token similarity "
+        "(of the bodies, or of each of `fields`) is at least `threshold`."
+    )
+    fields: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=MAX_COMPARE_FIELDS,
+        description="json and text modes: JSON pointers (/answer/label) or top-level keys to compare.",
+    )
+    threshold: float | None = Field(
+        default=None, ge=0, le=1, description="text mode only: the minimum similarity, 0..1 (default 0.8)."
+    )
+    judge_url: str | None = Field(
+        default=None,
+        alias="judgeURL",
+        max_length=512,
+        pattern=r"^https?://[^\s]+$",
+        description="Pairs the comparison calls different are POSTed here as {request, legacy, candidate} "
+        'and the judge answers {"agree": true|false}. It receives requests and answers: name only a '
+        "service trusted with them.",
+    )
+
+
 class Shadow(_Model):
     """Mirror a share of legacy's live requests to the comparator, which replays each to legacy and the
     candidate and compares the answers; users keep getting legacy's answers (candidate weight 0)."""
@@ -486,6 +520,10 @@ class Shadow(_Model):
         description="Compared pairs (match + mismatch) the comparator must count in the step before it ends.",
     )
     comparator: ComparatorRef = Field(default_factory=ComparatorRef)
+    compare: ShadowCompare | None = Field(
+        default=None,
+        description="The comparison for this step; unset: the comparator's own (its flags).",
+    )
 
 
 class Step(_Model):

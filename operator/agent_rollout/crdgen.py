@@ -43,6 +43,18 @@ _CEL_RULES: dict[str, list[dict[str, str]]] = {
             "fieldPath": ".steps",
         },
     ],
+    "ShadowCompare": [
+        {
+            "rule": "self.mode != 'exact' || !has(self.fields) || size(self.fields) == 0",
+            "message": "fields need mode json or text (exact compares whole bodies)",
+            "fieldPath": ".fields",
+        },
+        {
+            "rule": "self.mode == 'text' || !has(self.threshold)",
+            "message": "threshold applies to mode text only",
+            "fieldPath": ".threshold",
+        },
+    ],
     "Gate": [
         {
             "rule": "has(self.template) != has(self.query)",

@@ -420,6 +420,7 @@ class Kind:
     version: str
     plural: str
     label_selector: str | None = None  # only the objects carrying this label (e.g. our own Jobs)
+    field_selector: str | None = None  # e.g. metadata.name=X: one object (the comparator's rollout)
 
     def __str__(self) -> str:
         return f"{self.plural}.{self.group}"
@@ -461,6 +462,8 @@ class ListWatchClient:
         """A list or watch request; a 410 Gone is Expired(`expired`): the caller lists again."""
         if kind.label_selector is not None:
             args = {**args, "label_selector": kind.label_selector}
+        if kind.field_selector is not None:
+            args = {**args, "field_selector": kind.field_selector}
         try:
             # The custom-objects paths (/apis/GROUP/VERSION/...) serve built-in kinds of named groups too.
             if namespace is None:

@@ -25,10 +25,12 @@ from agent_rollout.api import (
     Analysis,
     Gate,
     PrometheusSource,
+    ShadowCompare,
     Stage,
     Step,
     duration_seconds,
 )
+from agent_rollout.comparator.compare import Mode as CompareMode
 from agent_rollout.domain import SpecProblem
 from agent_rollout.drill import spec_problems as drill_spec_problems
 from agent_rollout.readiness import STAGE_CRITERIA
@@ -92,6 +94,7 @@ def _shadow_spec_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
                     "compared pairs are counted in Prometheus: spec.analysis is required",
                 )
             )
+        problems += _compare_problems(step.shadow.compare, f"{path}.compare")
         service = step.shadow.comparator.service
         if service in backends:
             problems.append(
@@ -101,6 +104,20 @@ def _shadow_spec_problems(spec: AgentRolloutSpec) -> list[SpecProblem]:
                     "send shadow copies to users' agents",
                 )
             )
+    return problems
+
+
+def _compare_problems(compare: ShadowCompare | None, path: str) -> list[SpecProblem]:
+    """A step's comparison: what one mode ignores is refused rather than silently not applied."""
+    if compare is None:
+        return []
+    problems = []
+    if compare.fields and compare.mode is CompareMode.EXACT:
+        problems.append(
+            SpecProblem(f"{path}.fields", "fields need mode json or text (exact compares whole bodies)")
+        )
+    if compare.threshold is not None and compare.mode is not CompareMode.TEXT:
+        problems.append(SpecProblem(f"{path}.threshold", "threshold applies to mode text only"))
     return problems
 
 

@@ -12,6 +12,10 @@ the answer, so each mirrored request is answered at once (202) and compared in t
    calls different (POST {request, legacy, candidate}, answer {"agree": bool});
 4. the verdicts are counted in Prometheus counters labelled by namespace and version.
 
+The comparison is the flags' (--mode, --field, --threshold, --judge-url), unless the comparator follows
+a rollout (--rollout NAMESPACE/NAME, follow.py): while that rollout is live on a shadow step with
+`compare`, the step's comparison applies, to the requests that arrive from then on.
+
 Privacy: requests and answers are never logged. Only when `mismatch_sample` > 0 are the last N
 mismatches (request and both answers, each truncated) kept in memory and served on the admin port.
 The admin port (/metrics, /healthz, /mismatches) is separate from the mirror port so that no mirrored
@@ -40,7 +44,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from agent_rollout.comparator.compare import (
     Answer,
@@ -52,6 +56,8 @@ from agent_rollout.comparator.compare import (
     judge_request,
     judge_verdict,
 )
+from agent_rollout.comparator.follow import Follower, Rule, parse_rollout_ref, step_rule
+from agent_rollout.kube import ListWatchClient
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,8 @@ class Settings:
     admin_port: int = 9090
     seed: int | None = None
     port_file: str | None = None  # where to write the bound ports, {"port": .., "adminPort": ..}
+    rollout: str | None = None  # NAMESPACE/NAME: follow its shadow steps' `compare` (follow.py)
+    kubeconfig: str | None = None  # outside a cluster, with --rollout; in a pod: the ServiceAccount's token
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.noise_share <= 1.0:
@@ -103,6 +111,8 @@ class Settings:
             raise ValueError("mismatch sample must be >= 0, max in flight and max body bytes >= 1")
         if self.timeout_s <= 0:
             raise ValueError("timeout must be positive")
+        if self.rollout is not None:
+            parse_rollout_ref(self.rollout)
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,20 @@ class ShadowMetrics:
             if outcome is not Outcome.CANDIDATE_ERROR:  # the noise pair has no candidate
                 self.noise.labels(*self._labels, outcome.value)
         self.dropped.labels(*self._labels)
+        self.unreadable = Gauge(
+            "agent_shadow_rollout_unreadable",
+            "1 while the followed AgentRollout (--rollout) cannot be read; the last comparison applies.",
+            ["namespace", "version"],
+            registry=registry,
+        )
+        self.from_step = Gauge(
+            "agent_shadow_step_comparison",
+            "1 while the comparison is the current shadow step's `compare`, 0 while it is the flags'.",
+            ["namespace", "version"],
+            registry=registry,
+        )
+        self.unreadable.labels(*self._labels)
+        self.from_step.labels(*self._labels)
 
     def count(self, verdict: Verdict) -> None:
         self.comparisons.labels(*self._labels, verdict.outcome.value).inc()
@@ -154,6 +178,12 @@ class ShadowMetrics:
 
     def count_dropped(self) -> None:
         self.dropped.labels(*self._labels).inc()
+
+    def set_readable(self, readable: bool) -> None:
+        self.unreadable.labels(*self._labels).set(0 if readable else 1)
+
+    def set_from_step(self, from_step: bool) -> None:
+        self.from_step.labels(*self._labels).set(1 if from_step else 0)
 
 
 class MismatchSample:
@@ -197,10 +227,20 @@ class Comparator:
         self._rng = random.Random(settings.seed)
         self._in_flight = 0
         self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
+        self.default_rule = Rule(settings.comparison, settings.judge_url)
+        self.rule = self.default_rule  # read once per mirrored request, when it arrives
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def follow(self, rollout: dict[str, Any] | None) -> None:
+        """The followed rollout as it is now (None: absent): its shadow step's comparison, or the flags'."""
+        rule = step_rule(rollout) or self.default_rule
+        if rule != self.rule:
+            log.info("comparison now: %s", rule.describe())
+        self.rule = rule
+        self.metrics.set_from_step(rule is not self.default_rule)
 
     async def handle_mirror(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -210,9 +250,10 @@ class Comparator:
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED)
         mirrored = Mirrored(request.method, request.path_qs, headers, body)
         self._in_flight += 1  # counted here, not in the task: the bound holds before the task starts
+        rule = self.rule  # the comparison when the request arrived, whatever changes while it runs
         if self.settings.answer_after_compare:
-            return web.json_response(await self._process(mirrored))
-        task = asyncio.create_task(self._process(mirrored))
+            return web.json_response(await self._process(mirrored, rule))
+        task = asyncio.create_task(self._process(mirrored, rule))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return web.Response(status=202)
@@ -222,7 +263,7 @@ class Comparator:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _process(self, mirrored: Mirrored) -> dict[str, Any]:
+    async def _process(self, mirrored: Mirrored, rule: Rule) -> dict[str, Any]:
         try:
             noise = self.settings.noise_share > 0 and self._rng.random() < self.settings.noise_share
             targets = [self.settings.legacy_url, self.settings.candidate_url]
@@ -230,13 +271,13 @@ class Comparator:
                 targets.append(self.settings.legacy_url)
             answers = await asyncio.gather(*(self._call(url, mirrored) for url in targets))
             legacy, candidate = answers[0], answers[1]
-            verdict = await self._verdict(mirrored, legacy, candidate)
+            verdict = await self._verdict(mirrored, legacy, candidate, rule)
             self.metrics.count(verdict)
             if verdict.outcome is Outcome.MISMATCH:
                 self.sample.add(mirrored, legacy, candidate, verdict)
             result: dict[str, Any] = {"outcome": verdict.outcome.value, "reason": verdict.reason}
             if noise:
-                noise_verdict = await self._verdict(mirrored, legacy, answers[2])
+                noise_verdict = await self._verdict(mirrored, legacy, answers[2], rule)
                 self.metrics.count_noise(noise_verdict)
                 result["noise"] = {"outcome": noise_verdict.outcome.value, "reason": noise_verdict.reason}
             return result
@@ -246,14 +287,14 @@ class Comparator:
         finally:
             self._in_flight -= 1
 
-    async def _verdict(self, mirrored: Mirrored, reference: Answer, other: Answer) -> Verdict:
-        verdict = compare(reference, other, self.settings.comparison)
-        if verdict.outcome is not Outcome.MISMATCH or not self.settings.judge_url:
+    async def _verdict(self, mirrored: Mirrored, reference: Answer, other: Answer, rule: Rule) -> Verdict:
+        verdict = compare(reference, other, rule.comparison)
+        if verdict.outcome is not Outcome.MISMATCH or not rule.judge_url:
             return verdict
         status, body = None, b""
         with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
             async with self._session.post(
-                self.settings.judge_url, json=judge_request(mirrored.body, reference, other)
+                rule.judge_url, json=judge_request(mirrored.body, reference, other)
             ) as resp:
                 status, (body, _) = resp.status, await _read_capped(resp, self.settings.max_body_bytes)
         return judge_verdict(status, body)
@@ -315,6 +356,7 @@ class Running:
     admin_port: int
     _runners: Sequence[web.AppRunner]
     _session: aiohttp.ClientSession
+    _follower: Follower | None = None
 
     @property
     def url(self) -> str:
@@ -325,6 +367,8 @@ class Running:
         return f"http://127.0.0.1:{self.admin_port}"
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
         for runner in self._runners:
             await runner.cleanup()
         await self.comparator.drain()
@@ -352,7 +396,24 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         await site.start()
         runners.append(runner)
         ports.append(int(runner.addresses[-1][1]))
-    return Running(comparator, ports[0], ports[1], runners, session)
+    follower = None
+    if settings.rollout is not None:
+        follower = _follower(settings, comparator)
+        follower.start()
+    return Running(comparator, ports[0], ports[1], runners, session, follower)
+
+
+def _follower(settings: Settings, comparator: Comparator) -> Follower:
+    assert settings.rollout is not None
+    namespace, name = parse_rollout_ref(settings.rollout)
+    client = ListWatchClient.from_environment(2, settings.kubeconfig, identity="comparator")
+    log.info(
+        "following rollout %s/%s; until a shadow step says otherwise: %s",
+        namespace,
+        name,
+        comparator.default_rule.describe(),
+    )
+    return Follower(client, namespace, name, comparator.follow, comparator.metrics.set_readable)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -390,6 +451,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--admin-port", type=int, default=9090, help="/metrics, /healthz, /mismatches")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--port-file", help='write {"port": .., "adminPort": ..} here once listening')
+    parser.add_argument(
+        "--rollout",
+        help="NAMESPACE/NAME of the AgentRollout to follow: its shadow step's `compare` overrides the "
+        "flags' comparison during the step (needs get/list/watch on it)",
+    )
+    parser.add_argument("--kubeconfig", help="with --rollout outside a cluster (default: $KUBECONFIG)")
     args = parser.parse_args(argv)
     try:
         return Settings(
@@ -410,6 +477,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
             admin_port=args.admin_port,
             seed=args.seed,
             port_file=args.port_file,
+            rollout=args.rollout,
+            kubeconfig=args.kubeconfig,
         )
     except ValueError as e:
         parser.error(str(e))
