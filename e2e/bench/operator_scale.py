@@ -312,6 +312,49 @@ def candidate_weight(route: dict[str, Any], candidate: str) -> int | None:
     return None
 
 
+def follow(
+    custom: client.CustomObjectsApi,
+    resource: tuple[str, str, str],
+    selector: str,
+    record: Callable[[dict[str, Any]], None],
+    stop: threading.Event,
+    listed: threading.Event,
+    watch_s: int = 30,
+) -> None:
+    """List, then watch, the custom objects of `resource` matching `selector` until `stop`, passing
+    every object (listed, added, modified) to `record`; `listed` is set after the first list. Lists
+    and watches again after an error."""
+    rv: str | None = None
+    while not stop.is_set():
+        try:
+            if rv is None:
+                listing: Any = custom.list_cluster_custom_object(*resource, label_selector=selector)
+                for item in listing.get("items") or []:
+                    record(item)
+                rv = str(listing["metadata"]["resourceVersion"])
+                listed.set()
+            w = watch.Watch()  # type: ignore[no-untyped-call]
+            for event in w.stream(  # type: ignore[no-untyped-call]
+                custom.list_cluster_custom_object,
+                *resource,
+                label_selector=selector,
+                resource_version=rv,
+                timeout_seconds=watch_s,
+                _request_timeout=watch_s + 10,
+            ):
+                if event["type"] == "ERROR":
+                    rv = None
+                    break
+                rv = str(event["object"]["metadata"]["resourceVersion"])
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    record(event["object"])
+                if stop.is_set():
+                    w.stop()  # type: ignore[no-untyped-call]
+        except Exception:
+            rv = None
+            stop.wait(0.2)
+
+
 class RouteWatch:
     """A cluster-wide watch on the routes with one value of LABEL: when each first gave its candidate
     weight 0 after arm(). Few routes, so its own load is nothing."""
@@ -352,39 +395,8 @@ class RouteWatch:
                 self.zero_at[key] = now
 
     def _run(self) -> None:
-        rv: str | None = None
-        while not self._stop.is_set():
-            try:
-                if rv is None:
-                    listing: Any = self._custom.list_cluster_custom_object(
-                        GATEWAY_GROUP, HTTPROUTE_VERSION, HTTPROUTE_PLURAL, label_selector=self._selector
-                    )
-                    for item in listing.get("items") or []:
-                        self._record(item)
-                    rv = str(listing["metadata"]["resourceVersion"])
-                    self._ready.set()
-                w = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in w.stream(  # type: ignore[no-untyped-call]
-                    self._custom.list_cluster_custom_object,
-                    GATEWAY_GROUP,
-                    HTTPROUTE_VERSION,
-                    HTTPROUTE_PLURAL,
-                    label_selector=self._selector,
-                    resource_version=rv,
-                    timeout_seconds=5,
-                    _request_timeout=15,
-                ):
-                    if event["type"] == "ERROR":
-                        rv = None
-                        break
-                    rv = str(event["object"]["metadata"]["resourceVersion"])
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._record(event["object"])
-                    if self._stop.is_set():
-                        w.stop()  # type: ignore[no-untyped-call]
-            except Exception:
-                rv = None
-                self._stop.wait(0.2)
+        resource = (GATEWAY_GROUP, HTTPROUTE_VERSION, HTTPROUTE_PLURAL)
+        follow(self._custom, resource, self._selector, self._record, self._stop, self._ready, watch_s=5)
 
     def close(self) -> None:
         self._stop.set()
@@ -424,37 +436,8 @@ class PhaseWatch:
                 self.first.setdefault(name, now)
 
     def _run(self) -> None:
-        rv: str | None = None
-        args = (api.GROUP, api.VERSION, api.PLURAL)
-        while not self._stop.is_set():
-            try:
-                if rv is None:
-                    listing: Any = self._custom.list_cluster_custom_object(
-                        *args, label_selector=f"{SCALE_LABEL}=true", resource_version="0"
-                    )
-                    for item in listing.get("items") or []:
-                        self._record(item)
-                    rv = str(listing["metadata"]["resourceVersion"])
-                w = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in w.stream(  # type: ignore[no-untyped-call]
-                    self._custom.list_cluster_custom_object,
-                    *args,
-                    label_selector=f"{SCALE_LABEL}=true",
-                    resource_version=rv,
-                    timeout_seconds=30,
-                    _request_timeout=60,
-                ):
-                    if event["type"] == "ERROR":
-                        rv = None
-                        break
-                    rv = str(event["object"]["metadata"]["resourceVersion"])
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        self._record(event["object"])
-                    if self._stop.is_set():
-                        w.stop()  # type: ignore[no-untyped-call]
-            except Exception:
-                rv = None
-                self._stop.wait(0.5)
+        resource = (api.GROUP, api.VERSION, api.PLURAL)
+        follow(self._custom, resource, f"{SCALE_LABEL}=true", self._record, self._stop, threading.Event())
 
     def close(self) -> None:
         self._stop.set()
