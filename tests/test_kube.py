@@ -10,7 +10,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from agent_rollout.deletion import FINALIZER
-from agent_rollout.kube import KubeClient, RateLimiter
+from agent_rollout.kube import OTHER, TRAFFIC, KubeClient, RateLimiter
 
 
 def test_throttled_call_is_retried_after_the_servers_retry_after() -> None:
@@ -131,3 +131,44 @@ def test_releasing_the_finalizer_of_a_rollout_already_gone_is_done_not_an_error(
     client._custom.patch_namespaced_custom_object = refused  # type: ignore[method-assign]
     with pytest.raises(ApiException):
         asyncio.run(client.remove_finalizer("support", "x", [FINALIZER], FINALIZER))
+
+
+def test_a_route_write_waiting_for_the_budget_goes_before_every_waiting_status_write() -> None:
+    # At 10,000 rollouts the budget is the queue: a rollback's route write must not wait behind it.
+    order: list[str] = []
+
+    async def run() -> None:
+        limiter = RateLimiter(qps=200, burst=1)
+        await limiter.acquire()  # the burst is spent: everything below waits for tokens
+
+        async def call(name: str, priority: int) -> None:
+            await limiter.acquire(priority)
+            order.append(name)
+
+        statuses = [asyncio.create_task(call(f"status-{i}", OTHER)) for i in range(5)]
+        await asyncio.sleep(0)  # the status writes are queued first
+        route = asyncio.create_task(call("route", TRAFFIC))
+        await asyncio.gather(route, *statuses)
+
+    asyncio.run(run())
+    assert order == ["route", "status-0", "status-1", "status-2", "status-3", "status-4"]
+
+
+def test_a_cancelled_wait_gives_its_turn_to_the_next_caller() -> None:
+    order: list[str] = []
+
+    async def run() -> None:
+        limiter = RateLimiter(qps=200, burst=1)
+        await limiter.acquire()
+
+        async def call(name: str) -> None:
+            await limiter.acquire()
+            order.append(name)
+
+        first, second = asyncio.create_task(call("first")), asyncio.create_task(call("second"))
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.gather(second)
+
+    asyncio.run(run())
+    assert order == ["second"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -56,27 +58,61 @@ class SecretUnavailable(Exception):
 PERMANENT_STATUSES = frozenset({400, 403, 422})
 
 
+# What a call waiting for the API budget is: a route write moves traffic (a rollback, an abort, a step
+# a pause ended), so it goes before every waiting status, finalizer or Job write.
+TRAFFIC = 0
+OTHER = 1
+
+
 class RateLimiter:
     """A token bucket: at most `qps` calls a second on average, `burst` at once. The one place that
     paces the operator's API calls, so 10,000 rollouts waking together queue here, not at the
-    apiserver (which would answer 429, or slow every other client down)."""
+    apiserver (which would answer 429, or slow every other client down). Waiting calls are served by
+    priority, then first come first served: at 10,000 rollouts the budget was the queue, and a
+    rollback's route write waited behind thousands of status writes."""
 
     def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         if not (qps > 0 and burst >= 1):
             raise ValueError(f"need qps > 0 and burst >= 1, got {qps!r}, {burst!r}")
         self.qps, self.burst, self._clock = qps, burst, clock
         self._tokens, self._at = float(burst), clock()
-        self._lock = asyncio.Lock()
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._granting: asyncio.Task[None] | None = None
 
-    async def acquire(self) -> None:
-        async with self._lock:  # first come, first served
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.qps)
-            self._at = now
-            if self._tokens < 1:
-                await asyncio.sleep((1 - self._tokens) / self.qps)
-                self._tokens, self._at = 1.0, self._clock()
+    async def acquire(self, priority: int = OTHER) -> None:
+        self._refill()
+        if not self._waiting and self._tokens >= 1:
             self._tokens -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._order), waiter))
+        if self._granting is None:
+            self._granting = asyncio.get_running_loop().create_task(self._grant())
+        await waiter
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.qps)
+        self._at = now
+
+    async def _grant(self) -> None:
+        """Hand each token, as it comes, to the most urgent caller still waiting."""
+        try:
+            while self._waiting:
+                self._refill()
+                if self._tokens < 1:
+                    await asyncio.sleep((1 - self._tokens) / self.qps)
+                    self._refill()
+                    self._tokens = max(self._tokens, 1.0)
+                while self._waiting and self._tokens >= 1:
+                    _, _, waiter = heapq.heappop(self._waiting)
+                    if waiter.done():
+                        continue  # its caller was cancelled
+                    self._tokens -= 1
+                    waiter.set_result(None)
+        finally:
+            self._granting = None
 
 
 def client_settings() -> tuple[float, int]:
@@ -123,11 +159,11 @@ class KubeClient:
     ) -> KubeClient:
         return cls(_api_client(pool_size, kubeconfig, identity), pool_size=pool_size)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def _run(self, fn: Callable[[], T], priority: int = OTHER) -> T:
         """One API call in the thread pool, paced by the rate limiter, retried when the apiserver
         answers 429 (after its Retry-After, else with a doubling backoff)."""
         for attempt in range(MAX_THROTTLED_RETRIES + 1):
-            await self._limiter.acquire()
+            await self._limiter.acquire(priority)
             try:
                 return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
             except ApiException as e:
@@ -206,7 +242,8 @@ class KubeClient:
                     field_manager=api.FIELD_MANAGER,
                     # The client would guess merge-patch for any body; a list is a JSON patch.
                     _content_type="application/json-patch+json",
-                )
+                ),
+                TRAFFIC,
             )
         except ApiException as e:
             detail = _api_error_text(e)
