@@ -27,6 +27,9 @@ T = TypeVar("T")
 Key = tuple[str, str]  # (namespace, name)
 # (key, before, after): None for "absent". Called on the event loop, only when the projection changed.
 OnChange = Callable[[Key, Any, Any], None]
+# The error when a list or watch fails after success, None once a list succeeds after failures: once
+# per streak, on the event loop.
+OnReadable = Callable[[Exception | None], None]
 
 PAGE_SIZE = 500  # objects per list page: bounded memory while a big kind is listed
 WATCH_TIMEOUT_S = 300  # the server ends each watch after this; the informer watches again from there
@@ -45,6 +48,9 @@ class Informer(Generic[T]):
         on_change: OnChange | None = None,
         namespaces: Sequence[str] | None = None,
         watch_timeout_s: int = WATCH_TIMEOUT_S,
+        on_readable: OnReadable | None = None,
+        first_backoff_s: float = 1.0,
+        max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
         self.kind = kind
         self._client = client
@@ -52,6 +58,8 @@ class Informer(Generic[T]):
         self._on_change = on_change
         self._scopes: tuple[str | None, ...] = tuple(namespaces) if namespaces else (None,)
         self._watch_timeout_s = watch_timeout_s
+        self._on_readable = on_readable
+        self._first_backoff_s, self._max_backoff_s = first_backoff_s, max_backoff_s
         self._items: dict[Key, T] = {}
         self._listed: set[str | None] = set()
         self.synced = asyncio.Event()  # every scope's first list is in the store
@@ -85,11 +93,14 @@ class Informer(Generic[T]):
     # -- on the informer thread
 
     def _reflect(self, scope: str | None, loop: asyncio.AbstractEventLoop) -> None:
-        backoff = 1.0
+        backoff, failing = self._first_backoff_s, False
         while not self._stopping.is_set():
             try:
                 version = self._list(scope, loop)
-                backoff = 1.0
+                if failing:
+                    log.info("%s: listing works again", self.kind)
+                    self._readable(loop, None)
+                backoff, failing = self._first_backoff_s, False
                 while not self._stopping.is_set():
                     version = self._watch(scope, version, loop)
             except Expired as e:
@@ -97,9 +108,18 @@ class Informer(Generic[T]):
             except Exception as e:  # the apiserver away, a dropped connection: list again after a pause
                 if self._stopping.is_set():
                     return
-                log.warning("%s: list/watch failed (%r); again in %.0f s", self.kind, e, backoff)
+                if not failing:  # once per streak: an apiserver away for hours must not flood the log
+                    log.warning(
+                        "%s: list/watch failed (%s); retrying with backoff", self.kind, short_error(e)
+                    )
+                    self._readable(loop, e)
+                failing = True
                 self._stopping.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                backoff = min(backoff * 2, self._max_backoff_s)
+
+    def _readable(self, loop: asyncio.AbstractEventLoop, error: Exception | None) -> None:
+        if self._on_readable is not None:
+            loop.call_soon_threadsafe(self._on_readable, error)
 
     def _list(self, scope: str | None, loop: asyncio.AbstractEventLoop) -> str:
         """The whole kind in one consistent snapshot, page by page; returns its resourceVersion."""
@@ -158,6 +178,14 @@ class Informer(Generic[T]):
                 self._on_change(key, before, value)
             except Exception:  # a bug in a listener must not stop the store from following the cluster
                 log.exception("%s: change handler failed for %s/%s", self.kind, *key)
+
+
+def short_error(error: Exception) -> str:
+    """An error in one line: an ApiException's status and reason (not its body), else its repr."""
+    status = getattr(error, "status", None)  # an ApiException: its status and reason, not its body
+    if status is not None:
+        return f"HTTP {status} {getattr(error, 'reason', '')}".strip()
+    return repr(error)
 
 
 def _key(obj: dict[str, Any]) -> Key:

@@ -13,16 +13,15 @@ It is visible as the gauge agent_shadow_rollout_unreadable and one log line per 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agent_rollout import api
 from agent_rollout.comparator.compare import Comparison, Mode
-from agent_rollout.kube import Expired, Kind, ListWatchClient
+from agent_rollout.informer import Informer, short_error
+from agent_rollout.kube import Kind, ListWatchClient
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +92,12 @@ def step_rule(rollout: Mapping[str, Any] | None) -> Rule | None:
 
 
 class Follower:
-    """Lists, then watches, the one rollout on a daemon thread; every outcome is handed to the loop.
+    """Lists, then watches, the one rollout (the operator's Informer, field-selected to its name);
+    every outcome is handed to the loop.
 
-    on_rollout(body or None) hears the rollout as it is (None: it does not exist); on_readable(bool)
-    hears each change between readable and not. Both run on the event loop."""
+    on_rollout(body or None) hears each change of the rollout (None: it does not exist, or is gone);
+    on_readable(bool) hears each change between readable and not, and the informer logs a failure
+    once per streak. Both run on the event loop."""
 
     def __init__(
         self,
@@ -109,74 +110,35 @@ class Follower:
         first_backoff_s: float = 1.0,
     ) -> None:
         self.namespace, self.name = namespace, name
-        self._kind = Kind(api.GROUP, api.VERSION, api.PLURAL, field_selector=f"metadata.name={name}")
-        self._client = client
-        self._on_rollout = on_rollout
+        kind = Kind(api.GROUP, api.VERSION, api.PLURAL, field_selector=f"metadata.name={name}")
+        self._informer: Informer[dict[str, Any]] = Informer(
+            kind,
+            client,
+            lambda obj: obj,
+            lambda key, before, after: on_rollout(after),
+            [namespace],
+            watch_timeout_s=watch_timeout_s,
+            on_readable=self._readable,
+            first_backoff_s=first_backoff_s,
+            max_backoff_s=MAX_BACKOFF_S,
+        )
+
         self._on_readable = on_readable
-        self._watch_timeout_s = watch_timeout_s
-        self._first_backoff_s = first_backoff_s
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+
+    def _readable(self, error: Exception | None) -> None:
+        if error is None:
+            log.info("rollout %s/%s readable again", self.namespace, self.name)
+        else:
+            log.warning(
+                "rollout %s/%s unreadable (%s); keeping the last comparison, retrying",
+                self.namespace,
+                self.name,
+                short_error(error),
+            )
+        self._on_readable(error is None)
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(
-            target=self._follow, args=(loop,), name=f"follow-{self.namespace}-{self.name}", daemon=True
-        )
-        self._thread.start()
+        self._informer.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-
-    def _follow(self, loop: asyncio.AbstractEventLoop) -> None:
-        backoff, failing = self._first_backoff_s, False
-        while not self._stopping.is_set():
-            try:
-                version = self._list(loop)
-                if failing:
-                    log.info("rollout %s/%s readable again", self.namespace, self.name)
-                    loop.call_soon_threadsafe(self._on_readable, True)
-                backoff, failing = self._first_backoff_s, False
-                while not self._stopping.is_set():
-                    version = self._watch(version, loop)
-            except Expired:
-                continue  # list again at once: nothing failed
-            except Exception as e:  # RBAC, the apiserver away, a dropped connection: the last rule stays
-                if self._stopping.is_set():
-                    return
-                if not failing:  # once per streak: a comparator cut off for hours must not flood its log
-                    log.warning(
-                        "rollout %s/%s unreadable (%s); keeping the last comparison, retrying",
-                        self.namespace,
-                        self.name,
-                        _short(e),
-                    )
-                    loop.call_soon_threadsafe(self._on_readable, False)
-                failing = True
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-
-    def _list(self, loop: asyncio.AbstractEventLoop) -> str:
-        page = self._client.list_page(self._kind, self.namespace, 2, None)
-        items = [i for i in page.get("items") or () if (i.get("metadata") or {}).get("name") == self.name]
-        loop.call_soon_threadsafe(self._on_rollout, items[0] if items else None)
-        return str((page.get("metadata") or {}).get("resourceVersion") or "")
-
-    def _watch(self, version: str, loop: asyncio.AbstractEventLoop) -> str:
-        for event in self._client.watch(self._kind, self.namespace, version, self._watch_timeout_s):
-            if self._stopping.is_set():
-                break
-            obj = event.get("object") or {}
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-            kind = event.get("type")
-            if kind == "BOOKMARK":
-                continue
-            loop.call_soon_threadsafe(self._on_rollout, None if kind == "DELETED" else obj)
-        return version
-
-
-def _short(error: Exception) -> str:
-    status = getattr(error, "status", None)  # an ApiException: its status and reason, not its body
-    if status is not None:
-        return f"HTTP {status} {getattr(error, 'reason', '')}".strip()
-    return type(error).__name__
+        self._informer.stop()
