@@ -74,6 +74,9 @@ class SharedAnalyses:
 
     def __init__(self) -> None:
         self._shared: dict[str, tuple[api.Analysis, int]] = {}
+        # id of a shared object -> its key: a release (one per reconcile of a watched rollout) need not
+        # serialise the analysis again; the object is alive while it is in _shared, so its id is stable.
+        self._keys: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self._shared)
@@ -82,13 +85,17 @@ class SharedAnalyses:
         key = analysis.model_dump_json()
         shared, users = self._shared.get(key, (analysis, 0))
         self._shared[key] = (shared, users + 1)
+        self._keys[id(shared)] = key
         return shared
 
     def release(self, analysis: api.Analysis) -> None:
-        key = analysis.model_dump_json()
-        shared, users = self._shared.get(key, (analysis, 0))
+        """One user less of `analysis` (the object `share` returned: no serialising; an equal one will do)."""
+        key = self._keys.get(id(analysis)) or analysis.model_dump_json()
+        if key not in self._shared:
+            return
+        shared, users = self._shared[key]
         if users <= 1:
-            self._shared.pop(key, None)
+            del self._shared[key], self._keys[id(shared)]
         else:
             self._shared[key] = (shared, users - 1)
 
