@@ -104,7 +104,9 @@ class FakeKube(KubeClient):
     def writes_of(self, kind: Literal["status", "route"]) -> list[Write]:
         return [w for w in self.writes if w.kind == kind]
 
-    async def patch_rollout_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    async def patch_rollout_status(
+        self, namespace: str, name: str, patch: dict[str, Any], priority: int = 2
+    ) -> dict[str, Any]:
         if self.before_status_patch is not None:
             self.before_status_patch()
         if self.status_refusal is not None:

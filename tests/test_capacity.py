@@ -84,8 +84,9 @@ def test_rollback_weights_never_take_traffic_from_legacy_and_grow_with_its_repli
 
 
 def test_the_ready_replicas_of_legacy_are_recorded_when_the_rollout_starts() -> None:
-    status = AgentRolloutStatus()
-    p = plan(spec(), status, observe(route=w(0), legacy=legacy(7), candidate=CANDIDATE), T0)
+    seen = observe(route=w(0), legacy=legacy(7), candidate=CANDIDATE)
+    status = plan(spec(), AgentRolloutStatus(), seen, T0).status  # the acknowledgement (first_sight)
+    p = plan(spec(), status, seen, T0)
     assert p.status.phase is Phase.PROGRESSING and p.status.legacy_replicas_at_start == 7
 
 

@@ -59,6 +59,11 @@ def observe(
     return Observations(gates=gates, **values)
 
 
+def acknowledged(spec: AgentRolloutSpec, obs: Observations | None = None) -> AgentRolloutStatus:
+    """A new rollout's status after the operator's first reconcile, which only acknowledges it."""
+    return plan(spec, AgentRolloutStatus(), obs or observe(), T0 - timedelta(seconds=1)).status
+
+
 def result(verdict: Verdict, name: str = "error-rate", **kw: Any) -> GateResult:
     values: dict[str, Any] = {"value": 0.001, "bound": "<= 0.01", "samples": 400, "min_samples": 200}
     values.update(kw)
@@ -137,8 +142,25 @@ def test_fixed_spec_restarts_from_first_step() -> None:
 # ---------------------------------------------------------------- 2-3. start and weights
 
 
-def test_first_valid_tick_enters_step_zero() -> None:
+def test_a_new_rollout_is_acknowledged_first_and_nothing_else_happens() -> None:
+    """One status write says the rollout was seen and its spec is valid; no traffic moves, nothing is
+    measured; the next reconcile follows at once."""
     p = plan(make_spec(), AgentRolloutStatus(), observe(), T0)
+    assert (p.status.phase, p.status.current_step, p.status.weights, p.actions) == (
+        Phase.PENDING,
+        0,
+        w(0),
+        (),
+    )
+    assert p.status.message == "accepted: the spec is valid; step 1 starts next"
+    valid = condition(p, "SpecValid")
+    assert (valid.status, valid.reason) == ("True", "Valid")
+    assert p.requeue_after == 0.0
+    assert p.status.history == []
+
+
+def test_first_valid_tick_after_the_acknowledgement_enters_step_zero() -> None:
+    p = plan(make_spec(), acknowledged(make_spec()), observe(), T0)
     s = p.status
     assert (s.phase, s.current_step, s.step_started_at, s.candidate_revision) == (
         Phase.PROGRESSING,
@@ -172,7 +194,7 @@ def test_first_valid_tick_enters_step_zero() -> None:
 def test_start_waits_for_an_observable_route() -> None:
     p = plan(
         make_spec(),
-        AgentRolloutStatus(),
+        acknowledged(make_spec()),
         observe(route_weights=None, route_error="HTTPRoute triage not found"),
         T0,
     )
@@ -188,12 +210,8 @@ def test_start_waits_for_an_observable_route() -> None:
 
 
 def test_first_pause_step_keeps_all_traffic_on_legacy() -> None:
-    p = plan(
-        make_spec(steps=[{"pause": {"duration": "1h"}}, {"setWeight": 10}]),
-        AgentRolloutStatus(),
-        observe(),
-        T0,
-    )
+    spec = make_spec(steps=[{"pause": {"duration": "1h"}}, {"setWeight": 10}])
+    p = plan(spec, acknowledged(spec), observe(), T0)
     assert (p.status.phase, p.status.weights) == (Phase.PROGRESSING, w(0))
     assert reasons(p) == ["Started"]  # the route already shows legacy 100: nothing to route
 
@@ -510,7 +528,7 @@ def test_a_rollback_with_legacy_missing_never_reasserts_weights_towards_the_roll
     """Property counter-example (hypothesis): legacy gone, someone moved the route to legacy, a gate
     fails. Re-asserting status.weights as drift would hand the rolled-back candidate all traffic again."""
     spec = make_spec(steps=[{"setWeight": 100}], gates=[ERROR_RATE])
-    started = plan(spec, AgentRolloutStatus(), observe(route=w(0)), T0)
+    started = plan(spec, acknowledged(spec), observe(route=w(0)), T0)
     assert (started.status.phase, started.status.weights) == (Phase.PROGRESSING, w(100))
     gone = DeploymentState("triage-rules", exists=False)
     failed = (result(Verdict.FAIL, value=0.05),)
@@ -647,7 +665,8 @@ def test_observed_generation_follows_the_observation() -> None:
 
 
 def test_approval_as_first_step_starts_paused() -> None:
-    p = plan(make_spec(steps=[{"pause": {}}, {"setWeight": 10}]), AgentRolloutStatus(), observe(), T0)
+    spec = make_spec(steps=[{"pause": {}}, {"setWeight": 10}])
+    p = plan(spec, acknowledged(spec), observe(), T0)
     assert (p.status.phase, p.status.current_step, p.status.weights) == (Phase.PAUSED, 0, w(0))
     assert (
         p.status.message

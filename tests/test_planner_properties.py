@@ -480,12 +480,13 @@ def test_fixing_an_invalid_spec_does_not_restart_a_rolled_back_candidate() -> No
     ticks = simulate(
         [version(good), version(typo, "invalid")],
         [
+            quiet,  # acknowledged (planner.first_sight)
             quiet,  # Started: candidate 50
             replace(quiet, analysis="gates", verdicts=(Verdict.FAIL,) * 3),  # GateFailed: RolledBack
             replace(quiet, edit=1),  # the spec is edited with a mistake: Failed
             replace(quiet, edit=0),  # and fixed
         ],
     )
-    assert [t.after.phase for t in ticks[:3]] == [Phase.PROGRESSING, Phase.ROLLED_BACK, Phase.FAILED]
-    fixed = ticks[3]
+    assert [t.after.phase for t in ticks[1:4]] == [Phase.PROGRESSING, Phase.ROLLED_BACK, Phase.FAILED]
+    fixed = ticks[4]
     assert fixed.after.weights.candidate == 0, (fixed.decided, fixed.after.weights)

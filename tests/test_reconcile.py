@@ -92,7 +92,11 @@ class Metrics:
 class World:
     """One rollout, its route and Deployments, and the shell that reconciles them."""
 
-    def __init__(self, body: dict[str, Any], route: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, body: dict[str, Any], route: dict[str, Any] | None = None, acknowledged: bool = True
+    ) -> None:
+        """`acknowledged`: the operator's first reconcile of the new rollout, which only writes its
+        first status (planner.first_sight), has run; writes and Events are counted from after it."""
         self.kube = FakeKube()
         self.kube.create_rollout(body)
         self.kube.routes[(NS, ROUTE)] = route or route_object()
@@ -117,6 +121,10 @@ class World:
             events=self.events,
             clock=self.clock,
         )
+        if acknowledged and not (body.get("status") or {}):
+            self.tick(advance=0.0)
+            self.kube.writes.clear()
+            self.events.events.clear()
 
     def body(self) -> dict[str, Any]:
         return self.kube.rollout(NS, NAME)
@@ -320,7 +328,7 @@ def test_prometheus_unavailable_holds_weights_with_analysis_unknown() -> None:
 
 def test_spec_that_fails_parsing_fails_the_rollout_naming_the_field() -> None:
     # CEL refuses interval < 5s at admission; a cluster without that check still hands it to us.
-    world = World(rollout_body(THREE_WEIGHTS, interval="1s"))
+    world = World(rollout_body(THREE_WEIGHTS, interval="1s"), acknowledged=False)
 
     world.tick()
 

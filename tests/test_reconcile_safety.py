@@ -451,3 +451,24 @@ def test_an_evaluation_job_deleted_while_it_runs_is_created_again() -> None:
     world.tick(advance=1)
     assert len(world.kube.jobs) == 1 and world.kube.job_creates == 2
     assert world.route_weights()[CANDIDATE] == 0
+
+
+def test_a_new_rollout_is_acknowledged_by_one_status_write_that_waits_for_no_prometheus() -> None:
+    """planner.first_sight: its first reconcile checks no query and measures nothing, so a Prometheus
+    that is down (or busy with 10,000 rollouts) does not keep the author from learning it was seen."""
+    world = World(rollout_body(THREE_WEIGHTS), acknowledged=False)
+    world.prometheus.down = "http://prometheus:9090: connection refused"
+
+    assert world.tick() == 0.5  # the next reconcile follows at once (the shell's shortest requeue)
+
+    assert (world.status["phase"], world.status["message"]) == (
+        "Pending",
+        "accepted: the spec is valid; step 1 starts next",
+    )
+    assert [w.kind for w in world.kube.writes] == ["status"]
+    assert world.prometheus.checked == []
+    world.tick(advance=0.5)  # the next one checks the queries first, and waits for Prometheus
+    assert "waiting to check the gates' queries" in world.status["message"]
+    world.prometheus.down = None
+    world.tick()
+    assert world.route_weights() == {LEGACY: 95, CANDIDATE: 5}

@@ -221,7 +221,9 @@ def test_legacy_takes_back_what_its_ready_replicas_allow_and_all_of_it_by_the_de
 ) -> None:
     status, route, now = AgentRolloutStatus(), Weights(), T0
     candidate = DeploymentState("candidate", True, "rev-1", 2, 2, 2)
-    for i, (ready, verdict, abort, advance) in enumerate([(at_start, Verdict.PASS, False, 0), *world]):
+    # The first two reconciles acknowledge the rollout (planner.first_sight), then start it.
+    start = [(at_start, Verdict.PASS, False, 0)] * 2
+    for i, (ready, verdict, abort, advance) in enumerate([*start, *world]):
         now += timedelta(seconds=advance * 5)
         legacy = DeploymentState("legacy", True, "legacy-1", 8, ready, ready)
         gates = (GateResult(name="error-rate", verdict=verdict, value=0.5, samples=100),)
@@ -233,7 +235,7 @@ def test_legacy_takes_back_what_its_ready_replicas_allow_and_all_of_it_by_the_de
         decided = [a.reason for a in result.actions if isinstance(a, EmitEvent)]
         route = requested[-1] if requested else route
         status = after
-        if i == 0:
+        if i == 1:
             assert after.legacy_replicas_at_start == at_start
         if after.phase is not Phase.ROLLED_BACK:
             continue

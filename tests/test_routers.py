@@ -328,7 +328,9 @@ class ClusterKube(FinalizingKube):
         await super().add_finalizer(namespace, name, *args)
         self._echo(namespace, name)
 
-    async def patch_rollout_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    async def patch_rollout_status(
+        self, namespace: str, name: str, patch: dict[str, Any], priority: int = 2
+    ) -> dict[str, Any]:
         stored = await super().patch_rollout_status(namespace, name, patch)
         self._echo(namespace, name)
         return stored

@@ -266,7 +266,7 @@ def test_one_reconcile_validates_the_spec_once_and_still_names_the_field(
         return targets(spec)
 
     monkeypatch.setattr(validation, "_target_problems", counted)
-    world = World(rollout_body([{"setWeight": 50}, {"setWeight": 10}]))
+    world = World(rollout_body([{"setWeight": 50}, {"setWeight": 10}]), acknowledged=False)
     world.tick()
     assert len(calls) == 1
     assert world.status["phase"] == "Failed"

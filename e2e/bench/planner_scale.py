@@ -200,7 +200,9 @@ class CountingKube(KubeClient):
     def __init__(self) -> None:
         self.writes = 0
 
-    async def patch_rollout_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    async def patch_rollout_status(
+        self, namespace: str, name: str, patch: dict[str, Any], priority: int = 2
+    ) -> dict[str, Any]:
         self.writes += 1
         return {}
 

@@ -175,7 +175,7 @@ def _times_failed(gate: str, count: int, limit: int) -> str:
 def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observations, now: datetime) -> Plan:
     """The complete new status and the actions for one reconcile. `spec` is None when it did not parse
     (obs.problems then says why). Never mutates its inputs; the same inputs give the same Plan."""
-    t = Tick(obs=obs, now=utc(now), st=_own_copy(status))
+    t = Tick(obs=obs, now=utc(now), st=_own_copy(status), first_sight=first_sight(status))
     if spec is not None:
         t.history_limit = spec.history_limit
     if obs.generation is not None:
@@ -425,7 +425,7 @@ def _reconcile(t: Tick, spec: AgentRolloutSpec) -> None:
             t.waiting = f"waiting to check the gates' queries with Prometheus: {t.obs.queries_unchecked}"
             condition(t, CT.ANALYSIS_HEALTHY, "Unknown", CR.PROMETHEUS_UNAVAILABLE, t.obs.queries_unchecked)
         elif legacy_found and not cannot_serve(t.obs.candidate):
-            _start(t, spec)
+            _start(t, spec, acknowledge_only=t.first_sight)
         elif legacy_found:
             t.waiting = f"waiting for candidate {spec.candidate.deployment} to have an available replica"
         return
@@ -561,9 +561,16 @@ def _retry(t: Tick, spec: AgentRolloutSpec) -> bool:
     return True
 
 
-def _start(t: Tick, spec: AgentRolloutSpec) -> None:
+def _start(t: Tick, spec: AgentRolloutSpec, acknowledge_only: bool = False) -> None:
     if not route_readable(t.obs):
         t.waiting = f"waiting for the route: {t.obs.route_error or 'weights could not be read'}"
+        return
+    if acknowledge_only:
+        # A new rollout is acknowledged before anything else: one status write, no Prometheus and no
+        # route; step 1 begins on the next reconcile (_requeue_after: at once). When thousands of
+        # rollouts are created together, each learns within one write that it was seen and its spec
+        # is valid, instead of waiting behind every other one's queries, finalizer and route writes.
+        t.waiting = "accepted: the spec is valid; step 1 starts next"
         return
     revision = t.obs.candidate.template_hash if t.obs.candidate is not None else None
     _begin(t, spec, Reason.STARTED, f"started rolling out {spec.candidate.deployment} revision {revision}")
@@ -1094,11 +1101,19 @@ def _set_stages_condition(t: Tick, spec: AgentRolloutSpec) -> None:
 # ---------------------------------------------------------------- helpers
 
 
+def first_sight(status: AgentRolloutStatus) -> bool:
+    """A rollout whose spec the operator has never judged (no SpecValid condition, which only the
+    operator writes): its first reconcile only acknowledges it, and the shell measures nothing for it."""
+    return status.phase is Phase.PENDING and find_condition(status.conditions, CT.SPEC_VALID.value) is None
+
+
 def _requeue_after(t: Tick, spec: AgentRolloutSpec | None) -> float | None:
     """Seconds until the current pause ends, so the shell can reconcile then instead of an interval later;
     a baseline still to measure keeps a finished rollout on its interval until it lands (a finished
-    rollout otherwise rests until something changes)."""
+    rollout otherwise rests until something changes). An acknowledgement is followed at once."""
     st = t.st
+    if t.first_sight and st.phase is Phase.PENDING and spec is not None:
+        return 0.0
     if spec is not None and spec.analysis is not None and baseline_due(spec, st):
         return api.duration_seconds(spec.analysis.interval)
     if spec is None or st.phase is not Phase.PROGRESSING or st.current_step >= len(spec.steps):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -47,8 +47,8 @@ from agent_rollout.domain import (
 )
 from agent_rollout.drill import drill_spec, drill_window
 from agent_rollout.intent import annotation_patch, intent_for, our_intent
-from agent_rollout.kube import Conflict, KubeClient, RouteWriteError
-from agent_rollout.planner import after_route_write, gate_windows, note_route_failure, plan
+from agent_rollout.kube import FIRST_STATUS, OTHER, Conflict, KubeClient, RouteWriteError
+from agent_rollout.planner import after_route_write, first_sight, gate_windows, note_route_failure, plan
 from agent_rollout.readiness import (
     baseline_due,
     baseline_spec,
@@ -199,8 +199,11 @@ class Reconciler:
         route_owner: RouteOwnerLookup = lambda resource, namespace, route: None,
         planned: PlannedCallback | None = None,
         jobs: JobLookup = lambda namespace, name: None,
+        before_route_write: Callable[[], Awaitable[None]] | None = None,
     ) -> float:
-        """Reconcile once; returns seconds until the next reconcile is due."""
+        """Reconcile once; returns seconds until the next reconcile is due. `before_route_write` runs
+        before any route write (the controller adds the finalizer there: a rollout that never moved
+        traffic needs none, and its first status need not wait for it); what it raises, this raises."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         raw_status = written.status_to_plan_on(dict(body.get("status") or {}))
@@ -247,10 +250,13 @@ class Reconciler:
 
         gates, prometheus_error, requests, rejected, unchecked = None, None, None, None, None
         milestone, baseline, drill_gates, pairs = None, None, None, None
-        if spec is not None and not problems and claimed_by is None:
+        # The first reconcile of a new rollout only acknowledges it (planner.first_sight): nothing to
+        # measure, and its Prometheus checks come with the next one.
+        measured_now = spec is not None and not problems and claimed_by is None and not first_sight(status)
+        if spec is not None and measured_now:
             found, unchecked = await self._preflight(namespace, spec, status, meta.get("generation"), written)
             problems = (*problems, *found)
-        if spec is not None and not problems and claimed_by is None:
+        if spec is not None and not problems and measured_now:
             measured = await self._measure(namespace, spec, status, now)
             gates, prometheus_error, requests, rejected, milestone = measured
             baseline = await self._baseline(namespace, spec, status, now)
@@ -287,7 +293,7 @@ class Reconciler:
             planned(spec, result.status, self._gateway(spec.analysis) if spec and spec.analysis else None)
         sequence = _sequence(raw_status) + 1  # what our next status write will carry
         failure, written_record = await self._route(
-            namespace, name, traffic, route, result, obs, sequence, mirrors
+            namespace, name, traffic, route, result, obs, sequence, mirrors, before_route_write
         )
         shown = next((a for a in result.actions if isinstance(a, SetWeights)), None)
         if written_record is not None and shown is not None:
@@ -305,7 +311,10 @@ class Reconciler:
                 self._events(body, action.type, action.reason, action.message)
             elif isinstance(action, RunEvaluation) and spec is not None:
                 job_refused = not await self._run_evaluation(body, spec, new_status, action)
-        await self._write_status(namespace, name, raw_status, new_status, written, force=failure is not None)
+        priority = FIRST_STATUS if first_sight(status) else OTHER
+        await self._write_status(
+            namespace, name, raw_status, new_status, written, force=failure is not None, priority=priority
+        )
         self._decided(body, spec, status, new_status)  # notifications of what that write recorded
         for action in result.actions:
             if isinstance(action, EmitEvent) and action.decision is not None:
@@ -540,6 +549,7 @@ class Reconciler:
         obs: Observations,
         sequence: int,
         mirrors: tuple[Mirror, ...] = (),
+        before_write: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[RouteFailure | None, RouteIntent | None]:
         """Write the weights (and the shadow step's mirror, or its removal) the plan asks for, with the
         write-ahead record, in one JSON patch, before any status write. Returns why the write was not
@@ -558,6 +568,8 @@ class Reconciler:
             return None, None
         record = intent_for(name, result.status, sequence, action.mirror)
         ops = [*ops, *annotation_patch(route.get("metadata"), record)]
+        if before_write is not None:
+            await before_write()
         try:
             await self._kube.patch_route(router.resource, namespace, router.object_name(traffic.config), ops)
         except Conflict as e:
@@ -583,6 +595,7 @@ class Reconciler:
         new_status: api.AgentRolloutStatus,
         written: WrittenStatus,
         force: bool = False,
+        priority: int = OTHER,
     ) -> None:
         new = api.dump(new_status)
         new["sequence"] = _sequence(raw_status)
@@ -591,7 +604,7 @@ class Reconciler:
             return
         # Every write of ours raises the sequence, so a body older than it is recognised as such.
         patch["sequence"] = new["sequence"] = _sequence(raw_status) + 1
-        stored = await self._kube.patch_rollout_status(namespace, name, patch)
+        stored = await self._kube.patch_rollout_status(namespace, name, patch, priority=priority)
         # Remember the status as stored (a verb a human set meanwhile included); with no object
         # returned, it is what we read with the patch applied.
         stored_status = stored.get("status")

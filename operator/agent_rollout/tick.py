@@ -28,4 +28,5 @@ class Tick:
     weights_reason: str | None = None  # set when status.weights changed this tick
     latest: list[GateResult] | None = None  # this tick's gate results (status.lastAnalysis may lag)
     waiting: str = ""  # what holds the rollout, for status.message
+    first_sight: bool = False  # the operator never judged this rollout's spec (planner.first_sight)
     history_limit: int = api.HISTORY_LIMIT  # spec.historyLimit
