@@ -297,6 +297,23 @@ def test_the_namespaced_chart_runs_a_rollout_under_roles_in_its_namespace_only(
             return not listed["items"]
 
         wait_until("the rollout gone", gone, 30)
+        # Aborted while no operator runs: the next one routes the abort before its lists are in, on
+        # the rollout's Deployments and route read by GET (the chart's `get` rules).
+        s.apply(s.rollout_manifest("aborted", steps=[{"setWeight": 50}, {"pause": {}}]))
+        s.wait_for_phase("aborted", "Paused", timeout_s=60)
+        assert s.route_weights() == {LEGACY: 50, CANDIDATE: 50}
+        namespaced.stop()
+        custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, s.namespace, api.PLURAL, "aborted", {"status": {"abort": True}}
+        )
+        namespaced.start()
+        s.wait_for_phase("aborted", "RolledBack", timeout_s=60)
+        assert s.route_weights() == {LEGACY: 100, CANDIDATE: 0}
+        wait_until(
+            "the early abort logged",
+            lambda: "abort reconciled before the first lists are in" in namespaced.log_tail(200),
+            10,
+        )
         assert namespaced.alive(), namespaced.log_tail()
     finally:
         namespaced.stop()

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,10 @@ INFORMER_KINDS = 3 + len(registry.resources())
 # (333 reconciles a second, each waiting a second or more), and new rollouts, ranked after live ones,
 # waited for a free worker for minutes.
 WORKERS = 256
+# Aborts acted on before the first lists are in, each reading its two Deployments and its route by GET
+# (at 10,000 rollouts listing 40,000 objects takes seconds, and an abort must not wait for them). More
+# than this at once wait for the lists: a mass abort is a reason to read everything anyway.
+EARLY_ABORTS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,11 @@ class StoredRollout:
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = json.loads(self.raw)
         return body
+
+    @property
+    def aborting(self) -> bool:
+        """A human's abort waits in status.abort (consumed by the reconcile that routes it)."""
+        return self.attention[1] is True
 
 
 def _urgency(meta: dict[str, Any], status: dict[str, Any], verb: bool) -> int:
@@ -222,12 +231,18 @@ class Controller:
         # with its duration, the figure an operator restart is judged by).
         self._unvisited: set[Key] = set()
         self._started = 0.0
+        self._client = client
+        # Aborts reconciled before every informer has its first list (_abort_early), by rollout.
+        self._early: dict[Key, asyncio.Task[None]] = {}
+        self._early_open = False  # the rollouts are listed (claims known), the rest may not be
+        self._opening: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         self._started = time.monotonic()
         informers = self._informers()
         for informer in informers:
             informer.start()
+        opening = self._opening = asyncio.get_running_loop().create_task(self._open_early())
         await asyncio.gather(*(i.synced.wait() for i in informers))
         self.synced = True
         log.info(
@@ -243,6 +258,12 @@ class Controller:
             await self._leading.wait()
             log.info("leading: reconciling, most urgent first")
             self._started = time.monotonic()  # the start-up pass of a takeover counts from the takeover
+        # The aborts found when the rollouts were listed (and this replica leads) are always taken on
+        # GET reads, whether or not the other lists came first: one rule at every start. One still
+        # running finishes before the scheduler may reconcile the same rollout.
+        await opening
+        await asyncio.gather(*self._early.values(), return_exceptions=True)
+        self._early.clear()
         self._unvisited = {key for key, _ in self.rollouts.items()}
         self.scheduler.start()
 
@@ -252,6 +273,10 @@ class Controller:
         return self.synced and (self._leading is None or self._leading.is_set())
 
     async def stop(self) -> None:
+        if self._opening is not None:
+            self._opening.cancel()
+        for task in self._early.values():
+            task.cancel()
         for informer in self._informers():
             informer.stop()
         await self.scheduler.stop()
@@ -298,13 +323,74 @@ class Controller:
                         time.monotonic() - self._started,
                     )
 
-    async def _reconcile_stored(self, key: Key) -> float | None:
+    async def _open_early(self) -> None:
+        """Once the rollouts are listed, aborts need not wait for the other lists (_abort_early)."""
+        await self.rollouts.synced.wait()
+        if self._leading is not None:
+            await self._leading.wait()  # a standby writes nothing
+        self._early_open = True
+        for key, stored in list(self.rollouts.items()):
+            if stored.aborting:
+                self._abort_early(key)
+
+    def _abort_early(self, key: Key) -> None:
+        if key in self._early or len(self._early) >= EARLY_ABORTS:
+            return
+        self._early[key] = asyncio.get_running_loop().create_task(self._reconcile_early(key))
+
+    async def _reconcile_early(self, key: Key) -> None:
+        """One reconcile of an aborted rollout on its Deployments and route read by GET: the planner
+        decides as always (legacy missing: no route write), with every rule it has."""
+        stored = self.rollouts.get(*key)
+        if stored is None or stored.deleting:
+            return
+        namespace = key[0]
+        try:
+            states = await asyncio.gather(
+                *(asyncio.to_thread(self._client.read, DEPLOYMENTS, namespace, d) for d in stored.deployments)
+            )
+            route = None
+            if stored.route is not None and stored.route_resource is not None:
+                route = await asyncio.to_thread(
+                    self._client.read, routed_kind(stored.route_resource), namespace, stored.route
+                )
+        except Exception as e:  # the lists will bring them; the abort is reconciled then
+            log.warning("%s/%s: abort before the first lists: reading its targets failed: %s", *key, e)
+            return
+        deployments = {
+            name: project_deployment(obj)
+            for name, obj in zip(stored.deployments, states, strict=True)
+            if obj is not None
+        }
+        routed = project_route(route) if route is not None else None
+
+        def route_lookup(resource: Resource, ns: str, name: str) -> dict[str, Any] | None:
+            same = (resource, ns, name) == (stored.route_resource, namespace, stored.route)
+            return routed if same else None
+
+        log.info("%s/%s: abort reconciled before the first lists are in", *key)
+        try:
+            await self._reconcile_stored(
+                key, lambda ns, name: deployments.get(name) if ns == namespace else None, route_lookup
+            )
+        except Exception:
+            log.exception("%s/%s: abort before the first lists failed; it is reconciled after them", *key)
+
+    async def _reconcile_stored(
+        self,
+        key: Key,
+        deployments: Callable[[str, str], DeploymentState | None] | None = None,
+        routes: Callable[[Resource, str, str], dict[str, Any] | None] | None = None,
+    ) -> float | None:
+        """One reconcile on the informers' stores, or (before they are in) on the lookups given."""
+        deployments = deployments or self.deployments.get
+        routes = routes or self.route
         stored = self.rollouts.get(*key)
         if stored is None:
             return None
         body = stored.body()
         if stored.deleting:
-            return await self._finalizer.release(body, self.deployments.get, self.route, self.route_owner)
+            return await self._finalizer.release(body, deployments, routes, self.route_owner)
         if stored.finalized:
             self._finalized.discard(key)  # the watch has it: no entry kept per rollout for nothing
 
@@ -321,8 +407,8 @@ class Controller:
         try:
             return await self._reconciler.reconcile(
                 body,
-                deployments=self.deployments.get,
-                routes=self.route,
+                deployments=deployments,
+                routes=routes,
                 written=written,
                 route_owner=self.route_owner,
                 planned=lambda spec, status, source: self._sentinel.update(key, spec, status, source),
@@ -360,6 +446,8 @@ class Controller:
             self.scheduler.wake(key, after.urgency)
         elif after.attention != before.attention or after.deleting != before.deleting:
             self.scheduler.wake(key, NOW)
+        if after is not None and after.aborting and self._early_open and not self.synced:
+            self._abort_early(key)
         # A claim that came or went may hand the routed object to another rollout.
         routed = [_routed(r) if r is not None else None for r in (before, after)]
         if (before is None or after is None or routed[0] != routed[1]) and self.synced:

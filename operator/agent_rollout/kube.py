@@ -531,6 +531,26 @@ class ListWatchClient:
         page: dict[str, Any] = json.loads(response.data)
         return page
 
+    def read(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object, None when there is none: only for the few rollouts acted on before the first
+        lists are in (controller.Controller's early aborts); everything else reads the informers."""
+        try:
+            response = self._custom.get_namespaced_custom_object(
+                kind.group,
+                kind.version,
+                namespace,
+                kind.plural,
+                name,
+                _preload_content=False,
+                _request_timeout=(10, 30),
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        obj: dict[str, Any] = json.loads(response.data)  # type: ignore[attr-defined]
+        return obj
+
     def watch(
         self, kind: Kind, namespace: str | None, resource_version: str, timeout_s: int
     ) -> Iterator[dict[str, Any]]:

@@ -2,7 +2,8 @@
 Names and RBAC rules shared by the templates. The operator's rules live here once, in two lists:
 namespacedRules (granted cluster-wide, or per watched namespace in namespaced mode) and clusterRules
 (cluster-scoped resources, always a ClusterRole). Add a permission the operator gains to exactly one.
-Exactly what the operator uses, no more: reads come from kopf's watches (list+watch), never a get. The
+Exactly what the operator uses, no more: reads come from its watches (list+watch); a get only for an
+abort found at start (its Deployments and route, before the lists are in). The
 e2e test of namespaced mode compares these rules with the apiserver's audit log of a whole rollout and
 fails on a rule never used as on a request refused.
 */}}
@@ -92,14 +93,15 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "agent-rollout.service
 - apiGroups: ["agentrollout.io"]
   resources: ["agentrollouts/status"]
   verbs: ["patch"]
-# Legacy and candidate are only ever read: the operator never scales, edits or deletes them.
+# Legacy and candidate are only ever read: the operator never scales, edits or deletes them. `get`: an
+# abort found at start is routed before the lists are in, on its two Deployments and route read by GET.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 # Only backendRef weights are patched (a JSON patch guarded by `test` ops).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 # Evaluation steps: one Job per candidate revision and attempt, created (never updated or deleted: it is
 # garbage-collected with its rollout); only Jobs carrying the operator's label are listed and watched.
 - apiGroups: ["batch"]
