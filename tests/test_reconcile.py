@@ -524,3 +524,17 @@ def test_each_written_decision_is_one_json_log_line_with_its_actor(caplog: pytes
     assert lines[0]["agentrollout"] == NAME and lines[0]["namespace"] == NS
     assert world.status["history"][-1]["actor"] == "alice"
     assert "abort" not in world.status.get("requests", {})  # consumed with the verb
+
+
+def test_a_pause_ending_before_the_next_interval_is_a_decision_due_a_routine_analysis_is_not() -> None:
+    """The controller ranks a run its timer made due by WrittenStatus.decision_due (scheduler.DUE):
+    at 10,000 rollouts the pause ends queued behind thousands of routine analyses."""
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "20s"}}, {"setWeight": 50}]))
+    world.tick()  # step 1 entered: the next reconcile is the analysis interval's
+    assert not world.written.decision_due
+    delay = world.tick()  # step 1 completes: the 20 s pause entered, ending before the 30 s interval
+    assert world.status["currentStep"] == 1
+    assert 0 < delay <= 20 and world.written.decision_due
+    world.tick(advance=delay)  # the pause ended: step 3 entered, back to the interval
+    assert world.status["currentStep"] == 2
+    assert not world.written.decision_due

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from agent_rollout import scheduler as scheduling
-from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
+from agent_rollout.scheduler import AT_REST, DUE, LIVE, NEW, NOW, Scheduler
 
 
 class Recorder:
@@ -51,11 +51,12 @@ def test_most_urgent_first_after_a_restart() -> None:
     async def test() -> None:
         work = Recorder()
         queue: Scheduler[str] = Scheduler(work, workers=1)
-        for key, urgency in [("done", AT_REST), ("new", NEW), ("mid-step", LIVE), ("aborted", NOW)]:
+        ranked = [("done", AT_REST), ("mid-step", LIVE), ("new", NEW), ("pause-ends", DUE), ("aborted", NOW)]
+        for key, urgency in ranked:
             queue.wake(key, urgency)
         queue.start()
-        await _until(lambda: len(work.runs) == 4)
-        assert work.runs == ["aborted", "mid-step", "new", "done"]
+        await _until(lambda: len(work.runs) == 5)
+        assert work.runs == ["aborted", "pause-ends", "new", "mid-step", "done"]
         await queue.stop()
 
     _run(test)
@@ -171,20 +172,22 @@ def test_a_timer_falls_due_with_the_urgency_the_rollout_has_then() -> None:
     _run(test)
 
 
-def test_an_endless_stream_of_urgent_runs_does_not_starve_a_new_rollout() -> None:
-    # 10,000 live rollouts' analyses never run dry; a new rollout, ranked after them, must still start.
+def test_an_endless_stream_of_urgent_runs_does_not_starve_a_less_urgent_one() -> None:
+    # 10,000 live rollouts' analyses never run dry; a finished one's resync, ranked after them, still runs.
     async def test() -> None:
         work = Recorder(delay=0.0)  # each live rollout is due again at once: the queue never empties
         live = [f"live-{i}" for i in range(40)]
         queue: Scheduler[str] = Scheduler(
-            work, workers=scheduling.OLDEST_FIRST_SHARE, urgency_of=lambda key: NEW if key == "new" else LIVE
+            work,
+            workers=scheduling.OLDEST_FIRST_SHARE,
+            urgency_of=lambda key: AT_REST if key == "done" else LIVE,
         )
         for key in live:
             queue.wake(key, LIVE)
-        queue.wake("new", NEW)
+        queue.wake("done", AT_REST)
         queue.start()
         await _until(lambda: len(work.runs) >= 400)
-        assert "new" in work.runs[:200], work.runs[:200]
+        assert "done" in work.runs[:200], work.runs[:200]
         assert work.overlaps == 0
         await queue.stop()
 

@@ -37,7 +37,7 @@ from agent_rollout.kube import (
     routed_kind,
 )
 from agent_rollout.reconcile import Reconciler, WrittenStatus
-from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
+from agent_rollout.scheduler import AT_REST, DUE, LIVE, NEW, NOW, Scheduler
 from agent_rollout.sentinel import Sentinel
 from agent_rollout.traffic import registry
 from agent_rollout.traffic.router import Resource
@@ -425,8 +425,13 @@ class Controller:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
     def _urgency_of(self, key: Key) -> int:
+        """The rank of a run its timer made due: a decision falling due (a pause's end) goes before
+        the interval runs of other live rollouts, which at 10,000 rollouts are a constant stream."""
         stored = self.rollouts.get(*key)
-        return stored.urgency if stored is not None else AT_REST
+        if stored is None:
+            return AT_REST
+        written = self._written.get(key)
+        return min(stored.urgency, DUE) if written is not None and written.decision_due else stored.urgency
 
     # -- change handlers (on the event loop)
 

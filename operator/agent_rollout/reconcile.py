@@ -137,6 +137,9 @@ class WrittenStatus:
     sequence: int = 0
     route_failures: int = 0  # route writes refused or failed in a row: paces the retries
     checked_generation: int | None = None  # the spec generation whose queries Prometheus parsed
+    # The next reconcile is when a decision falls due (a pause ends, a deadline passes), not a routine
+    # analysis: the scheduler ranks it before the interval runs of every other live rollout.
+    decision_due: bool = False
 
     @property
     def status(self) -> dict[str, Any]:
@@ -325,6 +328,7 @@ class Reconciler:
         metrics.observe_gates((namespace, name), new_status.phase, gates)
         metrics.observe_rollback_safety((namespace, name), status, new_status)
 
+        written.decision_due = False
         if failure is not None:
             # Quickly while it may be transient; a refusal backs off, visible in TrafficRouted meanwhile.
             return min(ROUTE_RETRY * 2.0 ** (written.route_failures - 1), ROUTE_RETRY_MAX)
@@ -336,6 +340,8 @@ class Reconciler:
             return REST_INTERVAL
         interval: float = api.duration_seconds(spec.analysis.interval) if spec.analysis else IDLE_INTERVAL
         if result.requeue_after is not None:
+            # Not the acknowledgement's follow-up: the other new rollouts' first statuses go first.
+            written.decision_due = result.requeue_after <= interval and not first_sight(status)
             interval = max(0.5, min(interval, result.requeue_after))
         return interval
 
