@@ -17,6 +17,8 @@ BatchReader's TTL works as in the operator):
   wall          sentinel.sweep() from start to end;
   loop CPU      CPU time of the event loop's thread during the sweep (time.thread_time): what the
                 sweep takes from the reconciles; the rest is waiting on Prometheus (worker threads);
+  busy (sweep)  the same as the sentinel counts it for next_pause (Sentinel.busy: only between its
+                awaits; here nothing else runs on the loop, so it is close to loop CPU);
   prometheus    per block: the HTTP call as the worker thread sees it (requests' get, body included);
   decode        per sweep: JSON decoding of the answers (response.json), in the worker threads;
   parse         per sweep: parse_vector, in the worker threads;
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -126,6 +129,7 @@ def own_prometheus() -> Iterator[tuple[str, Path, Path]]:
 class SweepRecord:
     wall: float = 0.0
     loop_cpu: float = 0.0
+    busy: float = 0.0
     measure: float = 0.0
     period: float = 0.0
     http: dict[str, float] = field(default_factory=dict)  # block label -> seconds
@@ -187,8 +191,11 @@ class Probe:
                     self.current.parse += time.perf_counter() - t0
 
         gateway_module.parse_vector = timed_parse
-        for name in ("_reads", "_breached"):
-            self._time_on_loop(sentinel, name)
+        # Planning and measuring: _reads and _breached before the sentinel measured gates as their
+        # blocks arrived, _reads and _measure (a coroutine, yielding between slices) since.
+        for name in ("_reads", "_breached", "_measure"):
+            if hasattr(sentinel, name):
+                self._time_on_loop(sentinel, name)
 
     def _time_on_loop(self, sentinel: Sentinel, name: str) -> None:
         method: Callable[..., Any] = getattr(sentinel, name)
@@ -200,7 +207,14 @@ class Probe:
             finally:
                 self.current.measure += time.perf_counter() - t0
 
-        setattr(sentinel, name, timed)
+        async def timed_async(*args: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await method(*args)
+            finally:
+                self.current.measure += time.perf_counter() - t0
+
+        setattr(sentinel, name, timed_async if inspect.iscoroutinefunction(method) else timed)
 
 
 # ---------------------------------------------------------------- the run
@@ -246,7 +260,8 @@ async def sweeps(sentinel: Sentinel, probe: Probe, count: int) -> list[SweepReco
         await sentinel.sweep()
         record.wall = time.monotonic() - started
         record.loop_cpu = time.thread_time() - cpu0
-        pause = next_pause(sentinel.period, record.wall)
+        record.busy = sentinel.busy
+        pause = next_pause(sentinel.period, record.wall, sentinel.busy)
         record.period = record.wall + pause
         records.append(record)
         await asyncio.sleep(pause)
@@ -257,6 +272,7 @@ def report_sweeps(records: Sequence[SweepRecord], fetches: int) -> None:
     print(f"  sweeps: {len(records)}")
     print(f"  wall          {figures([r.wall for r in records])}")
     print(f"  loop CPU      {figures([r.loop_cpu for r in records])}")
+    print(f"  busy (sweep)  {figures([r.busy for r in records])}")
     for label in sorted({label for r in records for label in r.http}):
         print(f"  prometheus    {label + ':':17s}{figures([r.http.get(label, 0.0) for r in records])}")
     print(f"  decode JSON   {figures([r.decode for r in records])}")
