@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from agent_rollout import api
+from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.templates import Block, BlockValues
 from agent_rollout.api import Phase, Weights
 from agent_rollout.domain import iso
@@ -64,6 +65,22 @@ def test_one_read_per_block_whatever_the_number_of_rollouts() -> None:
     _sweep(sentinel)
 
     assert len(prometheus.queries) == 2  # the error-rate template's two blocks, shared by all 50
+
+
+def test_each_sweep_reads_answers_newer_than_the_last_sweep_even_within_the_readers_ttl() -> None:
+    clock, metrics = FakeClock(), Metrics()
+    prometheus = FakePrometheus(metrics)
+    seconds = [100.0]
+    prometheus.reader = BatchReader(ttl=1.0, clock=lambda: seconds[0])  # as the operator's gateways
+    sentinel = Sentinel(clock=clock, period=1.0)
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+    _sweep(sentinel)
+    assert len(prometheus.queries) == 2
+
+    seconds[0] += 0.6  # the next sweep, a little early: the last answers are still within the TTL
+    _sweep(sentinel)
+
+    assert len(prometheus.queries) == 4
 
 
 def test_only_live_rollouts_with_candidate_traffic_and_a_window_of_their_own_are_checked() -> None:

@@ -216,7 +216,13 @@ class Sentinel:
                 for block in read.blocks:
                     wanted.setdefault((source_id, block), source)
             loop = asyncio.get_running_loop()
-            tasks = {loop.create_task(source.block(key[1])): key for key, source in wanted.items()}
+            # Answers from before the last sweep would make this one see nothing new: half a period
+            # old at most (the reader's TTL, 1 s, let a sweep started a hair under a second after the
+            # last one reuse its answers, and see a breach a period late).
+            fresh = self.period / 2
+            tasks = {
+                loop.create_task(source.block(key[1], max_age=fresh)): key for key, source in wanted.items()
+            }
         vectors: dict[int, dict[Block, BlockValues]] = {}
         failed: set[tuple[int, Block]] = set()
         woken: set[Key] = set()
