@@ -8,9 +8,9 @@ latencyQuantile p95 max 8s, window 1m, minSamples 20), scraped every 5 s. The be
 Prometheus holds a full 1m window, so queries cost what they cost in the steady state.
 
 In the benchmark's process, as in the operator's: a Sentinel whose N Watched entries come from
-Sentinel.update with each rollout's parsed spec and a status in a pause step that began an hour
-ago (full windows), reading through one PrometheusGateway and BatchReader configured like
-handlers._gateway_for's.
+Sentinel.update with each rollout's parsed spec and a status in a pause step that began about an
+hour ago (full windows; 1,000 distinct stepStartedAt values, as rollouts created over minutes
+have), reading through one PrometheusGateway and BatchReader configured like handlers._gateway_for's.
 
 Printed, min / median / max over the sweeps (each followed by the pause run() would take, so the
 BatchReader's TTL works as in the operator):
@@ -220,14 +220,18 @@ class Probe:
 # ---------------------------------------------------------------- the run
 
 
-def paused_status(now: datetime) -> api.AgentRolloutStatus:
-    """In the first pause at weight 10 since an hour ago: every window is full."""
-    started = (now - timedelta(hours=1)).replace(microsecond=0).isoformat()
+STEP_STARTS = 1000  # distinct stepStartedAt values, as rollouts created over many minutes have
+
+
+def paused_status(now: datetime, i: int) -> api.AgentRolloutStatus:
+    """In the first pause at weight 10, since about an hour ago (every window is full); rollout i's
+    step began (i mod STEP_STARTS) seconds after the first one's, in whole seconds like the operator's."""
+    started = (now - timedelta(hours=1) + timedelta(seconds=i % STEP_STARTS)).replace(microsecond=0)
     return api.AgentRolloutStatus.model_validate(
         {
             "phase": "Paused",
             "currentStep": 1,
-            "stepStartedAt": started,
+            "stepStartedAt": started.isoformat(),
             "weights": {"legacy": 90, "candidate": 10},
         }
     )
@@ -235,10 +239,10 @@ def paused_status(now: datetime) -> api.AgentRolloutStatus:
 
 def watch_all(sentinel: Sentinel, targets: Sequence[Target], url: str, gateway: PrometheusGateway) -> float:
     t0 = time.monotonic()
-    status = paused_status(datetime.now(UTC))
-    for t in targets:
+    now = datetime.now(UTC)
+    for i, t in enumerate(targets):
         spec = api.AgentRolloutSpec.model_validate(rollout_body(t, url, INTERVAL_S)["spec"])
-        sentinel.update((t.namespace, t.name), spec, status, gateway)
+        sentinel.update((t.namespace, t.name), spec, paused_status(now, i), gateway)
     return time.monotonic() - t0
 
 
