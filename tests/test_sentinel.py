@@ -83,6 +83,23 @@ def test_each_sweep_reads_answers_newer_than_the_last_sweep_even_within_the_read
     assert len(prometheus.queries) == 4
 
 
+def test_a_rollout_known_to_have_full_windows_gets_short_ones_again_when_its_next_step_begins() -> None:
+    clock, metrics = FakeClock(), Metrics(error_rate=0.5)
+    prometheus = FakePrometheus(metrics)
+    sentinel = Sentinel(clock=clock)
+    sentinel.update(("support", "a"), _spec(), _status(clock, started_ago=600), prometheus)
+    assert _sweep(sentinel) == 1
+    assert _sweep(sentinel) == 1  # planned as one of the rollouts whose windows are all full
+    assert all("[120s]" in q for q in prometheus.queries)
+
+    sentinel.update(("support", "a"), _spec(), _status(clock, started_ago=2), prometheus)  # next step
+    assert _sweep(sentinel) == 0  # 2 s of it: no window of its own yet
+    clock.advance(10)
+    prometheus.queries.clear()
+    assert _sweep(sentinel) == 1
+    assert prometheus.queries and not any("[120s]" in q for q in prometheus.queries)
+
+
 def test_only_live_rollouts_with_candidate_traffic_and_a_window_of_their_own_are_checked() -> None:
     clock, metrics = FakeClock(), Metrics(error_rate=0.5)
     prometheus = FakePrometheus(metrics)

@@ -88,6 +88,8 @@ class _LoopTime:
         self.seconds += time.thread_time() - self._since
 
 
+_Failures = tuple[tuple[str, str], ...]  # status.lastFailureAt's items: gate -> time
+
 # A sweep's reads of one TemplateRead from one source: (source id, read) -> (source, [(rollout, gate)]).
 _Readers = dict[tuple[int, TemplateRead], tuple[MetricsSource, list[tuple[Watched, api.Gate]]]]
 
@@ -138,6 +140,9 @@ class Sentinel:
         self.period = period
         self.breaches = 0  # rollouts woken by a breach since start: for the operator's metrics and tests
         self.busy = 0.0  # CPU seconds the last sweep spent on the event loop (next_pause)
+        # Anchors (_anchors) whose windows were all full at the last sweep, with their analysis object
+        # (an id may be reused once its object is gone; the object itself tells).
+        self._full: dict[tuple[object, ...], api.Analysis] = {}
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -195,23 +200,29 @@ class Sentinel:
         readers: _Readers = {}
         with busy:
             now = self._clock()
-            # Rollouts made from one template have one analysis object and, once their windows are
-            # full, the same reads: planned once per sweep, not once per rollout.
-            alike: dict[tuple[object, ...], list[Watched]] = {}
+            # Rollouts made from one template share one analysis object, and the same windows once
+            # every window is full: planned once per sweep for all of them, not once per rollout.
+            full: dict[tuple[object, ...], api.Analysis] = {}
+            alike: dict[tuple[object, ...], tuple[str | None, _Failures, list[Watched]]] = {}
             for watched in list(self._watched.values()):
-                anchors = (
-                    id(watched.analysis),
-                    id(watched.source),
-                    watched.step_started_at,
-                    tuple(watched.last_failure_at.items()),
-                    watched.gates,
-                )
-                alike.setdefault(anchors, []).append(watched)
-            for group in alike.values():
+                started, failures = watched.step_started_at, tuple(watched.last_failure_at.items())
+                anchors = _anchors(watched, started, failures)
+                if self._full.get(anchors) is watched.analysis:
+                    full[anchors] = watched.analysis
+                    started, failures = None, ()
+                    anchors = _anchors(watched, started, failures)
+                alike.setdefault(anchors, (started, failures, []))[2].append(watched)
+            for anchors, (started, failures, group) in alike.items():
                 first = group[0]
-                for gate, read in self._reads(first, now):
+                reads, all_full = self._reads(first, started, failures, now)
+                if all_full and (started, failures) != (None, ()):
+                    full[anchors] = first.analysis
+                for gate, read in reads:
                     members = readers.setdefault((id(first.source), read), (first.source, []))[1]
                     members.extend((watched, gate) for watched in group)
+            # Full stays full as time passes (a new step or failure comes with new anchors); only the
+            # anchors of rollouts still watched are kept.
+            self._full = full
             wanted: dict[tuple[int, Block], MetricsSource] = {}  # ordered: blocks in plan order
             for (source_id, read), (source, _) in readers.items():
                 for block in read.blocks:
@@ -295,9 +306,17 @@ class Sentinel:
                         self.wake(watched.key)
                         woken.add(watched.key)
 
-    def _reads(self, watched: Watched, now: datetime) -> list[tuple[api.Gate, TemplateRead]]:
+    def _reads(
+        self,
+        watched: Watched,
+        step_started_at: str | None,
+        last_failure_at: _Failures,
+        now: datetime,
+    ) -> tuple[list[tuple[api.Gate, TemplateRead]], bool]:
+        """The watched gates' reads at `now` from these anchors, and whether every window is full."""
         analysis = watched.analysis
-        windows = analysis_windows(analysis, watched.step_started_at, watched.last_failure_at, now)
+        windows = analysis_windows(analysis, step_started_at, dict(last_failure_at), now)
+        all_full = windows == analysis_windows(analysis, None, {}, now)
         reads = []
         for gate in analysis.gates:
             seconds = windows.get(gate.name)
@@ -313,4 +332,9 @@ class Sentinel:
                 )
             except TemplateError:
                 continue
-        return reads
+        return reads, all_full
+
+
+def _anchors(watched: Watched, step_started_at: str | None, last_failure_at: _Failures) -> tuple[object, ...]:
+    """What a watched rollout's reads depend on: (analysis, source, the two status anchors, gates)."""
+    return (id(watched.analysis), id(watched.source), step_started_at, last_failure_at, watched.gates)
