@@ -4,11 +4,14 @@ whose hard bound is breached, from the shared building blocks (one read per bloc
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import pytest
 
 from agent_rollout import api
+from agent_rollout.analysis.batch import BatchReader
+from agent_rollout.analysis.templates import Block, BlockValues
 from agent_rollout.api import Phase, Weights
 from agent_rollout.domain import iso
 from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause
@@ -64,6 +67,39 @@ def test_one_read_per_block_whatever_the_number_of_rollouts() -> None:
     assert len(prometheus.queries) == 2  # the error-rate template's two blocks, shared by all 50
 
 
+def test_each_sweep_reads_answers_newer_than_the_last_sweep_even_within_the_readers_ttl() -> None:
+    clock, metrics = FakeClock(), Metrics()
+    prometheus = FakePrometheus(metrics)
+    seconds = [100.0]
+    prometheus.reader = BatchReader(ttl=1.0, clock=lambda: seconds[0])  # as the operator's gateways
+    sentinel = Sentinel(clock=clock, period=1.0)
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+    _sweep(sentinel)
+    assert len(prometheus.queries) == 2
+
+    seconds[0] += 0.6  # the next sweep, a little early: the last answers are still within the TTL
+    _sweep(sentinel)
+
+    assert len(prometheus.queries) == 4
+
+
+def test_a_rollout_known_to_have_full_windows_gets_short_ones_again_when_its_next_step_begins() -> None:
+    clock, metrics = FakeClock(), Metrics(error_rate=0.5)
+    prometheus = FakePrometheus(metrics)
+    sentinel = Sentinel(clock=clock)
+    sentinel.update(("support", "a"), _spec(), _status(clock, started_ago=600), prometheus)
+    assert _sweep(sentinel) == 1
+    assert _sweep(sentinel) == 1  # planned as one of the rollouts whose windows are all full
+    assert all("[120s]" in q for q in prometheus.queries)
+
+    sentinel.update(("support", "a"), _spec(), _status(clock, started_ago=2), prometheus)  # next step
+    assert _sweep(sentinel) == 0  # 2 s of it: no window of its own yet
+    clock.advance(10)
+    prometheus.queries.clear()
+    assert _sweep(sentinel) == 1
+    assert prometheus.queries and not any("[120s]" in q for q in prometheus.queries)
+
+
 def test_only_live_rollouts_with_candidate_traffic_and_a_window_of_their_own_are_checked() -> None:
     clock, metrics = FakeClock(), Metrics(error_rate=0.5)
     prometheus = FakePrometheus(metrics)
@@ -93,9 +129,68 @@ def test_prometheus_down_wakes_nobody() -> None:
 
 
 def test_sweeps_keep_their_period_while_cheap_and_stretch_when_expensive() -> None:
-    assert next_pause(1.0, 0.1) == pytest.approx(0.9)  # a second apart
-    assert next_pause(1.0, 0.5) == pytest.approx(1.5)  # never more than a quarter of the time busy
-    assert next_pause(1.0, 2.0) == pytest.approx(6.0)
+    assert next_pause(1.0, 0.1, busy=0.1) == pytest.approx(0.9)  # a second apart
+    assert next_pause(1.0, 0.5, busy=0.5) == pytest.approx(1.5)  # never more than a quarter of the time busy
+    assert next_pause(1.0, 2.0, busy=2.0) == pytest.approx(6.0)
+
+
+def test_only_time_busy_on_the_event_loop_stretches_the_period() -> None:
+    # 1.2 s waiting on Prometheus, 0.2 s of it measuring: the next sweep starts at once (was 3.6 s later).
+    assert next_pause(1.0, 1.2, busy=0.2) == 0.0
+    assert next_pause(1.0, 0.3, busy=0.1) == pytest.approx(0.7)
+    assert next_pause(1.0, 3.0, busy=1.0) == pytest.approx(1.0)  # busy a quarter of a 4 s cycle
+
+
+class SlowPrometheus(FakePrometheus):
+    """Every block answers after `delay` seconds, or once `release` is set for blocks it `holds`."""
+
+    def __init__(self, metrics: Metrics, delay: float = 0.0, holds: str = "\0") -> None:
+        super().__init__(metrics)
+        self.delay, self.holds = delay, holds
+        self.release: asyncio.Event | None = None
+
+    async def block(self, block: Block, max_age: float | None = None) -> BlockValues:
+        if block.promql.startswith(self.holds):
+            assert self.release is not None
+            await self.release.wait()
+            return {}
+        await asyncio.sleep(self.delay)
+        return await super().block(block, max_age)
+
+
+def test_waiting_on_prometheus_is_not_time_the_sweep_keeps_the_event_loop_busy() -> None:
+    clock = FakeClock()
+    sentinel = Sentinel(clock=clock)
+    sentinel.update(("support", "a"), _spec(), _status(clock), SlowPrometheus(Metrics(), delay=0.3))
+    started = time.monotonic()
+    _sweep(sentinel)
+    took = time.monotonic() - started
+
+    assert took >= 0.3
+    assert sentinel.busy < 0.1  # one rollout measured: a fraction of a millisecond of CPU
+
+
+def test_a_breach_wakes_its_rollout_before_the_blocks_of_its_other_gates_arrive() -> None:
+    spec = rollout_body(STEPS)["spec"]
+    latency = {"name": "p95", "template": "latencyQuantile", "max": 8, "window": "2m"}
+    spec["analysis"]["gates"].append(latency)
+    prometheus = SlowPrometheus(Metrics(error_rate=0.5), holds="histogram_quantile")
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        prometheus.release = asyncio.Event()
+        woke = asyncio.Event()
+        sentinel = Sentinel(clock=clock, wake=lambda key: woke.set())
+        sentinel.update(("support", "a"), api.parse_spec(spec), _status(clock), prometheus)
+        assert sentinel._watched[("support", "a")].gates == ("error-rate", "p95")
+        sweep = asyncio.create_task(sentinel.sweep())
+        await asyncio.wait_for(woke.wait(), timeout=10)  # the latency histogram is still held back
+
+        assert not sweep.done()
+        prometheus.release.set()
+        assert await sweep == 1
+
+    asyncio.run(scenario())
 
 
 def test_rollouts_with_equal_analyses_share_one_and_the_last_to_leave_takes_it_along() -> None:

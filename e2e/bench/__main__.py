@@ -1,4 +1,4 @@
-"""`make bench`: python -m e2e.bench [--only planner|comparator|rollback|alert|failover|scale] [--runs N] ...
+"""`make bench`: python -m e2e.bench [--only planner|comparator|rollback|alert|failover|fast|scale] ...
 
 planner   e2e/bench/planner_scale.py: the planner's CPU and memory at 10k rollouts (no cluster)
 comparator e2e/bench/comparator_overhead.py: the shadow comparator's added latency per mirrored request
@@ -7,6 +7,9 @@ rollback  e2e/bench/rollback_speed.py: breach-to-rollback time on the real contr
 alert     e2e/bench/alert_speed.py: alert firing in Prometheus -> candidate weight 0, through a real
           Alertmanager and the operator's webhook receiver, N runs
 failover  e2e/bench/failover.py: leader SIGKILL -> the next decision by the new leader (two replicas)
+fast      e2e/bench/fast_check.py: the fast check (sentinel) at N rollouts (--rollouts, default 1000)
+          against a real Prometheus and fleet exporter, no apiserver: a sweep's split (Prometheus,
+          decoding, measuring), its period, breach -> wake
 scale     e2e/bench/operator_scale.py: the real operator process at N rollouts (default 1000) on a
           cluster of its own: RSS, start-up, status writes, pause-end lateness, breach-to-rollback,
           CPU (`make bench-scale`: N=10000)
@@ -21,7 +24,7 @@ import inspect
 import logging
 import sys
 
-from e2e.bench import alert_speed, comparator_overhead, failover, operator_scale, rollback_speed
+from e2e.bench import alert_speed, comparator_overhead, failover, fast_check, operator_scale, rollback_speed
 
 PLANNER_MODULE = "e2e.bench.planner_scale"
 
@@ -46,7 +49,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["planner", "comparator", "rollback", "alert", "failover", "scale"],
+        choices=["planner", "comparator", "rollback", "alert", "failover", "fast", "scale"],
         help="run just this benchmark",
     )
     parser.add_argument("--runs", type=int, default=7, help="breach-to-rollback runs (default 7)")
@@ -79,6 +82,9 @@ def main() -> int:
         sys.stdout.flush()
     if args.only in (None, "failover"):
         failover.main()
+        sys.stdout.flush()
+    if args.only in (None, "fast"):
+        fast_check.run(args.rollouts)
         sys.stdout.flush()
     if args.only in (None, "scale"):
         operator_scale.run(args.rollouts, args.window, args.breaches)
