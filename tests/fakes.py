@@ -44,6 +44,7 @@ class Write:
     namespace: str
     name: str
     body: Any  # the merge patch (status) or the JSON patch ops (route)
+    priority: int | None = None  # a status write's rank in the API budget (kube.TRAFFIC...REFRESH)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class FakeKube(KubeClient):
         stored = self.rollouts[(namespace, name)]
         stored["status"] = apply_merge_patch(stored.get("status") or {}, copy.deepcopy(patch))
         stored["metadata"]["resourceVersion"] = self._next_version()
-        self.writes.append(Write("status", namespace, name, copy.deepcopy(patch)))
+        self.writes.append(Write("status", namespace, name, copy.deepcopy(patch), priority))
         return copy.deepcopy(stored)
 
     async def patch_route(

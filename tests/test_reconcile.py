@@ -19,7 +19,8 @@ from agent_rollout import api, evaluation
 from agent_rollout.analysis.templates import candidate_requests_query, template_read
 from agent_rollout.api import Template
 from agent_rollout.domain import DeploymentState, iso
-from agent_rollout.reconcile import Reconciler, WrittenStatus
+from agent_rollout.kube import OTHER, REFRESH
+from agent_rollout.reconcile import ANALYSIS_REFRESH, Reconciler, WrittenStatus
 from agent_rollout.traffic.router import Resource
 from tests.fakes import EventLog, FakeClock, FakeKube, FakePrometheus, Reply
 from tests.specs import CANDIDATE, LEGACY, ROUTE, analysis_dict, spec_dict
@@ -538,3 +539,22 @@ def test_a_pause_ending_before_the_next_interval_is_a_decision_due_a_routine_ana
     world.tick(advance=delay)  # the pause ended: step 3 entered, back to the interval
     assert world.status["currentStep"] == 2
     assert not world.written.decision_due
+
+
+def test_a_refresh_of_measured_values_is_ranked_last_in_the_api_budget_a_step_change_is_not() -> None:
+    """kube.REFRESH: at 10,000 rollouts the live ones' periodic refreshes (a third of the budget) held
+    back the writes that start new rollouts and record steps."""
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "1h"}}, {"setWeight": 50}]))
+    world.tick()  # step 1 entered
+    world.tick()  # step 1 completed: the pause entered
+    assert world.status["currentStep"] == 1
+    assert world.kube.writes_of("status")[-1].priority == OTHER
+    for _ in range(3):  # evaluations of the pause step until nothing new is written
+        world.tick()
+    quiet = len(world.kube.writes)
+
+    world.tick(advance=ANALYSIS_REFRESH + 1)  # only the measured values are older than the refresh
+
+    refreshed = world.kube.writes[quiet:]
+    assert [(w.kind, w.priority) for w in refreshed] == [("status", REFRESH)], refreshed
+    assert set(refreshed[0].body) <= {"lastAnalysis", "lastAnalysisAt", "sequence", "message", "conditions"}

@@ -66,6 +66,10 @@ PERMANENT_STATUSES = frozenset({400, 403, 422})
 TRAFFIC = 0
 FIRST_STATUS = 1
 OTHER = 2
+# A status write that records no decision and follows no route write (measured values refreshed, a
+# message): last, so at 10,000 rollouts the live ones' periodic refreshes never hold back a new
+# rollout's start or a step's record.
+REFRESH = 3
 
 
 class RateLimiter:

@@ -47,7 +47,7 @@ from agent_rollout.domain import (
 )
 from agent_rollout.drill import drill_spec, drill_window
 from agent_rollout.intent import annotation_patch, intent_for, our_intent
-from agent_rollout.kube import FIRST_STATUS, OTHER, Conflict, KubeClient, RouteWriteError
+from agent_rollout.kube import FIRST_STATUS, OTHER, REFRESH, Conflict, KubeClient, RouteWriteError
 from agent_rollout.planner import after_route_write, first_sight, gate_windows, note_route_failure, plan
 from agent_rollout.readiness import (
     baseline_due,
@@ -314,7 +314,10 @@ class Reconciler:
                 self._events(body, action.type, action.reason, action.message)
             elif isinstance(action, RunEvaluation) and spec is not None:
                 job_refused = not await self._run_evaluation(body, spec, new_status, action)
-        priority = FIRST_STATUS if first_sight(status) else OTHER
+        decided = failure is not None or written_record is not None or any(
+            isinstance(a, EmitEvent) for a in actions
+        )
+        priority = FIRST_STATUS if first_sight(status) else OTHER if decided else REFRESH
         await self._write_status(
             namespace, name, raw_status, new_status, written, force=failure is not None, priority=priority
         )
