@@ -88,8 +88,10 @@ def test_an_abort_reaches_the_route_before_the_deployments_are_listed() -> None:
         running = asyncio.get_running_loop().create_task(controller.run())
         try:
             await until(
-                lambda: candidate_weight(cluster) == 0
-                and cluster.objects[api.PLURAL][(NS, NAME)]["status"]["phase"] == "RolledBack",
+                lambda: (
+                    candidate_weight(cluster) == 0
+                    and cluster.objects[api.PLURAL][(NS, NAME)]["status"]["phase"] == "RolledBack"
+                ),
                 "the abort routed and recorded",
             )
             assert not controller.synced  # the Deployments are still being listed
