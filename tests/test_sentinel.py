@@ -134,11 +134,17 @@ def test_sweeps_keep_their_period_while_cheap_and_stretch_when_expensive() -> No
     assert next_pause(1.0, 2.0, busy=2.0) == pytest.approx(6.0)
 
 
-def test_only_time_busy_on_the_event_loop_stretches_the_period() -> None:
-    # 1.2 s waiting on Prometheus, 0.2 s of it measuring: the next sweep starts at once (was 3.6 s later).
-    assert next_pause(1.0, 1.2, busy=0.2) == 0.0
+def test_only_time_busy_on_the_event_loop_stretches_the_period_by_its_share() -> None:
+    # 1.2 s waiting on Prometheus, 0.2 s of it measuring: 0.6 s later (was 3.6 s), by the wait share only.
+    assert next_pause(1.0, 1.2, busy=0.2) == pytest.approx(0.6)
     assert next_pause(1.0, 0.3, busy=0.1) == pytest.approx(0.7)
-    assert next_pause(1.0, 3.0, busy=1.0) == pytest.approx(1.0)  # busy a quarter of a 4 s cycle
+    assert next_pause(1.0, 0.9, busy=0.1) == pytest.approx(0.1)  # waiting within the period: no stretch
+
+
+def test_a_slow_prometheus_is_kept_busy_by_the_fast_check_at_most_two_thirds_of_the_time() -> None:
+    # 9 s sweeps (a saturated Prometheus at 10,000 rollouts on 2 cores): not back to back.
+    assert next_pause(1.0, 9.0, busy=0.1) == pytest.approx(4.5)
+    assert next_pause(1.0, 3.0, busy=1.0) == pytest.approx(1.5)
 
 
 class SlowPrometheus(FakePrometheus):

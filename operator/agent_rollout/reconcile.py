@@ -314,12 +314,12 @@ class Reconciler:
                 self._events(body, action.type, action.reason, action.message)
             elif isinstance(action, RunEvaluation) and spec is not None:
                 job_refused = not await self._run_evaluation(body, spec, new_status, action)
-        decided = (
+        records_a_decision = (
             failure is not None
             or written_record is not None
             or any(isinstance(a, EmitEvent) for a in actions)
         )
-        priority = FIRST_STATUS if first_sight(status) else OTHER if decided else REFRESH
+        priority = FIRST_STATUS if first_sight(status) else OTHER if records_a_decision else REFRESH
         await self._write_status(
             namespace, name, raw_status, new_status, written, force=failure is not None, priority=priority
         )
