@@ -56,7 +56,7 @@ def test_most_urgent_first_after_a_restart() -> None:
             queue.wake(key, urgency)
         queue.start()
         await _until(lambda: len(work.runs) == 5)
-        assert work.runs == ["aborted", "pause-ends", "new", "mid-step", "done"]
+        assert work.runs == ["aborted", "pause-ends", "mid-step", "new", "done"]
         await queue.stop()
 
     _run(test)
@@ -172,22 +172,20 @@ def test_a_timer_falls_due_with_the_urgency_the_rollout_has_then() -> None:
     _run(test)
 
 
-def test_an_endless_stream_of_urgent_runs_does_not_starve_a_less_urgent_one() -> None:
-    # 10,000 live rollouts' analyses never run dry; a finished one's resync, ranked after them, still runs.
+def test_an_endless_stream_of_urgent_runs_does_not_starve_a_new_rollout() -> None:
+    # 10,000 live rollouts' analyses never run dry; a new rollout, ranked after them, must still start.
     async def test() -> None:
         work = Recorder(delay=0.0)  # each live rollout is due again at once: the queue never empties
         live = [f"live-{i}" for i in range(40)]
         queue: Scheduler[str] = Scheduler(
-            work,
-            workers=scheduling.OLDEST_FIRST_SHARE,
-            urgency_of=lambda key: AT_REST if key == "done" else LIVE,
+            work, workers=scheduling.OLDEST_FIRST_SHARE, urgency_of=lambda key: NEW if key == "new" else LIVE
         )
         for key in live:
             queue.wake(key, LIVE)
-        queue.wake("done", AT_REST)
+        queue.wake("new", NEW)
         queue.start()
         await _until(lambda: len(work.runs) >= 400)
-        assert "done" in work.runs[:200], work.runs[:200]
+        assert "new" in work.runs[:200], work.runs[:200]
         assert work.overlaps == 0
         await queue.stop()
 

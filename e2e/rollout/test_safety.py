@@ -412,9 +412,9 @@ def test_apiserver_restarted_mid_rollout_the_watches_come_back_and_an_abort_stil
     # then patch. Seen once; a harness race, not the operator's.
     wait_until(
         "no namespace terminating",
-        lambda: not [
-            ns for ns in s.kube.core.list_namespace().items if (ns.status.phase or "") == "Terminating"
-        ],
+        lambda: (
+            not [ns for ns in s.kube.core.list_namespace().items if (ns.status.phase or "") == "Terminating"]
+        ),
         120,
         every_s=0.5,
     )

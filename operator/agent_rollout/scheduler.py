@@ -4,8 +4,8 @@ A rollout between reconciles is a dict entry and at most one timer on the event 
 10,000 rollouts a task per rollout (kopf's daemons) cost more memory than everything else together.
 Like client-go's work queue, a rollout is never reconciled by two workers at once; woken while it
 is being reconciled, it is reconciled again right after. What is due first goes first, by urgency:
-after a restart every rollout is due at once, and a human's abort, a pause that ends or a new rollout
-must not wait behind thousands of routine analyses or finished rollouts. A few workers take the
+after a restart every rollout is due at once, and a human's abort, a pause that ends or a rollout
+mid-step must not wait behind thousands of new or finished ones. A few workers take the
 oldest queued run whatever its urgency (priority with aging): at 10,000 live rollouts the stream of
 their analyses never ran dry, and new rollouts, then ranked after them, waited without end for a
 strict-priority worker.
@@ -27,10 +27,12 @@ K = TypeVar("K")
 # Urgency, lower first.
 NOW = 0  # a human's verb, a spec edit, a breach: someone is waiting
 DUE = 1  # a decision falls due on the rollout's own timer: a pause or shadow step ends, a deadline
-# Never reconciled (or only acknowledged): its author waits for a first status, which costs one
-# write; before the live rollouts' routine analyses, whose hard bounds the fast check watches anyway.
-NEW = 2
-LIVE = 3  # mid-rollout: an analysis on its interval
+# Mid-rollout: an analysis on its interval. Before new rollouts: ranked after them, at 10,000 rollouts
+# created at once the live ones' interval runs waited for the start of every other, and a pause whose
+# end is found by an interval run ended p50 272 s late. New rollouts still get workers: the
+# oldest-first ones, and their first status (one write) is ranked early in the API budget.
+LIVE = 2
+NEW = 3  # never reconciled (or only acknowledged)
 AT_REST = 4  # finished or failed: nothing moves unless something changes
 
 RETRY_AFTER_ERROR_S = 5.0
