@@ -255,7 +255,8 @@ class Reconciler:
         milestone, baseline, drill_gates, pairs = None, None, None, None
         # The first reconcile of a new rollout only acknowledges it (planner.first_sight): nothing to
         # measure, and its Prometheus checks come with the next one.
-        measured_now = spec is not None and not problems and claimed_by is None and not first_sight(status)
+        acknowledging = first_sight(status)
+        measured_now = spec is not None and not problems and claimed_by is None and not acknowledging
         if spec is not None and measured_now:
             found, unchecked = await self._preflight(namespace, spec, status, meta.get("generation"), written)
             problems = (*problems, *found)
@@ -319,7 +320,7 @@ class Reconciler:
             or written_record is not None
             or any(isinstance(a, EmitEvent) for a in actions)
         )
-        priority = FIRST_STATUS if first_sight(status) else OTHER if records_a_decision else REFRESH
+        priority = FIRST_STATUS if acknowledging else OTHER if records_a_decision else REFRESH
         await self._write_status(
             namespace, name, raw_status, new_status, written, force=failure is not None, priority=priority
         )
@@ -346,7 +347,7 @@ class Reconciler:
         interval: float = api.duration_seconds(spec.analysis.interval) if spec.analysis else IDLE_INTERVAL
         if result.requeue_after is not None:
             # Not the acknowledgement's follow-up: the other new rollouts' first statuses go first.
-            written.decision_due = result.requeue_after <= interval and not first_sight(status)
+            written.decision_due = result.requeue_after <= interval and not acknowledging
             interval = max(0.5, min(interval, result.requeue_after))
         return interval
 
