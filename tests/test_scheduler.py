@@ -4,6 +4,7 @@ urgent first, timers that an earlier wake replaces, and forgotten rollouts never
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -140,6 +141,63 @@ def test_a_failing_reconcile_is_retried(monkeypatch: pytest.MonkeyPatch) -> None
         await queue.stop()
 
     _run(test)
+
+
+def test_a_reconcile_that_keeps_failing_is_retried_ever_more_slowly_until_it_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduling, "RETRY_AFTER_ERROR_S", 0.02)
+    monkeypatch.setattr(scheduling, "RETRY_AFTER_ERROR_MAX_S", 0.08)
+    attempts: list[float] = []
+    failing = 5
+
+    async def gone(key: str) -> float | None:
+        attempts.append(asyncio.get_running_loop().time())
+        if len(attempts) <= failing:
+            raise RuntimeError("namespace not found")
+        return None
+
+    async def test() -> None:
+        queue: Scheduler[str] = Scheduler(gone, workers=1)
+        queue.start()
+        queue.wake("r")
+        await _until(lambda: queue.failures("r") == failing)
+        await _until(lambda: len(attempts) == failing + 1)
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
+        # Never sooner than the backoff: 0.02, 0.04, then twice as long each time up to the cap.
+        for gap, least in zip(gaps, (0.02, 0.04, 0.08, 0.08, 0.08), strict=True):
+            assert gap >= least - 0.002, (gaps, least)
+        assert queue.failures("r") == 0  # it passed: the next failure starts at 0.02 again
+        await asyncio.sleep(0.1)
+        assert len(attempts) == failing + 1  # passed and not woken: no more runs
+        await queue.stop()
+
+    _run(test)
+
+
+def test_a_wake_runs_a_failing_rollout_at_once_whatever_its_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduling, "RETRY_AFTER_ERROR_S", 30.0)
+    attempts: list[str] = []
+
+    async def failing(key: str) -> float | None:
+        attempts.append(key)
+        raise RuntimeError("apiserver away")
+
+    async def test() -> None:
+        queue: Scheduler[str] = Scheduler(failing, workers=1)
+        queue.start()
+        queue.wake("r")
+        await _until(lambda: queue.failures("r") == 1)
+        queue.wake("r", NOW)  # a breach or a human's abort does not wait 30 s
+        await _until(lambda: queue.failures("r") == 2)
+        assert attempts == ["r", "r"]
+        await queue.stop()
+
+    _run(test)
+
+
+def test_the_retry_delay_doubles_from_five_seconds_to_a_minute() -> None:
+    assert [scheduling.retry_delay(n) for n in (1, 2, 3, 4, 5, 6, 1000)] == [5, 10, 20, 40, 60, 60, 60]
 
 
 def test_a_timer_falls_due_with_the_urgency_the_rollout_has_then() -> None:

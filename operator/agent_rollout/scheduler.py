@@ -35,7 +35,20 @@ LIVE = 2
 NEW = 3  # never reconciled (or only acknowledged)
 AT_REST = 4  # finished or failed: nothing moves unless something changes
 
+# A failing reconcile is retried after 5 s, then after twice as long each time it fails again, up to
+# a minute; a success resets it, and a wake (a watch event, a breach, a human's verb) runs it at once
+# whatever the backoff. A rollout that keeps failing (its namespace gone while the apiserver still
+# lists it, an apiserver away) was retried every 5 s with a traceback each time, for ever: at 10,000
+# rollouts with the apiserver away that is 2,000 failing reconciles a second.
 RETRY_AFTER_ERROR_S = 5.0
+RETRY_AFTER_ERROR_MAX_S = 60.0
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds before the retry of a reconcile that failed `failures` (>= 1) times in a row."""
+    return min(RETRY_AFTER_ERROR_S * 2.0 ** min(failures - 1, 32), RETRY_AFTER_ERROR_MAX_S)
+
+
 OLDEST_FIRST_SHARE = 8  # one worker in this many takes the oldest queued run, not the most urgent
 
 
@@ -47,6 +60,7 @@ class _Entry:
     queued: bool = False
     running: bool = False
     again: bool = False  # woken while running: run once more right after
+    failures: int = 0  # reconciles failed in a row
 
 
 class Scheduler(Generic[K]):
@@ -133,6 +147,11 @@ class Scheduler(Generic[K]):
         for entry in self._entries.values():
             self._cancel_timer(entry)
 
+    def failures(self, key: K) -> int:
+        """How many reconciles of `key` failed in a row (0: the last one passed)."""
+        entry = self._entries.get(key)
+        return 0 if entry is None else entry.failures
+
     def pending(self) -> int:
         """Runs queued now (a gauge of how far behind the workers are)."""
         return sum(1 for e in self._entries.values() if e.queued)
@@ -162,11 +181,23 @@ class Scheduler(Generic[K]):
             delay: float | None
             try:
                 delay = await self._work(key)
+                entry.failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("reconcile of %s failed; again in %.0f s", key, RETRY_AFTER_ERROR_S)
-                delay = RETRY_AFTER_ERROR_S
+            except Exception as e:
+                entry.failures += 1
+                delay = retry_delay(entry.failures)
+                if entry.failures == 1:
+                    log.exception("reconcile of %s failed; again in %.0f s", key, delay)
+                else:  # the traceback was logged at the first failure
+                    log.warning(
+                        "reconcile of %s failed %d times in a row (%s: %s); again in %.0f s",
+                        key,
+                        entry.failures,
+                        type(e).__name__,
+                        e,
+                        delay,
+                    )
             finally:
                 entry.running = False
             if self._entries.get(key) is not entry:
