@@ -367,6 +367,24 @@ def test_batched_read_equals_the_per_rollout_query(
     assert value == pytest.approx(scalar(prometheus, queries.value, at), rel=1e-12, abs=1e-15)
     assert samples == pytest.approx(scalar(prometheus, queries.samples, at), rel=1e-12)
 
+    # Focused on a few pairs (a young step's window, Block.focused), the same block gives the same
+    # numbers for them and holds no series of any other namespace or version. Values with regex
+    # metacharacters match only themselves: "candidat." must not select the candidate.
+    odd = [("no-such-namespace", 'v1.0+"x|y'), (known.namespace, version[:-1] + ".")]
+    focused = {
+        b: parse_vector(
+            prometheus.custom_query(
+                b.focused([(known.namespace, version), *odd]), params={"time": f"{at:.3f}"}
+            ),
+            labels,
+        )
+        for b in read.blocks
+    }
+    assert read.measure(focused, known.namespace, version) == (value, samples)
+    assert {pair for vector in focused.values() for pair in vector} == {(known.namespace, version)}
+    only_odd = [parse_vector(prometheus.custom_query(b.focused(odd)), labels) for b in read.blocks]
+    assert only_odd == [{} for _ in read.blocks]
+
     # Through the operator's gateway, at "now": increase() extrapolates from the version's latest
     # scrape to the query time, so both readings may exceed the exact counts by up to `slack` (see the
     # test below). Each version is scraped at its own moment, hence the wait for this version's scrape.

@@ -9,6 +9,7 @@ is recorded in order, so tests assert on what was stored and on how many writes 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -156,7 +157,7 @@ class FakePrometheus(PrometheusGateway):
     between reconciles) and every answer through the real parsing."""
 
     def __init__(self, answer: Answer) -> None:
-        super().__init__("http://fake-prometheus:9090", reader=BatchReader(ttl=0))
+        super().__init__("http://fake-prometheus:9090", reader=BatchReader(ttl=0, gather=0))
         self.answer = answer
         self.down: str | None = None  # set to make every query fail as PrometheusGateway would
         self.queries: list[str] = []
@@ -174,12 +175,34 @@ class FakePrometheus(PrometheusGateway):
         self.queries.append(promql)
         if self.down is not None:
             raise PrometheusUnavailable(self.down)
-        reply = self.answer(promql) if callable(self.answer) else self.answer[promql]
+        # A focused block (Block.focused) is answered as Prometheus would: the whole block's series
+        # that its two regex matchers select.
+        plain, selects = _unfocused(promql)
+        reply = self.answer(plain) if callable(self.answer) else self.answer[plain]
         if reply is None:
             return parse([])
         if isinstance(reply, list):
-            return parse([{"metric": labels, "value": [0, repr(value)]} for labels, value in reply])
+            return parse(
+                [{"metric": labels, "value": [0, repr(value)]} for labels, value in reply if selects(labels)]
+            )
         return parse([{"metric": {}, "value": [0, repr(reply)]}])
+
+
+_FOCUS_MATCHERS = re.compile(r',?(\w+)=~"((?:[^"\\]|\\.)*)",(\w+)=~"((?:[^"\\]|\\.)*)"')
+
+
+def _unfocused(promql: str) -> tuple[str, Callable[[Mapping[str, str]], bool]]:
+    """The whole block's query of a focused one, and which series its matchers keep."""
+    found = _FOCUS_MATCHERS.search(promql)
+    if found is None:
+        return promql, lambda labels: True
+    plain = (promql[: found.start()] + promql[found.end() :]).replace("{}", "")
+
+    def unescape(text: str) -> str:  # a PromQL string's content as the regex it holds
+        return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r", "t": "\t"}.get(m[1], m[1]), text)
+
+    wanted = [(found[1], re.compile(unescape(found[2]))), (found[3], re.compile(unescape(found[4])))]
+    return plain, lambda labels: all(rx.fullmatch(labels.get(name, "")) for name, rx in wanted)
 
 
 @dataclass

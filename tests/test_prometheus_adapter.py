@@ -24,6 +24,7 @@ from agent_rollout.analysis.prometheus import (
 from agent_rollout.analysis.templates import (
     Block,
     BlockValues,
+    Pair,
     candidate_requests_query,
     gate_queries,
     template_read,
@@ -224,7 +225,9 @@ class FakeGateway:
         answer: float | None = await self._answer(promql)
         return answer
 
-    async def block(self, block: Block, max_age: float | None = None) -> BlockValues:
+    async def block(
+        self, block: Block, max_age: float | None = None, keys: frozenset[Pair] | None = None
+    ) -> BlockValues:
         return await self._answer(block.promql) or {}
 
 

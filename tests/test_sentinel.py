@@ -11,7 +11,7 @@ import pytest
 
 from agent_rollout import api
 from agent_rollout.analysis.batch import BatchReader
-from agent_rollout.analysis.templates import Block, BlockValues
+from agent_rollout.analysis.templates import Block, BlockValues, Pair
 from agent_rollout.api import Phase, Weights
 from agent_rollout.domain import iso
 from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause
@@ -155,13 +155,15 @@ class SlowPrometheus(FakePrometheus):
         self.delay, self.holds = delay, holds
         self.release: asyncio.Event | None = None
 
-    async def block(self, block: Block, max_age: float | None = None) -> BlockValues:
+    async def block(
+        self, block: Block, max_age: float | None = None, keys: frozenset[Pair] | None = None
+    ) -> BlockValues:
         if block.promql.startswith(self.holds):
             assert self.release is not None
             await self.release.wait()
             return {}
         await asyncio.sleep(self.delay)
-        return await super().block(block, max_age)
+        return await super().block(block, max_age, keys)
 
 
 def test_waiting_on_prometheus_is_not_time_the_sweep_keeps_the_event_loop_busy() -> None:

@@ -460,8 +460,9 @@ class Reconciler:
         gateway = self._gateway(spec.analysis)
         try:
             judged = spec.model_copy(update={"analysis": shadow.judged_analysis(spec, status)})
+            windows = gate_windows(spec, status, now)
             gates = await measure_gates(
-                _with_windows(judged, gate_windows(spec, status, now)), namespace, gateway
+                _with_windows(judged, windows), namespace, gateway, clamped=_clamped(judged, windows)
             )
             requests, milestone = None, None
             step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
@@ -629,6 +630,18 @@ def decision_line(namespace: str, name: str, decision: api.Decision) -> str:
     """The decision as one JSON object: the history entry's wire form, with the rollout it belongs to."""
     body = {"kind": "Decision", "namespace": namespace, "agentrollout": name, **api.dump(decision)}
     return json.dumps(body, separators=(",", ":"), sort_keys=False)
+
+
+def _clamped(spec: api.AgentRolloutSpec, windows: Mapping[str, int | None]) -> frozenset[str]:
+    """The gates measured over less than their window (a young step's): read focused."""
+    if spec.analysis is None:
+        return frozenset()
+    return frozenset(
+        g.name
+        for g in spec.analysis.gates
+        if (seconds := windows.get(g.name, -1)) is not None
+        and seconds not in (-1, int(api.duration_seconds(g.window)))
+    )
 
 
 def _with_windows(spec: api.AgentRolloutSpec, windows: Mapping[str, int | None]) -> api.AgentRolloutSpec:

@@ -28,6 +28,7 @@ from agent_rollout.analysis.prometheus import MetricsSource, PrometheusError
 from agent_rollout.analysis.templates import (
     Block,
     BlockValues,
+    Pair,
     TemplateError,
     TemplateRead,
     template_read,
@@ -221,28 +222,46 @@ class Sentinel:
                     started, failures = None, ()
                     anchors = _anchors(watched, started, failures)
                 alike.setdefault(anchors, (started, failures, []))[2].append(watched)
+            # The pairs each read is needed for when every reader's window is clamped (a young step:
+            # read focused, Block.focused); None once any reader needs it whole.
+            focus: dict[tuple[int, TemplateRead], set[Pair] | None] = {}
             for anchors, (started, failures, group) in alike.items():
                 first = group[0]
                 reads, all_full = self._reads(first, started, failures, now)
                 if all_full and (started, failures) != (None, ()):
                     full[anchors] = first.analysis
-                for gate, read in reads:
-                    members = readers.setdefault((id(first.source), read), (first.source, []))[1]
+                for gate, read, clamped in reads:
+                    at = (id(first.source), read)
+                    members = readers.setdefault(at, (first.source, []))[1]
                     members.extend((watched, gate) for watched in group)
+                    pairs = focus.setdefault(at, set()) if clamped else None
+                    if pairs is None:
+                        focus[at] = None
+                    else:
+                        pairs.update((w.key[0], w.candidate) for w in group)
             # Full stays full as time passes (a new step or failure comes with new anchors); only the
             # anchors of rollouts still watched are kept.
             self._full = full
-            wanted: dict[tuple[int, Block], MetricsSource] = {}  # ordered: blocks in plan order
+            # Ordered: blocks in plan order, each with its source and the pairs it is read for.
+            wanted: dict[tuple[int, Block], tuple[MetricsSource, set[Pair] | None]] = {}
             for (source_id, read), (source, _) in readers.items():
+                pairs = focus[(source_id, read)]
                 for block in read.blocks:
-                    wanted.setdefault((source_id, block), source)
+                    _, before = wanted.setdefault((source_id, block), (source, pairs and set(pairs)))
+                    if before is not None and pairs is not None:
+                        before.update(pairs)
+                    elif before is not None:
+                        wanted[(source_id, block)] = (source, None)
             loop = asyncio.get_running_loop()
             # Answers from before the last sweep would make this one see nothing new: half a period
             # old at most (the reader's TTL, 1 s, let a sweep started a hair under a second after the
             # last one reuse its answers, and see a breach a period late).
             fresh = self.period / 2
             tasks = {
-                loop.create_task(source.block(key[1], max_age=fresh)): key for key, source in wanted.items()
+                loop.create_task(
+                    source.block(key[1], max_age=fresh, keys=None if pairs is None else frozenset(pairs))
+                ): key
+                for key, (source, pairs) in wanted.items()
             }
         vectors: dict[int, dict[Block, BlockValues]] = {}
         failed: set[tuple[int, Block]] = set()
@@ -321,11 +340,13 @@ class Sentinel:
         step_started_at: str | None,
         last_failure_at: _Failures,
         now: datetime,
-    ) -> tuple[list[tuple[api.Gate, TemplateRead]], bool]:
-        """The watched gates' reads at `now` from these anchors, and whether every window is full."""
+    ) -> tuple[list[tuple[api.Gate, TemplateRead, bool]], bool]:
+        """The watched gates' reads at `now` from these anchors, each with whether its window is
+        clamped (shorter than the gate's), and whether every window is full."""
         analysis = watched.analysis
         windows = analysis_windows(analysis, step_started_at, dict(last_failure_at), now)
-        all_full = windows == analysis_windows(analysis, None, {}, now)
+        whole = analysis_windows(analysis, None, {}, now)
+        all_full = windows == whole
         reads = []
         for gate in analysis.gates:
             seconds = windows.get(gate.name)
@@ -337,6 +358,7 @@ class Sentinel:
                     (
                         gate,
                         template_read(gate.template, analysis.metrics, window=window, quantile=gate.quantile),
+                        seconds != whole.get(gate.name),
                     )
                 )
             except TemplateError:

@@ -10,6 +10,10 @@ them. A BatchReader (one per Prometheus URL) makes that one HTTP query per block
 - single flight: concurrent reads of one block share one in-flight query; a failed query is not
   cached, and raises (PrometheusUnavailable) for every rollout that waited on it, and only for them.
 
+A block a few rollouts need (a window clamped to a young step) is read focused (`read_focused`): only
+the series of the namespaces and versions that need it, one query for every reader that asks within
+GATHER seconds, answers kept like the block's and reused by any reader whose pairs they cover.
+
 The reader runs on the event loop and never blocks it: the query itself is the caller's `fetch`
 (PrometheusGateway runs it in its thread pool, bounded by its timeout), and each caller waits at
 most its own timeout, without cancelling a query others wait on.
@@ -22,15 +26,33 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from agent_rollout.analysis.templates import Block, BlockValues
+from agent_rollout.analysis.templates import Block, BlockValues, Pair
 
 DEFAULT_TTL = 1.0  # seconds
+# How long a focused read waits for others of the same block before its query is sent: the reconciles
+# a sweep wakes, and those the workers run side by side, ask within milliseconds of each other.
+GATHER = 0.02  # seconds
 
 
 @dataclass
 class _Entry:
     sent: float  # when its query was sent: the answer is at least this old
     values: BlockValues
+
+
+@dataclass
+class _Focused:
+    """One focused query of a block: gathering readers (not sent), in flight, or answered."""
+
+    keys: set[Pair]  # the pairs it asks for: a reader of any of them may use its answer
+    task: asyncio.Task[BlockValues]
+    sent: float | None = None  # None while it gathers readers
+    values: BlockValues | None = None  # once answered
+
+
+def _retrieve(task: asyncio.Task[BlockValues]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class BatchReader:
@@ -41,10 +63,12 @@ class BatchReader:
         ttl: float = DEFAULT_TTL,
         clock: Callable[[], float] = time.monotonic,
         longest: float | None = None,
+        gather: float = GATHER,
     ) -> None:
         if not ttl >= 0:
             raise ValueError(f"ttl must be >= 0 seconds, got {ttl!r}")
         self.ttl = ttl
+        self.gather = gather
         # The oldest answer a reader that asks for older ones (read's max_age) may get; by default
         # none older than ttl.
         self.longest = ttl if longest is None else max(ttl, longest)
@@ -52,6 +76,7 @@ class BatchReader:
         self._cache: dict[Block, _Entry] = {}
         self._in_flight: dict[Block, asyncio.Task[BlockValues]] = {}
         self._keep = ttl  # how long answers are kept: the longest max_age any reader asked for
+        self._focused: dict[Block, list[_Focused]] = {}  # gathering, in flight and answered, newest last
         self.fetches = 0  # queries started, for tests and benchmarks
 
     async def read(
@@ -78,6 +103,75 @@ class BatchReader:
             task = self._start(block, fetch)
         # shield: a caller that times out or is cancelled must not cancel the query others wait on.
         return await asyncio.wait_for(asyncio.shield(task), timeout)
+
+    async def read_focused(
+        self,
+        block: Block,
+        keys: frozenset[Pair],
+        fetch: Callable[[frozenset[Pair]], Awaitable[BlockValues]],
+        timeout: float,
+        max_age: float | None = None,
+    ) -> BlockValues:
+        """The block's values for at least the pairs `keys`: from an answer of the whole block or of a
+        focused query that covers them, from a query in flight that does, or from a new query
+        `fetch(pairs)` for these pairs and those of every other reader within GATHER seconds."""
+        max_age = self.ttl if max_age is None else min(max_age, self.longest)
+        self._keep = max(self._keep, max_age)
+        now = self._clock()
+        whole = self._cache.get(block)
+        if whole is not None and now - whole.sent < max_age:
+            return whole.values
+        flying = self._in_flight.get(block)
+        if flying is not None and flying.get_loop() is asyncio.get_running_loop():
+            return await asyncio.wait_for(asyncio.shield(flying), timeout)
+        loop = asyncio.get_running_loop()
+        focused = [
+            q for q in self._focused.get(block, ()) if q.values is not None or q.task.get_loop() is loop
+        ]
+        for query in reversed(focused):  # newest first: an answer, or a query in flight, that covers them
+            if query.sent is None or not keys <= query.keys:
+                continue
+            if query.values is not None:
+                if now - query.sent < max_age:
+                    return query.values
+            else:
+                return await asyncio.wait_for(asyncio.shield(query.task), timeout)
+        gathering = focused[-1] if focused and focused[-1].sent is None else None
+        if gathering is None:
+            task = loop.create_task(
+                self._gather_and_query(block, fetch), name=f"prometheus focused {block.promql}"
+            )
+            task.add_done_callback(_retrieve)  # waiters that gave up must not leave it "never retrieved"
+            gathering = _Focused(set(keys), task)
+            focused.append(gathering)
+        else:
+            gathering.keys |= keys
+        self._focused[block] = focused
+        return await asyncio.wait_for(asyncio.shield(gathering.task), timeout)
+
+    async def _gather_and_query(
+        self, block: Block, fetch: Callable[[frozenset[Pair]], Awaitable[BlockValues]]
+    ) -> BlockValues:
+        await asyncio.sleep(self.gather)
+        query = next(q for q in self._focused[block] if q.task is asyncio.current_task())
+        query.sent = self._clock()
+        self.fetches += 1
+        try:
+            query.values = await fetch(frozenset(query.keys))
+            return query.values
+        finally:
+            now = self._clock()
+            for each in list(self._focused):  # blocks nobody reads any more go with their answers
+                kept = [
+                    q
+                    for q in self._focused[each]
+                    if (q is not query or query.values is not None)  # a failed query is not kept
+                    and (q.sent is None or q.values is None or now - q.sent < self._keep)
+                ]
+                if kept:
+                    self._focused[each] = kept
+                else:
+                    del self._focused[each]
 
     def _start(self, block: Block, fetch: Callable[[], Awaitable[BlockValues]]) -> asyncio.Task[BlockValues]:
         sent = self._clock()  # from when the query is sent: the answer is that old at least

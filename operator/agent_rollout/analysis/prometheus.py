@@ -26,7 +26,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
@@ -42,6 +42,7 @@ from agent_rollout.analysis.templates import (
     Block,
     BlockValues,
     GateQueries,
+    Pair,
     TemplateError,
     TemplateRead,
     candidate_requests_query,
@@ -67,6 +68,11 @@ T = TypeVar("T")
 # Shared by every rollout: the number of Prometheus queries in flight is bounded process-wide.
 _EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prometheus-query")
 _MESSAGE_LIMIT = 300
+# Queries longer than this many characters are sent as a POST form, not in the URL.
+LONG_QUERY = 2048
+# A focused read names at most this many (namespace, version) pairs; more read the whole block, which
+# every reader shares (a regex of thousands of versions costs Prometheus what the whole block does).
+FOCUS_LIMIT = 2000
 
 
 class PrometheusError(Exception):
@@ -96,7 +102,9 @@ class QueryRejected(PrometheusError):
 class MetricsSource(Protocol):
     async def scalar(self, promql: str) -> float | None: ...
 
-    async def block(self, block: Block, max_age: float | None = None) -> BlockValues: ...
+    async def block(
+        self, block: Block, max_age: float | None = None, keys: frozenset[Pair] | None = None
+    ) -> BlockValues: ...
 
 
 class QueryChecker(Protocol):
@@ -132,10 +140,13 @@ def api_get(url: str, endpoint: str, promql: str, timeout: float) -> Any:
     PrometheusUnavailable for everything else. Blocking: call it from a worker thread.
     """
     try:
-        # `timeout` goes to requests as connect and read timeout.
-        response = prometheus_session(url).get(
-            f"{url.rstrip('/')}{endpoint}", params={"query": promql}, timeout=timeout
-        )
+        # `timeout` goes to requests as connect and read timeout. A long query (a focused block names
+        # hundreds of versions) goes in a POST body: URLs that long are refused by many proxies.
+        session, target = prometheus_session(url), f"{url.rstrip('/')}{endpoint}"
+        if len(promql) > LONG_QUERY:
+            response = session.post(target, data={"query": promql}, timeout=timeout)
+        else:
+            response = session.get(target, params={"query": promql}, timeout=timeout)
     except requests.RequestException as error:
         raise PrometheusUnavailable(f"{url}: {_short(error)}") from error
     try:
@@ -247,11 +258,23 @@ class PrometheusGateway:
         refuses the query, PrometheusUnavailable for any other failure."""
         return await self._run(promql, parse_scalar)
 
-    async def block(self, block: Block, max_age: float | None = None) -> BlockValues:
+    async def block(
+        self, block: Block, max_age: float | None = None, keys: frozenset[Pair] | None = None
+    ) -> BlockValues:
         """A building block's values by (namespace, version), shared through the reader; an answer
-        up to `max_age` seconds old will do (default: the reader's ttl)."""
+        up to `max_age` seconds old will do (default: the reader's ttl). With `keys`, only those pairs
+        are needed (Block.focused): what a window shorter than the gate's asks of Prometheus."""
         parse = functools.partial(parse_vector, labels=(block.namespace_label, block.version_label))
         try:
+            if keys is not None and len(keys) <= FOCUS_LIMIT:
+
+                async def focused(pairs: frozenset[Pair]) -> BlockValues:
+                    try:
+                        return await self._run(block.focused(pairs), parse)
+                    except QueryRejected as e:  # named by the block's query, as the spec's gate knows it
+                        raise QueryRejected(e.reason, query=block.promql) from e
+
+                return await self.reader.read_focused(block, keys, focused, self.timeout, max_age=max_age)
             return await self.reader.read(
                 block, lambda: self._run(block.promql, parse), self.timeout, max_age=max_age
             )
@@ -401,14 +424,16 @@ def _name_the_gate(
 
 
 async def measure_gates(
-    spec: AgentRolloutSpec, namespace: str, gateway: MetricsSource
+    spec: AgentRolloutSpec, namespace: str, gateway: MetricsSource, clamped: Collection[str] = ()
 ) -> tuple[GateResult, ...]:
     """Measure and evaluate every gate. Raises QueryRejected (naming the first gate whose query it is)
     when Prometheus refuses a query, else PrometheusUnavailable if any query it needs fails.
 
     Template gates take their two series out of shared building blocks; custom gates send their own
     queries, identical ones once. Everything is awaited concurrently. A gate that cannot be rendered
-    is Inconclusive with the reason, not an error for the others.
+    is Inconclusive with the reason, not an error for the others. The blocks of `clamped` gates (a
+    window cut short by a young step, planner.gate_windows) are read focused on this rollout's series:
+    few rollouts share such a window, and the whole fleet's series of it are not worth a query.
     """
     analysis = spec.analysis
     if analysis is None:
@@ -420,13 +445,22 @@ async def measure_gates(
         except TemplateError as error:
             plans.append(error)
 
-    blocks: dict[Block, None] = {}  # ordered sets
+    legacy_version, candidate_version = version_values(spec)
+    # Ordered: each block with the pairs it is read for, None when it is read whole.
+    blocks: dict[Block, frozenset[Pair] | None] = {}
     queries: dict[str, None] = {}
-    for plan in plans:
+    for gate, plan in zip(analysis.gates, plans, strict=True):
         if isinstance(plan, TemplateError):
             continue
         if plan.read is not None:
-            blocks.update(dict.fromkeys(plan.blocks))
+            pairs = {(namespace, candidate_version)}
+            if gate.compare is not None and plan.floor is None:
+                pairs.add((namespace, legacy_version))
+            for block in plan.blocks:
+                if gate.name not in clamped or (block in blocks and blocks[block] is None):
+                    blocks[block] = None
+                else:
+                    blocks[block] = frozenset(pairs | (blocks.get(block) or set()))
         for side in (plan.candidate, plan.legacy):
             if side is not None:
                 queries.update(dict.fromkeys(q for q in (side.value, side.samples) if q))
@@ -436,13 +470,15 @@ async def measure_gates(
     max_age = duration_seconds(analysis.interval) / 6
     try:
         answers = await _gather_all(
-            [*(gateway.block(b, max_age=max_age) for b in blocks), *(gateway.scalar(q) for q in queries)]
+            [
+                *(gateway.block(b, max_age=max_age, keys=keys) for b, keys in blocks.items()),
+                *(gateway.scalar(q) for q in queries),
+            ]
         )
     except QueryRejected as rejected:
         raise _name_the_gate(rejected, analysis.gates, plans) from rejected
     vectors = {b: cast(BlockValues, a) for b, a in zip(blocks, answers[: len(blocks)], strict=True)}
     values = {q: cast(float | None, a) for q, a in zip(queries, answers[len(blocks) :], strict=True)}
-    legacy_version, candidate_version = version_values(spec)
 
     def get(query: str | None) -> float | None:
         return values[query] if query else None

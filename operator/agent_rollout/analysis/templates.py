@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent_rollout.api import (
@@ -218,19 +218,49 @@ def template_queries(
     return GateQueries(f"{numerator} / {samples}", samples)
 
 
+# Where a focused read's label matchers go in Block.pattern: a character no PromQL text holds.
+FOCUS = "\x00"
+# RE2 metacharacters: a label value inside a regex matcher is escaped to match only itself.
+_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+Pair = tuple[str, str]  # (namespace, version)
+BlockValues = Mapping[Pair, float]  # (namespace, version) -> value
+
+
+def regex_literal(text: str) -> str:
+    """`text` as an RE2 regex that matches exactly it (Prometheus anchors label regexes)."""
+    return "".join("\\" + ch if ch in _REGEX_SPECIAL else ch for ch in text)
+
+
 @dataclass(frozen=True)
 class Block:
     """A building-block instant vector with one series per (namespace, version) Prometheus knows.
 
     The query text holds everything that tells two blocks apart (metric names, label names, window,
-    quantile), so equal blocks are one query, whichever rollouts need them."""
+    quantile), so equal blocks are one query, whichever rollouts need them. `pattern` is the same
+    query with FOCUS where each selector's matchers end: `focused` narrows it to some rollouts."""
 
     promql: str
     namespace_label: str
     version_label: str
+    pattern: str = field(default="", compare=False)
 
-
-BlockValues = Mapping[tuple[str, str], float]  # (namespace, version) -> value
+    def focused(self, keys: Iterable[Pair]) -> str:
+        """The block's query for only these (namespace, version) pairs, give or take: the series of
+        every namespace and version named, a superset of the pairs that each reader picks from. A
+        window shorter than the gate's (a young step's) is needed by the few rollouts whose step is
+        that young, and over the whole fleet one such block cost Prometheus as much as the full one:
+        at 10,000 rollouts, 1.1 s for a counter and 3 s for the latency histogram, one per window."""
+        if not self.pattern:
+            return self.promql
+        pairs = set(keys)
+        namespaces = "|".join(sorted(regex_literal(ns) for ns, _ in pairs))
+        versions = "|".join(sorted(regex_literal(v) for _, v in pairs))
+        matchers = (
+            f'{self.namespace_label}=~"{promql_escape(namespaces)}",'
+            f'{self.version_label}=~"{promql_escape(versions)}"'
+        )
+        return self.pattern.replace(FOCUS, matchers)
 
 
 @dataclass(frozen=True)
@@ -311,15 +341,19 @@ def _read(recipe: _Recipe, metrics: MetricNames, window: str, quantile: float) -
     ns, ver = _label(metrics.namespace_label), _label(metrics.version_label)
     w = _seconds_or_millis(_millis(window))  # one spelling: 2m and 120s are one block
 
+    def rendered(query: str) -> Block:
+        plain = query.replace("{" + FOCUS + "}", "").replace("," + FOCUS, "")
+        return Block(plain, ns, ver, query)
+
     def block(counter: _Increase) -> Block:
-        matchers = f"{{{counter.matcher}}}" if counter.matcher else ""
-        return Block(f"sum by ({ns}, {ver}) (increase({counter.metric}{matchers}[{w}]))", ns, ver)
+        matchers = f"{{{counter.matcher},{FOCUS}}}" if counter.matcher else f"{{{FOCUS}}}"
+        return rendered(f"sum by ({ns}, {ver}) (increase({counter.metric}{matchers}[{w}]))")
 
     samples = block(recipe.denominator)
     if recipe.numerator is None:
-        rate = f"rate({metrics.duration_histogram}_bucket[{w}])"
+        rate = f"rate({metrics.duration_histogram}_bucket{{{FOCUS}}}[{w}])"
         by_version = f"sum by (le, {ns}, {ver}) ({rate})"
-        return TemplateRead(samples, Block(f"histogram_quantile({quantile!r}, {by_version})", ns, ver))
+        return TemplateRead(samples, rendered(f"histogram_quantile({quantile!r}, {by_version})"))
     return TemplateRead(samples, block(recipe.numerator), samples, recipe.sparse, recipe.factor)
 
 
