@@ -177,7 +177,7 @@ class FakePrometheus(PrometheusGateway):
             raise PrometheusUnavailable(self.down)
         # A focused block (Block.focused) is answered as Prometheus would: the whole block's series
         # that its two regex matchers select.
-        plain, selects = _unfocused(promql)
+        plain, selects = unfocused(promql)
         reply = self.answer(plain) if callable(self.answer) else self.answer[plain]
         if reply is None:
             return parse([])
@@ -191,7 +191,7 @@ class FakePrometheus(PrometheusGateway):
 _FOCUS_MATCHERS = re.compile(r',?(\w+)=~"((?:[^"\\]|\\.)*)",(\w+)=~"((?:[^"\\]|\\.)*)"')
 
 
-def _unfocused(promql: str) -> tuple[str, Callable[[Mapping[str, str]], bool]]:
+def unfocused(promql: str) -> tuple[str, Callable[[Mapping[str, str]], bool]]:
     """The whole block's query of a focused one, and which series its matchers keep."""
     found = _FOCUS_MATCHERS.search(promql)
     if found is None:

@@ -52,18 +52,26 @@ class FakePrometheusServer:
         self.format_query: Responder | None = None
         self.queries: list[str] = []  # every query received, in order (list.append is thread-safe)
         self.paths: list[str] = []  # the path of each of those requests
+        self.methods: list[str] = []  # and its method
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 url = urlparse(self.path)
-                query = parse_qs(url.query).get("query", [""])[0]
+                self._answer(url.path, parse_qs(url.query).get("query", [""])[0], "GET")
+
+            def do_POST(self) -> None:  # a long query comes as a form, as Prometheus also accepts
+                form = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+                self._answer(urlparse(self.path).path, parse_qs(form).get("query", [""])[0], "POST")
+
+            def _answer(self, path: str, query: str, method: str) -> None:
                 fake.queries.append(query)
-                fake.paths.append(url.path)
+                fake.paths.append(path)
+                fake.methods.append(method)
                 status, body, delay = 404, {}, 0.0
-                if url.path == "/api/v1/query":
+                if path == "/api/v1/query":
                     status, body, delay = fake.respond(query)
-                elif url.path == "/api/v1/format_query" and fake.format_query is not None:
+                elif path == "/api/v1/format_query" and fake.format_query is not None:
                     status, body, delay = fake.format_query(query)
                 time.sleep(delay)
                 payload = json.dumps(body).encode()

@@ -12,6 +12,7 @@ from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway, PrometheusUnavailable, measure_gates
 from agent_rollout.analysis.templates import Block, BlockValues, template_read
 from agent_rollout.api import AgentRolloutSpec, GateResult, MetricNames, Template, Verdict, parse_spec
+from tests.fakes import unfocused
 from tests.prometheus_http import FakePrometheusServer, loop_ticks_during, series
 
 GATES: list[dict[str, Any]] = [
@@ -78,8 +79,9 @@ def serve(
     def respond(query: str) -> tuple[int, Any, float]:
         if query == fail:
             return 500, {"status": "error", "error": "boom"}, delay
-        vector = answers[query]
-        return 200, series(*(({"namespace": ns, "version": v}, x) for (ns, v), x in vector.items())), delay
+        plain, selects = unfocused(query)  # a focused block: the whole one's series it selects
+        labelled = (({"namespace": ns, "version": v}, x) for (ns, v), x in answers[plain].items())
+        return 200, series(*((labels, x) for labels, x in labelled if selects(labels))), delay
 
     prometheus.respond = respond
 
@@ -242,3 +244,116 @@ def test_a_reader_that_accepts_older_answers_gets_them_up_to_the_readers_longest
         assert fetched == [0.0, 3.0, 30.0]
 
     asyncio.run(scenario())
+
+
+def focused_pairs(promql: str) -> set[tuple[str, str]]:
+    """The (namespace, version) pairs a focused query selects among this file's rollouts."""
+    _, selects = unfocused(promql)
+    return {
+        (namespace(i), v)
+        for i in range(ROLLOUTS)
+        for v in (f"agent-{i}", "rules")
+        if selects({"namespace": namespace(i), "version": v})
+    }
+
+
+def test_focused_reads_within_the_gather_time_are_one_query_for_all_their_pairs() -> None:
+    now = [0.0]
+    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0)
+    block = blocks(Template.ERROR_RATE)[0]
+    fetched: list[frozenset[tuple[str, str]]] = []
+    fail = [False]
+
+    async def fetch(pairs: frozenset[tuple[str, str]]) -> BlockValues:
+        fetched.append(pairs)
+        if fail[0]:
+            raise PrometheusUnavailable("boom")
+        return {pair: float(len(fetched)) for pair in pairs}
+
+    async def read(*pairs: tuple[str, str], max_age: float = 5.0) -> BlockValues:
+        return await reader.read_focused(block, frozenset(pairs), fetch, timeout=1.0, max_age=max_age)
+
+    a, b, c = ("team-1", "agent-1"), ("team-2", "agent-2"), ("team-3", "agent-3")
+
+    async def scenario() -> None:
+        first = await asyncio.gather(read(a), read(b), read(a, c))
+        assert fetched == [frozenset({a, b, c})]  # one query for the three readers
+        assert all(answer[a] == 1.0 for answer in (first[0], first[2])) and first[1][b] == 1.0
+        now[0] = 3.0
+        assert (await read(c))[c] == 1.0 and len(fetched) == 1  # covered by that answer, 3 s old
+        assert (await read(c, max_age=1.0))[c] == 2.0  # too old for this reader
+        assert (await read(("team-4", "agent-4")))[("team-4", "agent-4")] == 3.0  # not covered: asked
+        assert len(fetched) == 3
+
+        fail[0] = True
+        now[0] = 20.0
+        failed = await asyncio.gather(read(a), read(b), return_exceptions=True)
+        assert all(isinstance(e, PrometheusUnavailable) for e in failed) and len(fetched) == 4
+        fail[0] = False
+        assert (await read(a))[a] == 5.0  # the failure was not kept
+
+        # An answer of the whole block covers every pair: no focused query.
+        async def whole() -> BlockValues:
+            return {a: 9.0, b: 9.0}
+
+        now[0] = 40.0
+        await reader.read(block, whole, timeout=1.0)
+        assert (await read(b))[b] == 9.0 and len(fetched) == 5
+
+    asyncio.run(scenario())
+
+
+def test_a_young_steps_window_is_read_for_its_rollouts_only_the_full_window_for_the_fleet(
+    prometheus: FakePrometheusServer,
+) -> None:
+    """Rollouts whose step is younger than the gates' window (planner.gate_windows clamps it) share
+    one focused query per block, naming only their own series; the others read the whole block."""
+    full, young = data(), {i for i in range(ROLLOUTS) if i % 4 == 0}
+    short = {
+        b.promql: b
+        for g in GATES
+        for b in template_read(Template(g["template"]), MetricNames(), window="30s").blocks
+    }
+    answers = {**full, **{promql: full[_two_minutes(promql)] for promql in short}}
+    serve(prometheus, answers)
+    gateway = PrometheusGateway(prometheus.url, timeout=5.0, reader=BatchReader(ttl=1.0))
+    clamped = frozenset(g["name"] for g in GATES)
+
+    async def measure_all_now() -> list[tuple[GateResult, ...]]:
+        return await asyncio.gather(
+            *(
+                measure_gates(
+                    spec(i, [{**g, "window": "30s"} for g in GATES]), namespace(i), gateway, clamped
+                )
+                if i in young
+                else measure_gates(spec(i), namespace(i), gateway)
+                for i in range(ROLLOUTS)
+            )
+        )
+
+    results = asyncio.run(measure_all_now())
+
+    for i, gates in enumerate(results):
+        assert {g.name: g.value for g in gates} == expected(i, answers)  # the same numbers either way
+    focused = [q for q in prometheus.queries if q not in ALL_BLOCKS]
+    assert sorted(q for q in prometheus.queries if q in ALL_BLOCKS) == sorted(ALL_BLOCKS)
+    assert len(focused) == len(short)  # one per block, shared by the 10 young rollouts
+    for query in focused:
+        pairs = focused_pairs(query)
+        assert {ns for ns, _ in pairs} == {namespace(i) for i in young}
+        assert {(ns, v) for ns, v in pairs if v != "rules"} == {(namespace(i), f"agent-{i}") for i in young}
+
+
+def _two_minutes(promql: str) -> str:
+    return promql.replace("[30s]", "[120s]")
+
+
+def test_a_focused_query_too_long_for_a_url_goes_as_a_form(prometheus: FakePrometheusServer) -> None:
+    serve(prometheus, {REQUESTS.promql: {(f"ns-{i}", f"agent-{i}"): float(i) for i in range(300)}})
+    gateway = PrometheusGateway(prometheus.url, timeout=5.0, reader=BatchReader(ttl=0))
+    pairs = frozenset((f"ns-{i}", f"agent-{i}") for i in range(0, 300, 2))
+
+    answer = asyncio.run(gateway.block(REQUESTS, keys=pairs))
+
+    assert prometheus.methods == ["POST"] and len(prometheus.queries[0]) > 2048
+    assert set(answer) == pairs and answer[("ns-4", "agent-4")] == 4.0
