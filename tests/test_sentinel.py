@@ -11,11 +11,14 @@ import pytest
 
 from agent_rollout import api
 from agent_rollout.analysis.batch import BatchReader
+from agent_rollout.analysis.prometheus import measure_gates
 from agent_rollout.analysis.templates import Block, BlockValues, Pair
 from agent_rollout.api import Phase, Weights
 from agent_rollout.domain import iso
+from agent_rollout.planner import gate_windows
+from agent_rollout.reconcile import _clamped, _with_windows
 from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause
-from tests.fakes import FakeClock, FakePrometheus
+from tests.fakes import FakeClock, FakePrometheus, unfocused
 from tests.test_reconcile import Metrics, rollout_body
 
 STEPS = [{"setWeight": 5}, {"pause": {"duration": "1h"}}]
@@ -226,3 +229,55 @@ def test_a_watched_rollout_still_wakes_after_the_others_with_its_analysis_left()
     sentinel.update(("support", "b"), _spec(), _status(clock, candidate=0), prometheus)  # not watched now
     metrics.error_rate = 0.5
     assert _sweep(sentinel) == 1  # c, on the analysis it shared with a and b
+
+
+def test_young_steps_are_read_focused_and_the_evaluation_they_wake_reuses_the_answer() -> None:
+    """A step younger than the gate's window is judged on a shorter one (planner.gate_windows): only the
+    rollouts in such steps need that window, so the sweep reads it for their series only; the woken
+    rollout's evaluation, a moment later, finds its series in that answer and asks Prometheus nothing."""
+    clock = FakeClock()
+    young, breached = {f"team-{i}" for i in range(0, 20, 2)}, "team-4"
+
+    def answer(promql: str) -> list[tuple[dict[str, str], float]]:
+        errors = "error_type" in promql
+        return [
+            (
+                {"namespace": f"team-{i}", "version": f"agent-{i}"},
+                (500.0 if f"team-{i}" == breached else 1.0) if errors else 1000.0,
+            )
+            for i in range(20)
+        ]
+
+    prometheus = FakePrometheus(answer)
+    prometheus.reader = BatchReader(ttl=1.0, longest=5.0, gather=0, clock=lambda: 100.0)
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, wake=woken.append)
+    specs = {}
+    for i in range(20):
+        body = rollout_body(STEPS)
+        body["spec"]["candidate"]["deployment"] = f"agent-{i}"
+        specs[f"team-{i}"] = spec = api.parse_spec(body["spec"])
+        started_ago = 30 if f"team-{i}" in young else 600
+        sentinel.update((f"team-{i}", "r"), spec, _status(clock, started_ago=started_ago), prometheus)
+
+    assert _sweep(sentinel) == 1 and woken == [(breached, "r")]
+    whole = [q for q in prometheus.queries if "[120s]" in q]
+    focused = [q for q in prometheus.queries if "[30s]" in q]
+    assert len(whole) == 2 and len(focused) == 2 and len(prometheus.queries) == 4
+    assert all("namespace=~" not in q for q in whole)
+    for query in focused:
+        _, selects = unfocused(query)
+        chosen = {
+            f"team-{i}" for i in range(20) if selects({"namespace": f"team-{i}", "version": f"agent-{i}"})
+        }
+        assert chosen == young
+
+    async def evaluate() -> tuple[api.GateResult, ...]:
+        spec = specs[breached]
+        windows = gate_windows(spec, _status(clock, started_ago=30), clock.now)
+        gates = _with_windows(spec, windows)
+        return await measure_gates(gates, breached, prometheus, _clamped(spec, windows))
+
+    results = asyncio.run(evaluate())
+    assert len(prometheus.queries) == 4  # the sweep's answers: no query of its own
+    assert results[0].verdict is api.Verdict.FAIL and results[0].value == 0.5
