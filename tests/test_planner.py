@@ -157,11 +157,14 @@ def test_a_new_rollout_is_acknowledged_first_and_nothing_else_happens() -> None:
     assert (valid.status, valid.reason) == ("True", "Valid")
     assert p.requeue_after == 0.0
     assert p.status.history == []
+    # The small write every new rollout waits for: the readiness card comes with the next one.
+    assert p.status.readiness is None
 
 
 def test_first_valid_tick_after_the_acknowledgement_enters_step_zero() -> None:
     p = plan(make_spec(), acknowledged(make_spec()), observe(), T0)
     s = p.status
+    assert s.readiness is not None and s.readiness.stages  # the card the acknowledgement left out
     assert (s.phase, s.current_step, s.step_started_at, s.candidate_revision) == (
         Phase.PROGRESSING,
         0,

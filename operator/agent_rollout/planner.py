@@ -198,7 +198,9 @@ def plan(spec: AgentRolloutSpec | None, status: AgentRolloutStatus, obs: Observa
     request_weights(t, wanted_mirror(spec, t.st, t.obs) if not problems else None)
     set_traffic_condition(t, spec)
     set_completed_condition(t)
-    if spec is not None and not problems:
+    # The acknowledgement carries no readiness card (two thirds of its bytes): at 10,000 new rollouts
+    # it is the write every one of them waits for, and the step that follows at once writes the card.
+    if spec is not None and not problems and not (t.first_sight and t.st.phase is Phase.PENDING):
         t.st.readiness = _card(t.st, spec)
         _set_stages_condition(t, spec)
     t.st.message = status_message(t, spec, problems)
