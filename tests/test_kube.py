@@ -10,7 +10,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from agent_rollout.deletion import FINALIZER
-from agent_rollout.kube import OTHER, TRAFFIC, KubeClient, RateLimiter
+from agent_rollout.kube import OTHER, TRAFFIC, KubeClient, RateLimiter, Slots
 
 
 def test_throttled_call_is_retried_after_the_servers_retry_after() -> None:
@@ -172,3 +172,61 @@ def test_a_cancelled_wait_gives_its_turn_to_the_next_caller() -> None:
 
     asyncio.run(run())
     assert order == ["second"]
+
+
+def test_with_every_slot_taken_a_route_write_gets_the_next_one_before_waiting_status_writes() -> None:
+    # Without a client-side rate the slots are the queue: priority must hold there too.
+    order: list[str] = []
+
+    async def run() -> None:
+        slots = Slots(2)
+        await slots.acquire()
+        await slots.acquire()  # both in flight
+
+        async def call(name: str, priority: int) -> None:
+            await slots.acquire(priority)
+            order.append(name)
+            slots.release()
+
+        statuses = [asyncio.create_task(call(f"status-{i}", OTHER)) for i in range(3)]
+        await asyncio.sleep(0)
+        route = asyncio.create_task(call("route", TRAFFIC))
+        await asyncio.sleep(0)
+        assert order == []  # nothing runs while both slots are held
+        slots.release()
+        await asyncio.gather(route, *statuses)
+
+    asyncio.run(run())
+    assert order == ["route", "status-0", "status-1", "status-2"]
+
+
+def test_a_cancelled_slot_waiter_passes_its_slot_on() -> None:
+    async def run() -> list[str]:
+        slots, got = Slots(1), []
+        await slots.acquire()
+
+        async def call(name: str) -> None:
+            await slots.acquire()
+            got.append(name)
+
+        first, second = asyncio.create_task(call("first")), asyncio.create_task(call("second"))
+        await asyncio.sleep(0)
+        slots.release()  # handed to "first", which is cancelled before it runs
+        first.cancel()
+        await asyncio.gather(second)
+        return got
+
+    assert asyncio.run(run()) == ["second"]
+
+
+def test_a_qps_of_zero_sets_no_client_side_rate_and_calls_still_go_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENT_ROLLOUT_KUBE_QPS", "0")
+    client = KubeClient(kubernetes.client.ApiClient(), pool_size=2)
+
+    async def many() -> list[int]:
+        return await asyncio.gather(*(client._run(lambda i=i: i) for i in range(50)))
+
+    assert asyncio.run(many()) == list(range(50))
+    assert client._limiter is None

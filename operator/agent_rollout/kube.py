@@ -123,10 +123,48 @@ class RateLimiter:
             self._granting = None
 
 
+class Slots:
+    """At most `size` API calls in flight; waiting calls get a slot by priority, then first come first
+    served. Without a client-side rate (client_settings), this is the queue: the apiserver's own
+    priority and fairness paces the operator, and a rollback's route write still goes before every
+    status write waiting here (the thread pool's own queue is first in, first out)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"need at least one slot, got {size!r}")
+        self._free = size
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int = OTHER) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._order), waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot as it was cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, waiter = heapq.heappop(self._waiting)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 def client_settings() -> tuple[float, int]:
     """(qps, burst) of the decisions' writes (routes, status) from AGENT_ROLLOUT_KUBE_QPS /
     AGENT_ROLLOUT_KUBE_BURST; client-go's defaults are 5/10, far too few for thousands of rollouts, and
-    the apiserver's priority and fairness protects it (Flagger's defaults are 100/250)."""
+    the apiserver's priority and fairness protects it (Flagger's defaults are 100/250). A QPS of 0 or
+    less sets no client-side rate: the calls in flight (Slots) are the only bound, as SIG API
+    Machinery advises for apiservers with priority and fairness (controller-runtime's default since
+    v0.21)."""
     qps = float(os.environ.get("AGENT_ROLLOUT_KUBE_QPS", "100"))
     burst = int(os.environ.get("AGENT_ROLLOUT_KUBE_BURST", "200"))
     return qps, burst
@@ -156,7 +194,10 @@ class KubeClient:
         self._custom = kubernetes.client.CustomObjectsApi(client)
         self._core = kubernetes.client.CoreV1Api(client)
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="kube")
-        self._limiter = limiter or RateLimiter(*client_settings())
+        qps, burst = client_settings()
+        # No client-side rate when the QPS is 0 or less (client_settings): only the slots bound calls.
+        self._limiter = limiter or (RateLimiter(qps, burst) if qps > 0 else None)
+        self._slots = Slots(pool_size)
         self._event_limiter = RateLimiter(*event_settings())
         self._posting: set[asyncio.Task[None]] = set()
         self.events_dropped = 0
@@ -171,13 +212,18 @@ class KubeClient:
         """One API call in the thread pool, paced by the rate limiter, retried when the apiserver
         answers 429 (after its Retry-After, else with a doubling backoff)."""
         for attempt in range(MAX_THROTTLED_RETRIES + 1):
-            await self._limiter.acquire(priority)
+            await self._slots.acquire(priority)
             try:
+                if self._limiter is not None:
+                    await self._limiter.acquire(priority)
                 return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
             except ApiException as e:
                 if e.status != 429 or attempt == MAX_THROTTLED_RETRIES:
                     raise
-                await asyncio.sleep(_retry_after(e, attempt))
+                backoff = _retry_after(e, attempt)
+            finally:
+                self._slots.release()  # not held while it backs off
+            await asyncio.sleep(backoff)
         raise AssertionError("unreachable")
 
     async def patch_rollout_status(
