@@ -17,7 +17,7 @@ from agent_rollout.api import Phase, Weights
 from agent_rollout.domain import iso
 from agent_rollout.planner import gate_windows
 from agent_rollout.reconcile import _clamped, _with_windows
-from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause
+from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause, rest_after
 from tests.fakes import FakeClock, FakePrometheus, unfocused
 from tests.test_reconcile import Metrics, rollout_body
 
@@ -138,16 +138,18 @@ def test_sweeps_keep_their_period_while_cheap_and_stretch_when_expensive() -> No
 
 
 def test_only_time_busy_on_the_event_loop_stretches_the_period_by_its_share() -> None:
-    # 1.2 s waiting on Prometheus, 0.2 s of it measuring: 0.6 s later (was 3.6 s), by the wait share only.
-    assert next_pause(1.0, 1.2, busy=0.2) == pytest.approx(0.6)
+    # Waiting on Prometheus costs the loop nothing: a sweep that waited its whole period for a slow
+    # block is followed at once (the slow block is joined, not asked again).
+    assert next_pause(1.0, 1.0, busy=0.2) == pytest.approx(0.0)
     assert next_pause(1.0, 0.3, busy=0.1) == pytest.approx(0.7)
-    assert next_pause(1.0, 0.9, busy=0.1) == pytest.approx(0.1)  # waiting within the period: no stretch
+    assert next_pause(1.0, 0.9, busy=0.1) == pytest.approx(0.1)
 
 
-def test_a_slow_prometheus_is_kept_busy_by_the_fast_check_at_most_two_thirds_of_the_time() -> None:
-    # 9 s sweeps (a saturated Prometheus at 10,000 rollouts on 2 cores): not back to back.
-    assert next_pause(1.0, 9.0, busy=0.1) == pytest.approx(4.5)
-    assert next_pause(1.0, 3.0, busy=1.0) == pytest.approx(1.5)
+def test_a_block_slower_than_the_period_rests_so_prometheus_is_busy_with_it_two_thirds_of_the_time() -> None:
+    # 9 s queries (a saturated Prometheus at 10,000 rollouts on 2 cores): not back to back.
+    assert rest_after(1.0, 9.0) == pytest.approx(4.5)
+    assert rest_after(1.0, 3.0) == pytest.approx(1.5)
+    assert rest_after(1.0, 0.8) == 0.0
 
 
 class SlowPrometheus(FakePrometheus):
@@ -157,10 +159,12 @@ class SlowPrometheus(FakePrometheus):
         super().__init__(metrics)
         self.delay, self.holds = delay, holds
         self.release: asyncio.Event | None = None
+        self.asked: list[str] = []  # every block read asked of it, held ones included
 
     async def block(
         self, block: Block, max_age: float | None = None, keys: frozenset[Pair] | None = None
     ) -> BlockValues:
+        self.asked.append(block.promql)
         if block.promql.startswith(self.holds):
             assert self.release is not None
             await self.release.wait()
@@ -281,3 +285,33 @@ def test_young_steps_are_read_focused_and_the_evaluation_they_wake_reuses_the_an
     results = asyncio.run(evaluate())
     assert len(prometheus.queries) == 4  # the sweep's answers: no query of its own
     assert results[0].verdict is api.Verdict.FAIL and results[0].value == 0.5
+
+
+def test_a_slow_block_is_waited_for_by_the_next_sweeps_while_the_fast_ones_are_asked_every_period() -> None:
+    """At 10,000 rollouts the latency histogram took ~3 s, the counters ~1 s: an error-rate breach
+    must not wait for the histogram's query to end before the next sweep asks for the counters."""
+    spec = rollout_body(STEPS)["spec"]
+    spec["analysis"]["gates"].append({"name": "p95", "template": "latencyQuantile", "max": 8, "window": "2m"})
+    metrics = Metrics()
+    prometheus = SlowPrometheus(metrics, holds="histogram_quantile")
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        prometheus.release = asyncio.Event()
+        woken: list[tuple[str, str]] = []
+        sentinel = Sentinel(clock=clock, period=0.05, wake=woken.append)
+        sentinel.update(("support", "a"), api.parse_spec(spec), _status(clock), prometheus)
+        for _ in range(3):
+            assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0  # each ends at its period
+        latency = [q for q in prometheus.asked if q.startswith("histogram_quantile")]
+        assert len(latency) == 1  # asked once, waited for by the sweeps that followed
+        assert len(prometheus.asked) - len(latency) == 3 * 2  # both counter blocks, every sweep
+
+        metrics.error_rate = 0.5  # a breach while the histogram is still held
+        assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 1 and woken == [("support", "a")]
+
+        prometheus.release.set()  # the held query answers; a later sweep measures it (nothing breached)
+        await asyncio.wait_for(sentinel.sweep(), timeout=5)
+        assert not sentinel._flying  # its answer was taken
+
+    asyncio.run(scenario())

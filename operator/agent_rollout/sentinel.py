@@ -64,22 +64,31 @@ class Watched:
 MAX_BUSY_SHARE = 0.25
 
 
-# A sweep slower than the period was waiting on a Prometheus that is busy: the next one waits half as
-# long again, so the fast check keeps it busy at most two thirds of the time. With the whole operator
-# at 10,000 rollouts on 2 cores, back-to-back sweeps (each ~8-10 s there) kept Prometheus saturated,
-# and every evaluation, the woken ones included, waited on it.
+# A block whose query took longer than the period was waiting on a busy Prometheus: it is not asked
+# again for half as long, so the fast check keeps Prometheus busy with it at most two thirds of the
+# time. With the whole operator at 10,000 rollouts on 2 cores, back-to-back queries of the latency
+# histogram (~3 s each there) kept Prometheus saturated, and every evaluation waited on it.
 MAX_WAIT_SHARE = 2 / 3
+
+
+def rest_after(period: float, took: float) -> float:
+    """Seconds a block whose query `took` that long is not asked again (MAX_WAIT_SHARE)."""
+    return took * (1 - MAX_WAIT_SHARE) / MAX_WAIT_SHARE if took > period else 0.0
 
 
 def next_pause(period: float, took: float, busy: float) -> float:
     """Seconds to wait before the next sweep: the period, stretched when the sweep's own CPU time on
-    the event loop (`busy`) would exceed MAX_BUSY_SHARE of a cycle, or when the sweep took longer than
-    the period (Prometheus is slow: MAX_WAIT_SHARE). A sweep that `took` long waiting on Prometheus
-    costs the loop nothing meanwhile but the GIL that decoding and parsing the answers hold in the
-    gateway's worker threads (about 0.05 s of CPU a sweep at 10,000 rollouts, e2e/bench/fast_check.py):
-    counting the wait as busy stretched a 1.2 s sweep into a 4.8 s cycle."""
-    slow = took * (1 - MAX_WAIT_SHARE) / MAX_WAIT_SHARE if took > period else 0.0
-    return max(period - took, busy / MAX_BUSY_SHARE - took, slow, 0.0)
+    the event loop (`busy`) would exceed MAX_BUSY_SHARE of a cycle. A sweep waits at most a period
+    for its blocks (a slower one is left in flight for the next sweeps, Sentinel._flying), and that
+    waiting costs the loop nothing but the GIL that decoding and parsing the answers hold in the
+    gateway's worker threads (about 0.05 s of CPU a sweep at 10,000 rollouts,
+    e2e/bench/fast_check.py): counting the wait as busy stretched a 1.2 s sweep into a 4.8 s cycle."""
+    return max(period - took, busy / MAX_BUSY_SHARE - took, 0.0)
+
+
+def _retrieved(task: asyncio.Task[BlockValues]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _LoopTime:
@@ -153,6 +162,11 @@ class Sentinel:
         # Anchors (_anchors) whose windows were all full at the last sweep, with their analysis object
         # (an id may be reused once its object is gone; the object itself tells).
         self._full: dict[tuple[object, ...], api.Analysis] = {}
+        # Block queries a sweep stopped waiting for (slower than a period): the next sweeps wait for
+        # them rather than asking again, while the faster blocks are asked every period. An error-rate
+        # breach at 10,000 rollouts waited for the latency histogram's 3 s queries before.
+        self._flying: dict[tuple[int, Block], asyncio.Task[BlockValues]] = {}
+        self._resting: dict[tuple[int, Block], float] = {}  # loop time before which it is not asked
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -257,19 +271,29 @@ class Sentinel:
             # old at most (the reader's TTL, 1 s, let a sweep started a hair under a second after the
             # last one reuse its answers, and see a breach a period late).
             fresh = self.period / 2
-            tasks = {
-                loop.create_task(
-                    source.block(key[1], max_age=fresh, keys=None if pairs is None else frozenset(pairs))
-                ): key
-                for key, (source, pairs) in wanted.items()
-            }
+            tasks: dict[asyncio.Task[BlockValues], tuple[int, Block]] = {}
+            for key, (source, pairs) in wanted.items():
+                task = self._flying.get(key)
+                if task is None and self._resting.get(key, 0.0) > loop.time():
+                    continue  # slow the last time: Prometheus gets a break; its reads wait for the next
+                if task is None:
+                    task = self._flying[key] = loop.create_task(self._query(key, source, pairs, fresh))
+                    task.add_done_callback(_retrieved)  # a failure nobody waits for any more is not news
+                tasks[task] = key
+            self._resting = {key: until for key, until in self._resting.items() if until > loop.time()}
+            for key in [k for k, t in self._flying.items() if t.done() and k not in wanted]:
+                del self._flying[key]  # an answer no watched rollout reads any more
         vectors: dict[int, dict[Block, BlockValues]] = {}
         failed: set[tuple[int, Block]] = set()
         woken: set[Key] = set()
         pending = set(tasks)
+        deadline = loop.time() + self.period
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            while pending and (left := deadline - loop.time()) > 0:
+                done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if self._flying.get(tasks[task]) is task:
+                        del self._flying[tasks[task]]
                 with busy:
                     # Every answer is taken, so no failed query is left "never retrieved".
                     unexpected = [e for t in done if (e := self._answered(t, tasks[t], vectors, failed))]
@@ -285,11 +309,28 @@ class Sentinel:
                     if any((source_id, b) in failed for b in read.blocks):
                         continue  # a block Prometheus cannot answer: the evaluation reports that
                     await self._measure(read, members, vectors[source_id], woken, busy)
+        except asyncio.CancelledError:
+            for task in list(self._flying.values()):
+                task.cancel()  # the operator stops: so does every query the sweeps left in flight
+            raise
         finally:
-            for task in pending:
-                task.cancel()  # the reader shields its queries: this only stops waiting for them
             self.breaches += len(woken)
         return len(woken)
+
+    async def _query(
+        self, key: tuple[int, Block], source: MetricsSource, pairs: set[Pair] | None, fresh: float
+    ) -> BlockValues:
+        """One block's query for this and, while it lasts, the next sweeps."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await source.block(key[1], max_age=fresh, keys=None if pairs is None else frozenset(pairs))
+        finally:  # it stays in _flying until a sweep takes its answer: none is lost between two sweeps
+            rest = rest_after(self.period, loop.time() - started)
+            if rest:
+                self._resting[key] = loop.time() + rest
+            else:
+                self._resting.pop(key, None)
 
     @staticmethod
     def _answered(
