@@ -128,7 +128,7 @@ class Observations:
     queries_unchecked: str | None = None
     # How stale the measured values in status.lastAnalysis may get while no verdict changes: the
     # operator's setting (AGENT_ROLLOUT_ANALYSIS_REFRESH), a write budget, not a rollout rule.
-    analysis_refresh: float = 300.0
+    analysis_refresh: float = 600.0
     # Incident alerts firing now that name this rollout (agentrollout + namespace labels).
     firing_alerts: tuple[FiringAlert, ...] = ()
     # The current evaluation step's Job (None: not an evaluation step, or not observed).
