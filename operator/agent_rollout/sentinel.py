@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent_rollout import api
+from agent_rollout.analysis.batch import retrieve_failure
 from agent_rollout.analysis.gates import breaches_hard_bound
 from agent_rollout.analysis.prometheus import MetricsSource, PrometheusError
 from agent_rollout.analysis.templates import (
@@ -84,11 +85,6 @@ def next_pause(period: float, took: float, busy: float) -> float:
     gateway's worker threads (about 0.05 s of CPU a sweep at 10,000 rollouts,
     e2e/bench/fast_check.py): counting the wait as busy stretched a 1.2 s sweep into a 4.8 s cycle."""
     return max(period - took, busy / MAX_BUSY_SHARE - took, 0.0)
-
-
-def _retrieved(task: asyncio.Task[BlockValues]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class _LoopTime:
@@ -278,7 +274,9 @@ class Sentinel:
                     continue  # slow the last time: Prometheus gets a break; its reads wait for the next
                 if task is None:
                     task = self._flying[key] = loop.create_task(self._query(key, source, pairs, fresh))
-                    task.add_done_callback(_retrieved)  # a failure nobody waits for any more is not news
+                    task.add_done_callback(
+                        retrieve_failure
+                    )  # a failure nobody waits for any more is not news
                 tasks[task] = key
             self._resting = {key: until for key, until in self._resting.items() if until > loop.time()}
             for key in [k for k, t in self._flying.items() if t.done() and k not in wanted]:

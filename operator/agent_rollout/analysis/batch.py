@@ -50,7 +50,8 @@ class _Focused:
     values: BlockValues | None = None  # once answered
 
 
-def _retrieve(task: asyncio.Task[BlockValues]) -> None:
+def retrieve_failure(task: asyncio.Task[BlockValues]) -> None:
+    """A done callback: a failed query nobody waits for any more is not logged as never retrieved."""
     if not task.cancelled():
         task.exception()
 
@@ -141,7 +142,9 @@ class BatchReader:
             task = loop.create_task(
                 self._gather_and_query(block, fetch), name=f"prometheus focused {block.promql}"
             )
-            task.add_done_callback(_retrieve)  # waiters that gave up must not leave it "never retrieved"
+            task.add_done_callback(
+                retrieve_failure
+            )  # waiters that gave up must not leave it "never retrieved"
             gathering = _Focused(set(keys), task)
             focused.append(gathering)
         else:
