@@ -541,6 +541,22 @@ def test_a_pause_ending_before_the_next_interval_is_a_decision_due_a_routine_ana
     assert not world.written.decision_due
 
 
+def test_a_pause_ends_on_time_however_long_the_write_entering_it_waited() -> None:
+    """The pause counts from the reconcile that entered it (its stepStartedAt), not from the end of
+    that reconcile's writes: at 10,000 rollouts a status write waited up to 40 s on the saturated
+    apiserver, and the pause's timer, set after it, ended the pause that much late."""
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "25s"}}, {"setWeight": 50}]))
+    world.tick()  # step 1 entered
+    world.kube.before_status_patch = lambda: world.clock.advance(15.0)  # the write waits 15 s
+    delay = world.tick()  # step 1 completes: the 25 s pause entered (before the 30 s interval)
+    world.kube.before_status_patch = None
+    assert world.status["currentStep"] == 1 and world.written.decision_due
+    assert 10.0 <= delay <= 11.0  # 25 s from the start of the entering reconcile (rounded up to 1 s)
+    world.tick(advance=delay)
+    assert world.status["currentStep"] == 2  # the pause is over when its timer fires
+    assert world.history_reasons()[-1] == "StepCompleted"
+
+
 def test_a_refresh_of_measured_values_is_ranked_last_in_the_api_budget_a_step_change_is_not() -> None:
     """kube.REFRESH: at 10,000 rollouts the live ones' periodic refreshes (a third of the budget) held
     back the writes that start new rollouts and record steps."""

@@ -350,7 +350,12 @@ class Reconciler:
         if result.requeue_after is not None:
             # Not the acknowledgement's follow-up: the other new rollouts' first statuses go first.
             written.decision_due = result.requeue_after <= interval and not acknowledging
-            interval = max(0.5, min(interval, result.requeue_after))
+            # The planner counts from `now`, this reconcile's start, and the writes since then are not
+            # part of the wait: at 10,000 rollouts entering step 1 on a saturated apiserver, the write
+            # entering a pause took up to 40 s, and the pause ended that much late (p99 42 s).
+            spent = max(0.0, (self._clock() - now).total_seconds())
+            soonest = 0.5 if acknowledging else 0.05  # the other new rollouts' first statuses go first
+            interval = max(soonest, min(interval, result.requeue_after - spent))
         return interval
 
     async def _evaluation(
