@@ -527,18 +527,31 @@ def test_each_written_decision_is_one_json_log_line_with_its_actor(caplog: pytes
     assert "abort" not in world.status.get("requests", {})  # consumed with the verb
 
 
-def test_a_pause_ending_before_the_next_interval_is_a_decision_due_a_routine_analysis_is_not() -> None:
-    """The controller ranks a run its timer made due by WrittenStatus.decision_due (scheduler.DUE):
-    at 10,000 rollouts the pause ends queued behind thousands of routine analyses."""
+def test_a_pause_ending_is_a_decision_due_a_routine_analysis_is_not() -> None:
+    """The controller gives a decision falling due a timer of its own (WrittenStatus.decision_in,
+    Scheduler.deadline): at 10,000 rollouts the pause ends queued behind thousands of routine analyses."""
     world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "20s"}}, {"setWeight": 50}]))
     world.tick()  # step 1 entered: the next reconcile is the analysis interval's
-    assert not world.written.decision_due
+    assert world.written.decision_in is None
     delay = world.tick()  # step 1 completes: the 20 s pause entered, ending before the 30 s interval
     assert world.status["currentStep"] == 1
-    assert 0 < delay <= 20 and world.written.decision_due
+    assert 0 < delay <= 21 and world.written.decision_in == delay
     world.tick(advance=delay)  # the pause ended: step 3 entered, back to the interval
     assert world.status["currentStep"] == 2
-    assert not world.written.decision_due
+    assert world.written.decision_in is None
+
+
+def test_a_pause_longer_than_the_interval_is_due_at_its_end_not_at_the_interval_after_it() -> None:
+    """A 60 s pause on a 30 s interval: the interval run comes first, and the pause's end has its own
+    deadline (at 10,000 rollouts that interval run, queued with every other analysis, came up to 35 s
+    after the pause's end and ended it then)."""
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "60s"}}, {"setWeight": 50}]))
+    world.tick()  # step 1 entered
+    delay = world.tick()  # step 1 completes: the 60 s pause entered
+    assert world.status["currentStep"] == 1
+    assert delay == 30.0 and world.written.decision_in is not None and 60 <= world.written.decision_in <= 61
+    world.tick(advance=world.written.decision_in)  # the deadline's run, whatever ran before
+    assert world.status["currentStep"] == 2
 
 
 def test_a_pause_ends_on_time_however_long_the_write_entering_it_waited() -> None:
@@ -550,7 +563,7 @@ def test_a_pause_ends_on_time_however_long_the_write_entering_it_waited() -> Non
     world.kube.before_status_patch = lambda: world.clock.advance(15.0)  # the write waits 15 s
     delay = world.tick()  # step 1 completes: the 25 s pause entered (before the 30 s interval)
     world.kube.before_status_patch = None
-    assert world.status["currentStep"] == 1 and world.written.decision_due
+    assert world.status["currentStep"] == 1 and world.written.decision_in == delay
     assert 10.0 <= delay <= 11.0  # 25 s from the start of the entering reconcile (rounded up to 1 s)
     world.tick(advance=delay)
     assert world.status["currentStep"] == 2  # the pause is over when its timer fires

@@ -248,3 +248,49 @@ def test_an_endless_stream_of_urgent_runs_does_not_starve_a_new_rollout() -> Non
         await queue.stop()
 
     _run(test)
+
+
+def test_a_deadline_moves_a_run_queued_behind_routine_work_to_the_front() -> None:
+    """A 60 s pause on a 30 s interval: its interval run is queued with every other live rollout's
+    analysis when the pause ends; the pause's deadline ranks it DUE, ahead of them."""
+
+    async def test() -> None:
+        work = Recorder()
+        queue: Scheduler[str] = Scheduler(work, workers=1)
+        release = work.hold["blocker"] = asyncio.Event()
+        queue.start()
+        queue.wake("blocker")
+        await _until(lambda: "blocker" in work.running)
+        for key in ("a", "b", "pausing", "c"):
+            queue.wake(key, LIVE)  # routine analyses, queued behind the busy worker
+        queue.deadline("pausing", 0.0)
+        await asyncio.sleep(0.02)
+        release.set()
+        await _until(lambda: len(work.runs) == 5)
+        assert work.runs == ["blocker", "pausing", "a", "b", "c"]
+        await queue.stop()
+
+    _run(test)
+
+
+def test_a_deadline_runs_an_idle_rollout_whose_timer_is_later_and_the_next_deadline_replaces_it() -> None:
+    async def test() -> None:
+        work = Recorder(delay=3600.0)  # each run asks for the next in an hour
+        queue: Scheduler[str] = Scheduler(work, workers=2)
+        queue.start()
+        queue.wake("r")
+        await _until(lambda: work.runs == ["r"])
+        queue.deadline("r", 0.05)
+        await _until(lambda: work.runs == ["r", "r"])
+        queue.deadline("r", 0.05)
+        queue.deadline("r", None)  # the next run planned no decision: the deadline set before is gone
+        queue.deadline("gone", 0.0)  # a rollout the scheduler does not know: nothing
+        await asyncio.sleep(0.2)
+        assert work.runs == ["r", "r"]
+        queue.deadline("r", 0.05)
+        queue.forget("r")
+        await asyncio.sleep(0.2)
+        assert work.runs == ["r", "r"] and "gone" not in queue
+        await queue.stop()
+
+    _run(test)

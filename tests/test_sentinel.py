@@ -11,12 +11,11 @@ import pytest
 
 from agent_rollout import api
 from agent_rollout.analysis.batch import BatchReader
-from agent_rollout.analysis.prometheus import measure_gates
 from agent_rollout.analysis.templates import Block, BlockValues, Pair
 from agent_rollout.api import Phase, Weights
 from agent_rollout.domain import iso
 from agent_rollout.planner import gate_windows
-from agent_rollout.reconcile import _clamped, _with_windows
+from agent_rollout.reconcile import measure_over
 from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause, rest_after
 from tests.fakes import FakeClock, FakePrometheus, unfocused
 from tests.test_reconcile import Metrics, rollout_body
@@ -279,8 +278,7 @@ def test_young_steps_are_read_focused_and_the_evaluation_they_wake_reuses_the_an
     async def evaluate() -> tuple[api.GateResult, ...]:
         spec = specs[breached]
         windows = gate_windows(spec, _status(clock, started_ago=30), clock.now)
-        gates = _with_windows(spec, windows)
-        return await measure_gates(gates, breached, prometheus, _clamped(spec, windows))
+        return await measure_over(spec, windows, breached, prometheus)
 
     results = asyncio.run(evaluate())
     assert len(prometheus.queries) == 4  # the sweep's answers: no query of its own

@@ -37,7 +37,7 @@ from agent_rollout.kube import (
     routed_kind,
 )
 from agent_rollout.reconcile import Reconciler, WrittenStatus
-from agent_rollout.scheduler import AT_REST, DUE, LIVE, NEW, NOW, Scheduler
+from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
 from agent_rollout.sentinel import Sentinel
 from agent_rollout.traffic import registry
 from agent_rollout.traffic.router import Resource
@@ -405,7 +405,7 @@ class Controller:
         written = self._written.setdefault(key, WrittenStatus())
         started = time.monotonic()
         try:
-            return await self._reconciler.reconcile(
+            delay = await self._reconciler.reconcile(
                 body,
                 deployments=deployments,
                 routes=routes,
@@ -415,6 +415,8 @@ class Controller:
                 jobs=self.jobs.get,
                 before_route_write=finalize,
             )
+            self.scheduler.deadline(key, written.decision_in)
+            return delay
         except Conflict as e:  # the finalizer's write: the rollout changed since it was read
             log.info("%s/%s: %s; will retry on fresh data", *key, e)
             return 1.0
@@ -425,13 +427,10 @@ class Controller:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
     def _urgency_of(self, key: Key) -> int:
-        """The rank of a run its timer made due: a decision falling due (a pause's end) goes before
-        the interval runs of other live rollouts, which at 10,000 rollouts are a constant stream."""
+        """The rank of a run its timer made due (a decision falling due, such as a pause's end, has a
+        timer of its own that ranks it DUE: Scheduler.deadline)."""
         stored = self.rollouts.get(*key)
-        if stored is None:
-            return AT_REST
-        written = self._written.get(key)
-        return min(stored.urgency, DUE) if written is not None and written.decision_due else stored.urgency
+        return AT_REST if stored is None else stored.urgency
 
     # -- change handlers (on the event loop)
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent_rollout import api, evaluation, metrics, shadow
 from agent_rollout.analysis.prometheus import (
+    MetricsSource,
     PrometheusError,
     PrometheusGateway,
     PrometheusUnavailable,
@@ -139,9 +140,10 @@ class WrittenStatus:
     sequence: int = 0
     route_failures: int = 0  # route writes refused or failed in a row: paces the retries
     checked_generation: int | None = None  # the spec generation whose queries Prometheus parsed
-    # The next reconcile is when a decision falls due (a pause ends, a deadline passes), not a routine
-    # analysis: the scheduler ranks it before the interval runs of every other live rollout.
-    decision_due: bool = False
+    # Seconds from the end of the last reconcile until a decision falls due (a pause ends, a deadline
+    # passes), None when none is planned: the scheduler runs it then, ranked before the interval runs
+    # of every other live rollout, whatever run of this one is queued meanwhile (Scheduler.deadline).
+    decision_in: float | None = None
 
     @property
     def status(self) -> dict[str, Any]:
@@ -336,7 +338,7 @@ class Reconciler:
         metrics.observe_gates((namespace, name), new_status.phase, gates)
         metrics.observe_rollback_safety((namespace, name), status, new_status)
 
-        written.decision_due = False
+        written.decision_in = None
         if failure is not None:
             # Quickly while it may be transient; a refusal backs off, visible in TrafficRouted meanwhile.
             return min(ROUTE_RETRY * 2.0 ** (written.route_failures - 1), ROUTE_RETRY_MAX)
@@ -348,14 +350,15 @@ class Reconciler:
             return REST_INTERVAL
         interval: float = api.duration_seconds(spec.analysis.interval) if spec.analysis else IDLE_INTERVAL
         if result.requeue_after is not None:
-            # Not the acknowledgement's follow-up: the other new rollouts' first statuses go first.
-            written.decision_due = result.requeue_after <= interval and not acknowledging
             # The planner counts from `now`, this reconcile's start, and the writes since then are not
             # part of the wait: at 10,000 rollouts entering step 1 on a saturated apiserver, the write
             # entering a pause took up to 40 s, and the pause ended that much late (p99 42 s).
             spent = max(0.0, (self._clock() - now).total_seconds())
-            soonest = 0.5 if acknowledging else 0.05  # the other new rollouts' first statuses go first
-            interval = max(soonest, min(interval, result.requeue_after - spent))
+            due_in = max(0.05, result.requeue_after - spent)
+            if acknowledging:  # its follow-up is no decision: the other new rollouts' first statuses go first
+                return max(0.5, min(interval, due_in))
+            written.decision_in = due_in
+            interval = min(interval, due_in)
         return interval
 
     async def _evaluation(
@@ -468,9 +471,7 @@ class Reconciler:
         try:
             judged = spec.model_copy(update={"analysis": shadow.judged_analysis(spec, status)})
             windows = gate_windows(spec, status, now)
-            gates = await measure_gates(
-                _with_windows(judged, windows), namespace, gateway, clamped=_clamped(judged, windows)
-            )
+            gates = await measure_over(judged, windows, namespace, gateway)
             requests, milestone = None, None
             step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
             due = milestone_due(spec, status)
@@ -637,6 +638,16 @@ def decision_line(namespace: str, name: str, decision: api.Decision) -> str:
     """The decision as one JSON object: the history entry's wire form, with the rollout it belongs to."""
     body = {"kind": "Decision", "namespace": namespace, "agentrollout": name, **api.dump(decision)}
     return json.dumps(body, separators=(",", ":"), sort_keys=False)
+
+
+async def measure_over(
+    spec: api.AgentRolloutSpec, windows: Mapping[str, int | None], namespace: str, source: MetricsSource
+) -> tuple[api.GateResult, ...]:
+    """The spec's gates over the windows the planner gives them (planner.gate_windows): a gate too
+    fresh for any window is left out, one clamped to a young step's window is read focused."""
+    return await measure_gates(
+        _with_windows(spec, windows), namespace, source, clamped=_clamped(spec, windows)
+    )
 
 
 def _clamped(spec: api.AgentRolloutSpec, windows: Mapping[str, int | None]) -> frozenset[str]:

@@ -61,6 +61,10 @@ class _Entry:
     running: bool = False
     again: bool = False  # woken while running: run once more right after
     failures: int = 0  # reconciles failed in a row
+    # Fires when a decision falls due (a pause's end): whatever is queued or running then, a run ranked
+    # DUE follows. Not the timer above: that one is replaced by every run and wake, this one only by
+    # the next run's own deadline.
+    deadline: asyncio.TimerHandle | None = None
 
 
 class Scheduler(Generic[K]):
@@ -126,11 +130,27 @@ class Scheduler(Generic[K]):
         entry.due = due
         entry.timer = loop.call_at(due, self._fire, key, entry)
 
+    def deadline(self, key: K, delay_s: float | None) -> None:
+        """A decision of `key` falls due in `delay_s` seconds (None: none): a run then, ranked DUE,
+        even when an earlier run is still queued behind other work. Replaces the deadline set before.
+
+        The run's own timer is not enough: a 60 s pause on a 30 s interval is ended by the interval run
+        30 s later, and at 10,000 rollouts entering step 1 that run, ranked with every other live
+        rollout's analysis, waited up to 35 s in the queue past the pause's end."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        self._cancel_deadline(entry)
+        if delay_s is not None:
+            loop = asyncio.get_running_loop()
+            entry.deadline = loop.call_later(max(0.0, delay_s), self._deadline_passed, key, entry)
+
     def forget(self, key: K) -> None:
         """The rollout is gone: no more runs (one already running finishes, and is not repeated)."""
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._cancel_timer(entry)
+            self._cancel_deadline(entry)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -146,6 +166,7 @@ class Scheduler(Generic[K]):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for entry in self._entries.values():
             self._cancel_timer(entry)
+            self._cancel_deadline(entry)
 
     def failures(self, key: K) -> int:
         """How many reconciles of `key` failed in a row (0: the last one passed)."""
@@ -161,6 +182,18 @@ class Scheduler(Generic[K]):
             return
         entry.timer = entry.due = None
         self.wake(key, self._urgency_of(key))
+
+    def _deadline_passed(self, key: K, entry: _Entry) -> None:
+        if self._entries.get(key) is not entry:
+            return
+        entry.deadline = None
+        self.wake(key, DUE)
+
+    @staticmethod
+    def _cancel_deadline(entry: _Entry) -> None:
+        if entry.deadline is not None:
+            entry.deadline.cancel()
+        entry.deadline = None
 
     @staticmethod
     def _cancel_timer(entry: _Entry) -> None:
