@@ -51,6 +51,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -289,6 +290,20 @@ def list_rollouts(api_client: client.ApiClient, selector: str) -> list[dict[str,
         {"resourceVersion": "0", "labelSelector": selector},
     )
     return cast(list[dict[str, Any]], body.get("items") or [])
+
+
+def paged_list_seconds(api_client: client.ApiClient, path: str, page: int = 500) -> tuple[float, int]:
+    """Seconds to list every object at `path` page by page as the operator's informers do (a
+    consistent list, pages of 500), and how many there were: the floor under anything the operator
+    must list before it acts."""
+    started, count, token = time.monotonic(), 0, ""
+    while True:
+        query = {"limit": str(page), **({"continue": token} if token else {})}
+        body = raw_get(api_client, path, query)
+        count += len(body.get("items") or [])
+        token = (body.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return time.monotonic() - started, count
 
 
 def count_available(api_client: client.ApiClient) -> int:
@@ -1009,6 +1024,7 @@ class Bench:
         note = f"; {missing} NOT at 0 within {120 + 0.05 * self.n:.0f}s" if missing else ""
         note += f"; {len(not_ten)} were not at weight 10 before the restart" if not_ten else ""
         pass_s = startup_pass_s(op, timeout_s=120 + 0.05 * self.n)
+        listed_s, listed = paged_list_seconds(self.bulk, f"/apis/{api.GROUP}/{api.VERSION}/{api.PLURAL}")
         self.figures.add(
             f"2c. restart with {self.n} rollouts mid-pause: every rollout reconciled once "
             + (f"{pass_s:.1f}s after the operator started (its log)" if pass_s is not None else "NOT in time")
@@ -1018,6 +1034,10 @@ class Bench:
             f"(patched {last_patch - started:.2f}s after the operator started): route candidate weight 0 "
             f"after, from operator start: {spread(from_start)}; "
             f"from the abort patch: {spread(from_patch)}{note}"
+        )
+        self.figures.add(
+            f"   for scale: listing the {listed} rollouts page by page as the operator does took "
+            f"{listed_s:.1f}s on this apiserver after that restart (the bench's own client)"
         )
         return op
 
@@ -1030,6 +1050,7 @@ def run(
     aborts: int = ABORTS,
     startup_timeout_s: float | None = None,
     startup_only: bool = False,
+    keep_logs: Path | None = None,
 ) -> list[str]:
     figures = Figures()
     print(
@@ -1112,7 +1133,9 @@ def run(
             with suppress(Exception):
                 bench.fleet.stop()
             bulk.close()  # type: ignore[no-untyped-call]
-            print(f"operator logs in {log_dir}", flush=True)
+            if keep_logs is not None:
+                shutil.copytree(log_dir, keep_logs, dirs_exist_ok=True)
+            print(f"operator logs in {keep_logs or log_dir}", flush=True)
     print("cleaned up: the benchmark's cluster is stopped and its etcd data deleted (all namespaces with it)")
     return figures.lines
 
@@ -1140,6 +1163,12 @@ def main(argv: Iterable[str] | None = None) -> None:
         "--startup-timeout", type=float, default=None, help="seconds (default 600 + 0.1 s per rollout)"
     )
     parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        default=None,
+        help="copy the operators' and the exporter's logs here before the cluster's folder is deleted",
+    )
+    parser.add_argument(
         "--startup-only",
         action="store_true",
         help="start-up, then a restart with the rollouts mid-pause (2, 2b, 2c); no steady window or breach",
@@ -1155,6 +1184,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         args.interval,
         startup_timeout_s=args.startup_timeout,
         startup_only=args.startup_only,
+        keep_logs=args.keep_logs,
     )
 
 
