@@ -240,9 +240,15 @@ class Controller:
     async def run(self) -> None:
         self._started = time.monotonic()
         informers = self._informers()
-        for informer in informers:
-            informer.start()
+        # The rollouts are listed first, on their own: an abort waits for them only (_open_early), and
+        # at 10,000 rollouts their list shared the apiserver and the GIL with 20,000 Deployments and
+        # 10,000 routes, and an abort patched at a restart reached the route 12.7 s after start.
+        self.rollouts.start()
         opening = self._opening = asyncio.get_running_loop().create_task(self._open_early())
+        await self.rollouts.synced.wait()
+        for informer in informers:
+            if informer is not self.rollouts:
+                informer.start()
         await asyncio.gather(*(i.synced.wait() for i in informers))
         self.synced = True
         log.info(
