@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agent_rollout import api
-from agent_rollout.controller import Controller
+from agent_rollout.controller import EARLY_READS, Controller
 from agent_rollout.deletion import FINALIZER
 from agent_rollout.kube import Kind
 from agent_rollout.reconcile import Reconciler
@@ -31,6 +33,9 @@ class SlowCluster(Cluster):
         super().__init__()
         self.release = threading.Event()
         self.reads: list[tuple[str, str]] = []
+        self.reading = 0  # GETs in progress now, and the most there were at once
+        self.most_at_once = 0
+        self._lock = threading.Lock()
 
     def list_page(self, kind: Kind, namespace: str | None, limit: int, token: str | None) -> dict[str, Any]:
         if kind.plural == "deployments":
@@ -38,9 +43,17 @@ class SlowCluster(Cluster):
         return super().list_page(kind, namespace, limit, token)
 
     def read(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
-        self.reads.append((kind.plural, name))
-        obj = self.objects[kind.plural].get((namespace, name))
-        return copy.deepcopy(obj) if obj is not None else None
+        with self._lock:
+            self.reads.append((kind.plural, name))
+            self.reading += 1
+            self.most_at_once = max(self.most_at_once, self.reading)
+        time.sleep(0.01)  # a GET takes a while: the others pile up meanwhile if nothing bounds them
+        try:
+            obj = self.objects[kind.plural].get((namespace, name))
+            return copy.deepcopy(obj) if obj is not None else None
+        finally:
+            with self._lock:
+                self.reading -= 1
 
 
 def aborted_mid_step(deleted_legacy: bool = False) -> tuple[SlowCluster, ClusterKube, Controller]:
@@ -115,6 +128,39 @@ def test_an_early_abort_with_legacy_gone_sends_no_traffic_to_nowhere() -> None:
                 "the abort recorded",
             )
             assert candidate_weight(cluster) == 25  # legacy is missing: the route is left as it is
+        finally:
+            cluster.release.set()
+            await running
+            await controller.stop()
+
+    asyncio.run(scenario())
+
+
+def test_early_aborts_read_their_targets_a_few_at_a_time() -> None:
+    """The early GETs share the list/watch client's connection pool, sized for the watches and
+    EARLY_READS more: five aborts at a 10,000-rollout restart logged "connection pool is full"."""
+    cluster, _, controller = aborted_mid_step()
+    for i in range(12):  # twelve more aborted rollouts, each in its namespace with its targets
+        for plural in ("deployments", "httproutes", api.PLURAL):
+            for obj in [o for (ns, _), o in list(cluster.objects[plural].items()) if ns == NS]:
+                twin = copy.deepcopy(obj)
+                twin["metadata"]["namespace"] = f"team-{i}"
+                cluster.put(plural, twin)
+
+    async def scenario() -> None:
+        # As on a machine with many cores (the default executor has cores + 4 threads).
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64))
+        running = asyncio.get_running_loop().create_task(controller.run())
+        try:
+            await until(
+                lambda: all(
+                    r["status"].get("phase") == "RolledBack" for r in cluster.objects[api.PLURAL].values()
+                ),
+                "every abort recorded",
+            )
+            assert not controller.synced  # all of them before the Deployments are listed
+            assert len(cluster.reads) == 13 * 3  # two Deployments and a route each
+            assert 1 < cluster.most_at_once <= EARLY_READS
         finally:
             cluster.release.set()
             await running

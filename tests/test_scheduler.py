@@ -294,3 +294,30 @@ def test_a_deadline_runs_an_idle_rollout_whose_timer_is_later_and_the_next_deadl
         await queue.stop()
 
     _run(test)
+
+
+def test_a_decision_falling_due_has_workers_of_its_own_when_every_other_worker_is_held() -> None:
+    """At 10,000 rollouts entering step 1, every worker waited on the saturated apiserver and a
+    pause's end waited behind NOW runs (each route write's own echo among them)."""
+
+    async def test() -> None:
+        work = Recorder()
+        waits: list[tuple[int, float]] = []
+        queue: Scheduler[str] = Scheduler(work, workers=16, waited=lambda u, s: waits.append((u, s)))
+        held = [f"busy-{i}" for i in range(20)]
+        releases = [work.hold.setdefault(key, asyncio.Event()) for key in held]
+        queue.start()
+        for key in held:
+            queue.wake(key, NOW)
+        await _until(lambda: len(work.running) == 16 - 16 // scheduling.DUE_ONLY_SHARE)
+        queue.wake("pausing", DUE)
+        await _until(lambda: "pausing" in work.runs)
+        assert len(work.running) == 15 and not any(w in work.runs for w in held[15:])  # still held
+        assert (DUE, waits[-1][1]) == waits[-1] and waits[-1][1] < 1.0
+        for release in releases:
+            release.set()
+        await _until(lambda: len(work.runs) == 21)
+        assert {u for u, _ in waits} == {NOW, DUE} and len(waits) == 21
+        await queue.stop()
+
+    _run(test)

@@ -31,13 +31,14 @@ from agent_rollout.kube import (
     JOBS,
     ROLLOUTS,
     Conflict,
+    Kind,
     KubeClient,
     ListWatchClient,
     deployment_state,
     routed_kind,
 )
 from agent_rollout.reconcile import Reconciler, WrittenStatus
-from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, Scheduler
+from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, URGENCY_NAMES, Scheduler
 from agent_rollout.sentinel import Sentinel
 from agent_rollout.traffic import registry
 from agent_rollout.traffic.router import Resource
@@ -57,6 +58,10 @@ WORKERS = 256
 # (at 10,000 rollouts listing 40,000 objects takes seconds, and an abort must not wait for them). More
 # than this at once wait for the lists: a mass abort is a reason to read everything anyway.
 EARLY_ABORTS = 50
+# GETs of those aborts' targets at once, on the list/watch client, whose pool has a connection each
+# (besides the watches'): unbounded, five aborts at a 10,000-rollout restart logged "connection pool
+# is full" on a pool sized for the watches only.
+EARLY_READS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +169,10 @@ def _gauge(
 _PHASES = {p.value: p.value for p in api.Phase}
 
 
+def _observe_queue_wait(urgency: int, seconds: float) -> None:
+    metrics.QUEUE_WAIT_SECONDS.labels(URGENCY_NAMES.get(urgency, str(urgency))).observe(seconds)
+
+
 def _routed(rollout: StoredRollout) -> tuple[Resource, str] | None:
     return (rollout.route_resource, rollout.route) if rollout.route_resource and rollout.route else None
 
@@ -199,7 +208,9 @@ class Controller:
         self._leading = leading
         self._sentinel = sentinel
         self._kube = kube
-        self.scheduler: Scheduler[Key] = Scheduler(self._reconcile, workers, urgency_of=self._urgency_of)
+        self.scheduler: Scheduler[Key] = Scheduler(
+            self._reconcile, workers, urgency_of=self._urgency_of, waited=_observe_queue_wait
+        )
         self.rollouts: Informer[StoredRollout] = Informer(
             ROLLOUTS, client, StoredRollout.of, self._rollout_changed, namespaces
         )
@@ -235,6 +246,7 @@ class Controller:
         # Aborts reconciled before every informer has its first list (_abort_early), by rollout.
         self._early: dict[Key, asyncio.Task[None]] = {}
         self._early_open = False  # the rollouts are listed (claims known), the rest may not be
+        self._early_reads = asyncio.Semaphore(EARLY_READS)
         self._opening: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -351,15 +363,16 @@ class Controller:
         if stored is None or stored.deleting:
             return
         namespace = key[0]
+
+        async def get(kind: Kind, name: str) -> dict[str, Any] | None:
+            async with self._early_reads:
+                return await asyncio.to_thread(self._client.read, kind, namespace, name)
+
         try:
-            states = await asyncio.gather(
-                *(asyncio.to_thread(self._client.read, DEPLOYMENTS, namespace, d) for d in stored.deployments)
-            )
+            states = await asyncio.gather(*(get(DEPLOYMENTS, d) for d in stored.deployments))
             route = None
             if stored.route is not None and stored.route_resource is not None:
-                route = await asyncio.to_thread(
-                    self._client.read, routed_kind(stored.route_resource), namespace, stored.route
-                )
+                route = await get(routed_kind(stored.route_resource), stored.route)
         except Exception as e:  # the lists will bring them; the abort is reconciled then
             log.warning("%s/%s: abort before the first lists: reading its targets failed: %s", *key, e)
             return

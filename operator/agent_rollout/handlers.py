@@ -23,7 +23,7 @@ from aiohttp import web
 from agent_rollout import alerts, metrics
 from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
-from agent_rollout.controller import INFORMER_KINDS, WORKERS, Controller
+from agent_rollout.controller import EARLY_READS, INFORMER_KINDS, WORKERS, Controller
 from agent_rollout.kube import KubeClient, LeaseClient, ListWatchClient
 from agent_rollout.leader import DURATION, RENEW_DEADLINE, RETRY_PERIOD, LeaseElector, default_identity
 from agent_rollout.notifier import Notifier, load_config
@@ -96,10 +96,11 @@ def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -
 async def configure(memo: kopf.Memo, **_: Any) -> None:
     identity = memo.get("identity") or default_identity()
     kube = _Runtime.kube = KubeClient.from_environment(identity=identity)
-    # The watches' own connections: one per kind and namespace, held for minutes each.
+    # The watches' own connections (one per kind and namespace, held for minutes each) and the GETs
+    # of aborts acted on before the first lists are in.
     namespaces = memo.get("namespaces") or None
     client = ListWatchClient.from_environment(
-        connections=INFORMER_KINDS * len(namespaces or [None]), identity=identity
+        connections=INFORMER_KINDS * len(namespaces or [None]) + EARLY_READS, identity=identity
     )
     loop = asyncio.get_running_loop()
     leading: asyncio.Event | None = None

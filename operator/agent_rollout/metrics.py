@@ -32,6 +32,14 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+QUEUE_WAIT_SECONDS = Histogram(
+    f"{PREFIX}_queue_wait_seconds",
+    "Time a reconcile waited in the queue for a worker, by its urgency (now: a verb, edit, breach or a "
+    "change of what it names; due: a decision falling due, such as a pause's end; live; new; at_rest).",
+    ["urgency"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
 RECONCILE_ERRORS = Counter(
     f"{PREFIX}_reconcile_errors_total", "Reconciles that raised (retried later).", registry=REGISTRY
 )
