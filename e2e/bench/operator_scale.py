@@ -566,6 +566,22 @@ def _series(prometheus_url: str, promql: str) -> dict[tuple[str, str], float]:
     }
 
 
+def engine_quantiles(prometheus_url: str) -> str:
+    """Prometheus' own summary of its query engine (its recent queries, all clients): how long a query
+    spends selecting series (prepare_time) and evaluating (inner_eval), p50/p90/p99."""
+    with urllib.request.urlopen(f"{prometheus_url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found: dict[str, dict[str, float]] = {}
+    pattern = r'^prometheus_engine_query_duration_seconds\{slice="(\w+)",quantile="([\d.]+)"\} (\S+)$'
+    for slice_, quantile, value in re.findall(pattern, text, re.MULTILINE):
+        found.setdefault(slice_, {})[quantile] = float(value)
+    return "; ".join(
+        f"{slice_} " + " ".join(f"p{float(q) * 100:.0f} {v:.2f}s" for q, v in sorted(found[slice_].items()))
+        for slice_ in ("prepare_time", "inner_eval")
+        if slice_ in found
+    )
+
+
 # ---------------------------------------------------------------- the cluster
 
 
@@ -990,6 +1006,8 @@ class Bench:
             notes.append(f"{len(poll_errors)} Prometheus polls failed, last: {poll_errors[-1][:200]}")
         if never:
             notes.append(f"{len(never)} NOT cut off in time: {', '.join(never[:5])}")
+        with suppress(Exception):  # a figure for scale only: the breach figures stand without it
+            notes.append(f"Prometheus' query engine meanwhile: {engine_quantiles(self.prometheus_url)}")
         self.figures.add("   " + "; ".join(notes))
 
     # -- 2b. abort from the first second, at a restart with N rollouts mid-pause
