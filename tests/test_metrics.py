@@ -150,6 +150,7 @@ def exported_names() -> set[str]:
     """Every sample name a scrape can show, histogram and counter suffixes included."""
     unregister = metrics.register_store(FakeStore({("ns", "a"): stored("a", "Progressing", 5)}))
     metrics.QUERY_SECONDS.labels(prometheus="p").observe(0.1)
+    metrics.QUEUE_WAIT_SECONDS.labels(urgency="due").observe(0.1)
     metrics.QUERY_ERRORS.labels(prometheus="p", kind="unavailable")
     metrics.ALERTS_RECEIVED.labels(status="firing")
     metrics.observe_gates(
