@@ -68,7 +68,7 @@ class _Entry:
     running: bool = False
     again: bool = False  # woken while running: run once more right after
     failures: int = 0  # reconciles failed in a row
-    queued_at: float = 0.0  # loop time of the last (re)queue: how long a run waited for a worker
+    queued_at: float = 0.0  # time.monotonic() of the last (re)queue: how long a run waited for a worker
     # Fires when a decision falls due (a pause's end): whatever is queued or running then, a run ranked
     # DUE follows. Not the timer above: that one is replaced by every run and wake, this one only by
     # the next run's own deadline.
@@ -99,9 +99,8 @@ class Scheduler(Generic[K]):
         # The same runs in the order they were queued (a key requeued with more urgency appears twice;
         # whichever item a worker takes first runs it, the other is skipped as stale).
         self._oldest: asyncio.Queue[tuple[int, int, K]] = asyncio.Queue()
-        self._due: asyncio.Queue[tuple[int, int, K]] = (
-            asyncio.Queue()
-        )  # the runs ranked DUE, for DUE_ONLY_SHARE
+        # The runs ranked DUE once more, for the workers that take only those (DUE_ONLY_SHARE).
+        self._due: asyncio.Queue[tuple[int, int, K]] = asyncio.Queue()
         self._order = itertools.count()  # first in, first out within one urgency
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -222,8 +221,8 @@ class Scheduler(Generic[K]):
         entry.timer = entry.due = None
 
     async def _worker(self, queue: asyncio.Queue[tuple[int, int, K]]) -> None:
-        # Every queued run is in the priority and the oldest-first queue (and a DUE run in the DUE
-        # queue): whichever worker takes it first runs it, and the other copies are then stale (not
+        # Every queued run is in the priority and the oldest-first queue (a DUE run in the DUE queue
+        # too): whichever worker takes it first runs it, and the other copies are then stale (not
         # queued any more) and skipped.
         while True:
             urgency, _, key = await queue.get()
