@@ -95,11 +95,20 @@ def is_running(info: ProcessInfo) -> bool:
     if _reap(info.pid):
         return False
     try:
-        with open(f"/proc/{info.pid}/cmdline", "rb") as f:
-            argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+        cmdline = _cmdline(info.pid)
     except FileNotFoundError:
         return False
-    return argv0 == info.exe
+    if not cmdline:
+        # Alive and not a zombie, but no arguments yet: execve is still loading the program (Popen
+        # returns once the close-on-exec pipe closes, before the new argv is in place). Read as "gone",
+        # a restarted kube-apiserver was reported dead the moment it was spawned (CI, 2026-11-27).
+        return True
+    return cmdline.split(b"\0", 1)[0].decode(errors="replace") == info.exe
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
 
 
 def stop(info: ProcessInfo, grace_s: float = 5.0) -> None:
