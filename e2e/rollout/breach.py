@@ -48,6 +48,16 @@ def watch_breach_to_rollback(
     had_traffic = False
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        # Prometheus first, then the route: read the other way round, a breach that became visible
+        # during our sleep and was acted on by the operator's next sweep (a fresh-clone CI run,
+        # 2026-11-27) read as a rollback without a breach. This way a weight of 0 with no breach seen
+        # means the operator cut the candidate off on data Prometheus did not show us a moment before.
+        polled = time.monotonic()
+        if breach_at is None:
+            value = _scalar(prometheus, queries.value)
+            samples = _scalar(prometheus, queries.samples) if queries.samples else None
+            if value is not None and value > gate.max and (samples or 0) >= min_samples:
+                breach_at = polled
         weight = candidate_weight()
         now = time.monotonic()
         had_traffic = had_traffic or weight > 0
@@ -55,10 +65,5 @@ def watch_breach_to_rollback(
             if breach_at is None:
                 raise AssertionError("rolled back before Prometheus showed a breach")
             return BreachTiming(breach_at, now)
-        if breach_at is None:
-            value = _scalar(prometheus, queries.value)
-            samples = _scalar(prometheus, queries.samples) if queries.samples else None
-            if value is not None and value > gate.max and (samples or 0) >= min_samples:
-                breach_at = now
         time.sleep(every_s)
     raise AssertionError(f"no rollback within {timeout_s}s (breach seen: {breach_at is not None})")
