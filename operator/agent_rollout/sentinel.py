@@ -274,9 +274,8 @@ class Sentinel:
                     continue  # slow the last time: Prometheus gets a break; its reads wait for the next
                 if task is None:
                     task = self._flying[key] = loop.create_task(self._query(key, source, pairs, fresh))
-                    task.add_done_callback(
-                        retrieve_failure
-                    )  # a failure nobody waits for any more is not news
+                    # A failure nobody waits for any more is not news.
+                    task.add_done_callback(retrieve_failure)
                 tasks[task] = key
             self._resting = {key: until for key, until in self._resting.items() if until > loop.time()}
             for key in [k for k, t in self._flying.items() if t.done() and k not in wanted]:
