@@ -279,13 +279,28 @@ def test_an_identical_mirror_before_the_shadow_step_is_left_alone() -> None:
 # ---------------------------------------------------------------- through the real controller
 
 
+def selected(kind: Kind, obj: dict[str, Any]) -> bool:
+    """Whether an object is in a kind's field selection (`a.b=value,...`, as the apiserver compares a
+    CRD's selectable fields: booleans as true/false)."""
+    for term in (kind.field_selector or "").split(","):
+        if not term:
+            continue
+        path, _, wanted = term.partition("=")
+        value: Any = obj
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if (str(value).lower() if isinstance(value, bool) else value) != wanted:
+            return False
+    return True
+
+
 class Cluster:
     """The API server behind a fake ListWatchClient: objects by (plural, namespace, name); every write
     and edit comes back through the watch of its kind, as it would from a real apiserver."""
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
-        self._events: dict[str, queue.Queue[dict[str, Any]]] = defaultdict(queue.Queue)
+        self._events: dict[Kind, queue.Queue[dict[str, Any]]] = {}
         self._version = 100
 
     def put(self, plural: str, obj: dict[str, Any]) -> None:
@@ -293,7 +308,10 @@ class Cluster:
         obj["metadata"]["resourceVersion"] = str(self._version)
         meta = obj["metadata"]
         self.objects[plural][(meta["namespace"], meta["name"])] = obj
-        self._events[plural].put({"type": "MODIFIED", "object": copy.deepcopy(obj)})
+        for kind, events in list(self._events.items()):
+            if kind.plural == plural:  # as the apiserver: an object leaving a selection is DELETED
+                kept = selected(kind, obj)
+                events.put({"type": "MODIFIED" if kept else "DELETED", "object": copy.deepcopy(obj)})
 
     def spec(self, plural: str, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.objects[plural][(NS, name)]["spec"])
@@ -301,7 +319,12 @@ class Cluster:
     # -- kube.ListWatchClient
 
     def list_page(self, kind: Kind, namespace: str | None, limit: int, token: str | None) -> dict[str, Any]:
-        items = [copy.deepcopy(o) for o in self.objects[kind.plural].values()]
+        self._events.setdefault(kind, queue.Queue())  # each kind (and selection) watched hears every change
+        items = [
+            copy.deepcopy(o)
+            for (ns, _), o in self.objects[kind.plural].items()
+            if namespace in (None, ns) and selected(kind, o)
+        ]
         return {"metadata": {"resourceVersion": str(self._version)}, "items": items}
 
     def watch(
@@ -309,7 +332,7 @@ class Cluster:
     ) -> Iterator[dict[str, Any]]:
         while True:
             try:
-                yield self._events[kind.plural].get(timeout=0.2)
+                yield self._events[kind].get(timeout=0.2)
             except queue.Empty:
                 return  # the server ends a quiet watch; the informer watches again (or stops)
 

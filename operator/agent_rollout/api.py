@@ -38,6 +38,9 @@ PLURAL = "agentrollouts"
 SINGULAR = "agentrollout"
 SHORT_NAMES = ["ar", "agentro"]
 FIELD_MANAGER = "agent-rollout"
+# A human's abort, selectable in the CRD (crdgen.py): at a restart the operator lists the aborted
+# rollouts on their own, by this field, before the list of every rollout (controller.py).
+ABORT_FIELD = "status.abort"
 
 # The units CEL's duration() understands, so the CRD can check bounds such as interval >= 5s.
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"

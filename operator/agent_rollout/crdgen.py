@@ -157,6 +157,12 @@ def crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
+                    # Field selectors the operator lists by (Kubernetes 1.31+; older apiservers drop
+                    # this and the operator waits for the list of every rollout instead).
+                    "selectableFields": [
+                        {"jsonPath": f".{api.ABORT_FIELD}"},
+                        *({"jsonPath": f".{registry.claim_field(r)}"} for r in registry.routers().values()),
+                    ],
                     "additionalPrinterColumns": [
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Step", "type": "string", "jsonPath": ".status.step"},

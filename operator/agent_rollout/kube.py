@@ -530,6 +530,15 @@ def routed_kind(resource: Resource) -> Kind:
 
 
 ROLLOUTS = Kind(api.GROUP, api.VERSION, api.PLURAL)
+# The rollouts a human aborted, by the CRD's selectable field: a few, listed in milliseconds.
+ABORTED = Kind(api.GROUP, api.VERSION, api.PLURAL, field_selector=f"{api.ABORT_FIELD}=true")
+
+
+def claiming(field: str, name: str) -> Kind:
+    """The rollouts whose `field` (a selectable claim field, traffic.registry) names object `name`."""
+    return Kind(api.GROUP, api.VERSION, api.PLURAL, field_selector=f"{field}={name}")
+
+
 JOBS = Kind("batch", "v1", "jobs", label_selector=evaluation.ROLLOUT_LABEL)  # evaluation Jobs only
 
 

@@ -87,3 +87,14 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+
+def claim_field(router: TrafficRouter) -> str:
+    """The field naming a router's object, selectable in the CRD (crdgen.py): the rollouts claiming one
+    object are listed by it, without the list of every rollout (an abort at a restart, controller.py)."""
+    return f"spec.traffic.{router.key}.{router.object_field}"
+
+
+def claim_fields(resource: Resource) -> tuple[str, ...]:
+    """The claim fields of every router routing through `resource`."""
+    return tuple(claim_field(r) for r in _ROUTERS.values() if r.resource == resource)
