@@ -309,10 +309,10 @@ def test_a_decision_falling_due_has_workers_of_its_own_when_every_other_worker_i
         queue.start()
         for key in held:
             queue.wake(key, NOW)
-        await _until(lambda: len(work.running) == 16 - 16 // scheduling.DUE_ONLY_SHARE)
+        await _until(lambda: len(work.running) == 16)
         queue.wake("pausing", DUE)
         await _until(lambda: "pausing" in work.runs)
-        assert len(work.running) == 15 and not any(w in work.runs for w in held[15:])  # still held
+        assert len(work.running) == 16 and not any(w in work.runs for w in held[16:])  # still held
         assert (DUE, waits[-1][1]) == waits[-1] and waits[-1][1] < 1.0
         for release in releases:
             release.set()
