@@ -70,12 +70,14 @@ from typing import Any, TypeVar, cast
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent_rollout import api
 from e2e.bench.rollback_speed import install_crd, stopped_at_the_end, terminate_as_exit
 from e2e.cluster import components, objects, prometheus
 from e2e.cluster.lifecycle import start_cluster
 from e2e.cluster.paths import REPO_ROOT, RUN_ROOT, scratch_root
+from e2e.cluster.ports import free_ports
 from e2e.cluster.state import ClusterState
 from e2e.rollout.scene import OperatorProcess
 from e2e.sim.fleet import METRIC, Fleet, start_fleet
@@ -623,6 +625,33 @@ def pct(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+QUEUE_WAIT_METRIC = "agent_rollout_queue_wait_seconds"
+
+
+def histogram_summaries(text: str, metric: str) -> dict[str, str]:
+    """'n=…, p50 <= …, p99 <= …, max <= …' of each urgency of a histogram in Prometheus' text format,
+    from its cumulative buckets (so each figure is the bound of the bucket it falls in)."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{metric}_bucket":
+                urgency = sample.labels["urgency"]
+                buckets.setdefault(urgency, []).append((float(sample.labels["le"]), sample.value))
+    summaries: dict[str, str] = {}
+    for urgency, rows in sorted(buckets.items()):
+        rows.sort()
+        total = rows[-1][1]
+        if not total:
+            continue
+
+        def bound(q: float, rows: list[tuple[float, float]] = rows, total: float = total) -> str:
+            le = next(le for le, count in rows if count >= q * total)
+            return "+Inf" if le == float("inf") else f"{le:g} s"
+
+        summaries[urgency] = f"n={total:.0f}, p50 <= {bound(0.5)}, p99 <= {bound(0.99)}, max <= {bound(1.0)}"
+    return summaries
+
+
 def spread(values: Sequence[float], unit: str = "s", digits: int = 1) -> str:
     if not values:
         return "none"
@@ -684,15 +713,39 @@ class Bench:
     bulk: client.ApiClient
     log_dir: Path
     fleet: Fleet = field(init=False)  # started once the Deployments exist
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # by operator label
 
     @property
     def prometheus_url(self) -> str:
         return self.state.prometheus_url
 
     def operator(self, label: str) -> OperatorProcess:
-        op = OperatorProcess(self.state.kubeconfig, self.log_dir / f"operator-{label}.log")
+        port = free_ports(1)[0]
+        log = self.log_dir / f"operator-{label}.log"
+        op = OperatorProcess(self.state.kubeconfig, log, ["--metrics-port", str(port)])
+        self.metrics_ports[label] = port
         op.start()
         return op
+
+    def queue_waits(self, label: str) -> None:
+        """The operator's own histogram of the time runs waited for a worker, by urgency, since start
+        (what a pause's end waits for besides its timer)."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_ports[label]}/metrics", timeout=30
+            ) as r:
+                text = r.read().decode()
+        except OSError as e:
+            self.figures.add(f"   queue wait by urgency: metrics not read ({e})")
+            return
+        parts = [
+            f"{urgency} {summary}"
+            for urgency, summary in histogram_summaries(text, QUEUE_WAIT_METRIC).items()
+        ]
+        self.figures.add(
+            "   queue wait for a worker since start, by urgency (the operator's histogram; bucket bounds): "
+            + "; ".join(parts)
+        )
 
     # -- set-up
 
@@ -1140,6 +1193,7 @@ def run(
             # The 60 s pauses end during this; the steady window starts after them.
             bench.wait_short_pauses(timeout_s=SHORT_PAUSE_S + 4 * interval_s + 0.05 * n)
             bench.lateness()
+            bench.queue_waits("main")
             bench.steady_window(op, empty, objects_rss)
             # Breaches need the gate's full window since the pause began, as our query uses it.
             time.sleep(max(0.0, started + startup_s + GATE_WINDOW_S + 5 - time.monotonic()))
