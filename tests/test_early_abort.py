@@ -8,9 +8,11 @@ restart reached the route 20.6 s later; nothing was reconciled before the last l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -96,6 +98,18 @@ def aborted_mid_step(
     return cluster, kube, Controller(reconciler, Sentinel(clock=FakeClock()), kube, cluster, workers=2)  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def running(controller: Controller, cluster: SlowCluster) -> AsyncIterator[None]:
+    """The controller runs for the block; then the held lists come and it stops."""
+    task = asyncio.get_running_loop().create_task(controller.run())
+    try:
+        yield
+    finally:
+        cluster.release.set()
+        await task
+        await controller.stop()
+
+
 def candidate_weight(cluster: Cluster) -> int:
     weight: int = cluster.spec("httproutes", ROUTE)["rules"][0]["backendRefs"][1]["weight"]
     return weight
@@ -105,8 +119,7 @@ def test_an_abort_reaches_the_route_before_the_deployments_are_listed() -> None:
     cluster, _, controller = aborted_mid_step()
 
     async def scenario() -> None:
-        running = asyncio.get_running_loop().create_task(controller.run())
-        try:
+        async with running(controller, cluster):
             await until(
                 lambda: (
                     candidate_weight(cluster) == 0
@@ -116,10 +129,6 @@ def test_an_abort_reaches_the_route_before_the_deployments_are_listed() -> None:
             )
             assert not controller.synced  # the Deployments are still being listed
             assert ("deployments", LEGACY) in cluster.reads
-        finally:
-            cluster.release.set()
-            await running
-            await controller.stop()
 
     asyncio.run(scenario())
 
@@ -128,17 +137,12 @@ def test_an_early_abort_with_legacy_gone_sends_no_traffic_to_nowhere() -> None:
     cluster, _, controller = aborted_mid_step(deleted_legacy=True)
 
     async def scenario() -> None:
-        running = asyncio.get_running_loop().create_task(controller.run())
-        try:
+        async with running(controller, cluster):
             await until(
                 lambda: cluster.objects[api.PLURAL][(NS, NAME)]["status"].get("phase") == "RolledBack",
                 "the abort recorded",
             )
             assert candidate_weight(cluster) == 25  # legacy is missing: the route is left as it is
-        finally:
-            cluster.release.set()
-            await running
-            await controller.stop()
 
     asyncio.run(scenario())
 
@@ -157,8 +161,7 @@ def test_early_aborts_read_their_targets_a_few_at_a_time() -> None:
     async def scenario() -> None:
         # As on a machine with many cores (the default executor has cores + 4 threads).
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64))
-        running = asyncio.get_running_loop().create_task(controller.run())
-        try:
+        async with running(controller, cluster):
             await until(
                 lambda: all(
                     r["status"].get("phase") == "RolledBack" for r in cluster.objects[api.PLURAL].values()
@@ -168,10 +171,6 @@ def test_early_aborts_read_their_targets_a_few_at_a_time() -> None:
             assert not controller.synced  # all of them before the Deployments are listed
             assert len(cluster.reads) == 13 * 3  # two Deployments and a route each
             assert 1 < cluster.most_at_once <= EARLY_READS
-        finally:
-            cluster.release.set()
-            await running
-            await controller.stop()
 
     asyncio.run(scenario())
 
@@ -182,14 +181,9 @@ def test_an_abort_reaches_the_route_before_every_rollout_is_listed() -> None:
     cluster, _, controller = aborted_mid_step(held=("deployments", api.PLURAL))
 
     async def scenario() -> None:
-        running = asyncio.get_running_loop().create_task(controller.run())
-        try:
+        async with running(controller, cluster):
             await until(lambda: candidate_weight(cluster) == 0, "the abort routed")
             assert not controller.rollouts.synced.is_set()  # every rollout is still being listed
-        finally:
-            cluster.release.set()
-            await running
-            await controller.stop()
         assert cluster.objects[api.PLURAL][(NS, NAME)]["status"]["phase"] == "RolledBack"
 
     asyncio.run(scenario())
@@ -216,16 +210,11 @@ def test_an_early_abort_leaves_a_route_another_rollout_owns_alone() -> None:
     cluster, controller = claimed_by_an_older_rollout(older_aborted=False)
 
     async def scenario() -> None:
-        running = asyncio.get_running_loop().create_task(controller.run())
-        try:
+        async with running(controller, cluster):
             await until(lambda: routed_condition(cluster) == "RouteClaimed", "the claim recorded")
             assert not controller.rollouts.synced.is_set()
             assert candidate_weight(cluster) == 25  # the older rollout's route: not ours to write
             assert "AgentRollout other" in cluster.objects[api.PLURAL][(NS, NAME)]["status"]["message"]
-        finally:
-            cluster.release.set()
-            await running
-            await controller.stop()
 
     asyncio.run(scenario())
 
@@ -234,14 +223,9 @@ def test_an_early_abort_routes_a_shared_route_it_owns() -> None:
     cluster, controller = claimed_by_an_older_rollout(older_aborted=True)
 
     async def scenario() -> None:
-        running = asyncio.get_running_loop().create_task(controller.run())
-        try:
+        async with running(controller, cluster):
             await until(lambda: candidate_weight(cluster) == 0, "the abort routed")
             assert not controller.rollouts.synced.is_set()
-        finally:
-            cluster.release.set()
-            await running
-            await controller.stop()
 
     asyncio.run(scenario())
 
@@ -262,14 +246,9 @@ def test_on_an_older_apiserver_an_abort_waits_for_the_rollouts_list_only(
     cluster.__class__ = OlderApiserver
 
     async def scenario() -> None:
-        running = asyncio.get_running_loop().create_task(controller.run())
-        try:
+        async with running(controller, cluster):
             await until(lambda: candidate_weight(cluster) == 0, "the abort routed")
             assert not controller.synced  # the Deployments are still being listed
-        finally:
-            cluster.release.set()
-            await running
-            await controller.stop()
 
     asyncio.run(scenario())
     assert "cannot list AgentRollouts by status.abort" in caplog.text
