@@ -242,6 +242,50 @@ def test_second_rollout_naming_the_same_route_is_held_with_a_condition_naming_th
     assert _candidate_weights_seen(s) == [0, 25]  # no flip-flop between the two
 
 
+def test_an_abort_at_a_start_leaves_a_route_another_rollout_owns_alone(
+    scene: Callable[..., Scene], operator: OperatorProcess
+) -> None:
+    """At a start an abort is reconciled before the lists are in, on the aborted rollouts listed by
+    the CRD's selectable status.abort and the route's claimants listed by its selectable claim field
+    (the real apiserver serves both): a held rollout's abort moves no traffic of the owner's."""
+    s = scene()
+    s.apply(s.rollout_manifest("owner", steps=[{"setWeight": 25}, HOLD]))
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
+    s.apply(s.rollout_manifest("held", steps=[{"setWeight": 50}, HOLD]))
+    wait_until("the second rollout held", lambda: _routed_reason(s, "held") == "RouteClaimed", 20)
+
+    def selected(field: str) -> list[str]:
+        out = s.kubectl("get", PLURAL, "-n", s.namespace, "--field-selector", field, "-o", "name").stdout
+        return sorted(name.rsplit("/", 1)[1] for name in out.split())
+
+    assert selected(f"spec.traffic.gatewayAPI.httpRoute={ROUTE}") == ["held", "owner"]
+    operator.stop()
+    mark = operator.log_path.stat().st_size
+    try:
+        s.kube.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, s.namespace, PLURAL, "held", {"status": {"abort": True}}
+        )
+        assert selected("status.abort=true") == ["held"]
+    finally:
+        operator.start()
+
+    def since_start() -> str:
+        return operator.log_path.read_bytes()[mark:].decode(errors="replace")
+
+    # Reconciled before the lists are in (its own log line) or, had they come first, by the first
+    # worker: either way within seconds of "watching", before which no worker runs.
+    wait_until("the operator reconciling", lambda: "reconciling, most urgent first" in since_start(), 30)
+    time.sleep(3)  # any route write it might make is made by now
+    assert _candidate_weights_seen(s)[-1] == 25 and s.route_weights()[CANDIDATE] == 25
+    assert s.status("owner").get("phase") == "Paused"
+    assert "cannot list AgentRollouts by" not in since_start()
+
+
+def _routed_reason(s: Scene, name: str) -> str | None:
+    conditions = {c["type"]: c for c in s.status(name).get("conditions", [])}
+    return (conditions.get("TrafficRouted") or {}).get("reason")
+
+
 # ---------------------------------------------------------------- 13. legacy deleted mid-rollout
 
 

@@ -191,6 +191,17 @@ def _oldest(claims: dict[str, str] | None) -> str | None:
     return min((created, name) for name, created in claims.items())[1] if claims else None
 
 
+def _owner_of(
+    owned: tuple[Resource, str, str], owner: str | None
+) -> Callable[[Resource, str, str], str | None]:
+    """A route-owner lookup that knows one routed object's owner (an early abort's own route)."""
+
+    def lookup(resource: Resource, namespace: str, route: str) -> str | None:
+        return owner if (resource, namespace, route) == owned else None
+
+    return lookup
+
+
 def _routed(rollout: StoredRollout) -> tuple[Resource, str] | None:
     return (rollout.route_resource, rollout.route) if rollout.route_resource and rollout.route else None
 
@@ -418,7 +429,7 @@ class Controller:
             async with self._early_reads:
                 return await asyncio.to_thread(self._client.read, kind, namespace, name)
 
-        route_owner = self.route_owner
+        route_owner: Callable[[Resource, str, str], str | None] = self.route_owner
         try:
             states = await asyncio.gather(*(get(DEPLOYMENTS, d) for d in stored.deployments))
             route = None
@@ -429,8 +440,7 @@ class Controller:
                         claims = await asyncio.to_thread(
                             self._claims_listed, stored.route_resource, namespace, stored.route
                         )
-                    owner, owned = _oldest(claims), (stored.route_resource, namespace, stored.route)
-                    route_owner = lambda *target: owner if target == owned else None  # noqa: E731
+                    route_owner = _owner_of((stored.route_resource, namespace, stored.route), _oldest(claims))
         except Exception as e:  # the lists will bring them; the abort is reconciled then
             log.warning("%s/%s: abort before the first lists: reading its targets failed: %s", *key, e)
             return
