@@ -321,3 +321,26 @@ def test_a_decision_falling_due_has_workers_of_its_own_when_every_other_worker_i
         await queue.stop()
 
     _run(test)
+
+
+def test_an_interval_run_taken_just_before_a_deadline_does_not_hold_the_decision() -> None:
+    """At 10,000 rollouts an interval run, after waiting about an interval for a worker, started at a
+    60 s pause's end and held the pause's own run behind its writes (p99 13 s late)."""
+
+    async def test() -> None:
+        work = Recorder()
+        waits: list[tuple[int, float]] = []
+        queue: Scheduler[str] = Scheduler(work, workers=16, waited=lambda u, s: waits.append((u, s)))
+        queue.start()
+        queue.wake("r", LIVE)
+        await _until(lambda: work.runs == ["r"] and not work.running)
+        release = work.hold.setdefault("r", asyncio.Event())  # the next run of r takes long
+        queue.deadline("r", 0.3)
+        queue.wake("r", LIVE)  # the interval run, taken at once, 0.3 s before the deadline
+        await _until(lambda: len(work.runs) == 2)
+        assert [u for u, _ in waits] == [LIVE, DUE]  # the run in progress is the deadline's
+        release.set()
+        await _until(lambda: not work.running)
+        await queue.stop()
+
+    _run(test)
