@@ -587,3 +587,22 @@ def test_a_refresh_of_measured_values_is_ranked_last_in_the_api_budget_a_step_ch
     refreshed = world.kube.writes[quiet:]
     assert [(w.kind, w.priority) for w in refreshed] == [("status", REFRESH)], refreshed
     assert set(refreshed[0].body) <= {"lastAnalysis", "lastAnalysisAt", "sequence", "message", "conditions"}
+
+
+def test_a_refresh_while_a_pause_ends_within_the_interval_is_ranked_with_the_decisions() -> None:
+    """The run writing the refresh holds the pause's own run: at 10,000 rollouts entering step 1 an
+    interval run's refresh, ranked last, kept 60 s pauses from ending for 20 s."""
+    # Entered, three 30 s ticks, then the refresh: the pause ends 20 s after it.
+    pause = f"{3 * 30 + int(ANALYSIS_REFRESH) + 1 + 20}s"
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": pause}}, {"setWeight": 50}]))
+    world.tick()  # step 1 entered
+    world.tick()  # step 1 completed: the pause entered
+    for _ in range(3):  # evaluations of the pause step until nothing new is written
+        world.tick()
+    quiet = len(world.kube.writes)
+
+    world.tick(advance=ANALYSIS_REFRESH + 1)  # the refresh, with the pause ending within 30 s
+
+    refreshed = world.kube.writes[quiet:]
+    assert world.status["currentStep"] == 1  # still in the pause
+    assert [(w.kind, w.priority) for w in refreshed] == [("status", OTHER)], refreshed

@@ -325,6 +325,11 @@ class Reconciler:
             or any(isinstance(a, EmitEvent) for a in actions)
         )
         priority = FIRST_STATUS if acknowledging else OTHER if records_a_decision else REFRESH
+        if priority == REFRESH and _decision_within_interval(spec, result.requeue_after):
+            # This run holds the decision falling due (a pause's end) until its write is in, and a
+            # refresh waits for every other write: at 10,000 rollouts entering step 1, an interval
+            # run's refresh kept 60 s pauses from ending for 20 s. Ranked with the decisions.
+            priority = OTHER
         await self._write_status(
             namespace, name, raw_status, new_status, written, force=failure is not None, priority=priority
         )
@@ -632,6 +637,13 @@ class Reconciler:
         if not isinstance(stored_status, dict):
             stored_status = {k: v for k, v in {**raw_status, **new}.items() if patch.get(k, k) is not None}
         written.remember(dict(stored_status))
+
+
+def _decision_within_interval(spec: api.AgentRolloutSpec | None, due_in: float | None) -> bool:
+    """A decision falls due (planner: requeue_after) before this rollout's next analysis interval."""
+    if spec is None or spec.analysis is None or due_in is None:
+        return False
+    return due_in <= api.duration_seconds(spec.analysis.interval)
 
 
 def decision_line(namespace: str, name: str, decision: api.Decision) -> str:
