@@ -249,23 +249,24 @@ def test_an_abort_at_a_start_leaves_a_route_another_rollout_owns_alone(
     the CRD's selectable status.abort and the route's claimants listed by its selectable claim field
     (the real apiserver serves both): a held rollout's abort moves no traffic of the owner's."""
     s = scene()
-    s.apply(s.rollout_manifest("owner", steps=[{"setWeight": 25}, HOLD]))
+    # Often created in the same second: a tie on creationTimestamp goes to the name that sorts first.
+    s.apply(s.rollout_manifest("first", steps=[{"setWeight": 25}, HOLD]))
     wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
-    s.apply(s.rollout_manifest("held", steps=[{"setWeight": 50}, HOLD]))
-    wait_until("the second rollout held", lambda: _routed_reason(s, "held") == "RouteClaimed", 20)
+    s.apply(s.rollout_manifest("second", steps=[{"setWeight": 50}, HOLD]))
+    wait_until("the second rollout held", lambda: _routed_reason(s, "second") == "RouteClaimed", 20)
 
     def selected(field: str) -> list[str]:
         out = s.kubectl("get", PLURAL, "-n", s.namespace, "--field-selector", field, "-o", "name").stdout
         return sorted(name.rsplit("/", 1)[1] for name in out.split())
 
-    assert selected(f"spec.traffic.gatewayAPI.httpRoute={ROUTE}") == ["held", "owner"]
+    assert selected(f"spec.traffic.gatewayAPI.httpRoute={ROUTE}") == ["first", "second"]
     operator.stop()
     mark = operator.log_path.stat().st_size
     try:
         s.kube.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, s.namespace, PLURAL, "held", {"status": {"abort": True}}
+            GROUP, VERSION, s.namespace, PLURAL, "second", {"status": {"abort": True}}
         )
-        assert selected("status.abort=true") == ["held"]
+        assert selected("status.abort=true") == ["second"]
     finally:
         operator.start()
 
@@ -277,7 +278,7 @@ def test_an_abort_at_a_start_leaves_a_route_another_rollout_owns_alone(
     wait_until("the operator reconciling", lambda: "reconciling, most urgent first" in since_start(), 30)
     time.sleep(3)  # any route write it might make is made by now
     assert _candidate_weights_seen(s)[-1] == 25 and s.route_weights()[CANDIDATE] == 25
-    owner = s.status("owner")
+    owner = s.status("first")
     assert (owner.get("phase"), owner["weights"]["candidate"]) == ("Progressing", 25)  # in its 1h pause
     assert "cannot list AgentRollouts by" not in since_start()
 
