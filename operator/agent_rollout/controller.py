@@ -529,9 +529,11 @@ class Controller:
             while True:
                 page = self._client.list_page(claiming(field, route), namespace, 500, token)
                 for obj in page.get("items") or ():
-                    claimant = StoredRollout.of(obj)
-                    if _routed(claimant) == (resource, route):
-                        claims[str((obj.get("metadata") or {}).get("name"))] = claimant.created
+                    # The index's own reading of a claim, without parsing a whole StoredRollout.
+                    routed = registry.routed_object((obj.get("spec") or {}).get("traffic"))
+                    if routed is not None and (routed[0].resource, routed[1]) == (resource, route):
+                        meta = obj.get("metadata") or {}
+                        claims[str(meta.get("name"))] = str(meta.get("creationTimestamp") or "")
                 token = (page.get("metadata") or {}).get("continue")
                 if not token:
                     break
