@@ -34,6 +34,7 @@ Printed, with N, interval, machine and date:
  5. breach -> candidate weight 0: K rollouts (different ones) start answering 50% errors at times
     spread over one interval; from the first 0.25 s poll at which Prometheus shows the error rate
     over 1m above 0.05 with >= 20 samples, to the route watch seeing the candidate's weight 0;
+    split at the fast check's wake (its log line): seeing the breach, then acting on it;
  6. "connection pool is full" warnings in the operator log, and the operator's CPU seconds
     (utime + stime from /proc/<pid>/stat) over the steady window.
 
@@ -660,6 +661,24 @@ def spread(values: Sequence[float], unit: str = "s", digits: int = 1) -> str:
     return f"{text} (n={len(values)})"
 
 
+WAKE_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO agent_rollout.sentinel: ([^/ ]+)/([^:]+): gate .* waking"
+)
+
+
+def wake_times(log_path: Path, start: int, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
+    """Wall time of the fast check's first wake of each rollout in `keys`, in the log from byte `start`."""
+    found: dict[tuple[str, str], float] = {}
+    with log_path.open("rb") as f:
+        f.seek(start)
+        for raw in f:
+            m = WAKE_LINE.match(raw.decode(errors="replace"))
+            if m and (key := (m[2], m[3])) in keys and key not in found:
+                # asctime is the operator's local time, as datetime.timestamp reads a naive one.
+                found[key] = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return found
+
+
 def machine() -> str:
     model = ""
     with suppress(OSError), open("/proc/cpuinfo") as f:
@@ -976,10 +995,11 @@ class Bench:
 
     # -- 5. breach -> weight 0
 
-    def breach_run(self, interval_s: int) -> None:
+    def breach_run(self, interval_s: int, op: OperatorProcess) -> None:
         chosen = [t for t in self.targets if t.role == "breach"]
         if not chosen:
             return
+        log_start = op.log_path.stat().st_size
         candidates = {(t.namespace, t.name): t.candidate for t in chosen}
         routes = RouteWatch(self.state.kubeconfig, "breach", candidates)
         # Deployment names need no regex escaping ([a-z0-9-]); a backslash would be a PromQL string escape.
@@ -1035,6 +1055,15 @@ class Bench:
             poller.join(15)
             routes.close()
         seconds = [routes.zero_at[k] - visible[k] for k in candidates if k in routes.zero_at and k in visible]
+        # Where the time went: the fast check's wake (its log line, wall clock to the millisecond) splits
+        # each breach into seeing it (visible -> wake) and acting on it (wake -> weight 0).
+        woken = wake_times(op.log_path, log_start, set(candidates))
+        to_wall = time.time() - time.monotonic()
+        to_wake = [woken[k] - (visible[k] + to_wall) for k in candidates if k in woken and k in visible]
+        wake_to_zero = [
+            routes.zero_at[k] + to_wall - woken[k] for k in candidates if k in woken and k in routes.zero_at
+        ]
+        unwoken = len(chosen) - len(woken)
         to_visible = [visible[k] - started[k] for k in candidates if k in visible]
         early = sum(1 for s in seconds if s < 0)
         never = [f"{ns}/{n}" for ns, n in candidates if (ns, n) not in routes.zero_at]
@@ -1047,7 +1076,10 @@ class Bench:
         )
         notes = [
             f"breach became visible in Prometheus {spread(to_visible)} after the errors started "
-            f"(scrape {SCRAPE_S}s)"
+            f"(scrape {SCRAPE_S}s)",
+            f"visible -> the fast check's wake (operator log) {spread(to_wake)}",
+            f"wake -> weight 0 {spread(wake_to_zero)}"
+            + (f" ({unwoken} cut off with no wake: by the interval's analysis)" if unwoken else ""),
         ]
         if early:
             notes.append(
@@ -1197,7 +1229,7 @@ def run(
             bench.steady_window(op, empty, objects_rss)
             # Breaches need the gate's full window since the pause began, as our query uses it.
             time.sleep(max(0.0, started + startup_s + GATE_WINDOW_S + 5 - time.monotonic()))
-            bench.breach_run(interval_s)
+            bench.breach_run(interval_s, op)
             operators.append(bench.abort_at_restart(op))
         finally:
             for o in operators:
