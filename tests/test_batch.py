@@ -246,6 +246,90 @@ def test_a_reader_that_accepts_older_answers_gets_them_up_to_the_readers_longest
     asyncio.run(scenario())
 
 
+def test_a_stale_answer_is_taken_at_once_while_one_query_fetches_a_fresh_one() -> None:
+    """Stale while revalidate: an answer older than max_age but younger than stale_age is returned
+    without waiting, the query it starts (one, however many read) answers the readers after it;
+    a reader without stale_age, or with an answer past it, waits as before."""
+    now = [0.0]
+    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0)
+    block = blocks(Template.ERROR_RATE)[0]
+    key = ("support", "candidate")
+    answered = asyncio.Event()
+    fetched: list[float] = []
+
+    async def fetch() -> BlockValues:
+        fetched.append(now[0])
+        await answered.wait()
+        return {key: float(len(fetched))}
+
+    async def read(stale_age: float | None, wait: float = 0.1) -> float:
+        values = await asyncio.wait_for(
+            reader.read(block, fetch, timeout=5.0, max_age=5.0, stale_age=stale_age), wait
+        )
+        return values[key]
+
+    async def scenario() -> None:
+        answered.set()
+        assert await read(None) == 1.0
+        answered.clear()  # Prometheus is slow from now on
+        now[0] = 7.0
+        assert await read(10.0) == 1.0  # 7 s old, at once
+        assert await read(10.0) == 1.0
+        assert fetched == [0.0, 7.0]  # one query for both
+        with pytest.raises(TimeoutError):
+            await read(None)  # 7 s is too old for it: it waits for the query in flight
+        answered.set()
+        await asyncio.sleep(0.01)
+        assert await read(10.0) == 2.0  # the fresh answer, for the readers after it
+        answered.clear()
+        now[0] = 18.0  # 11 s old: past the stale reader's 10 s
+        with pytest.raises(TimeoutError):
+            await read(10.0)
+        answered.set()
+        assert await read(10.0, wait=1.0) == 3.0
+        answered.clear()
+        now[0] = 29.0  # 11 s old again, and 60 s asked for: no older than twice the reader's longest
+        with pytest.raises(TimeoutError):
+            await read(60.0)
+        answered.set()
+
+    asyncio.run(scenario())
+
+
+def test_an_evaluation_judges_steady_gates_on_a_stale_answer_and_young_ones_on_a_fresh_one(
+    prometheus: FakePrometheusServer,
+) -> None:
+    """At an interval of 30s an evaluation uses answers up to 5 s old and, for steady gates (window
+    whole 10 s back), up to 10 s old without waiting; Prometheus answers slowly here (0.5 s)."""
+    now = [100.0]
+    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0)
+    gateway = PrometheusGateway(prometheus.url, timeout=5.0, reader=reader)
+    gates = [{"name": "errors", "template": "errorRate", "max": 0.01}]
+    serve(prometheus, data(0), delay=0.5)
+
+    async def measure(steady: frozenset[str]) -> float | None:
+        results = await asyncio.wait_for(
+            measure_gates(spec(3, gates), namespace(3), gateway, steady=steady), 0.3
+        )
+        return results[0].value
+
+    async def scenario() -> None:
+        with pytest.raises(TimeoutError):
+            await measure(frozenset())  # nothing cached: even a steady gate waits for its first answer
+        await asyncio.sleep(0.5)
+        before = len(prometheus.queries)
+        serve(prometheus, data(1), delay=0.5)  # new traffic; the cached answers hold data(0)
+        now[0] += 7.0
+        assert await measure(frozenset({"errors"})) == expected(3, data(0))["errors"]  # at once, 7 s old
+        with pytest.raises(TimeoutError):
+            await measure(frozenset())  # a young gate's evaluation waits for the fresh answer
+        await asyncio.sleep(0.5)
+        assert await measure(frozenset()) == expected(3, data(1))["errors"]
+        assert len(prometheus.queries) == before + 2  # the two blocks once, for all three evaluations
+
+    asyncio.run(scenario())
+
+
 def focused_pairs(promql: str) -> set[tuple[str, str]]:
     """The (namespace, version) pairs a focused query selects among this file's rollouts."""
     _, selects = unfocused(promql)

@@ -226,7 +226,11 @@ class FakeGateway:
         return answer
 
     async def block(
-        self, block: Block, max_age: float | None = None, keys: frozenset[Pair] | None = None
+        self,
+        block: Block,
+        max_age: float | None = None,
+        keys: frozenset[Pair] | None = None,
+        stale_age: float | None = None,
     ) -> BlockValues:
         return await self._answer(block.promql) or {}
 

@@ -161,7 +161,11 @@ class SlowPrometheus(FakePrometheus):
         self.asked: list[str] = []  # every block read asked of it, held ones included
 
     async def block(
-        self, block: Block, max_age: float | None = None, keys: frozenset[Pair] | None = None
+        self,
+        block: Block,
+        max_age: float | None = None,
+        keys: frozenset[Pair] | None = None,
+        stale_age: float | None = None,
     ) -> BlockValues:
         self.asked.append(block.promql)
         if block.promql.startswith(self.holds):

@@ -210,7 +210,9 @@ class Blocks:
     async def scalar(self, promql: str) -> float | None:
         raise AssertionError(promql)
 
-    async def block(self, block: Any, max_age: float | None = None, keys: Any = None) -> Any:
+    async def block(
+        self, block: Any, max_age: float | None = None, keys: Any = None, stale_age: float | None = None
+    ) -> Any:
         for key, values in self.values.items():
             if key in block.promql:
                 return values

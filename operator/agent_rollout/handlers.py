@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 BATCH_TTL = float(os.environ.get("AGENT_ROLLOUT_BATCH_TTL", str(DEFAULT_TTL)))
 if not BATCH_TTL >= 0:  # NaN too: refuse at start, not at every reconcile
     raise ValueError(f"AGENT_ROLLOUT_BATCH_TTL must be >= 0 seconds, got {BATCH_TTL!r}")
-# The oldest building-block answer an evaluation may use (the fast check always asks for fresh ones):
-# at 10,000 rollouts each answer is a vector of 20,000 series, and sharing it saves the most.
+# The oldest building-block answer an evaluation may use without waiting (the fast check always asks
+# for fresh ones), and half the oldest a steady gate's evaluation takes while a fresh one is fetched
+# (BatchReader.read): at 10,000 rollouts each answer is a vector of 20,000 series, and sharing it
+# saves the most.
 EVALUATION_MAX_AGE = float(os.environ.get("AGENT_ROLLOUT_EVALUATION_MAX_AGE", "5"))
 if not EVALUATION_MAX_AGE >= 0:
     raise ValueError(f"AGENT_ROLLOUT_EVALUATION_MAX_AGE must be >= 0 seconds, got {EVALUATION_MAX_AGE!r}")

@@ -325,6 +325,19 @@ def analysis_windows(
     return windows
 
 
+def steady_gates(
+    spec: AgentRolloutSpec, status: AgentRolloutStatus, now: datetime, seconds: float
+) -> frozenset[str]:
+    """The gates whose window was already whole `seconds` before `now`: an answer that old holds no
+    sample from before the step began or the gate's last counted failure, so it may be judged (an
+    answer is stale by at most the time since its query was sent, analysis.prometheus.evaluation_ages)."""
+    if spec.analysis is None:
+        return frozenset()
+    back = gate_windows(spec, status, utc(now) - timedelta(seconds=seconds))
+    whole = analysis_windows(spec.analysis, None, {}, now)
+    return frozenset(name for name, window in back.items() if window is not None and window == whole[name])
+
+
 def _ladder_floor(seconds: float) -> int:
     """The longest ladder window not longer than `seconds` (>= MIN_WINDOW_SECONDS)."""
     window: int = WINDOW_LADDER[bisect.bisect_right(WINDOW_LADDER, seconds) - 1]

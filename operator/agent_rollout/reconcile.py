@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -27,6 +27,7 @@ from agent_rollout.analysis.prometheus import (
     QueryRejected,
     candidate_requests,
     check_queries,
+    evaluation_ages,
     measure_gates,
     shadow_pairs,
 )
@@ -49,7 +50,14 @@ from agent_rollout.domain import (
 from agent_rollout.drill import drill_spec, drill_window
 from agent_rollout.intent import annotation_patch, intent_for, our_intent
 from agent_rollout.kube import FIRST_STATUS, OTHER, REFRESH, Conflict, KubeClient, RouteWriteError
-from agent_rollout.planner import after_route_write, first_sight, gate_windows, note_route_failure, plan
+from agent_rollout.planner import (
+    after_route_write,
+    first_sight,
+    gate_windows,
+    note_route_failure,
+    plan,
+    steady_gates,
+)
 from agent_rollout.readiness import (
     baseline_due,
     baseline_spec,
@@ -476,7 +484,8 @@ class Reconciler:
         try:
             judged = spec.model_copy(update={"analysis": shadow.judged_analysis(spec, status)})
             windows = gate_windows(spec, status, now)
-            gates = await measure_over(judged, windows, namespace, gateway)
+            steady = steady_gates(spec, status, now, evaluation_ages(spec.analysis)[1])
+            gates = await measure_over(judged, windows, namespace, gateway, steady)
             requests, milestone = None, None
             step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
             due = milestone_due(spec, status)
@@ -653,12 +662,17 @@ def decision_line(namespace: str, name: str, decision: api.Decision) -> str:
 
 
 async def measure_over(
-    spec: api.AgentRolloutSpec, windows: Mapping[str, int | None], namespace: str, source: MetricsSource
+    spec: api.AgentRolloutSpec,
+    windows: Mapping[str, int | None],
+    namespace: str,
+    source: MetricsSource,
+    steady: Collection[str] = (),
 ) -> tuple[api.GateResult, ...]:
     """The spec's gates over the windows the planner gives them (planner.gate_windows): a gate too
-    fresh for any window is left out, one clamped to a young step's window is read focused."""
+    fresh for any window is left out, one clamped to a young step's window is read focused, the
+    `steady` ones (planner.steady_gates) from answers up to evaluation_ages' second figure old."""
     return await measure_gates(
-        _with_windows(spec, windows), namespace, source, clamped=_clamped(spec, windows)
+        _with_windows(spec, windows), namespace, source, clamped=_clamped(spec, windows), steady=steady
     )
 
 

@@ -76,7 +76,7 @@ class BatchReader:
         self._clock = clock
         self._cache: dict[Block, _Entry] = {}
         self._in_flight: dict[Block, asyncio.Task[BlockValues]] = {}
-        self._keep = ttl  # how long answers are kept: the longest max_age any reader asked for
+        self._keep = ttl  # how long answers are kept: the oldest any reader accepts (max_age, stale_age)
         self._focused: dict[Block, list[_Focused]] = {}  # gathering, in flight and answered, newest last
         self.fetches = 0  # queries started, for tests and benchmarks
 
@@ -86,22 +86,33 @@ class BatchReader:
         fetch: Callable[[], Awaitable[BlockValues]],
         timeout: float,
         max_age: float | None = None,
+        stale_age: float | None = None,
     ) -> BlockValues:
         """The block's values, from the cache, from a query in flight, or from a new query `fetch()`.
         `max_age` (default: the reader's ttl) is how old an answer this reader accepts: the fast
         check wants its second-old answers, an evaluation at a 30 s interval is as right with older
         ones, and at 10,000 rollouts each answer a query saves is a vector of 20,000 series.
 
+        With `stale_age`, an answer older than `max_age` but younger than `stale_age` (at most twice
+        the reader's longest) is returned at once, while a fresh one is fetched for the readers after
+        it (stale while revalidate): Prometheus is asked exactly as often, and nobody waits. At 10,000
+        rollouts the latency histogram's query took 3 s, and for those 3 s of every 8 each evaluation,
+        a breach's own among them, waited for it.
+
         Raises what the query raised, or TimeoutError after `timeout` seconds of waiting.
         """
         max_age = self.ttl if max_age is None else min(max_age, self.longest)
-        self._keep = max(self._keep, max_age)
+        stale = max_age if stale_age is None else max(max_age, min(stale_age, 2 * self.longest))
+        self._keep = max(self._keep, stale)
         entry = self._cache.get(block)
-        if entry is not None and self._clock() - entry.sent < max_age:
+        age = None if entry is None else self._clock() - entry.sent
+        if entry is not None and age is not None and age < max_age:
             return entry.values
         task = self._in_flight.get(block)
         if task is None or task.get_loop() is not asyncio.get_running_loop():
             task = self._start(block, fetch)
+        if entry is not None and age is not None and age < stale:
+            return entry.values  # the query just started, or in flight, answers the readers after it
         # shield: a caller that times out or is cancelled must not cancel the query others wait on.
         return await asyncio.wait_for(asyncio.shield(task), timeout)
 

@@ -54,6 +54,7 @@ from agent_rollout.analysis.templates import (
 )
 from agent_rollout.api import (
     AgentRolloutSpec,
+    Analysis,
     Gate,
     GateResult,
     MetricNames,
@@ -103,7 +104,11 @@ class MetricsSource(Protocol):
     async def scalar(self, promql: str) -> float | None: ...
 
     async def block(
-        self, block: Block, max_age: float | None = None, keys: frozenset[Pair] | None = None
+        self,
+        block: Block,
+        max_age: float | None = None,
+        keys: frozenset[Pair] | None = None,
+        stale_age: float | None = None,
     ) -> BlockValues: ...
 
 
@@ -259,11 +264,16 @@ class PrometheusGateway:
         return await self._run(promql, parse_scalar)
 
     async def block(
-        self, block: Block, max_age: float | None = None, keys: frozenset[Pair] | None = None
+        self,
+        block: Block,
+        max_age: float | None = None,
+        keys: frozenset[Pair] | None = None,
+        stale_age: float | None = None,
     ) -> BlockValues:
         """A building block's values by (namespace, version), shared through the reader; an answer
-        up to `max_age` seconds old will do (default: the reader's ttl). With `keys`, only those pairs
-        are needed (Block.focused): what a window shorter than the gate's asks of Prometheus."""
+        up to `max_age` seconds old will do (default: the reader's ttl), one up to `stale_age` while
+        a fresh one is fetched (BatchReader.read). With `keys`, only those pairs are needed
+        (Block.focused): what a window shorter than the gate's asks of Prometheus, always fresh."""
         parse = functools.partial(parse_vector, labels=(block.namespace_label, block.version_label))
         try:
             if keys is not None and len(keys) <= FOCUS_LIMIT:
@@ -276,7 +286,7 @@ class PrometheusGateway:
 
                 return await self.reader.read_focused(block, keys, focused, self.timeout, max_age=max_age)
             return await self.reader.read(
-                block, lambda: self._run(block.promql, parse), self.timeout, max_age=max_age
+                block, lambda: self._run(block.promql, parse), self.timeout, max_age, stale_age
             )
         except TimeoutError:
             raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from None
@@ -423,8 +433,21 @@ def _name_the_gate(
     return rejected
 
 
+def evaluation_ages(analysis: Analysis) -> tuple[float, float]:
+    """How old a building block's answer an evaluation uses, in seconds: up to the first without
+    waiting; up to the second at once while a fresh one is fetched, for gates whose window is whole
+    that long back (planner.steady_gates). An evaluation every interval is as right with a block a
+    few seconds old: breaches between evaluations are the fast check's, on fresh answers."""
+    interval = duration_seconds(analysis.interval)
+    return interval / 6, interval / 3
+
+
 async def measure_gates(
-    spec: AgentRolloutSpec, namespace: str, gateway: MetricsSource, clamped: Collection[str] = ()
+    spec: AgentRolloutSpec,
+    namespace: str,
+    gateway: MetricsSource,
+    clamped: Collection[str] = (),
+    steady: Collection[str] = (),
 ) -> tuple[GateResult, ...]:
     """Measure and evaluate every gate. Raises QueryRejected (naming the first gate whose query it is)
     when Prometheus refuses a query, else PrometheusUnavailable if any query it needs fails.
@@ -434,6 +457,9 @@ async def measure_gates(
     is Inconclusive with the reason, not an error for the others. The blocks of `clamped` gates (a
     window cut short by a young step, planner.gate_windows) are read focused on this rollout's series:
     few rollouts share such a window, and the whole fleet's series of it are not worth a query.
+    The blocks only `steady` gates read (their window was whole evaluation_ages' second figure ago, so
+    an answer that old holds no sample from before the step or the gate's last failure) are taken
+    stale rather than waited for (BatchReader.read).
     """
     analysis = spec.analysis
     if analysis is None:
@@ -448,6 +474,7 @@ async def measure_gates(
     legacy_version, candidate_version = version_values(spec)
     # Ordered: each block with the pairs it is read for, None when it is read whole.
     blocks: dict[Block, frozenset[Pair] | None] = {}
+    stale_ok: dict[Block, bool] = {}  # only steady gates read it
     queries: dict[str, None] = {}
     for gate, plan in zip(analysis.gates, plans, strict=True):
         if isinstance(plan, TemplateError):
@@ -457,6 +484,8 @@ async def measure_gates(
             if gate.compare is not None and plan.floor is None:
                 pairs.add((namespace, legacy_version))
             for block in plan.blocks:
+                steady_read = gate.name in steady and gate.name not in clamped
+                stale_ok[block] = stale_ok.get(block, True) and steady_read
                 if gate.name not in clamped or (block in blocks and blocks[block] is None):
                     blocks[block] = None
                 else:
@@ -464,14 +493,15 @@ async def measure_gates(
         for side in (plan.candidate, plan.legacy):
             if side is not None:
                 queries.update(dict.fromkeys(q for q in (side.value, side.samples) if q))
-    # An evaluation every interval is as right with a building block a few seconds old (breaches
-    # between evaluations are the fast check's, on fresh answers): up to a sixth of the interval, and
-    # no older than the reader allows (BatchReader.longest).
-    max_age = duration_seconds(analysis.interval) / 6
+    # No older than the reader allows either (BatchReader.longest).
+    max_age, stale_age = evaluation_ages(analysis)
     try:
         answers = await _gather_all(
             [
-                *(gateway.block(b, max_age=max_age, keys=keys) for b, keys in blocks.items()),
+                *(
+                    gateway.block(b, max_age=max_age, keys=keys, stale_age=stale_age if stale_ok[b] else None)
+                    for b, keys in blocks.items()
+                ),
                 *(gateway.scalar(q) for q in queries),
             ]
         )
