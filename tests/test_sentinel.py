@@ -317,3 +317,28 @@ def test_a_slow_block_is_waited_for_by_the_next_sweeps_while_the_fast_ones_are_a
         assert not sentinel._flying  # its answer was taken
 
     asyncio.run(scenario())
+
+
+def test_a_resting_block_is_asked_again_when_its_rest_ends_not_at_a_later_sweep() -> None:
+    """A block slower than the period rests half its duration, then is asked at once: at 10,000
+    rollouts a 1.5 s counter query waited for the next sweep after its rest too, one every 3 s."""
+    prometheus = SlowPrometheus(Metrics(), delay=0.15)
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        sentinel = Sentinel(clock=clock, period=0.1)
+        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        await asyncio.wait_for(sentinel.sweep(), timeout=5)  # sends both blocks, waits a period
+        await asyncio.wait_for(sentinel.sweep(), timeout=5)  # takes their answers (0.15 s: rest 0.075 s)
+        assert len(prometheus.asked) == 2
+        await asyncio.sleep(0.3)  # no sweep meanwhile
+        assert len(prometheus.asked) == 4  # both asked again once rested, for the next sweep to take
+        assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0
+        assert len(prometheus.asked) == 4  # that sweep took those answers rather than asking again
+        sentinel.forget(("support", "a"))
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(sentinel.sweep(), timeout=5)  # nobody reads the blocks any more
+        await asyncio.sleep(0.3)
+        assert len(prometheus.asked) <= 6  # at most the rests already under way, then nothing
+
+    asyncio.run(scenario())

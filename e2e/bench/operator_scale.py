@@ -105,6 +105,7 @@ SCRAPE_S = 5
 WORKERS = 16
 CM_QPS = 500
 RUN_PREFIX = "bench-scale-"
+BLIND_METRIC = "agent_rollout_fast_check_blind_seconds"
 LABEL = "bench.agent-rollout.dev/role"  # on routes: breach / abort; on rollouts: short / long
 SCALE_LABEL = "bench.agent-rollout.dev/scale"
 
@@ -629,14 +630,14 @@ def pct(values: Sequence[float], q: float) -> float:
 QUEUE_WAIT_METRIC = "agent_rollout_queue_wait_seconds"
 
 
-def histogram_summaries(text: str, metric: str) -> dict[str, str]:
-    """'n=…, p50 <= …, p99 <= …, max <= …' of each urgency of a histogram in Prometheus' text format,
-    from its cumulative buckets (so each figure is the bound of the bucket it falls in)."""
+def histogram_summaries(text: str, metric: str, label: str = "urgency") -> dict[str, str]:
+    """'n=…, p50 <= …, p99 <= …, max <= …' of each value of `label` of a histogram in Prometheus' text
+    format, from its cumulative buckets (so each figure is the bound of the bucket it falls in)."""
     buckets: dict[str, list[tuple[float, float]]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == f"{metric}_bucket":
-                urgency = sample.labels["urgency"]
+                urgency = sample.labels[label]
                 buckets.setdefault(urgency, []).append((float(sample.labels["le"]), sample.value))
     summaries: dict[str, str] = {}
     for urgency, rows in sorted(buckets.items()):
@@ -651,6 +652,18 @@ def histogram_summaries(text: str, metric: str) -> dict[str, str]:
 
         summaries[urgency] = f"n={total:.0f}, p50 <= {bound(0.5)}, p99 <= {bound(0.99)}, max <= {bound(1.0)}"
     return summaries
+
+
+def block_name(promql: str) -> str:
+    """A building block's query, short: its metric, its window, and what sets it apart."""
+    metric = re.search(r"([A-Za-z_:][A-Za-z0-9_:]*)[{\[]", promql)
+    window = re.search(r"\[([^\]]+)\]", promql)
+    name = f"{metric[1] if metric else promql[:40]}[{window[1] if window else '?'}]"
+    if promql.startswith("histogram_quantile"):
+        name = f"quantile of {name}"
+    if "!=" in promql:
+        name += " (errors)"
+    return name
 
 
 def spread(values: Sequence[float], unit: str = "s", digits: int = 1) -> str:
@@ -746,14 +759,28 @@ class Bench:
         op.start()
         return op
 
+    def operator_metrics(self, label: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_ports[label]}/metrics", timeout=30) as r:
+            return cast(bytes, r.read()).decode()
+
+    def blind_spots(self, label: str) -> str:
+        """The fast check's own histogram, per block since start: from one answer's query sent to the
+        next answer, the longest a breach could wait to be seen through that block."""
+        try:
+            text = self.operator_metrics(label)
+        except OSError as e:
+            return f"the fast check's blind spots: metrics not read ({e})"
+        parts = [
+            f"{block_name(block)} {summary}"
+            for block, summary in histogram_summaries(text, BLIND_METRIC, "block").items()
+        ]
+        return "the fast check's blind spot per block since start (bucket bounds): " + "; ".join(parts)
+
     def queue_waits(self, label: str) -> None:
         """The operator's own histogram of the time runs waited for a worker, by urgency, since start
         (what a pause's end waits for besides its timer)."""
         try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_ports[label]}/metrics", timeout=30
-            ) as r:
-                text = r.read().decode()
+            text = self.operator_metrics(label)
         except OSError as e:
             self.figures.add(f"   queue wait by urgency: metrics not read ({e})")
             return
@@ -1093,6 +1120,7 @@ class Bench:
             notes.append(f"{len(never)} NOT cut off in time: {', '.join(never[:5])}")
         with suppress(Exception):  # a figure for scale only: the breach figures stand without it
             notes.append(f"Prometheus' query engine meanwhile: {engine_quantiles(self.prometheus_url)}")
+        notes.append(self.blind_spots("main"))
         self.figures.add("   " + "; ".join(notes))
 
     # -- 2b. abort from the first second, at a restart with N rollouts mid-pause

@@ -56,6 +56,14 @@ QUERY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+FAST_CHECK_BLIND_SECONDS = Histogram(
+    f"{PREFIX}_fast_check_blind_seconds",
+    "For each building-block answer the fast check gets: seconds since the query of its previous answer "
+    "was sent, the longest a breach in Prometheus could have waited to be seen through that block.",
+    ["block"],
+    buckets=(0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 30),
+    registry=REGISTRY,
+)
 QUERY_ERRORS = Counter(
     f"{PREFIX}_prometheus_query_errors_total",
     "Queries that got no usable answer: unavailable (down, timeout, 5xx) or rejected (invalid query).",
