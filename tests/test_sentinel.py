@@ -342,3 +342,23 @@ def test_a_resting_block_is_asked_again_when_its_rest_ends_not_at_a_later_sweep(
         assert len(prometheus.asked) <= 6  # at most the rests already under way, then nothing
 
     asyncio.run(scenario())
+
+
+def test_a_stopped_fast_check_asks_prometheus_nothing_more() -> None:
+    prometheus = SlowPrometheus(Metrics(), delay=0.08)
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        sentinel = Sentinel(clock=clock, period=0.05)
+        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        running = asyncio.create_task(sentinel.run())
+        while not sentinel._relaunch:  # a block rests, to be asked again when its rest ends
+            await asyncio.sleep(0.01)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        asked = len(prometheus.asked)
+        await asyncio.sleep(0.3)
+        assert len(prometheus.asked) == asked
+
+    asyncio.run(scenario())

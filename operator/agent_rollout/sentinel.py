@@ -204,13 +204,19 @@ class Sentinel:
             self._analyses.release(before.analysis)
 
     async def run(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.sweep()
-            except Exception:  # the sentinel only speeds things up: never let it die
-                log.exception("fast bound check failed; the analysis interval still applies")
-            await asyncio.sleep(next_pause(self.period, time.monotonic() - started, self.busy))
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self.sweep()
+                except Exception:  # the sentinel only speeds things up: never let it die
+                    log.exception("fast bound check failed; the analysis interval still applies")
+                await asyncio.sleep(next_pause(self.period, time.monotonic() - started, self.busy))
+        finally:  # the operator stops: no block is asked after it, and none is left in flight
+            for handle in self._relaunch.values():
+                handle.cancel()
+            for task in self._flying.values():
+                task.cancel()
 
     async def sweep(self) -> int:
         """One pass; returns how many rollouts it woke. Each gate read is measured as soon as its
