@@ -296,6 +296,39 @@ def test_a_stale_answer_is_taken_at_once_while_one_query_fetches_a_fresh_one() -
     asyncio.run(scenario())
 
 
+def test_with_prometheus_down_a_stale_answer_serves_until_stale_age_then_the_error_does() -> None:
+    now = [0.0]
+    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0)
+    block = blocks(Template.ERROR_RATE)[0]
+    down = [False]
+    fetched: list[float] = []
+
+    async def fetch() -> BlockValues:
+        fetched.append(now[0])
+        if down[0]:
+            raise PrometheusUnavailable("connection refused")
+        return {("support", "candidate"): 1.0}
+
+    async def read() -> BlockValues:
+        return await reader.read(block, fetch, timeout=1.0, max_age=5.0, stale_age=10.0)
+
+    async def scenario() -> None:
+        await read()
+        down[0] = True
+        now[0] = 6.0
+        assert (await read())[("support", "candidate")] == 1.0  # stale, its refresh fails meanwhile
+        await asyncio.sleep(0.01)  # the failed refresh is done
+        now[0] = 9.0
+        assert (await read())[("support", "candidate")] == 1.0  # the failure was not cached: asked again
+        await asyncio.sleep(0.01)  # the failed refresh is done
+        assert fetched == [0.0, 6.0, 9.0]
+        now[0] = 10.0  # as old as the stale reader accepts: it waits, and gets the error
+        with pytest.raises(PrometheusUnavailable):
+            await read()
+
+    asyncio.run(scenario())
+
+
 def test_an_evaluation_judges_steady_gates_on_a_stale_answer_and_young_ones_on_a_fresh_one(
     prometheus: FakePrometheusServer,
 ) -> None:
