@@ -309,15 +309,44 @@ def test_a_decision_falling_due_has_workers_of_its_own_when_every_other_worker_i
         queue.start()
         for key in held:
             queue.wake(key, NOW)
-        await _until(lambda: len(work.running) == 16)
+        await _until(lambda: len(work.running) == 18)  # 16, and the 2 that take only NOW runs
         queue.wake("pausing", DUE)
         await _until(lambda: "pausing" in work.runs)
-        assert len(work.running) == 16 and not any(w in work.runs for w in held[16:])  # still held
+        assert len(work.running) == 18 and not any(w in work.runs for w in held[18:])  # still held
         assert (DUE, waits[-1][1]) == waits[-1] and waits[-1][1] < 1.0
         for release in releases:
             release.set()
         await _until(lambda: len(work.runs) == 21)
         assert {u for u, _ in waits} == {NOW, DUE} and len(waits) == 21
+        await queue.stop()
+
+    _run(test)
+
+
+def test_a_human_or_a_breach_has_workers_of_its_own_when_every_other_worker_is_held() -> None:
+    """At 10,000 new rollouts every general worker waited on the saturated apiserver, and runs ranked
+    NOW (an abort, a breach's wake) waited p50 <= 60 s for one."""
+
+    async def test() -> None:
+        work = Recorder()
+        waits: list[tuple[int, float]] = []
+        queue: Scheduler[str] = Scheduler(work, workers=16, waited=lambda u, s: waits.append((u, s)))
+        held = [f"busy-{i}" for i in range(40)]
+        releases = [work.hold.setdefault(key, asyncio.Event()) for key in held]
+        queue.start()
+        for key in held[:20]:
+            queue.wake(key, LIVE)
+        for key in held[20:]:
+            queue.wake(key, NEW)
+        await _until(lambda: len(work.running) == 16)
+        queue.wake("aborted", NOW)
+        await _until(lambda: "aborted" in work.runs)
+        assert len(work.running) == 16 and (NOW, waits[-1][1]) == waits[-1] and waits[-1][1] < 1.0
+        queue.wake("breached", NOW)
+        await _until(lambda: "breached" in work.runs)
+        for release in releases:
+            release.set()
+        await _until(lambda: len(work.runs) == 42)
         await queue.stop()
 
     _run(test)
