@@ -96,8 +96,8 @@ class BatchReader:
         With `stale_age`, an answer older than `max_age` but younger than `stale_age` (at most twice
         the reader's longest) is returned at once, while a fresh one is fetched for the readers after
         it (stale while revalidate): Prometheus is asked exactly as often, and nobody waits. At 10,000
-        rollouts the latency histogram's query took 3 s, and for those 3 s of every 8 each evaluation,
-        a breach's own among them, waited for it.
+        rollouts the latency histogram's query took about 3 s, and an evaluation that found the last
+        answer too old waited for the next one, a breach's own among them.
 
         Raises what the query raised, or TimeoutError after `timeout` seconds of waiting.
         """
