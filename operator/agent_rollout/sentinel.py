@@ -169,6 +169,7 @@ class Sentinel:
         self._relaunch: dict[tuple[int, Block], asyncio.TimerHandle] = {}
         self._wanted: set[tuple[int, Block]] = set()  # the blocks the last sweep read
         self._last_sent: dict[tuple[int, Block], float] = {}  # loop time the last answer's query was sent
+        self._stopped = False  # cancelled: a query cancelled with it must not ask again after its rest
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -204,6 +205,7 @@ class Sentinel:
             self._analyses.release(before.analysis)
 
     async def run(self) -> None:
+        self._stopped = False
         try:
             while True:
                 started = time.monotonic()
@@ -213,10 +215,14 @@ class Sentinel:
                     log.exception("fast bound check failed; the analysis interval still applies")
                 await asyncio.sleep(next_pause(self.period, time.monotonic() - started, self.busy))
         finally:  # the operator stops: no block is asked after it, and none is left in flight
-            for handle in self._relaunch.values():
-                handle.cancel()
-            for task in self._flying.values():
-                task.cancel()
+            self._stop_asking()
+
+    def _stop_asking(self) -> None:
+        self._stopped = True
+        for handle in self._relaunch.values():
+            handle.cancel()
+        for task in self._flying.values():
+            task.cancel()
 
     async def sweep(self) -> int:
         """One pass; returns how many rollouts it woke. Each gate read is measured as soon as its
@@ -321,10 +327,7 @@ class Sentinel:
                         continue  # a block Prometheus cannot answer: the evaluation reports that
                     await self._measure(read, members, vectors[source_id], woken, busy)
         except asyncio.CancelledError:
-            for task in list(self._flying.values()):
-                task.cancel()  # the operator stops: so does every query the sweeps left in flight
-            for handle in self._relaunch.values():
-                handle.cancel()
+            self._stop_asking()  # the operator stops: so does every query the sweeps left in flight
             raise
         finally:
             self.breaches += len(woken)
@@ -349,7 +352,8 @@ class Sentinel:
                 until = self._resting[key] = loop.time() + rest
                 if (handle := self._relaunch.pop(key, None)) is not None:
                     handle.cancel()
-                self._relaunch[key] = loop.call_at(until, self._rested, key, source, pairs, fresh)
+                if not self._stopped:
+                    self._relaunch[key] = loop.call_at(until, self._rested, key, source, pairs, fresh)
             else:
                 self._resting.pop(key, None)
 
@@ -360,7 +364,7 @@ class Sentinel:
         its last answer was taken (a sweep deletes a task from _flying once it has its answer)."""
         self._relaunch.pop(key, None)
         self._resting.pop(key, None)
-        if key in self._wanted and key not in self._flying:
+        if key in self._wanted and key not in self._flying and not self._stopped:
             task = self._flying[key] = asyncio.get_running_loop().create_task(
                 self._query(key, source, pairs, fresh)
             )
