@@ -296,19 +296,28 @@ def test_a_deadline_runs_an_idle_rollout_whose_timer_is_later_and_the_next_deadl
     _run(test)
 
 
+def _held_workers(
+    urgencies: list[int],
+) -> tuple[Recorder, list[tuple[int, float]], Scheduler[str], list[str], list[asyncio.Event]]:
+    """A started 16-worker scheduler with one held run woken per urgency given (in that order), and
+    the queue waits it reports; set the releases to let the held runs end."""
+    work = Recorder()
+    waits: list[tuple[int, float]] = []
+    queue: Scheduler[str] = Scheduler(work, workers=16, waited=lambda u, s: waits.append((u, s)))
+    held = [f"busy-{i}" for i in range(len(urgencies))]
+    releases = [work.hold.setdefault(key, asyncio.Event()) for key in held]
+    queue.start()
+    for key, urgency in zip(held, urgencies, strict=True):
+        queue.wake(key, urgency)
+    return work, waits, queue, held, releases
+
+
 def test_a_decision_falling_due_has_workers_of_its_own_when_every_other_worker_is_held() -> None:
     """At 10,000 rollouts entering step 1, every worker waited on the saturated apiserver and a
     pause's end waited behind NOW runs (each route write's own echo among them)."""
 
     async def test() -> None:
-        work = Recorder()
-        waits: list[tuple[int, float]] = []
-        queue: Scheduler[str] = Scheduler(work, workers=16, waited=lambda u, s: waits.append((u, s)))
-        held = [f"busy-{i}" for i in range(20)]
-        releases = [work.hold.setdefault(key, asyncio.Event()) for key in held]
-        queue.start()
-        for key in held:
-            queue.wake(key, NOW)
+        work, waits, queue, held, releases = _held_workers([NOW] * 20)
         await _until(lambda: len(work.running) == 18)  # 16, and the 2 that take only NOW runs
         queue.wake("pausing", DUE)
         await _until(lambda: "pausing" in work.runs)
@@ -328,16 +337,7 @@ def test_a_human_or_a_breach_has_workers_of_its_own_when_every_other_worker_is_h
     NOW (an abort, a breach's wake) waited p50 <= 60 s for one."""
 
     async def test() -> None:
-        work = Recorder()
-        waits: list[tuple[int, float]] = []
-        queue: Scheduler[str] = Scheduler(work, workers=16, waited=lambda u, s: waits.append((u, s)))
-        held = [f"busy-{i}" for i in range(40)]
-        releases = [work.hold.setdefault(key, asyncio.Event()) for key in held]
-        queue.start()
-        for key in held[:20]:
-            queue.wake(key, LIVE)
-        for key in held[20:]:
-            queue.wake(key, NEW)
+        work, waits, queue, _, releases = _held_workers([LIVE] * 20 + [NEW] * 20)
         await _until(lambda: len(work.running) == 16)
         queue.wake("aborted", NOW)
         await _until(lambda: "aborted" in work.runs)
