@@ -65,6 +65,7 @@ DUE_ONLY_SHARE = 4
 # runs waited p50 <= 60 s for a worker; with these, p50 <= 30 s (bucket bounds): most NOW runs then
 # are the echoes of our own route writes, which hold workers of their own too (not investigated yet).
 NOW_ONLY_SHARE = 8
+ONLY_SHARES = {NOW: NOW_ONLY_SHARE, DUE: DUE_ONLY_SHARE}  # urgency -> one worker of its own per this many
 URGENCY_NAMES = {NOW: "now", DUE: "due", LIVE: "live", NEW: "new", AT_REST: "at_rest"}
 # A run less urgent than DUE (an interval analysis) taken by a worker this close before the rollout's
 # deadline is dropped: the deadline's run comes in a moment and analyses too, and a run in progress
@@ -115,10 +116,8 @@ class Scheduler(Generic[K]):
         # The same runs in the order they were queued (a key requeued with more urgency appears twice;
         # whichever item a worker takes first runs it, the other is skipped as stale).
         self._oldest: asyncio.Queue[tuple[int, int, K]] = asyncio.Queue()
-        # The runs ranked DUE once more, for the workers that take only those (DUE_ONLY_SHARE).
-        self._due: asyncio.Queue[tuple[int, int, K]] = asyncio.Queue()
-        # The runs ranked NOW once more, for the workers that take only those (NOW_ONLY_SHARE).
-        self._now: asyncio.Queue[tuple[int, int, K]] = asyncio.Queue()
+        # The runs ranked NOW or DUE once more, for the workers that take only those (ONLY_SHARES).
+        self._only: dict[int, asyncio.Queue[tuple[int, int, K]]] = {u: asyncio.Queue() for u in ONLY_SHARES}
         self._order = itertools.count()  # first in, first out within one urgency
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -148,10 +147,8 @@ class Scheduler(Generic[K]):
         self._queue.put_nowait(item)
         if self._workers >= OLDEST_FIRST_SHARE:
             self._oldest.put_nowait(item)
-        if entry.urgency == DUE and self._workers >= DUE_ONLY_SHARE:
-            self._due.put_nowait(item)
-        if entry.urgency == NOW and self._workers >= NOW_ONLY_SHARE:
-            self._now.put_nowait(item)
+        if entry.urgency in ONLY_SHARES and self._workers >= ONLY_SHARES[entry.urgency]:
+            self._only[entry.urgency].put_nowait(item)
 
     def after(self, key: K, delay_s: float) -> None:
         """Reconcile `key` in `delay_s` seconds, unless it is due sooner anyway."""
@@ -192,8 +189,8 @@ class Scheduler(Generic[K]):
         loop = asyncio.get_running_loop()
         oldest_first = self._workers // OLDEST_FIRST_SHARE
         queues = [self._oldest] * oldest_first + [self._queue] * (self._workers - oldest_first)
-        queues += [self._due] * (self._workers // DUE_ONLY_SHARE)
-        queues += [self._now] * (self._workers // NOW_ONLY_SHARE)
+        for urgency, share in ONLY_SHARES.items():
+            queues += [self._only[urgency]] * (self._workers // share)
         self._tasks = [
             loop.create_task(self._worker(queue), name=f"reconcile-worker-{i}")
             for i, queue in enumerate(queues)

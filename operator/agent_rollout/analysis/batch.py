@@ -22,6 +22,7 @@ most its own timeout, without cancelling a query others wait on.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -105,13 +106,13 @@ class BatchReader:
         stale = max_age if stale_age is None else max(max_age, min(stale_age, 2 * self.longest))
         self._keep = max(self._keep, stale)
         entry = self._cache.get(block)
-        age = None if entry is None else self._clock() - entry.sent
-        if entry is not None and age is not None and age < max_age:
+        age = math.inf if entry is None else self._clock() - entry.sent
+        if entry is not None and age < max_age:
             return entry.values
         task = self._in_flight.get(block)
         if task is None or task.get_loop() is not asyncio.get_running_loop():
             task = self._start(block, fetch)
-        if entry is not None and age is not None and age < stale:
+        if entry is not None and age < stale:
             return entry.values  # the query just started, or in flight, answers the readers after it
         # shield: a caller that times out or is cancelled must not cancel the query others wait on.
         return await asyncio.wait_for(asyncio.shield(task), timeout)
