@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -152,11 +153,13 @@ def test_a_block_slower_than_the_period_rests_so_prometheus_is_busy_with_it_two_
 
 
 class SlowPrometheus(FakePrometheus):
-    """Every block answers after `delay` seconds, or once `release` is set for blocks it `holds`."""
+    """Every block answers after `delay` seconds, or once `release` is set for blocks it `holds` (that
+    start with it: answered empty) or that are `held` (answered)."""
 
     def __init__(self, metrics: Metrics, delay: float = 0.0, holds: str = "\0") -> None:
         super().__init__(metrics)
         self.delay, self.holds = delay, holds
+        self.held: Callable[[str], bool] = lambda promql: promql.startswith(self.holds)
         self.release: asyncio.Event | None = None
         self.asked: list[str] = []  # every block read asked of it, held ones included
 
@@ -168,10 +171,11 @@ class SlowPrometheus(FakePrometheus):
         stale_age: float | None = None,
     ) -> BlockValues:
         self.asked.append(block.promql)
-        if block.promql.startswith(self.holds):
+        if self.held(block.promql):
             assert self.release is not None
             await self.release.wait()
-            return {}
+            if block.promql.startswith(self.holds):
+                return {}
         await asyncio.sleep(self.delay)
         return await super().block(block, max_age, keys)
 
@@ -360,5 +364,42 @@ def test_a_stopped_fast_check_asks_prometheus_nothing_more() -> None:
         asked = len(prometheus.asked)
         await asyncio.sleep(0.3)
         assert len(prometheus.asked) == asked
+
+    asyncio.run(scenario())
+
+
+def _requests_only(promql: str) -> bool:
+    """The error rate's denominator (every request), not its errors block."""
+    return "_count" in promql and "error_type" not in promql
+
+
+@pytest.mark.parametrize("kept_age, woken_while_held", [(10.0, True), (0.0, False)])
+def test_a_breach_in_the_errors_is_seen_without_waiting_for_a_slow_denominator(
+    kept_age: float, woken_while_held: bool
+) -> None:
+    """At 10,000 rollouts the query of every request took 1.5-3 s and rested after it, the errors'
+    query took milliseconds: the error rate is measured with the last answer of every request while
+    it is young (Sentinel.kept_age), and a breach waits for neither the query nor its rest."""
+    metrics = Metrics()
+    prometheus = SlowPrometheus(metrics)
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        woken: list[tuple[str, str]] = []
+        sentinel = Sentinel(clock=clock, period=0.05, wake=woken.append, kept_age=kept_age)
+        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0  # both blocks answered, kept
+        prometheus.release, prometheus.held = asyncio.Event(), _requests_only
+        assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0  # asks it: held from now on
+        held = [q for q in prometheus.asked if _requests_only(q)]
+
+        metrics.error_rate = 0.5
+        woke = await asyncio.wait_for(sentinel.sweep(), timeout=5)
+
+        assert [q for q in prometheus.asked if _requests_only(q)] == held  # still the one in flight
+        assert (woke, woken) == ((1, [("support", "a")]) if woken_while_held else (0, []))
+        prometheus.release.set()
+        assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 1  # with every request's fresh answer
+        assert woken[-1:] == [("support", "a")]
 
     asyncio.run(scenario())

@@ -398,11 +398,7 @@ def run(n: int = ROLLOUTS, sweep_count: int = SWEEPS, breaches: int = BREACHES) 
     t0 = time.monotonic()
     targets = plan_targets(n, breaches, 0)
     with own_prometheus() as (url, file_sd, run_dir):
-        pairs = [
-            (t.namespace, v, t.role == "breach" and v == t.candidate)
-            for t in targets
-            for v in (t.legacy, t.candidate)
-        ]
+        pairs = [(t.namespace, v) for t in targets for v in (t.legacy, t.candidate)]
         fleet = start_fleet(
             pairs, file_sd_dir=file_sd, prometheus_url=url, work_dir=run_dir, scrape_interval_s=SCRAPE_S
         )

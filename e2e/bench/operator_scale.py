@@ -1206,11 +1206,7 @@ def run(
 
             print("setting up:", flush=True)
             bench.create_backends()
-            pairs = [
-                (t.namespace, v, t.role == "breach" and v == t.candidate)
-                for t in targets
-                for v in (t.legacy, t.candidate)
-            ]
+            pairs = [(t.namespace, v) for t in targets for v in (t.legacy, t.candidate)]
             bench.fleet = start_fleet(
                 pairs,
                 file_sd_dir=state.file_sd_dir,

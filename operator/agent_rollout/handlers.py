@@ -120,7 +120,7 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
             retry_period=LEASE_RETRY_PERIOD,
         )
     clock = lambda: datetime.now(UTC)  # noqa: E731
-    sentinel = Sentinel(clock=clock, period=FAST_CHECK_PERIOD)
+    sentinel = Sentinel(clock=clock, period=FAST_CHECK_PERIOD, kept_age=2 * EVALUATION_MAX_AGE)
     book = alerts.AlertBook()
     config_file = memo.get("notifications_config")
     notifier = _Runtime.notifier = Notifier(
