@@ -196,18 +196,17 @@ def test_the_latency_screen_suspects_exactly_the_versions_whose_quantile_is_abov
         le=bucket_at_or_below(("0.5", "1", "5", "5.0", "10", "+Inf"), 8),
     )
     key = {version: ("support", version) for version in histograms}
-    vectors = {  # increase() over 2m at t=5m: 8 scrapes' worth (see above)
-        screen.below: {key[v]: 8.0 * inc[2] for v, inc in histograms.items()},
-        screen.total: {key[v]: 8.0 * inc[4] for v, inc in histograms.items()},
-        screen.exact.samples: {},
+    vectors = {  # the share at or below 5 s of each version's observations
+        screen.share: {key[v]: inc[2] / inc[4] for v, inc in histograms.items()},
+        screen.exact.samples: {key[v]: 1.0 for v in histograms},
     }
-    tests: list[dict[str, object]] = []
-    for block in (screen.below, screen.total):
-        groups = [
-            {"labels": f'{{namespace="{ns}",version="{v}"}}', "value": x}
-            for (ns, v), x in vectors[block].items()
-        ]
-        tests.append({"expr": f"round({block.promql}, 0.000001)", "eval_time": "5m", "exp_samples": groups})
+    groups = [
+        {"labels": f'{{namespace="{ns}",version="{v}"}}', "value": x}
+        for (ns, v), x in vectors[screen.share].items()
+    ]
+    tests: list[dict[str, object]] = [
+        {"expr": f"round({screen.share.promql}, 0.000001)", "eval_time": "5m", "exp_samples": groups}
+    ]
     suspects = set()
     for version in histograms:
         suspect, _ = screen.suspect(vectors, "support", version)

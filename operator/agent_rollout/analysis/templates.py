@@ -386,32 +386,32 @@ class ScreenRead:
 
     histogram_quantile finds the quantile in the first bucket whose count reaches quantile x the +Inf
     bucket's count; so while the bucket at `le` (the largest bound at or below the gate's `max`)
-    holds that many, the quantile is at most `le`, and the bound holds. Otherwise the rollout is a
-    suspect and its exact read decides. At 10,000 rollouts the whole histogram's block was the fast
-    check's costliest query by far (0.94 s a second of Prometheus with 4 buckets; OpenTelemetry's
-    advised layout for request durations has 15), whatever few rollouts' latency moved."""
+    holds that share of the observations, the quantile is at most `le`, and the bound holds.
+    Otherwise the rollout is a suspect and its exact read decides. At 10,000 rollouts the whole
+    histogram's block was the fast check's costliest query by far (0.94 s a second of Prometheus with
+    4 buckets; OpenTelemetry's advised layout for request durations has 15), whatever few rollouts'
+    latency moved. The share is one block (Prometheus divides), one series per version."""
 
-    below: Block  # observations at or below `le`, by version
-    total: Block  # observations in the +Inf bucket
+    share: Block  # observations at or below `le` / observations in the +Inf bucket, by version
     exact: TemplateRead
     quantile: float
 
     @property
     def blocks(self) -> tuple[Block, ...]:
-        return tuple(dict.fromkeys((self.below, self.total, self.exact.samples)))
+        return (self.share, self.exact.samples)
 
     def suspect(
         self, vectors: Mapping[Block, BlockValues], namespace: str, version: str
     ) -> tuple[bool, float | None]:
-        """(whether the quantile may be above `le`, the read's sample count). A version without that
-        bucket (another layout) is a suspect; one without observations is not (no data)."""
+        """(whether the quantile may be above `le`, the read's sample count). A version with requests
+        but no share (no bucket at that bound: another layout) is a suspect; a share of no
+        observations (0/0: NaN) is no data, as histogram_quantile's NaN is."""
         key = (namespace, version)
         samples = vectors[self.exact.samples].get(key)
-        total = vectors[self.total].get(key)
-        if total is None or not total > 0:
-            return False, samples
-        below = vectors[self.below].get(key)
-        return below is None or below < self.quantile * total, samples
+        share = vectors[self.share].get(key)
+        if share is None:
+            return samples is not None and samples > 0, samples
+        return share < self.quantile, samples  # False for NaN
 
 
 def latency_screen(metrics: MetricNames, *, window: str, quantile: float, le: tuple[str, ...]) -> ScreenRead:
@@ -429,13 +429,11 @@ def _latency_screen(names: tuple[Any, ...], window: str, quantile: float, le: tu
     w = _seconds_or_millis(_millis(window))
     bucket = f"{_metric(metrics.duration_histogram)}_bucket"
 
-    def at(bounds: str) -> Block:
-        query = f'sum by ({ns}, {ver}) (increase({bucket}{{le=~"{promql_escape(bounds)}",{FOCUS}}}[{w}]))'
-        return Block(query.replace("," + FOCUS, ""), ns, ver, query)
+    def at(bounds: str) -> str:
+        return f'sum by ({ns}, {ver}) (increase({bucket}{{le=~"{promql_escape(bounds)}",{FOCUS}}}[{w}]))'
 
-    return ScreenRead(
-        at("|".join(regex_literal(b) for b in le)), at(regex_literal(INF_BUCKET)), exact, quantile
-    )
+    query = f"{at('|'.join(regex_literal(b) for b in le))} / {at(regex_literal(INF_BUCKET))}"
+    return ScreenRead(Block(query.replace("," + FOCUS, ""), ns, ver, query), exact, quantile)
 
 
 def _check_braces(query: str) -> None:
