@@ -7,6 +7,9 @@ watched rollout's gate values in Python, and wakes the rollouts whose `min`/`max
 woken rollout's reconcile evaluates its gates on the same blocks and decides with every rule of the
 planner (failureLimit, windows, dry runs), so the sentinel never decides anything itself.
 
+A latency gate's `max` is screened on one cheap block (the share of requests at or below the bound's
+bucket, templates.ScreenRead); the whole histogram is read only for a suspect, the sweep after.
+
 Which gates are watched is the planner's rule (planner.fast_gates); what they are measured over is
 too (planner.analysis_windows: the analysis and two status fields). The cost per pass is one shared
 read per block and a few microseconds of arithmetic per watched gate; the loop yields to the event
