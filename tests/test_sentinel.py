@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 
 from agent_rollout import api
+from agent_rollout import sentinel as sentinel_module
 from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.templates import Block, BlockValues, Pair
 from agent_rollout.api import Phase, Weights
@@ -496,5 +497,29 @@ def test_a_latency_bound_the_screen_cannot_serve_is_read_whole_every_sweep(
             await asyncio.sleep(0.05)
         assert _histogram_asked(prometheus) == 3
         assert woken == [("support", "a")] * 3  # breached every sweep, each time on the whole histogram
+
+    asyncio.run(scenario())
+
+
+def test_bucket_bounds_are_asked_again_and_a_failed_ask_keeps_those_known(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sentinel_module, "BOUNDS_REFRESH", 0.05)
+    monkeypatch.setattr(sentinel_module, "BOUNDS_RETRY", 0.05)
+    prometheus = FakePrometheus(Latency())
+    prometheus.labels = lambda label, series: BOUNDS
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        sentinel = Sentinel(clock=clock, period=0.05)
+        sentinel.update(("support", "a"), _latency_spec(max=8), _status(clock), prometheus)
+        await sentinel.sweep()
+        await asyncio.sleep(0.1)  # the bounds arrive
+        prometheus.labels = None  # from now on the label values API fails
+        for _ in range(4):
+            await sentinel.sweep()
+            await asyncio.sleep(0.1)
+        assert len(prometheus.label_asks) >= 3  # asked again, and again after each failure
+        assert _histogram_asked(prometheus) == 1  # only before the bounds were known: still screened
 
     asyncio.run(scenario())

@@ -90,6 +90,7 @@ MAX_KEPT_AGE = 10.0  # seconds
 # change when an exporter changes its layout, which is rare; until they are known (or when Prometheus
 # has no label values API) a latency gate is read whole, as without the screen.
 BOUNDS_REFRESH = 300.0  # seconds
+BOUNDS_RETRY = 30.0  # seconds after a failed ask: the bounds known before it are kept meanwhile
 
 
 def rest_after(period: float, took: float) -> float:
@@ -197,8 +198,8 @@ class Sentinel:
         # it does not wait for (MAX_KEPT_AGE).
         self._kept: dict[tuple[int, Block], tuple[float, BlockValues]] = {}
         self.kept_age = kept_age
-        # Histograms' bucket bounds by (source id, histogram): (loop time asked, `le` values; () when
-        # unknown), and the asks in flight (BOUNDS_REFRESH).
+        # Histograms' bucket bounds by (source id, histogram): (loop time to ask again, `le` values;
+        # () when unknown), and the asks in flight (BOUNDS_REFRESH).
         self._bounds: dict[tuple[int, str], tuple[float, tuple[str, ...]]] = {}
         self._asking: dict[tuple[int, str], asyncio.Task[None]] = {}
         # Exact latency reads a screen found a suspect for: read whole (or focused) until one is
@@ -488,21 +489,27 @@ class Sentinel:
         key = (id(source), histogram)
         known = self._bounds.get(key)
         loop = asyncio.get_running_loop()
-        stale = known is None or loop.time() - known[0] > BOUNDS_REFRESH
+        stale = known is None or loop.time() >= known[0]
         if stale and key not in self._asking and not self._stopped:
             self._asking[key] = loop.create_task(self._ask_bounds(key, source, histogram))
         return () if known is None else known[1]
 
     async def _ask_bounds(self, key: tuple[int, str], source: MetricsSource, histogram: str) -> None:
-        bounds: tuple[str, ...] = ()
+        now = asyncio.get_running_loop().time()
         try:
-            if isinstance(source, LabelSource):
-                bounds = await source.label_values("le", f"{histogram}_bucket")
+            if not isinstance(source, LabelSource):
+                self._bounds[key] = (now + BOUNDS_REFRESH, ())
+                return
+            self._bounds[key] = (now + BOUNDS_REFRESH, await source.label_values("le", f"{histogram}_bucket"))
         except PrometheusError as error:
-            log.info("bucket bounds of %s unknown (%s): its latency gates are read whole", histogram, error)
-        finally:  # cancelled (the operator stops): nothing learnt, nothing kept
+            _, before = self._bounds.get(key, (0.0, ()))
+            self._bounds[key] = (now + BOUNDS_RETRY, before)
+            if not before:
+                log.info(
+                    "bucket bounds of %s unknown (%s): its latency gates are read whole", histogram, error
+                )
+        finally:  # cancelled too (the operator stops): asked again by the next sweep that needs them
             self._asking.pop(key, None)
-        self._bounds[key] = (asyncio.get_running_loop().time(), bounds)
 
     def _screened(self, watched: Watched, gate: api.Gate, read: TemplateRead, window: str) -> _Read:
         """The fast check's read of a gate: a latencyQuantile gate with only a `max` is screened on
