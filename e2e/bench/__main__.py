@@ -63,8 +63,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    if args.rollouts <= args.breaches + operator_scale.ABORTS or args.window < 10:
-        parser.error(f"need --rollouts > --breaches + {operator_scale.ABORTS} and --window >= 10")
+    others = operator_scale.ABORTS + operator_scale.SLOW_BREACHES  # aborted, and latency-breached
+    if args.rollouts <= args.breaches + others or args.window < 10:
+        parser.error(f"need --rollouts > --breaches + {others} and --window >= 10")
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     status = 0
     if args.only in (None, "planner"):

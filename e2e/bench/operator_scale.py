@@ -36,6 +36,9 @@ Printed, with N, interval, machine and date:
     series, as in production); from the first 0.25 s poll at which Prometheus shows the error rate
     over 1m above 0.05 with >= 20 samples, to the route watch seeing the candidate's weight 0;
     split at the fast check's wake (its log line): seeing the breach, then acting on it;
+ 5l. the same for latency: L other rollouts answer half their requests slower than the histogram's
+    last finite bucket (p95 reads 10 s, the gate's max is 8 s), which the fast check sees through its
+    latency screen (templates.ScreenRead) and confirms on the whole histogram;
  6. "connection pool is full" warnings in the operator log, and the operator's CPU seconds
     (utime + stime from /proc/<pid>/stat) over the steady window.
 
@@ -82,7 +85,7 @@ from e2e.cluster.paths import REPO_ROOT, RUN_ROOT, scratch_root
 from e2e.cluster.ports import free_ports
 from e2e.cluster.state import ClusterState
 from e2e.rollout.scene import OperatorProcess
-from e2e.sim.fleet import METRIC, Fleet, start_fleet
+from e2e.sim.fleet import DEFAULT_ERROR_RATIO, METRIC, Fleet, start_fleet
 from e2e.sim.route import GATEWAY_GROUP, HTTPROUTE_PLURAL, HTTPROUTE_VERSION
 
 T = TypeVar("T")
@@ -102,6 +105,8 @@ GATE_WINDOW = "1m"
 GATE_WINDOW_S = 60
 MIN_SAMPLES = 20
 BREACH_ERROR_RATIO = 0.5
+BREACH_SLOW_RATIO = 0.5
+SLOW_BREACHES = 10
 SCRAPE_S = 5
 WORKERS = 16
 CM_QPS = 500
@@ -120,14 +125,14 @@ class Target:
     name: str  # rollout and route
     legacy: str
     candidate: str
-    role: str  # "short" (60 s pause), "breach", "abort" or "steady"
+    role: str  # "short" (60 s pause), "breach" (errors), "slow" (latency), "abort" or "steady"
 
 
-def plan_targets(n: int, breaches: int, aborts: int) -> list[Target]:
+def plan_targets(n: int, breaches: int, aborts: int, slow: int = 0) -> list[Target]:
     roles = ["short" if i % SHORT_EVERY == SHORT_EVERY // 2 else "steady" for i in range(n)]
     steady = [i for i, r in enumerate(roles) if r == "steady"]
-    # Spread over the namespaces: every k-th steady rollout, the aborts offset from the breaches.
-    for role, count, offset in (("breach", breaches, 0), ("abort", aborts, 1)):
+    # Spread over the namespaces: every k-th steady rollout, the aborts and latency breaches offset.
+    for role, count, offset in (("breach", breaches, 0), ("abort", aborts, 1), ("slow", slow, 2)):
         free = [i for i in steady if roles[i] == "steady"]
         if count > len(free):
             raise SystemExit(f"{count} {role} rollouts do not fit in {len(free)} steady ones")
@@ -1025,13 +1030,17 @@ class Bench:
 
     # -- 5. breach -> weight 0
 
-    def breach_run(self, interval_s: int, op: OperatorProcess) -> None:
-        chosen = [t for t in self.targets if t.role == "breach"]
+    def breach_run(self, interval_s: int, op: OperatorProcess, latency: bool = False) -> None:
+        """Error-rate breaches (role "breach"), or with `latency` p95 breaches (role "slow": half the
+        candidate's requests from t slower than the histogram's last finite bucket, so p95 reads 10 s
+        where the gate's max is 8 s)."""
+        role = "slow" if latency else "breach"
+        chosen = [t for t in self.targets if t.role == role]
         if not chosen:
             return
         log_start = op.log_path.stat().st_size
         candidates = {(t.namespace, t.name): t.candidate for t in chosen}
-        routes = RouteWatch(self.state.kubeconfig, "breach", candidates)
+        routes = RouteWatch(self.state.kubeconfig, role, candidates)
         # Deployment names need no regex escaping ([a-z0-9-]); a backslash would be a PromQL string escape.
         versions = "|".join(t.candidate for t in chosen)
         errors = f'{METRIC}_count{{error_type!="",version=~"{versions}"}}'
@@ -1039,6 +1048,16 @@ class Bench:
         total_q = (
             f'sum by (namespace, version) (increase({METRIC}_count{{version=~"{versions}"}}[{GATE_WINDOW}]))'
         )
+        buckets = f'rate({METRIC}_bucket{{version=~"{versions}"}}[{GATE_WINDOW}])'
+        p95_q = f"histogram_quantile(0.95, sum by (le, namespace, version) ({buckets}))"
+
+        def breached(pair: tuple[str, str], signal: dict[tuple[str, str], float], samples: float) -> bool:
+            if samples < MIN_SAMPLES:
+                return False
+            if latency:
+                return signal.get(pair, 0.0) > LATENCY_MAX_S
+            return signal.get(pair, 0.0) / samples > ERROR_MAX
+
         visible: dict[tuple[str, str], float] = {}
         started: dict[tuple[str, str], float] = {}
         stop = threading.Event()
@@ -1048,8 +1067,8 @@ class Bench:
             by_version = {(t.namespace, t.candidate): (t.namespace, t.name) for t in chosen}
             while not stop.is_set():
                 try:
-                    errors, total = (
-                        _series(self.prometheus_url, errors_q),
+                    signal, total = (
+                        _series(self.prometheus_url, p95_q if latency else errors_q),
                         _series(self.prometheus_url, total_q),
                     )
                 except Exception as e:
@@ -1061,7 +1080,7 @@ class Bench:
                     key = by_version.get(pair)
                     if key is None or key not in started or key in visible or not samples:
                         continue
-                    if errors.get(pair, 0.0) / samples > ERROR_MAX and samples >= MIN_SAMPLES:
+                    if breached(pair, signal, samples):
                         visible[key] = now
                 stop.wait(0.25)
 
@@ -1076,7 +1095,10 @@ class Bench:
                 key = (t.namespace, t.name)
                 started[key] = time.monotonic()
                 routes.arm(key, started[key])
-                fleet.breach(t.namespace, t.candidate, BREACH_ERROR_RATIO)
+                if latency:
+                    fleet.breach(t.namespace, t.candidate, DEFAULT_ERROR_RATIO, slow_ratio=BREACH_SLOW_RATIO)
+                else:
+                    fleet.breach(t.namespace, t.candidate, BREACH_ERROR_RATIO)
             deadline = time.monotonic() + GATE_WINDOW_S + 4 * interval_s + 60
             while time.monotonic() < deadline and len(routes.zero_at) < len(chosen):
                 time.sleep(0.5)
@@ -1098,9 +1120,15 @@ class Bench:
         early = sum(1 for s in seconds if s < 0)
         never = [f"{ns}/{n}" for ns, n in candidates if (ns, n) not in routes.zero_at]
         unseen = [f"{ns}/{n}" for ns, n in candidates if (ns, n) in routes.zero_at and (ns, n) not in visible]
+        what = (
+            f"{int(BREACH_SLOW_RATIO * 100)}% of requests slower than 10 s from t: p95 over {GATE_WINDOW} "
+            f"above {LATENCY_MAX_S} s, screened"
+            if latency
+            else f"{int(BREACH_ERROR_RATIO * 100)}% errors from t"
+        )
         self.figures.add(
-            f"5. breach -> candidate weight 0 at interval {interval_s}s with {self.n} live rollouts "
-            f"({len(chosen)} rollouts, {int(BREACH_ERROR_RATIO * 100)}% errors from t, "
+            f"5{'l' if latency else ''}. {'latency ' if latency else ''}breach -> candidate weight 0 at "
+            f"interval {interval_s}s with {self.n} live rollouts ({len(chosen)} rollouts, {what}, "
             f"spaced {spacing:.1f}s): "
             f"{spread(seconds)}"
         )
@@ -1185,15 +1213,16 @@ def run(
     startup_timeout_s: float | None = None,
     startup_only: bool = False,
     keep_logs: Path | None = None,
+    slow: int = SLOW_BREACHES,
 ) -> list[str]:
     figures = Figures()
     print(
         f"== operator at scale: N={n} AgentRollouts, interval {interval_s}s, steady window {window_s}s, "
-        f"{breaches} breaches; {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"{breaches} breaches, {slow} latency breaches; {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
         f"   machine: {machine()}; operator: {git_revision()}",
         flush=True,
     )
-    targets = plan_targets(n, breaches, aborts)
+    targets = plan_targets(n, breaches, aborts, slow)
     with terminate_as_exit(), own_cluster() as state:
         log_dir = state.run_dir / "bench"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -1257,6 +1286,7 @@ def run(
             # Breaches need the gate's full window since the pause began, as our query uses it.
             time.sleep(max(0.0, started + startup_s + GATE_WINDOW_S + 5 - time.monotonic()))
             bench.breach_run(interval_s, op)
+            bench.breach_run(interval_s, op, latency=True)
             operators.append(bench.abort_at_restart(op))
         finally:
             for o in operators:
@@ -1285,6 +1315,12 @@ def main(argv: Iterable[str] | None = None) -> None:
         "--breaches", type=int, default=BREACHES, help=f"breached rollouts (default {BREACHES})"
     )
     parser.add_argument(
+        "--slow-breaches",
+        type=int,
+        default=SLOW_BREACHES,
+        help=f"rollouts whose latency is breached after the error breaches (default {SLOW_BREACHES})",
+    )
+    parser.add_argument(
         "--interval",
         type=int,
         default=INTERVAL_S,
@@ -1305,8 +1341,12 @@ def main(argv: Iterable[str] | None = None) -> None:
         help="start-up, then a restart with the rollouts mid-pause (2, 2b, 2c); no steady window or breach",
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
-    if args.rollouts < args.breaches + ABORTS + 1 or args.window < 10 or args.interval < 5:
-        parser.error("need rollouts > breaches + 5, window >= 10, interval >= 5")
+    if (
+        args.rollouts < args.breaches + args.slow_breaches + ABORTS + 1
+        or args.window < 10
+        or args.interval < 5
+    ):
+        parser.error("need rollouts > breaches + slow breaches + 5, window >= 10, interval >= 5")
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     run(
         args.rollouts,
@@ -1316,6 +1356,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         startup_timeout_s=args.startup_timeout,
         startup_only=args.startup_only,
         keep_logs=args.keep_logs,
+        slow=args.slow_breaches,
     )
 
 

@@ -13,7 +13,8 @@ Every pair answers a small share of its requests with errors from the start (`--
 by default, below the benchmarks' 5% bound), so every pair has its `_count{error_type="500"}` series,
 as agents in production do once they have failed at all: the fleet's errors block costs Prometheus
 what it would there, not the few series of the pairs a benchmark breaches. POST /breach
-{"namespace", "version", "error_ratio"} makes that share of the pair's requests errors from now on.
+{"namespace", "version", "error_ratio", "slow_ratio"} makes that share of the pair's requests errors
+from now on, and that share of its successes slower than the last finite bucket (only in +Inf).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class _Breach:
     errors: float = 0.0  # errors counted up to `since`
     ok: float = 0.0  # successes counted up to `since`
     since: float = 0.0
+    slow_ratio: float = 0.0  # share of the successes from `since` on slower than the last finite bucket
+    slow: float = 0.0  # such successes counted up to `since` (in `ok` too)
 
 
 @dataclass
@@ -64,18 +67,20 @@ class Exposition:
     def _labels(namespace: str, version: str) -> str:
         return f'namespace="{prometheus_escape(namespace)}",version="{prometheus_escape(version)}"'
 
-    def breach(self, namespace: str, version: str, ratio: float, now: float) -> None:
+    def breach(self, namespace: str, version: str, ratio: float, now: float, slow_ratio: float = 0.0) -> None:
         with self.lock:
             b = self.breaches.setdefault((namespace, version), _Breach(self.error_ratio, since=self.started))
-            ok, errors = self._counts(b, now)
-            b.ok, b.errors, b.since, b.ratio = ok, errors, now, ratio
+            b.ok, b.errors, b.slow = self._counts(b, now)
+            b.since, b.ratio, b.slow_ratio = now, ratio, slow_ratio
 
-    def _counts(self, b: _Breach, now: float) -> tuple[float, float]:
-        elapsed = max(0.0, now - b.since)
-        return b.ok + self.rps * elapsed * (1 - b.ratio), b.errors + self.rps * elapsed * b.ratio
+    def _counts(self, b: _Breach, now: float) -> tuple[float, float, float]:
+        """(successes, errors, slow successes) at `now`."""
+        ok = self.rps * max(0.0, now - b.since) * (1 - b.ratio)
+        errors = self.rps * max(0.0, now - b.since) * b.ratio
+        return b.ok + ok, b.errors + errors, b.slow + ok * b.slow_ratio
 
     def render(self, now: float) -> str:
-        healthy_ok, healthy_errors = self._counts(_Breach(self.error_ratio, since=self.started), now)
+        healthy_ok, healthy_errors, _ = self._counts(_Breach(self.error_ratio, since=self.started), now)
         healthy = self._values(healthy_ok)
         lines: list[str] = []
         with self.lock:
@@ -85,8 +90,8 @@ class Exposition:
             if b is None:
                 values, errors = healthy, healthy_errors
             else:
-                ok, errors = self._counts(b, now)
-                values = self._values(ok)
+                ok, errors, slow = self._counts(b, now)
+                values = self._values(ok, slow)
             lines.append(f"{METRIC}_count{{{labels}}} {values[0]}")
             for (le, _), v in zip(BUCKETS, values[1:], strict=True):
                 lines.append(f'{METRIC}_bucket{{{labels},le="{le}"}} {v}')
@@ -95,8 +100,10 @@ class Exposition:
         return "\n".join(lines)
 
     @staticmethod
-    def _values(ok: float) -> tuple[str, ...]:
-        return (f"{ok:.3f}", *(f"{ok * share:.3f}" for _, share in BUCKETS))
+    def _values(ok: float, slow: float = 0.0) -> tuple[str, ...]:
+        """_count and the buckets: slow successes only in +Inf."""
+        fast = ok - slow
+        return (f"{ok:.3f}", *(f"{ok if le == '+Inf' else fast * share:.3f}" for le, share in BUCKETS))
 
 
 def prometheus_escape(value: str) -> str:
@@ -127,7 +134,13 @@ def _handler(exposition: Exposition) -> type[BaseHTTPRequestHandler]:
                 self._reply(404, b"not found\n", "text/plain")
                 return
             req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-            exposition.breach(req["namespace"], req["version"], float(req["error_ratio"]), time.time())
+            exposition.breach(
+                req["namespace"],
+                req["version"],
+                float(req["error_ratio"]),
+                time.time(),
+                float(req.get("slow_ratio", 0.0)),
+            )
             self._reply(200, b"{}", "application/json")
 
     return Handler
@@ -161,10 +174,12 @@ class Fleet:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def breach(self, namespace: str, version: str, error_ratio: float) -> None:
+    def breach(self, namespace: str, version: str, error_ratio: float, slow_ratio: float = 0.0) -> None:
         import urllib.request
 
-        body = json.dumps({"namespace": namespace, "version": version, "error_ratio": error_ratio}).encode()
+        body = json.dumps(
+            {"namespace": namespace, "version": version, "error_ratio": error_ratio, "slow_ratio": slow_ratio}
+        ).encode()
         req = urllib.request.Request(
             f"{self.url}/breach", data=body, method="POST", headers={"Content-Type": "application/json"}
         )
