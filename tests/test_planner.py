@@ -389,6 +389,29 @@ def test_prometheus_unreachable_holds_step() -> None:
     assert p.actions == ()
 
 
+def test_a_pause_over_but_held_by_prometheus_is_tried_again_soon_not_an_interval_later() -> None:
+    """The pause's end is a decision falling due: held only because Prometheus could not be read, it is
+    due again in 5 s, then 10, 20, at most an interval (30s here), not left to the next interval run,
+    which at 10,000 rollouts queued minutes behind the others (20 pauses ended 132-136 s late)."""
+    spec = make_spec(
+        steps=[{"setWeight": 5}, {"pause": {"duration": "60s"}}, {"setWeight": 50}], gates=[ERROR_RATE]
+    )
+    passed = dict(last_analysis=[result(Verdict.PASS)], last_analysis_at=T0_TEXT)
+    status = running(1, w(5), **passed)
+    down = observe(route=w(5), prometheus_error="timeout")
+    over = T0 + timedelta(seconds=61)
+    retries = []
+    for _ in range(5):
+        p = plan(spec, status, down, over)
+        assert p.status.current_step == 1  # never promoted on missing data
+        retries.append(p.requeue_after)
+        status = p.status
+    assert retries == [5.0, 10.0, 20.0, 30.0, 30.0]
+    assert plan(spec, running(1, w(5), **passed), down, T0 + timedelta(seconds=20)).requeue_after == 40
+    back = plan(spec, status, observe(route=w(5), gates=(result(Verdict.PASS),)), over)
+    assert back.status.current_step == 2
+
+
 def test_prometheus_errors_beyond_the_limit_roll_back_when_policy_is_rollback() -> None:
     spec = make_spec(gates=[ERROR_RATE], consecutiveErrorLimit=2, onPrometheusError="rollback")
     down = observe(route=w(5), prometheus_error="timeout")
