@@ -112,6 +112,7 @@ WORKERS = 16
 CM_QPS = 500
 RUN_PREFIX = "bench-scale-"
 BLIND_METRIC = "agent_rollout_fast_check_blind_seconds"
+QUERY_ERRORS_METRIC = "agent_rollout_prometheus_query_errors"
 LABEL = "bench.agent-rollout.dev/role"  # on routes: breach / abort; on rollouts: short / long
 SCALE_LABEL = "bench.agent-rollout.dev/scale"
 
@@ -799,6 +800,15 @@ class Bench:
         self.figures.add(
             "   queue wait for a worker since start, by urgency (the operator's histogram; bucket bounds): "
             + "; ".join(parts)
+        )
+        errors: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples if family.name == QUERY_ERRORS_METRIC else ():
+                if sample.name == f"{QUERY_ERRORS_METRIC}_total":
+                    errors[sample.labels["kind"]] = errors.get(sample.labels["kind"], 0.0) + sample.value
+        self.figures.add(
+            "   Prometheus queries with no usable answer since start (the operator's counter): "
+            + (", ".join(f"{kind} {count:.0f}" for kind, count in sorted(errors.items())) or "none")
         )
 
     # -- set-up
