@@ -523,3 +523,27 @@ def test_bucket_bounds_are_asked_again_and_a_failed_ask_keeps_those_known(
         assert _histogram_asked(prometheus) == 1  # only before the bounds were known: still screened
 
     asyncio.run(scenario())
+
+
+def test_a_young_steps_latency_gate_is_read_focused_not_screened() -> None:
+    """A window cut short by a young step is read for the few rollouts that need it, every bucket
+    (cheap), and that answer serves the evaluation of the rollout's next reconcile; only whole windows,
+    a query over the whole fleet, are screened."""
+    prometheus = FakePrometheus(Latency())
+    prometheus.labels = lambda label, series: BOUNDS
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        sentinel = Sentinel(clock=clock, period=0.05)
+        sentinel.update(
+            ("support", "young"), _latency_spec(max=8), _status(clock, started_ago=30), prometheus
+        )
+        await sentinel.sweep()
+        await asyncio.sleep(0.1)  # the bounds arrive
+        prometheus.queries.clear()
+        await sentinel.sweep()
+        latency = [q for q in prometheus.queries if "_bucket" in q]
+        assert len(latency) == 1 and latency[0].startswith("histogram_quantile") and "[30s]" in latency[0]
+        assert 'namespace=~"support"' in latency[0]  # focused on the young rollout
+
+    asyncio.run(scenario())

@@ -7,8 +7,9 @@ watched rollout's gate values in Python, and wakes the rollouts whose `min`/`max
 woken rollout's reconcile evaluates its gates on the same blocks and decides with every rule of the
 planner (failureLimit, windows, dry runs), so the sentinel never decides anything itself.
 
-A latency gate's `max` is screened on one cheap block (the share of requests at or below the bound's
-bucket, templates.ScreenRead); the whole histogram is read only for a suspect, the sweep after.
+A latency gate's `max` over its whole window is screened on one cheap block (the share of requests at
+or below the bound's bucket, templates.ScreenRead); the whole fleet's histogram is read only for a
+suspect, the sweep after.
 
 Which gates are watched is the planner's rule (planner.fast_gates); what they are measured over is
 too (planner.analysis_windows: the analysis and two status fields). The cost per pass is one shared
@@ -512,8 +513,8 @@ class Sentinel:
             self._asking.pop(key, None)
 
     def _screened(self, watched: Watched, gate: api.Gate, read: TemplateRead, window: str) -> _Read:
-        """The fast check's read of a gate: a latencyQuantile gate with only a `max` is screened on
-        two buckets (ScreenRead) while its histogram's bounds are known and it is not a suspect."""
+        """The fast check's read of a gate's whole window: a latencyQuantile gate with only a `max` is
+        screened (ScreenRead) while its histogram's bounds are known and it is not a suspect."""
         if gate.template is not api.Template.LATENCY_QUANTILE or gate.max is None or gate.min is not None:
             return read
         if (id(watched.source), read) in self._suspect:
@@ -545,8 +546,13 @@ class Sentinel:
             try:
                 window = f"{seconds}s"
                 read = template_read(gate.template, analysis.metrics, window=window, quantile=gate.quantile)
+                clamped = seconds != whole.get(gate.name)
+                # A clamped window (a young step) is read focused on the few rollouts that need it:
+                # cheap, and the evaluation the rollout's next reconcile runs takes that answer (at
+                # 10,000 rollouts, screened young windows made those evaluations query the histogram
+                # themselves, and the start-up took longer).
                 reads.append(
-                    (gate, self._screened(watched, gate, read, window), seconds != whole.get(gate.name))
+                    (gate, read if clamped else self._screened(watched, gate, read, window), clamped)
                 )
             except TemplateError:
                 continue
