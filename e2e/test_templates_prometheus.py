@@ -38,13 +38,7 @@ from agent_rollout.analysis.prometheus import (
     parse_scalar,
     parse_vector,
 )
-from agent_rollout.analysis.templates import (
-    BlockValues,
-    bucket_at_or_below,
-    latency_screen,
-    template_queries,
-    template_read,
-)
+from agent_rollout.analysis.templates import BlockValues, template_queries, template_read
 from agent_rollout.api import MetricNames, Template
 from e2e.cluster import ClusterState
 from e2e.rollout.scene import wait_until
@@ -408,46 +402,6 @@ def test_batched_read_equals_the_per_rollout_query(
     print(f"\n{case.id} {version}: batched {batched}, per-rollout {per_rollout}, slack {slack:.2%}")
     assert batched[0] == pytest.approx(per_rollout[0], rel=2 * slack + 1e-12), (batched, per_rollout)
     assert batched[1] == pytest.approx(per_rollout[1], rel=slack + 1e-12), (batched, per_rollout)
-
-
-@pytest.mark.parametrize("version", [CANDIDATE, LEGACY])
-def test_the_latency_screen_tells_a_quantile_above_its_bucket_on_the_real_histogram(
-    version: str, known: KnownTraffic, cluster: ClusterState, prometheus: PrometheusConnect
-) -> None:
-    """The fast check's latency screen (templates.ScreenRead) on the real Prometheus: the bucket bounds
-    come from its label values API through the operator's gateway, and two buckets per version say
-    whether p95 may be above a bound exactly when the whole histogram puts it there. Every request of a
-    version takes one constant latency, in the bucket (lower, upper]: p95 is above `lower`, not above
-    `upper`."""
-    gateway = PrometheusGateway(cluster.prometheus_url, timeout=5.0, reader=BatchReader(ttl=0))
-    histogram = MetricNames().duration_histogram
-    bounds = asyncio.run(gateway.label_values("le", f"{histogram}_bucket"))
-    assert {float(b) for b in bounds} >= {*DURATION_BUCKETS_S, math.inf}
-    lower, upper = _bucket(PROFILES[version].latency_median_s)
-    at = _latest_scrape(prometheus, known, version)
-    exact = scalar(
-        prometheus,
-        template_queries(
-            Template.LATENCY_QUANTILE,
-            MetricNames(),
-            version=version,
-            namespace=known.namespace,
-            window=WINDOW,
-        ).value,
-        at,
-    )
-    assert exact is not None and lower < exact <= upper
-    labels = (MetricNames().namespace_label, MetricNames().version_label)
-    for limit, suspected in ((upper, False), (upper + 0.5 * (upper - lower), False), (lower, True)):
-        le = bucket_at_or_below(bounds, limit)
-        screen = latency_screen(MetricNames(), window=WINDOW, quantile=0.95, le=le)
-        vectors = {
-            b: parse_vector(prometheus.custom_query(b.promql, params={"time": f"{at:.3f}"}), labels)
-            for b in screen.blocks
-        }
-        suspect, samples = screen.suspect(vectors, known.namespace, version)
-        assert (suspect, float(le[0]) < exact) == (suspected, suspected), (limit, le, exact)
-        assert samples == pytest.approx(known.totals[version].requests, rel=1e-9)
 
 
 def test_measure_gates_through_the_prometheus_gateway(

@@ -164,18 +164,6 @@ class FakePrometheus(PrometheusGateway):
         # Prometheus' parse error for a query (format_query), None when it parses.
         self.rejects: Callable[[str], str | None] = lambda promql: None
         self.checked: list[str] = []
-        # The label values API: (label, series selector) -> values; None answers as an old
-        # Prometheus without it would (the fast check's latency screen then reads whole histograms).
-        self.labels: Callable[[str, str], tuple[str, ...]] | None = None
-        self.label_asks: list[tuple[str, str]] = []
-
-    def _label_values(self, label: str, series: str) -> tuple[str, ...]:
-        self.label_asks.append((label, series))
-        if self.down is not None:
-            raise PrometheusUnavailable(self.down)
-        if self.labels is None:
-            raise PrometheusUnavailable("HTTP 404: no label values API here")
-        return self.labels(label, series)
 
     async def check(self, promql: str) -> str | None:
         self.checked.append(promql)

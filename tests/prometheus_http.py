@@ -50,8 +50,6 @@ class FakePrometheusServer:
         self.respond: Responder = lambda query: (200, vector("1"), 0.0)
         # Answers /api/v1/format_query when set; None answers 404, as a Prometheus before 2.38 does.
         self.format_query: Responder | None = None
-        # Answers /api/v1/label/<name>/values when set, given "<path> <match[]>"; None answers 404.
-        self.label_values: Responder | None = None
         self.queries: list[str] = []  # every query received, in order (list.append is thread-safe)
         self.paths: list[str] = []  # the path of each of those requests
         self.methods: list[str] = []  # and its method
@@ -60,8 +58,7 @@ class FakePrometheusServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 url = urlparse(self.path)
-                params = parse_qs(url.query)
-                self._answer(url.path, params.get("query", params.get("match[]", [""]))[0], "GET")
+                self._answer(url.path, parse_qs(url.query).get("query", [""])[0], "GET")
 
             def do_POST(self) -> None:  # a long query comes as a form, as Prometheus also accepts
                 form = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
@@ -76,8 +73,6 @@ class FakePrometheusServer:
                     status, body, delay = fake.respond(query)
                 elif path == "/api/v1/format_query" and fake.format_query is not None:
                     status, body, delay = fake.format_query(query)
-                elif path.startswith("/api/v1/label/") and fake.label_values is not None:
-                    status, body, delay = fake.label_values(f"{path} {query}")
                 time.sleep(delay)
                 payload = json.dumps(body).encode()
                 try:

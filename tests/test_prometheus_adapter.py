@@ -388,21 +388,6 @@ def check(url: str, promql: str) -> str | None:
     return asyncio.run(PrometheusGateway(url, timeout=2).check(promql))
 
 
-def test_label_values_come_from_the_label_values_api_and_a_missing_api_is_unavailable(
-    prometheus: FakePrometheusServer,
-) -> None:
-    gateway = PrometheusGateway(prometheus.url, timeout=2.0)
-    prometheus.label_values = lambda asked: (200, {"status": "success", "data": ["+Inf", "1", "5.0"]}, 0.0)
-    assert asyncio.run(gateway.label_values("le", "latency_bucket")) == ("+Inf", "1", "5.0")
-    assert prometheus.paths == ["/api/v1/label/le/values"] and prometheus.queries == ["latency_bucket"]
-    prometheus.label_values = lambda asked: (200, {"status": "success", "data": [1, 2]}, 0.0)
-    with pytest.raises(PrometheusUnavailable, match="unexpected label values"):
-        asyncio.run(gateway.label_values("le", "latency_bucket"))
-    prometheus.label_values = None  # a server without the API
-    with pytest.raises(PrometheusUnavailable, match="404"):
-        asyncio.run(gateway.label_values("le", "latency_bucket"))
-
-
 def test_check_parses_without_running_the_query(prometheus: FakePrometheusServer) -> None:
     prometheus.format_query = lambda q: (200, {"status": "success", "data": q}, 0.0)
     assert check(prometheus.url, "sum(up)") is None

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pytest
 
 from agent_rollout import api
-from agent_rollout import sentinel as sentinel_module
 from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.templates import Block, BlockValues, Pair
 from agent_rollout.api import Phase, Weights
@@ -20,9 +18,8 @@ from agent_rollout.domain import iso
 from agent_rollout.planner import gate_windows
 from agent_rollout.reconcile import measure_over
 from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause, rest_after
-from e2e.sim.fleet import METRIC
 from tests.fakes import FakeClock, FakePrometheus, unfocused
-from tests.test_reconcile import CANDIDATE, NS, Metrics, rollout_body
+from tests.test_reconcile import Metrics, rollout_body
 
 STEPS = [{"setWeight": 5}, {"pause": {"duration": "1h"}}]
 
@@ -404,146 +401,5 @@ def test_a_breach_in_the_errors_is_seen_without_waiting_for_a_slow_denominator(
         prometheus.release.set()
         assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 1  # with every request's fresh answer
         assert woken[-1:] == [("support", "a")]
-
-    asyncio.run(scenario())
-
-
-BOUNDS = ("0.5", "1", "5.0", "10", "+Inf")  # a histogram's `le` values, as Prometheus lists them
-
-
-@dataclass
-class Latency:
-    """The error-rate blocks (Metrics) and the latency histogram of the candidate: the share of its
-    requests at or below 5 s, and the p95 its whole histogram gives."""
-
-    share_below_5: float = 0.99
-    p95: float = 3.0
-    errors: Metrics = field(default_factory=Metrics)
-
-    def __call__(self, promql: str) -> list[tuple[dict[str, str], float]]:
-        candidate = {"namespace": NS, "version": CANDIDATE}
-        if promql.startswith("histogram_quantile"):
-            return [(candidate, self.p95)]
-        if "le=~" in promql:  # the screen: the share at or below 5 s
-            return [(candidate, self.share_below_5)]
-        return self.errors(promql)  # type: ignore[return-value]
-
-
-def _latency_spec(**gate: object) -> api.AgentRolloutSpec:
-    spec = rollout_body(STEPS)["spec"]
-    spec["analysis"]["gates"].append({"name": "p95", "template": "latencyQuantile", "window": "2m", **gate})
-    return api.parse_spec(spec)
-
-
-def _histogram_asked(prometheus: FakePrometheus) -> int:
-    return sum(1 for q in prometheus.queries if q.startswith("histogram_quantile"))
-
-
-def test_a_latency_bound_is_screened_on_two_buckets_and_the_whole_histogram_read_for_suspects() -> None:
-    """At 10,000 rollouts the latency histogram's query was the fast check's costliest, every second:
-    once its bucket bounds are known, the bucket at or below the bound (5.0 for max 8) and +Inf tell
-    whether p95 may be above it, and only then is the whole histogram read, and the rollout woken on it."""
-    latency = Latency()
-    prometheus = FakePrometheus(latency)
-    prometheus.labels = lambda label, series: BOUNDS if (label, series) == ("le", f"{METRIC}_bucket") else ()
-    clock = FakeClock()
-
-    async def scenario() -> None:
-        woken: list[tuple[str, str]] = []
-        sentinel = Sentinel(clock=clock, period=0.05, wake=woken.append)
-        sentinel.update(("support", "a"), _latency_spec(max=8), _status(clock), prometheus)
-        await sentinel.sweep()  # bounds not known yet: the whole histogram, as without the screen
-        assert _histogram_asked(prometheus) == 1
-        await asyncio.sleep(0.1)  # the bounds arrive
-        for _ in range(3):
-            assert await sentinel.sweep() == 0
-        assert _histogram_asked(prometheus) == 1  # p95 3 s: at most 5 s while 99% are at or below 5 s
-
-        latency.share_below_5, latency.p95 = 0.9, 9.0  # p95 above 5 s: a suspect
-        assert await sentinel.sweep() == 0  # on a screen alone, nobody is woken
-        assert await sentinel.sweep() == 1 and woken == [("support", "a")]  # the whole histogram: 9 > 8
-        assert _histogram_asked(prometheus) == 2
-
-        latency.p95 = 6.0  # above the bucket, below the bound: a suspect, read whole, not woken
-        asked = _histogram_asked(prometheus)
-        assert [await sentinel.sweep() for _ in range(4)] == [0, 0, 0, 0]
-        assert _histogram_asked(prometheus) == asked + 2  # screen, whole, screen, whole
-        assert prometheus.label_asks == [("le", f"{METRIC}_bucket")]  # asked once
-
-    asyncio.run(scenario())
-
-
-@pytest.mark.parametrize(
-    "gate, labels, latency",
-    [
-        ({"max": 0.2}, BOUNDS, Latency(p95=3.0)),  # no bucket at or below the bound
-        ({"max": 8, "min": 1}, BOUNDS, Latency(p95=0.5)),  # under the floor: no bucket tells that
-        ({"max": 8}, None, Latency(share_below_5=0.5, p95=9.0)),  # no label values API
-    ],
-)
-def test_a_latency_bound_the_screen_cannot_serve_is_read_whole_every_sweep(
-    gate: dict[str, float], labels: tuple[str, ...] | None, latency: Latency
-) -> None:
-    prometheus = FakePrometheus(latency)
-    prometheus.labels = None if labels is None else (lambda label, series: labels)
-    clock = FakeClock()
-
-    async def scenario() -> None:
-        woken: list[tuple[str, str]] = []
-        sentinel = Sentinel(clock=clock, period=0.05, wake=woken.append)
-        sentinel.update(("support", "a"), _latency_spec(**gate), _status(clock), prometheus)
-        for _ in range(3):
-            await sentinel.sweep()
-            await asyncio.sleep(0.05)
-        assert _histogram_asked(prometheus) == 3
-        assert woken == [("support", "a")] * 3  # breached every sweep, each time on the whole histogram
-
-    asyncio.run(scenario())
-
-
-def test_bucket_bounds_are_asked_again_and_a_failed_ask_keeps_those_known(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(sentinel_module, "BOUNDS_REFRESH", 0.05)
-    monkeypatch.setattr(sentinel_module, "BOUNDS_RETRY", 0.05)
-    prometheus = FakePrometheus(Latency())
-    prometheus.labels = lambda label, series: BOUNDS
-    clock = FakeClock()
-
-    async def scenario() -> None:
-        sentinel = Sentinel(clock=clock, period=0.05)
-        sentinel.update(("support", "a"), _latency_spec(max=8), _status(clock), prometheus)
-        await sentinel.sweep()
-        await asyncio.sleep(0.1)  # the bounds arrive
-        prometheus.labels = None  # from now on the label values API fails
-        for _ in range(4):
-            await sentinel.sweep()
-            await asyncio.sleep(0.1)
-        assert len(prometheus.label_asks) >= 3  # asked again, and again after each failure
-        assert _histogram_asked(prometheus) == 1  # only before the bounds were known: still screened
-
-    asyncio.run(scenario())
-
-
-def test_a_young_steps_latency_gate_is_read_focused_not_screened() -> None:
-    """A window cut short by a young step is read for the few rollouts that need it, every bucket
-    (cheap), and that answer serves the evaluation of the rollout's next reconcile; only whole windows,
-    a query over the whole fleet, are screened."""
-    prometheus = FakePrometheus(Latency())
-    prometheus.labels = lambda label, series: BOUNDS
-    clock = FakeClock()
-
-    async def scenario() -> None:
-        sentinel = Sentinel(clock=clock, period=0.05)
-        sentinel.update(
-            ("support", "young"), _latency_spec(max=8), _status(clock, started_ago=30), prometheus
-        )
-        await sentinel.sweep()
-        await asyncio.sleep(0.1)  # the bounds arrive
-        prometheus.queries.clear()
-        await sentinel.sweep()
-        latency = [q for q in prometheus.queries if "_bucket" in q]
-        assert len(latency) == 1 and latency[0].startswith("histogram_quantile") and "[30s]" in latency[0]
-        assert 'namespace=~"support"' in latency[0]  # focused on the young rollout
 
     asyncio.run(scenario())

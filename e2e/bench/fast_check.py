@@ -141,10 +141,6 @@ class SweepRecord:
 def block_label(promql: str) -> str:
     if promql.startswith("histogram_quantile"):
         return "latency buckets"
-    if "+Inf" in promql:
-        return "screen: +Inf"
-    if "le=~" in promql:
-        return "screen: le <= max"
     if "error_type" in promql:
         return "errors"
     return "requests"

@@ -32,13 +32,12 @@ Printed, with N, interval, machine and date:
  4. pause-end lateness of the 60 s pauses: history decision entering the next step minus (pause
     start + 60 s), p50/p99/max; status times have whole seconds, so +-1 s;
  5. breach -> candidate weight 0: K rollouts (different ones) start answering 50% errors at times
-    spread over one interval (every version answers 1% errors from the start, so each has its error
-    series, as in production); from the first 0.25 s poll at which Prometheus shows the error rate
+    spread over one interval; from the first 0.25 s poll at which Prometheus shows the error rate
     over 1m above 0.05 with >= 20 samples, to the route watch seeing the candidate's weight 0;
     split at the fast check's wake (its log line): seeing the breach, then acting on it;
  5l. the same for latency: L other rollouts answer half their requests slower than the histogram's
-    last finite bucket (p95 reads 10 s, the gate's max is 8 s), which the fast check sees through its
-    latency screen (templates.ScreenRead) and confirms on the whole histogram;
+    last finite bucket (p95 reads 10 s, the gate's max is 8 s), which the fast check sees on the
+    whole fleet's histogram;
  6. "connection pool is full" warnings in the operator log, and the operator's CPU seconds
     (utime + stime from /proc/<pid>/stat) over the steady window.
 
@@ -670,8 +669,6 @@ def block_name(promql: str) -> str:
         name = f"quantile of {name}"
     if "!=" in promql:
         name += " (errors)"
-    if bound := re.search(r'le=~"([^"]*)"', promql):
-        name += f" (le {bound[1].replace(chr(92), '')})"  # the latency screen's bucket
     return name
 
 
@@ -1132,7 +1129,7 @@ class Bench:
         unseen = [f"{ns}/{n}" for ns, n in candidates if (ns, n) in routes.zero_at and (ns, n) not in visible]
         what = (
             f"{int(BREACH_SLOW_RATIO * 100)}% of requests slower than 10 s from t: p95 over {GATE_WINDOW} "
-            f"above {LATENCY_MAX_S} s, screened"
+            f"above {LATENCY_MAX_S} s"
             if latency
             else f"{int(BREACH_ERROR_RATIO * 100)}% errors from t"
         )

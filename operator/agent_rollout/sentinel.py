@@ -7,10 +7,6 @@ watched rollout's gate values in Python, and wakes the rollouts whose `min`/`max
 woken rollout's reconcile evaluates its gates on the same blocks and decides with every rule of the
 planner (failureLimit, windows, dry runs), so the sentinel never decides anything itself.
 
-A latency gate's `max` over its whole window is screened on one cheap block (the share of requests at
-or below the bound's bucket, templates.ScreenRead); the whole fleet's histogram is read only for a
-suspect, the sweep after.
-
 Which gates are watched is the planner's rule (planner.fast_gates); what they are measured over is
 too (planner.analysis_windows: the analysis and two status fields). The cost per pass is one shared
 read per block and a few microseconds of arithmetic per watched gate; the loop yields to the event
@@ -28,17 +24,14 @@ from datetime import datetime
 
 from agent_rollout import api, metrics
 from agent_rollout.analysis.batch import retrieve_failure
-from agent_rollout.analysis.gates import breaches_hard_bound, has_enough_samples
-from agent_rollout.analysis.prometheus import LabelSource, MetricsSource, PrometheusError
+from agent_rollout.analysis.gates import breaches_hard_bound
+from agent_rollout.analysis.prometheus import MetricsSource, PrometheusError
 from agent_rollout.analysis.templates import (
     Block,
     BlockValues,
     Pair,
-    ScreenRead,
     TemplateError,
     TemplateRead,
-    bucket_at_or_below,
-    latency_screen,
     template_read,
     version_values,
 )
@@ -87,12 +80,6 @@ MAX_WAIT_SHARE = 2 / 3
 # AGENT_ROLLOUT_EVALUATION_MAX_AGE), so the evaluation it wakes judges the same answers at once.
 MAX_KEPT_AGE = 10.0  # seconds
 
-# How often a histogram's bucket bounds are asked again (the latency screen's `le`, ScreenRead): they
-# change when an exporter changes its layout, which is rare; until they are known (or when Prometheus
-# has no label values API) a latency gate is read whole, as without the screen.
-BOUNDS_REFRESH = 300.0  # seconds
-BOUNDS_RETRY = 30.0  # seconds after a failed ask: the bounds known before it are kept meanwhile
-
 
 def rest_after(period: float, took: float) -> float:
     """Seconds a block whose query `took` that long is not asked again (MAX_WAIT_SHARE)."""
@@ -127,10 +114,8 @@ class _LoopTime:
 
 _Failures = tuple[tuple[str, str], ...]  # status.lastFailureAt's items: gate -> time
 
-# A sweep's reads of one TemplateRead (or a latency gate's ScreenRead) from one source:
-# (source id, read) -> (source, [(rollout, gate)]).
-_Read = TemplateRead | ScreenRead
-_Readers = dict[tuple[int, _Read], tuple[MetricsSource, list[tuple[Watched, api.Gate]]]]
+# A sweep's reads of one TemplateRead from one source: (source id, read) -> (source, [(rollout, gate)]).
+_Readers = dict[tuple[int, TemplateRead], tuple[MetricsSource, list[tuple[Watched, api.Gate]]]]
 
 
 class SharedAnalyses:
@@ -199,13 +184,6 @@ class Sentinel:
         # it does not wait for (MAX_KEPT_AGE).
         self._kept: dict[tuple[int, Block], tuple[float, BlockValues]] = {}
         self.kept_age = kept_age
-        # Histograms' bucket bounds by (source id, histogram): (loop time to ask again, `le` values;
-        # () when unknown), and the asks in flight (BOUNDS_REFRESH).
-        self._bounds: dict[tuple[int, str], tuple[float, tuple[str, ...]]] = {}
-        self._asking: dict[tuple[int, str], asyncio.Task[None]] = {}
-        # Exact latency reads a screen found a suspect for: read whole (or focused) until one is
-        # measured on a fresh answer of every block (ScreenRead).
-        self._suspect: set[tuple[int, TemplateRead]] = set()
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -257,7 +235,7 @@ class Sentinel:
         self._stopped = True
         for handle in self._relaunch.values():
             handle.cancel()
-        for task in [*self._flying.values(), *self._asking.values()]:
+        for task in self._flying.values():
             task.cancel()
 
     async def sweep(self) -> int:
@@ -288,7 +266,7 @@ class Sentinel:
                 alike.setdefault(anchors, (started, failures, []))[2].append(watched)
             # The pairs each read is needed for when every reader's window is clamped (a young step:
             # read focused, Block.focused); None once any reader needs it whole.
-            focus: dict[tuple[int, _Read], set[Pair] | None] = {}
+            focus: dict[tuple[int, TemplateRead], set[Pair] | None] = {}
             for anchors, (started, failures, group) in alike.items():
                 first = group[0]
                 reads, all_full = self._reads(first, started, failures, now)
@@ -306,7 +284,6 @@ class Sentinel:
             # Full stays full as time passes (a new step or failure comes with new anchors); only the
             # anchors of rollouts still watched are kept.
             self._full = full
-            self._suspect &= readers.keys()  # suspects of rollouts no longer watched go
             # Ordered: blocks in plan order, each with its source and the pairs it is read for.
             wanted: dict[tuple[int, Block], tuple[MetricsSource, set[Pair] | None]] = {}
             for (source_id, read), (source, _) in readers.items():
@@ -369,12 +346,7 @@ class Sentinel:
                         continue  # a block Prometheus cannot answer: the evaluation reports that
                     answered = vectors[source_id]
                     values = {b: answered[b] if b in answered else late[(source_id, b)] for b in read.blocks}
-                    if isinstance(read, ScreenRead):
-                        await self._screen(source_id, read, members, values, busy)
-                        continue
                     await self._measure(read, members, values, woken, busy)
-                    if all(b in answered for b in read.blocks):
-                        self._suspect.discard((source_id, read))
         except asyncio.CancelledError:
             self._stop_asking()  # the operator stops: so does every query the sweeps left in flight
             raise
@@ -463,75 +435,13 @@ class Sentinel:
                         self.wake(watched.key)
                         woken.add(watched.key)
 
-    async def _screen(
-        self,
-        source_id: int,
-        read: ScreenRead,
-        members: list[tuple[Watched, api.Gate]],
-        vectors: dict[Block, BlockValues],
-        busy: _LoopTime,
-    ) -> None:
-        """Marks the exact read a suspect if any member's latency may be above its bound: the next
-        sweeps read the whole histogram (for every member of that read: it is one query) and wake
-        whoever breaches. Nobody is woken on a screen alone."""
-        for start in range(0, len(members), SLICE):
-            if start:
-                await asyncio.sleep(0)
-            with busy:
-                for watched, gate in members[start : start + SLICE]:
-                    suspect, samples = read.suspect(vectors, watched.key[0], watched.candidate)
-                    if suspect and has_enough_samples(gate, watched.analysis, samples):
-                        self._suspect.add((source_id, read.exact))
-                        return
-
-    def _bucket_bounds(self, source: MetricsSource, histogram: str) -> tuple[str, ...]:
-        """The histogram's `le` values as last asked (() until known), asked again every BOUNDS_REFRESH
-        seconds in a task of its own: the sweep never waits for them."""
-        key = (id(source), histogram)
-        known = self._bounds.get(key)
-        loop = asyncio.get_running_loop()
-        stale = known is None or loop.time() >= known[0]
-        if stale and key not in self._asking and not self._stopped:
-            self._asking[key] = loop.create_task(self._ask_bounds(key, source, histogram))
-        return () if known is None else known[1]
-
-    async def _ask_bounds(self, key: tuple[int, str], source: MetricsSource, histogram: str) -> None:
-        now = asyncio.get_running_loop().time()
-        try:
-            if not isinstance(source, LabelSource):
-                self._bounds[key] = (now + BOUNDS_REFRESH, ())
-                return
-            self._bounds[key] = (now + BOUNDS_REFRESH, await source.label_values("le", f"{histogram}_bucket"))
-        except PrometheusError as error:
-            _, before = self._bounds.get(key, (0.0, ()))
-            self._bounds[key] = (now + BOUNDS_RETRY, before)
-            if not before:
-                log.info(
-                    "bucket bounds of %s unknown (%s): its latency gates are read whole", histogram, error
-                )
-        finally:  # cancelled too (the operator stops): asked again by the next sweep that needs them
-            self._asking.pop(key, None)
-
-    def _screened(self, watched: Watched, gate: api.Gate, read: TemplateRead, window: str) -> _Read:
-        """The fast check's read of a gate's whole window: a latencyQuantile gate with only a `max` is
-        screened (ScreenRead) while its histogram's bounds are known and it is not a suspect."""
-        if gate.template is not api.Template.LATENCY_QUANTILE or gate.max is None or gate.min is not None:
-            return read
-        if (id(watched.source), read) in self._suspect:
-            return read
-        histogram = watched.analysis.metrics.duration_histogram
-        le = bucket_at_or_below(self._bucket_bounds(watched.source, histogram), gate.max)
-        if not le:
-            return read
-        return latency_screen(watched.analysis.metrics, window=window, quantile=gate.quantile, le=le)
-
     def _reads(
         self,
         watched: Watched,
         step_started_at: str | None,
         last_failure_at: _Failures,
         now: datetime,
-    ) -> tuple[list[tuple[api.Gate, _Read, bool]], bool]:
+    ) -> tuple[list[tuple[api.Gate, TemplateRead, bool]], bool]:
         """The watched gates' reads at `now` from these anchors, each with whether its window is
         clamped (shorter than the gate's), and whether every window is full."""
         analysis = watched.analysis
@@ -545,14 +455,12 @@ class Sentinel:
                 continue
             try:
                 window = f"{seconds}s"
-                read = template_read(gate.template, analysis.metrics, window=window, quantile=gate.quantile)
-                clamped = seconds != whole.get(gate.name)
-                # A clamped window (a young step) is read focused on the few rollouts that need it:
-                # cheap, and the evaluation the rollout's next reconcile runs takes that answer (at
-                # 10,000 rollouts, screened young windows made those evaluations query the histogram
-                # themselves, and the start-up took longer).
                 reads.append(
-                    (gate, read if clamped else self._screened(watched, gate, read, window), clamped)
+                    (
+                        gate,
+                        template_read(gate.template, analysis.metrics, window=window, quantile=gate.quantile),
+                        seconds != whole.get(gate.name),
+                    )
                 )
             except TemplateError:
                 continue
@@ -560,7 +468,7 @@ class Sentinel:
 
 
 def _ready(
-    key: tuple[int, _Read],
+    key: tuple[int, TemplateRead],
     vectors: dict[int, dict[Block, BlockValues]],
     failed: set[tuple[int, Block]],
     late: dict[tuple[int, Block], BlockValues],

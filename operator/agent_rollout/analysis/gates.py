@@ -247,14 +247,8 @@ def breaches_hard_bound(gate: Gate, analysis: Analysis, value: float | None, sam
     """True when evaluate_gate would fail this gate on its `min`/`max` alone: enough samples and a
     finite value outside a bound. The fast check's question, without building a GateResult."""
     finite = _finite(value)
-    if finite is None or not has_enough_samples(gate, analysis, samples):
+    if finite is None or (_count(_finite(samples)) or 0) < effective_min_samples(gate, analysis):
+        return False
+    if not counts_samples(gate) and effective_min_samples(gate, analysis) > 0:
         return False
     return (gate.min is not None and finite < gate.min) or (gate.max is not None and finite > gate.max)
-
-
-def has_enough_samples(gate: Gate, analysis: Analysis, samples: float | None) -> bool:
-    """Whether evaluate_gate would judge the gate's value on this many samples, not call it
-    inconclusive for too few."""
-    if (_count(_finite(samples)) or 0) < effective_min_samples(gate, analysis):
-        return False
-    return counts_samples(gate) or effective_min_samples(gate, analysis) == 0

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -112,11 +112,6 @@ class MetricsSource(Protocol):
     ) -> BlockValues: ...
 
 
-@runtime_checkable
-class LabelSource(Protocol):
-    async def label_values(self, label: str, series: str) -> tuple[str, ...]: ...
-
-
 class QueryChecker(Protocol):
     async def check(self, promql: str) -> str | None: ...
 
@@ -143,11 +138,8 @@ class _NotFound(Exception):
     """HTTP 404: the endpoint does not exist on this server (format_query before Prometheus 2.38)."""
 
 
-def api_get(
-    url: str, endpoint: str, promql: str, timeout: float, params: dict[str, str] | None = None
-) -> Any:
-    """`data` of a successful answer of the Prometheus HTTP API at `url` to GET `endpoint`?query=promql
-    (or ?params, when given).
+def api_get(url: str, endpoint: str, promql: str, timeout: float) -> Any:
+    """`data` of a successful answer of the Prometheus HTTP API at `url` to GET `endpoint`?query=promql.
 
     Raises QueryRejected for `bad_data` (Prometheus' answer to a query it cannot parse, HTTP 400),
     PrometheusUnavailable for everything else. Blocking: call it from a worker thread.
@@ -156,9 +148,7 @@ def api_get(
         # `timeout` goes to requests as connect and read timeout. A long query (a focused block names
         # hundreds of versions) goes in a POST body: URLs that long are refused by many proxies.
         session, target = prometheus_session(url), f"{url.rstrip('/')}{endpoint}"
-        if params is not None:
-            response = session.get(target, params=params, timeout=timeout)
-        elif len(promql) > LONG_QUERY:
+        if len(promql) > LONG_QUERY:
             response = session.post(target, data={"query": promql}, timeout=timeout)
         else:
             response = session.get(target, params={"query": promql}, timeout=timeout)
@@ -300,23 +290,6 @@ class PrometheusGateway:
             )
         except TimeoutError:
             raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from None
-
-    async def label_values(self, label: str, series: str) -> tuple[str, ...]:
-        """The values `label` takes on the series the selector `series` selects: Prometheus' label
-        values API, an index lookup that reads no sample (the fast check's latency screen asks it
-        for a histogram's bucket bounds). Raises as `scalar` does."""
-        return await self._in_thread(functools.partial(self._label_values, label, series))
-
-    def _label_values(self, label: str, series: str) -> tuple[str, ...]:
-        try:
-            data = api_get(
-                self.url, f"/api/v1/label/{label}/values", series, self.timeout, params={"match[]": series}
-            )
-        except _NotFound:
-            raise PrometheusUnavailable(f"{self.url}: HTTP 404: no label values API here") from None
-        if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
-            raise PrometheusUnavailable(f"{self.url}: unexpected label values: {data!r:.100}")
-        return tuple(data)
 
     async def check(self, promql: str) -> str | None:
         """None when Prometheus parses the query, Prometheus' error text when it rejects it; raises
