@@ -68,6 +68,7 @@ from e2e.bench.operator_scale import (
     MIN_SAMPLES,
     SCRAPE_S,
     Target,
+    fleet_pairs,
     git_revision,
     machine,
     plan_targets,
@@ -398,9 +399,12 @@ def run(n: int = ROLLOUTS, sweep_count: int = SWEEPS, breaches: int = BREACHES) 
     t0 = time.monotonic()
     targets = plan_targets(n, breaches, 0)
     with own_prometheus() as (url, file_sd, run_dir):
-        pairs = [(t.namespace, v) for t in targets for v in (t.legacy, t.candidate)]
         fleet = start_fleet(
-            pairs, file_sd_dir=file_sd, prometheus_url=url, work_dir=run_dir, scrape_interval_s=SCRAPE_S
+            fleet_pairs(targets),
+            file_sd_dir=file_sd,
+            prometheus_url=url,
+            work_dir=run_dir,
+            scrape_interval_s=SCRAPE_S,
         )
         try:
             fleet.wait_scraped(timeout_s=120)

@@ -151,6 +151,11 @@ def plan_targets(n: int, breaches: int, aborts: int, slow: int = 0) -> list[Targ
     ]
 
 
+def fleet_pairs(targets: Iterable[Target]) -> list[tuple[str, str]]:
+    """Every (namespace, version) the fleet exporter serves: both sides of every rollout."""
+    return [(t.namespace, v) for t in targets for v in (t.legacy, t.candidate)]
+
+
 def steps(short: bool) -> list[dict[str, Any]]:
     first = f"{SHORT_PAUSE_S}s" if short else LONG_PAUSE
     return [
@@ -1245,9 +1250,8 @@ def run(
 
             print("setting up:", flush=True)
             bench.create_backends()
-            pairs = [(t.namespace, v) for t in targets for v in (t.legacy, t.candidate)]
             bench.fleet = start_fleet(
-                pairs,
+                fleet_pairs(targets),
                 file_sd_dir=state.file_sd_dir,
                 prometheus_url=state.prometheus_url,
                 work_dir=log_dir,

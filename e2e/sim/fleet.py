@@ -75,9 +75,9 @@ class Exposition:
 
     def _counts(self, b: _Breach, now: float) -> tuple[float, float, float]:
         """(successes, errors, slow successes) at `now`."""
-        ok = self.rps * max(0.0, now - b.since) * (1 - b.ratio)
-        errors = self.rps * max(0.0, now - b.since) * b.ratio
-        return b.ok + ok, b.errors + errors, b.slow + ok * b.slow_ratio
+        requests = self.rps * max(0.0, now - b.since)
+        ok = requests * (1 - b.ratio)
+        return b.ok + ok, b.errors + requests * b.ratio, b.slow + ok * b.slow_ratio
 
     def render(self, now: float) -> str:
         healthy_ok, healthy_errors, _ = self._counts(_Breach(self.error_ratio, since=self.started), now)

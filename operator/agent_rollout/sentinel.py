@@ -306,9 +306,9 @@ class Sentinel:
             for key, (source, pairs) in wanted.items():
                 task = self._flying.get(key)
                 resting = task is None and self._resting.get(key, 0.0) > loop.time()
+                waiting = resting or (task is not None and not task.done())
                 kept = self._kept.get(key)
-                young = kept is not None and loop.time() - kept[0] <= self.kept_age
-                if kept is not None and young and (resting or (task is not None and not task.done())):
+                if waiting and kept is not None and loop.time() - kept[0] <= self.kept_age:
                     late[key] = kept[1]
                 if resting:
                     continue  # slow the last time: Prometheus gets a break; its reads wait for the next
