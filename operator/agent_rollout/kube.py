@@ -412,10 +412,17 @@ class KubeClient:
         body = kubernetes.client.CoreV1Event.from_dict(event)
         assert body is not None  # from_dict returns None only for None
         namespace = str(ref["namespace"])
-        # Not read back: parsing the stored Event into a model would cost more than posting it.
-        await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: self._core.create_namespaced_event(namespace, body, _preload_content=False)
-        )
+
+        def post() -> None:
+            # Not parsed: the stored Event as a model would cost more than posting it. But read to its
+            # end, or urllib3 never gives the connection back: each Event cost a new TLS connection
+            # (a handshake for the operator and for the apiserver), and drained the pool for the
+            # status writes after it (e2e/test_kube_client.py).
+            response: Any = self._core.create_namespaced_event(namespace, body, _preload_content=False)
+            response.drain_conn()
+            response.release_conn()
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, post)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
