@@ -39,7 +39,8 @@ Printed, with N, interval, machine and date:
     last finite bucket (p95 reads 10 s, the gate's max is 8 s), which the fast check sees on the
     whole fleet's histogram;
  6. "connection pool is full" warnings in the operator log, and the operator's CPU seconds
-    (utime + stime from /proc/<pid>/stat) over the steady window.
+    (utime + stime from /proc/<pid>/stat) over the steady window, and the same for every other
+    process the benchmark started (Prometheus, the control plane, kwok, the fleet exporter, itself).
 
 The benchmark's own load during the measurements: reading /proc, a Table list (no objects) during
 start-up, a label-selected watch on the few routes it breaches or aborts, two Prometheus queries
