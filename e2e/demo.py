@@ -54,7 +54,7 @@ from e2e.cluster import (
     tools,
 )
 from e2e.cluster.kubeapi import KubeApi, new_api_client
-from e2e.cluster.kubectl import run_kubectl
+from e2e.cluster.kubectl import run_kubectl, wait_established
 from e2e.cluster.paths import SHARED_CLUSTER_NAME
 from e2e.cluster.podrunner import pod_runner
 from e2e.cluster.session import remove_stale_session_runs
@@ -238,7 +238,7 @@ class Demo:
         kube = KubeApi(cluster.kubeconfig)
         self.cleanups.callback(kube.close)
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{api.PLURAL}.{api.GROUP}")
+        wait_established(self.kubectl, f"{api.PLURAL}.{api.GROUP}")
         say(f"CRD {api.PLURAL}.{api.GROUP} installed")
 
         self.namespace = ns = f"demo-{self.scenario}-{secrets.token_hex(3)}"

@@ -46,7 +46,7 @@ from prometheus_api_client import PrometheusConnect
 from agent_rollout import api
 from e2e.cluster import ClusterState, is_healthy, load_state, start_cluster, stop_cluster
 from e2e.cluster.kubeapi import KubeApi, new_api_client
-from e2e.cluster.kubectl import run_kubectl
+from e2e.cluster.kubectl import kubectl_for, run_kubectl, wait_established
 from e2e.cluster.paths import RUN_ROOT, SHARED_CLUSTER_NAME, scratch_root
 from e2e.cluster.session import REUSE_ENV
 from e2e.rollout.breach import watch_breach_to_rollback
@@ -223,15 +223,7 @@ def install_crd(state: ClusterState) -> None:
         "-f",
         str(CRD_FILE),
     )
-    established = f"crd/{api.PLURAL}.{api.GROUP}"
-    run_kubectl(
-        state.kubectl_bin,
-        state.kubeconfig,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        established,
-    )
+    wait_established(kubectl_for(state), f"{api.PLURAL}.{api.GROUP}", timeout_s=30)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from e2e.cluster import components, procs, prometheus, tools
-from e2e.cluster.kubectl import run_kubectl
+from e2e.cluster.kubectl import kubectl_for, run_kubectl, wait_established
 from e2e.cluster.paths import RUN_ROOT, scratch_root
 from e2e.cluster.pki import Pki, make_pki
 from e2e.cluster.ports import free_ports
@@ -167,7 +167,7 @@ def start_cluster(name: str, *, die_with_parent: bool) -> ClusterState:
             _wait_for_components(state, cm, cm_port, sched, sched_port, prom)
             crds_applied.result()
         step("controller-manager, scheduler, prometheus healthy; Gateway API CRDs applied")
-        kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{c}" for c in GATEWAY_CRDS))
+        wait_established(kubectl_for(state), *GATEWAY_CRDS)
         procs.wait_until(
             lambda: _node_ready(state), timeout_s=STARTUP_TIMEOUT_S, what="kwok node Ready", alive=[kwok]
         )

@@ -23,7 +23,7 @@ import pytest
 from agent_rollout import api
 from e2e.cluster import ClusterState, chart, identity, prometheus
 from e2e.cluster.kubeapi import KubeApi
-from e2e.cluster.kubectl import run_kubectl
+from e2e.cluster.kubectl import run_kubectl, wait_established
 from e2e.cluster.lifecycle import in_outage
 from e2e.cluster.podrunner import PodRunner, pod_runner
 from e2e.cluster.ports import free_ports
@@ -35,7 +35,7 @@ from e2e.sim.traffic import TrafficDriver
 @pytest.fixture(scope="session")
 def crd_installed(cluster: ClusterState, kubectl: Callable[..., Any]) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{api.PLURAL}.{api.GROUP}")
+    wait_established(kubectl, f"{api.PLURAL}.{api.GROUP}", timeout_s=30)
 
 
 # What kopf logs when RBAC refuses it something (it then degrades instead of failing), and what the
