@@ -1042,7 +1042,7 @@ class Bench:
             f"{pool_warnings(op.log_path)} since start "
             f"(load average {load_before} before, {loadavg()} after)"
         )
-        shares = sorted(((others1[k] - others0[k], k) for k in others0 if k in others1), reverse=True)
+        shares = sorted(((others1[k] - others0[k], k) for k in others0.keys() & others1.keys()), reverse=True)
         self.figures.add(
             "   where the 2 cores went over the window (utime + stime of each process): "
             + ", ".join(f"{name} {100 * used / (t1 - t0):.1f}%" for used, name in shares)
@@ -1051,7 +1051,8 @@ class Bench:
 
     def _cpu_by_process(self) -> dict[str, float]:
         """CPU seconds so far of every process the benchmark started but the operator: the control
-        plane, Prometheus, the fleet exporter, and the benchmark itself (a process gone reads 0)."""
+        plane, Prometheus, the fleet exporter, and the benchmark itself (a process gone is left out,
+        and so is its line)."""
         pids = {p.name: p.pid for p in self.state.processes}
         pids["fleet exporter"] = self.fleet.process.pid
         pids["benchmark"] = os.getpid()
