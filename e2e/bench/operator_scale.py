@@ -640,6 +640,7 @@ def pct(values: Sequence[float], q: float) -> float:
 
 
 QUEUE_WAIT_METRIC = "agent_rollout_queue_wait_seconds"
+GC_METRIC = "agent_rollout_gc_pause_seconds"
 
 
 def histogram_summaries(text: str, metric: str, label: str = "urgency") -> dict[str, str]:
@@ -787,6 +788,17 @@ class Bench:
             for block, summary in histogram_summaries(text, BLIND_METRIC, "block").items()
         ]
         return "the fast check's blind spot per block since start (bucket bounds): " + "; ".join(parts)
+
+    def gc_totals(self, label: str) -> dict[str, tuple[float, float]]:
+        """The operator's garbage-collector pauses since start, by generation: (count, seconds)."""
+        totals: dict[str, list[float]] = {}
+        with suppress(OSError):
+            for family in text_string_to_metric_families(self.operator_metrics(label)):
+                for sample in family.samples:
+                    if sample.name in (f"{GC_METRIC}_count", f"{GC_METRIC}_sum"):
+                        row = totals.setdefault(sample.labels["generation"], [0.0, 0.0])
+                        row[sample.name.endswith("_sum")] = sample.value
+        return {generation: (row[0], row[1]) for generation, row in totals.items()}
 
     def queue_waits(self, label: str) -> None:
         """The operator's own histogram of the time runs waited for a worker, by urgency, since start
@@ -985,6 +997,7 @@ class Bench:
         load_before = loadavg()
         before = apiserver_requests(self.state)
         others0 = self._cpu_by_process()
+        gc0 = self.gc_totals("main")
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         samples: list[float] = []
         while time.monotonic() - t0 < self.window_s:
@@ -992,6 +1005,7 @@ class Bench:
             time.sleep(min(10.0, max(0.0, self.window_s - (time.monotonic() - t0))))
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
         others1 = self._cpu_by_process()
+        gc1 = self.gc_totals("main")
         after = apiserver_requests(self.state)
         samples.append(rss_mib(pid))
         log_end = op.log_path.stat().st_size
@@ -1048,6 +1062,20 @@ class Bench:
             + ", ".join(f"{name} {100 * used / (t1 - t0):.1f}%" for used, name in shares)
             + f" of one core; operator {100 * (cpu1 - cpu0) / (t1 - t0):.1f}%"
         )
+        pauses = [
+            f"generation {g}: {n - gc0.get(g, (0.0, 0.0))[0]:.0f} in {s - gc0.get(g, (0.0, 0.0))[1]:.2f}s"
+            for g, (n, s) in sorted(gc1.items())
+        ]
+        self.figures.add(
+            "   the operator's garbage-collector pauses over the window (agent_rollout_gc_pause_seconds): "
+            + ("; ".join(pauses) or "not read")
+        )
+        with suppress(OSError):
+            since = histogram_summaries(self.operator_metrics("main"), GC_METRIC, "generation")
+            self.figures.add(
+                "   its pauses since start (bucket bounds): "
+                + "; ".join(f"generation {g} {summary}" for g, summary in since.items())
+            )
 
     def _cpu_by_process(self) -> dict[str, float]:
         """CPU seconds so far of every process the benchmark started but the operator: the control

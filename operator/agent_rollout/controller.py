@@ -279,6 +279,7 @@ class Controller:
         # Finalizer added, the watch has not brought it yet (so it is not added twice meanwhile).
         self._finalized: set[Key] = set()
         self.synced = False
+        self.listed = asyncio.Event()  # set with `synced`: for whoever waits for the first lists (heap.py)
         # Rollouts not reconciled yet since start: when none is left, the start-up pass is over (logged
         # with its duration, the figure an operator restart is judged by).
         self._unvisited: set[Key] = set()
@@ -305,6 +306,7 @@ class Controller:
                 informer.start()
         await asyncio.gather(*(i.synced.wait() for i in informers))
         self.synced = True
+        self.listed.set()
         self.aborted.stop()
         log.info(
             "watching %d AgentRollouts, %d Deployments, %s; reconciling, most urgent first",

@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from agent_rollout import alerts, metrics
+from agent_rollout import alerts, heap, metrics
 from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
 from agent_rollout.controller import EARLY_READS, INFORMER_KINDS, WORKERS, Controller
@@ -48,6 +48,8 @@ if not EVALUATION_MAX_AGE >= 0:
 FAST_CHECK_PERIOD = float(os.environ.get("AGENT_ROLLOUT_FAST_CHECK_PERIOD", str(PERIOD)))
 if not FAST_CHECK_PERIOD > 0:
     raise ValueError(f"AGENT_ROLLOUT_FAST_CHECK_PERIOD must be > 0 seconds, got {FAST_CHECK_PERIOD!r}")
+# Freeze what the operator keeps out of the garbage collector's walks (heap.py); 0 turns it off.
+GC_FREEZE = os.environ.get("AGENT_ROLLOUT_GC_FREEZE", "1") != "0"
 # Rollouts reconciled at once.
 RECONCILE_WORKERS = int(os.environ.get("AGENT_ROLLOUT_WORKERS", str(WORKERS)))
 if RECONCILE_WORKERS < 1:
@@ -155,6 +157,9 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
         loop.create_task(controller.run(), name="controller"),
         loop.create_task(sentinel.run(), name="fast-check"),
     ]
+    heap.measure_pauses()
+    if GC_FREEZE:
+        _Runtime.tasks.append(loop.create_task(heap.keep_frozen(controller.listed), name="heap"))
     if _Runtime.elector is not None:
         _Runtime.elector.start()
 
