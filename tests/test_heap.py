@@ -24,8 +24,10 @@ class Body:
 
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()  # the rest of the test process walks its objects as before
+    gc.set_threshold(*thresholds)
 
 
 def test_a_frozen_object_without_cycles_is_freed_when_dropped() -> None:
@@ -61,7 +63,7 @@ def test_a_cycle_made_after_the_freeze_is_collected_as_usual() -> None:
 
 
 def test_keep_frozen_waits_for_the_lists_then_freezes_and_thaws() -> None:
-    async def scenario() -> tuple[int, int, bool, bool]:
+    async def scenario() -> tuple[int, int, bool, bool, int]:
         listed = asyncio.Event()
         task = asyncio.get_running_loop().create_task(heap.keep_frozen(listed, refreeze=0.05, thaw_every=0.2))
         await asyncio.sleep(0.05)
@@ -72,18 +74,20 @@ def test_keep_frozen_waits_for_the_lists_then_freezes_and_thaws() -> None:
         listed.set()
         await asyncio.sleep(0.02)
         after_lists = gc.get_freeze_count()
+        full_after = gc.get_threshold()[2]
         del a, b
         gc.collect()
         frozen_cycle = gone() is not None  # not the object: a reference would keep it alive
         await asyncio.sleep(0.4)  # a thaw came
         task.cancel()
-        return before_lists, after_lists, frozen_cycle, gone() is None
+        return before_lists, after_lists, frozen_cycle, gone() is None, full_after
 
-    before_lists, after_lists, frozen_cycle, freed_by_thaw = asyncio.run(scenario())
+    before_lists, after_lists, frozen_cycle, freed_by_thaw, full_after = asyncio.run(scenario())
     assert before_lists == 0
     assert after_lists > 0
     assert frozen_cycle
     assert freed_by_thaw
+    assert full_after == heap.FULL_AFTER  # full collections come a tenth as often
 
 
 def test_pauses_reach_the_metrics_by_generation() -> None:
