@@ -1071,10 +1071,13 @@ class Bench:
             + ("; ".join(pauses) or "not read")
         )
         with suppress(OSError):
-            since = histogram_summaries(self.operator_metrics("main"), GC_METRIC, "generation")
+            text = self.operator_metrics("main")
+            since = histogram_summaries(text, GC_METRIC, "generation")
+            frozen = re.search(r"^agent_rollout_gc_frozen_objects (\S+)$", text, re.MULTILINE)
             self.figures.add(
                 "   its pauses since start (bucket bounds): "
                 + "; ".join(f"generation {g} {summary}" for g, summary in since.items())
+                + f"; objects frozen out of its walks at the end: {float(frozen[1]) if frozen else 0:.0f}"
             )
 
     def _cpu_by_process(self) -> dict[str, float]:

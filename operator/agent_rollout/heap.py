@@ -1,24 +1,22 @@
 """The cyclic garbage collector at 10,000 rollouts: what the operator keeps is frozen, pauses are measured.
 
 Every full collection of CPython's cyclic collector walks every container object alive, with the GIL
-held: no reconcile, fast check or route write runs meanwhile. At 10,000 rollouts the operator keeps
-about 7 million such objects (the informers' stores, parsed specs, statuses), and one walk of 6.3
-million took 1.8 s on this project's 2-core machine (measured in isolation). With CPython's default
-thresholds a full collection comes after every 10 collections of the middle generation, once the
-objects promoted since the last one reach a quarter of those it kept; the fast check's whole-fleet
-answers (a few hundred thousand objects each, decoded in a worker thread) get there in about a
-second. Measured on the real operator at 10,000 rollouts (`make bench-scale`, steady window of 120 s):
-99 full collections took 41.3 s, a third of the time.
+held: no reconcile, fast check or route write runs meanwhile. With CPython's default thresholds a
+full collection comes after every 10 collections of the middle generation, once the objects promoted
+since the last one reach a quarter of those it kept; the fast check's whole-fleet answers (a few
+hundred thousand objects each, decoded in a worker thread) get there in about a second. Measured on
+the real operator at 10,000 rollouts (`make bench-scale`, steady window of 120 s): 99 full
+collections took 41.3 s, a third of the time (0.42 s each).
 
 What the operator keeps has no reference cycles (JSON bodies, pydantic models, frozen dataclasses), so
 reference counting frees it when it is dropped, frozen or not. `gc.freeze()` moves every object alive
 into a generation the collector never walks: done once the informers' first lists are in, and again
-every REFREEZE seconds for what was kept since; a full collection then walks what was made since the
-last freeze only (0.18 s instead of 0.42 s there), and comes after 100 collections of the middle
-generation instead of 10 (FULL_AFTER), since what it could free is a cycle, which the operator rarely
-makes. The one thing freezing can keep is a cycle that was alive at a freeze and became garbage later
-(a task that failed, say); every THAW seconds everything is unfrozen and collected once (one pause of
-about 2 s an hour, not one of 0.4 s a second) and frozen again.
+every REFREEZE seconds for what was kept since; a full collection then walks only what was made since
+the last freeze, and comes after 100 collections of the middle generation instead of 10
+(FULL_AFTER), since all it could free is a cycle, which the operator rarely makes. Measured in the
+same window: 19 full collections in 2.9 s. The one thing freezing can keep is a cycle that was alive
+at a freeze and became garbage later (a task that failed, say); every THAW seconds everything is
+unfrozen and collected once (one full walk an hour, not one a second) and frozen again.
 """
 
 from __future__ import annotations
