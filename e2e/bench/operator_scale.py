@@ -598,6 +598,19 @@ def engine_quantiles(prometheus_url: str) -> str:
     )
 
 
+def engine_queries(prometheus_url: str) -> float | None:
+    """Queries Prometheus' engine has evaluated since it started (all clients), or None unread."""
+    try:
+        with urllib.request.urlopen(f"{prometheus_url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    found = re.search(
+        r'^prometheus_engine_query_duration_seconds_count\{slice="inner_eval"\} (\S+)$', text, re.MULTILINE
+    )
+    return float(found[1]) if found else None
+
+
 # ---------------------------------------------------------------- the cluster
 
 
@@ -998,6 +1011,7 @@ class Bench:
         before = apiserver_requests(self.state)
         others0 = self._cpu_by_process()
         gc0 = self.gc_totals("main")
+        queries0 = engine_queries(self.prometheus_url)
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         samples: list[float] = []
         while time.monotonic() - t0 < self.window_s:
@@ -1006,6 +1020,7 @@ class Bench:
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
         others1 = self._cpu_by_process()
         gc1 = self.gc_totals("main")
+        queries1 = engine_queries(self.prometheus_url)
         after = apiserver_requests(self.state)
         samples.append(rss_mib(pid))
         log_end = op.log_path.stat().st_size
@@ -1062,6 +1077,11 @@ class Bench:
             + ", ".join(f"{name} {100 * used / (t1 - t0):.1f}%" for used, name in shares)
             + f" of one core; operator {100 * (cpu1 - cpu0) / (t1 - t0):.1f}%"
         )
+        if queries0 is not None and queries1 is not None:
+            self.figures.add(
+                f"   Prometheus evaluated {(queries1 - queries0) / (t1 - t0):.1f} queries/s over the window "
+                "(prometheus_engine_query_duration_seconds_count; all clients, nearly all the operator's)"
+            )
         pauses = [
             f"generation {g}: {n - gc0.get(g, (0.0, 0.0))[0]:.0f} in {s - gc0.get(g, (0.0, 0.0))[1]:.2f}s"
             for g, (n, s) in sorted(gc1.items())
