@@ -582,11 +582,15 @@ def _series(prometheus_url: str, promql: str) -> dict[tuple[str, str], float]:
     }
 
 
+def prometheus_own_metrics(prometheus_url: str) -> str:
+    with urllib.request.urlopen(f"{prometheus_url}/metrics", timeout=10) as resp:
+        return cast(bytes, resp.read()).decode()
+
+
 def engine_quantiles(prometheus_url: str) -> str:
     """Prometheus' own summary of its query engine (its recent queries, all clients): how long a query
     spends selecting series (prepare_time) and evaluating (inner_eval), p50/p90/p99."""
-    with urllib.request.urlopen(f"{prometheus_url}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
+    text = prometheus_own_metrics(prometheus_url)
     found: dict[str, dict[str, float]] = {}
     pattern = r'^prometheus_engine_query_duration_seconds\{slice="(\w+)",quantile="([\d.]+)"\} (\S+)$'
     for slice_, quantile, value in re.findall(pattern, text, re.MULTILINE):
@@ -601,8 +605,7 @@ def engine_quantiles(prometheus_url: str) -> str:
 def engine_queries(prometheus_url: str) -> float | None:
     """Queries Prometheus' engine has evaluated since it started (all clients), or None unread."""
     try:
-        with urllib.request.urlopen(f"{prometheus_url}/metrics", timeout=10) as resp:
-            text = resp.read().decode()
+        text = prometheus_own_metrics(prometheus_url)
     except OSError:
         return None
     found = re.search(
@@ -678,6 +681,17 @@ def histogram_summaries(text: str, metric: str, label: str = "urgency") -> dict[
 
         summaries[urgency] = f"n={total:.0f}, p50 <= {bound(0.5)}, p99 <= {bound(0.99)}, max <= {bound(1.0)}"
     return summaries
+
+
+def gc_totals(text: str) -> dict[str, tuple[float, float]]:
+    """The operator's garbage-collector pauses since start, by generation: (count, seconds)."""
+    totals: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in (f"{GC_METRIC}_count", f"{GC_METRIC}_sum"):
+                row = totals.setdefault(sample.labels["generation"], [0.0, 0.0])
+                row[sample.name.endswith("_sum")] = sample.value
+    return {generation: (row[0], row[1]) for generation, row in totals.items()}
 
 
 def block_name(promql: str) -> str:
@@ -802,16 +816,11 @@ class Bench:
         ]
         return "the fast check's blind spot per block since start (bucket bounds): " + "; ".join(parts)
 
-    def gc_totals(self, label: str) -> dict[str, tuple[float, float]]:
-        """The operator's garbage-collector pauses since start, by generation: (count, seconds)."""
-        totals: dict[str, list[float]] = {}
+    def scrape(self, label: str) -> str:
+        """The operator's /metrics now ('' unread)."""
         with suppress(OSError):
-            for family in text_string_to_metric_families(self.operator_metrics(label)):
-                for sample in family.samples:
-                    if sample.name in (f"{GC_METRIC}_count", f"{GC_METRIC}_sum"):
-                        row = totals.setdefault(sample.labels["generation"], [0.0, 0.0])
-                        row[sample.name.endswith("_sum")] = sample.value
-        return {generation: (row[0], row[1]) for generation, row in totals.items()}
+            return self.operator_metrics(label)
+        return ""
 
     def queue_waits(self, label: str) -> None:
         """The operator's own histogram of the time runs waited for a worker, by urgency, since start
@@ -1010,7 +1019,7 @@ class Bench:
         load_before = loadavg()
         before = apiserver_requests(self.state)
         others0 = self._cpu_by_process()
-        gc0 = self.gc_totals("main")
+        scrape0 = self.scrape("main")
         queries0 = engine_queries(self.prometheus_url)
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         samples: list[float] = []
@@ -1019,7 +1028,7 @@ class Bench:
             time.sleep(min(10.0, max(0.0, self.window_s - (time.monotonic() - t0))))
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
         others1 = self._cpu_by_process()
-        gc1 = self.gc_totals("main")
+        scrape1 = self.scrape("main")
         queries1 = engine_queries(self.prometheus_url)
         after = apiserver_requests(self.state)
         samples.append(rss_mib(pid))
@@ -1082,6 +1091,7 @@ class Bench:
                 f"   Prometheus evaluated {(queries1 - queries0) / (t1 - t0):.1f} queries/s over the window "
                 "(prometheus_engine_query_duration_seconds_count; all clients, nearly all the operator's)"
             )
+        gc0, gc1 = gc_totals(scrape0), gc_totals(scrape1)
         pauses = [
             f"generation {g}: {n - gc0.get(g, (0.0, 0.0))[0]:.0f} in {s - gc0.get(g, (0.0, 0.0))[1]:.2f}s"
             for g, (n, s) in sorted(gc1.items())
@@ -1090,10 +1100,9 @@ class Bench:
             "   the operator's garbage-collector pauses over the window (agent_rollout_gc_pause_seconds): "
             + ("; ".join(pauses) or "not read")
         )
-        with suppress(OSError):
-            text = self.operator_metrics("main")
-            since = histogram_summaries(text, GC_METRIC, "generation")
-            frozen = re.search(r"^agent_rollout_gc_frozen_objects (\S+)$", text, re.MULTILINE)
+        if scrape1:
+            since = histogram_summaries(scrape1, GC_METRIC, "generation")
+            frozen = re.search(r"^agent_rollout_gc_frozen_objects (\S+)$", scrape1, re.MULTILINE)
             self.figures.add(
                 "   its pauses since start (bucket bounds): "
                 + "; ".join(f"generation {g} {summary}" for g, summary in since.items())

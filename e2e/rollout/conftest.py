@@ -12,13 +12,16 @@ import contextlib
 import json
 import re
 import secrets
+import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent_rollout import api
 from e2e.cluster import ClusterState, chart, identity, prometheus
@@ -107,6 +110,25 @@ class OperatorEndpoints:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    def listening(self) -> bool:
+        """Both servers accept connections (the operator opens them while it starts)."""
+        for port in (self.metrics_port, self.alerts_port):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+        return True
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        """A sample of the operator's /metrics by name and labels, scraped now (None: not there)."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return None
+
     @property
     def alerts_url(self) -> str:
         return f"http://127.0.0.1:{self.alerts_port}/alerts"
@@ -146,6 +168,8 @@ def operator(
     (prometheus.operator_sd_dir(cluster.run_dir) / "session.json").write_text(json.dumps(target))
     log_start = proc.log_path.stat().st_size if proc.log_path.exists() else 0  # a reused cluster appends
     proc.start()
+    # A test that runs first must not find the servers still closed (a refused connection is no answer).
+    wait_until("the operator's metrics and alerts servers listening", ends.listening, timeout_s=60)
     yield proc
     # Delete the rollouts before their namespaces, while the operator still runs (as a user would).
     for item in kube_api.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]:

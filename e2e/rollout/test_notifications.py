@@ -17,7 +17,6 @@ import json
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +24,6 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent_rollout import api, notify
 from e2e.cluster import ClusterState
@@ -130,12 +128,7 @@ def warnings(s: Scene, name: str, reason: str) -> list[str]:
 
 
 def counter(endpoints: OperatorEndpoints, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(endpoints.metrics_url, timeout=5).read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
+    return endpoints.sample(name, **labels) or 0.0
 
 
 def test_a_local_sink_hears_every_decision_of_a_promotion_once_in_order(

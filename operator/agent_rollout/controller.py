@@ -278,8 +278,7 @@ class Controller:
         self._finalizer = Finalizer(kube, kube.post_event_soon)
         # Finalizer added, the watch has not brought it yet (so it is not added twice meanwhile).
         self._finalized: set[Key] = set()
-        self.synced = False
-        self.listed = asyncio.Event()  # set with `synced`: for whoever waits for the first lists (heap.py)
+        self.listed = asyncio.Event()  # every informer has its first list (`synced`; heap.py waits for it)
         # Rollouts not reconciled yet since start: when none is left, the start-up pass is over (logged
         # with its duration, the figure an operator restart is judged by).
         self._unvisited: set[Key] = set()
@@ -305,7 +304,6 @@ class Controller:
             if informer is not self.rollouts:
                 informer.start()
         await asyncio.gather(*(i.synced.wait() for i in informers))
-        self.synced = True
         self.listed.set()
         self.aborted.stop()
         log.info(
@@ -329,6 +327,10 @@ class Controller:
         self._early.clear()
         self._unvisited = {key for key, _ in self.rollouts.items()}
         self.scheduler.start()
+
+    @property
+    def synced(self) -> bool:
+        return self.listed.is_set()
 
     @property
     def active(self) -> bool:
