@@ -587,6 +587,32 @@ def prometheus_own_metrics(prometheus_url: str) -> str:
         return cast(bytes, resp.read()).decode()
 
 
+def query_shape(promql: str) -> str:
+    """A query with its focus (the regexes of the pairs it is narrowed to) left out: one shape per block."""
+    return re.sub(r'=~"[^"]*"', '=~"…"', promql)
+
+
+def query_log_summary(path: Path, seconds: float, top: int = 6) -> list[str]:
+    """The query shapes that took most of Prometheus' query time in its query log (`top` of them):
+    count, per second, time per query (median, max) and share of all the logged queries' time."""
+    spent: dict[str, list[float]] = {}
+    with suppress(OSError), path.open() as log:
+        for line in log:
+            with suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                took = float(entry["stats"]["timings"]["execTotalTime"])
+                spent.setdefault(query_shape(entry["params"]["query"]), []).append(took)
+    total = sum(sum(times) for times in spent.values())
+    ranked = sorted(spent.items(), key=lambda item: -sum(item[1]))
+    lines = [
+        f"{len(times) / seconds:.2f}/s, {statistics.median(times):.3f}s median, {max(times):.3f}s max, "
+        f"{100 * sum(times) / total:.0f}% of the time: {shape[:160]}"
+        for shape, times in ranked[:top]
+    ]
+    count = sum(len(times) for times in spent.values())
+    return [f"{count} queries, {total:.1f}s of query time in {seconds:.0f}s ({len(spent)} shapes)", *lines]
+
+
 def engine_quantiles(prometheus_url: str) -> str:
     """Prometheus' own summary of its query engine (its recent queries, all clients): how long a query
     spends selecting series (prepare_time) and evaluating (inner_eval), p50/p90/p99."""
@@ -1021,6 +1047,9 @@ class Bench:
         others0 = self._cpu_by_process()
         scrape0 = self.scrape("main")
         queries0 = engine_queries(self.prometheus_url)
+        prometheus_config = self.state.run_dir / "prometheus.yml"
+        query_log = self.state.run_dir / "bench" / "prometheus-queries.jsonl"
+        prometheus.log_queries(prometheus_config, self.prometheus_url, query_log)
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         samples: list[float] = []
         while time.monotonic() - t0 < self.window_s:
@@ -1030,6 +1059,7 @@ class Bench:
         others1 = self._cpu_by_process()
         scrape1 = self.scrape("main")
         queries1 = engine_queries(self.prometheus_url)
+        prometheus.log_queries(prometheus_config, self.prometheus_url, None)
         after = apiserver_requests(self.state)
         samples.append(rss_mib(pid))
         log_end = op.log_path.stat().st_size
@@ -1091,6 +1121,10 @@ class Bench:
                 f"   Prometheus evaluated {(queries1 - queries0) / (t1 - t0):.1f} queries/s over the window "
                 "(prometheus_engine_query_duration_seconds_count; all clients, nearly all the operator's)"
             )
+        self.figures.add(
+            "   where its query time went (its query log over the window, execTotalTime by query shape): "
+            + "\n      ".join(query_log_summary(query_log, t1 - t0))
+        )
         gc0, gc1 = gc_totals(scrape0), gc_totals(scrape1)
         pauses = [
             f"generation {g}: {n - gc0.get(g, (0.0, 0.0))[0]:.0f} in {s - gc0.get(g, (0.0, 0.0))[1]:.2f}s"

@@ -53,6 +53,18 @@ def write_config(path: Path, file_sd_dir: Path) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+def log_queries(config_path: Path, prometheus_url: str, log_file: Path | None) -> None:
+    """Start (or, with None, stop) Prometheus' query log: one JSON line per query with its timings,
+    so a benchmark can tell which queries its CPU went to. Reloaded at once; nothing else changes."""
+    config = yaml.safe_load(config_path.read_text())
+    if log_file is None:
+        config["global"].pop("query_log_file", None)
+    else:
+        config["global"]["query_log_file"] = str(log_file)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    reload(prometheus_url)
+
+
 def reload(prometheus_url: str, timeout_s: float = 10.0) -> None:
     """Re-read the config and the rule files (rule files are only read at start and on reload)."""
     request = urllib.request.Request(f"{prometheus_url}/-/reload", method="POST")
