@@ -1354,6 +1354,7 @@ def run(
     with terminate_as_exit(), own_cluster() as state:
         log_dir = state.run_dir / "bench"
         log_dir.mkdir(parents=True, exist_ok=True)
+        print(f"   Prometheus {prometheus.version(state.prometheus_url)}", flush=True)
         install_crd(state)
         bulk = bulk_client(state.kubeconfig, WORKERS + 4)
         bench = Bench(state, n, window_s, breaches, interval_s, targets, figures, bulk, log_dir)

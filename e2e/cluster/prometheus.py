@@ -13,6 +13,9 @@ from typing import Any
 import yaml
 
 SCRAPE_JOB = "sim-agents"
+# A Prometheus binary other than Debian's `prometheus` on PATH (the scale benchmarks build a current
+# release with e2e/cluster/build-prometheus.sh and name it here).
+BINARY_ENV = "E2E_PROMETHEUS"
 OPERATOR_JOB = "agent-rollout-operator"
 
 
@@ -75,7 +78,7 @@ def reload(prometheus_url: str, timeout_s: float = 10.0) -> None:
 
 def prometheus_argv(config: Path, data_dir: Path, port: int) -> list[str]:
     return [
-        "prometheus",
+        os.environ.get(BINARY_ENV) or "prometheus",
         f"--config.file={config}",
         f"--web.listen-address=127.0.0.1:{port}",
         f"--storage.tsdb.path={data_dir}",
@@ -100,6 +103,12 @@ def write_targets(file_sd_dir: Path, group: str, targets: Sequence[tuple[str, Ma
 
 def remove_targets(file_sd_dir: Path, group: str) -> None:
     (file_sd_dir / f"{group}.json").unlink(missing_ok=True)
+
+
+def version(prometheus_url: str) -> str:
+    """The running Prometheus' own version (its build info), for a benchmark's header."""
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/status/buildinfo", timeout=10) as resp:
+        return str(json.load(resp)["data"]["version"])
 
 
 def query(prometheus_url: str, promql: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
