@@ -1,4 +1,4 @@
-"""`make bench`: python -m e2e.bench [--only planner|comparator|rollback|alert|failover|fast|scale] ...
+"""`make bench`: python -m e2e.bench [--only planner|comparator|rollback|alert|failover|fast|query|scale] ...
 
 planner   e2e/bench/planner_scale.py: the planner's CPU and memory at 10k rollouts (no cluster)
 comparator e2e/bench/comparator_overhead.py: the shadow comparator's added latency per mirrored request
@@ -10,6 +10,8 @@ failover  e2e/bench/failover.py: leader SIGKILL -> the next decision by the new 
 fast      e2e/bench/fast_check.py: the fast check (sentinel) at N rollouts (--rollouts, default 1000)
           against a real Prometheus and fleet exporter, no apiserver: a sweep's split (Prometheus,
           decoding, measuring), its period, breach -> wake
+query     e2e/bench/query_cost.py: what the fast check's fleet-wide queries cost Prometheus at N rollouts
+          (--rollouts), each block asked alone on an otherwise idle Prometheus
 scale     e2e/bench/operator_scale.py: the real operator process at N rollouts (default 1000) on a
           cluster of its own: RSS, start-up, status writes, pause-end lateness, breach-to-rollback,
           CPU (`make bench-scale`: N=10000)
@@ -24,7 +26,15 @@ import inspect
 import logging
 import sys
 
-from e2e.bench import alert_speed, comparator_overhead, failover, fast_check, operator_scale, rollback_speed
+from e2e.bench import (
+    alert_speed,
+    comparator_overhead,
+    failover,
+    fast_check,
+    operator_scale,
+    query_cost,
+    rollback_speed,
+)
 
 PLANNER_MODULE = "e2e.bench.planner_scale"
 
@@ -49,7 +59,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["planner", "comparator", "rollback", "alert", "failover", "fast", "scale"],
+        choices=["planner", "comparator", "rollback", "alert", "failover", "fast", "query", "scale"],
         help="run just this benchmark",
     )
     parser.add_argument("--runs", type=int, default=7, help="breach-to-rollback runs (default 7)")
@@ -86,6 +96,9 @@ def main() -> int:
         sys.stdout.flush()
     if args.only in (None, "fast"):
         fast_check.run(args.rollouts)
+        sys.stdout.flush()
+    if args.only in (None, "query"):
+        query_cost.run(args.rollouts)
         sys.stdout.flush()
     if args.only in (None, "scale"):
         operator_scale.run(args.rollouts, args.window, args.breaches)
