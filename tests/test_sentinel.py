@@ -15,6 +15,7 @@ from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.templates import Block, BlockValues, Pair
 from agent_rollout.api import Phase, Weights
 from agent_rollout.domain import iso
+from agent_rollout.metrics import REGISTRY
 from agent_rollout.planner import gate_windows
 from agent_rollout.reconcile import measure_over
 from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause, rest_after
@@ -403,3 +404,30 @@ def test_a_breach_in_the_errors_is_seen_without_waiting_for_a_slow_denominator(
         assert woken[-1:] == [("support", "a")]
 
     asyncio.run(scenario())
+
+
+def _phase_count(phase: str) -> float:
+    value = REGISTRY.get_sample_value("agent_rollout_fast_check_sweep_seconds_count", {"phase": phase})
+    return value or 0.0
+
+
+def test_the_sweeps_own_time_reaches_the_metrics_by_phase() -> None:
+    clock, metrics = FakeClock(), Metrics()
+    prometheus = FakePrometheus(metrics)
+    sentinel = Sentinel(clock=clock, period=0.01)
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+    before = {phase: _phase_count(phase) for phase in ("plan", "measure", "cycle")}
+
+    async def three_sweeps() -> None:
+        task = asyncio.create_task(sentinel.run())
+        while _phase_count("cycle") < before["cycle"] + 2:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(three_sweeps(), timeout=10))
+
+    assert _phase_count("plan") >= before["plan"] + 3
+    assert _phase_count("measure") >= before["measure"] + 3  # the error-rate read, once a sweep
+    assert _phase_count("cycle") >= before["cycle"] + 2

@@ -112,6 +112,7 @@ WORKERS = 16
 CM_QPS = 500
 RUN_PREFIX = "bench-scale-"
 BLIND_METRIC = "agent_rollout_fast_check_blind_seconds"
+SWEEP_METRIC = "agent_rollout_fast_check_sweep_seconds"
 QUERY_ERRORS_METRIC = "agent_rollout_prometheus_query_errors"
 LABEL = "bench.agent-rollout.dev/role"  # on routes: breach / abort; on rollouts: short / long
 SCALE_LABEL = "bench.agent-rollout.dev/scale"
@@ -688,16 +689,26 @@ GC_METRIC = "agent_rollout_gc_pause_seconds"
 def histogram_summaries(text: str, metric: str, label: str = "urgency") -> dict[str, str]:
     """'n=…, p50 <= …, p99 <= …, max <= …' of each value of `label` of a histogram in Prometheus' text
     format, from its cumulative buckets (so each figure is the bound of the bucket it falls in)."""
-    buckets: dict[str, list[tuple[float, float]]] = {}
+    return window_summaries("", text, metric, label)
+
+
+def histogram_buckets(text: str, metric: str, label: str) -> dict[str, dict[float, float]]:
+    """Each value of `label` of a histogram in Prometheus' text format: bucket bound -> count."""
+    found: dict[str, dict[float, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == f"{metric}_bucket":
-                urgency = sample.labels[label]
-                buckets.setdefault(urgency, []).append((float(sample.labels["le"]), sample.value))
+                found.setdefault(sample.labels[label], {})[float(sample.labels["le"])] = sample.value
+    return found
+
+
+def window_summaries(before: str, after: str, metric: str, label: str) -> dict[str, str]:
+    """histogram_summaries of what was observed between two scrapes (bucket bounds)."""
+    start, end = histogram_buckets(before, metric, label), histogram_buckets(after, metric, label)
     summaries: dict[str, str] = {}
-    for urgency, rows in sorted(buckets.items()):
-        rows.sort()
-        total = rows[-1][1]
+    for value, buckets in sorted(end.items()):
+        rows = sorted((le, count - start.get(value, {}).get(le, 0.0)) for le, count in buckets.items())
+        total = rows[-1][1] if rows else 0.0
         if not total:
             continue
 
@@ -705,7 +716,7 @@ def histogram_summaries(text: str, metric: str, label: str = "urgency") -> dict[
             le = next(le for le, count in rows if count >= q * total)
             return "+Inf" if le == float("inf") else f"{le:g} s"
 
-        summaries[urgency] = f"n={total:.0f}, p50 <= {bound(0.5)}, p99 <= {bound(0.99)}, max <= {bound(1.0)}"
+        summaries[value] = f"n={total:.0f}, p50 <= {bound(0.5)}, p99 <= {bound(0.99)}, max <= {bound(1.0)}"
     return summaries
 
 
@@ -1124,6 +1135,11 @@ class Bench:
         self.figures.add(
             "   where its query time went (its query log over the window, execTotalTime by query shape): "
             + "\n      ".join(query_log_summary(query_log, t1 - t0))
+        )
+        phases = window_summaries(scrape0, scrape1, SWEEP_METRIC, "phase")
+        self.figures.add(
+            "   the fast check's own wall time over the window (agent_rollout_fast_check_sweep_seconds, "
+            "bucket bounds): " + ("; ".join(f"{phase} {line}" for phase, line in phases.items()) or "none")
         )
         gc0, gc1 = gc_totals(scrape0), gc_totals(scrape1)
         pauses = [

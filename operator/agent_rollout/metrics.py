@@ -64,6 +64,15 @@ FAST_CHECK_BLIND_SECONDS = Histogram(
     buckets=(0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 30),
     registry=REGISTRY,
 )
+FAST_CHECK_SWEEP_SECONDS = Histogram(
+    f"{PREFIX}_fast_check_sweep_seconds",
+    "Wall time of the fast check's work by phase: plan (a sweep's start to its queries sent), measure "
+    "(one read over every rollout that reads it, yields to the event loop included) and cycle (one "
+    "sweep's start to the next's). What a breach waits for besides Prometheus.",
+    ["phase"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10),
+    registry=REGISTRY,
+)
 QUERY_ERRORS = Counter(
     f"{PREFIX}_prometheus_query_errors_total",
     "Queries that got no usable answer: unavailable (down, timeout, 5xx) or rejected (invalid query).",

@@ -220,9 +220,13 @@ class Sentinel:
 
     async def run(self) -> None:
         self._stopped = False
+        last_start: float | None = None
         try:
             while True:
                 started = time.monotonic()
+                if last_start is not None:
+                    metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="cycle").observe(started - last_start)
+                last_start = started
                 try:
                     await self.sweep()
                 except Exception:  # the sentinel only speeds things up: never let it die
@@ -250,6 +254,7 @@ class Sentinel:
 
     async def _sweep(self, busy: _LoopTime) -> int:
         readers: _Readers = {}
+        begun = time.monotonic()
         with busy:
             now = self._clock()
             # Rollouts made from one template share one analysis object, and the same windows once
@@ -323,6 +328,7 @@ class Sentinel:
             self._kept = {key: kept for key, kept in self._kept.items() if key in wanted}
             for key in [k for k, t in self._flying.items() if t.done() and k not in wanted]:
                 del self._flying[key]  # an answer no watched rollout reads any more
+        metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="plan").observe(time.monotonic() - begun)
         vectors: dict[int, dict[Block, BlockValues]] = {}
         failed: set[tuple[int, Block]] = set()
         woken: set[Key] = set()
@@ -346,7 +352,10 @@ class Sentinel:
                         continue  # a block Prometheus cannot answer: the evaluation reports that
                     answered = vectors[source_id]
                     values = {b: answered[b] if b in answered else late[(source_id, b)] for b in read.blocks}
+                    measuring = time.monotonic()
                     await self._measure(read, members, values, woken, busy)
+                    took = time.monotonic() - measuring
+                    metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="measure").observe(took)
         except asyncio.CancelledError:
             self._stop_asking()  # the operator stops: so does every query the sweeps left in flight
             raise
