@@ -76,9 +76,21 @@ def reload(prometheus_url: str, timeout_s: float = 10.0) -> None:
             raise RuntimeError(f"prometheus reload answered {resp.status}")
 
 
+def binary() -> str:
+    """Debian's `prometheus`, or the executable E2E_PROMETHEUS names (refused at once if it is none)."""
+    chosen = os.environ.get(BINARY_ENV)
+    if not chosen:
+        return "prometheus"
+    if not os.access(chosen, os.X_OK) or Path(chosen).is_dir():
+        raise RuntimeError(
+            f"{BINARY_ENV}={chosen!r} is not an executable file (e2e/cluster/build-prometheus.sh makes one)"
+        )
+    return chosen
+
+
 def prometheus_argv(config: Path, data_dir: Path, port: int) -> list[str]:
     return [
-        os.environ.get(BINARY_ENV) or "prometheus",
+        binary(),
         f"--config.file={config}",
         f"--web.listen-address=127.0.0.1:{port}",
         f"--storage.tsdb.path={data_dir}",
