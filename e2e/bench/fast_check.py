@@ -78,7 +78,7 @@ from e2e.bench.operator_scale import (
 from e2e.cluster import procs, prometheus
 from e2e.cluster.paths import RUN_ROOT, scratch_root
 from e2e.cluster.ports import free_ports
-from e2e.sim.fleet import METRIC, start_fleet
+from e2e.sim.fleet import METRIC, Fleet, start_fleet
 
 ROLLOUTS = 1000
 SWEEPS = 20
@@ -121,6 +121,26 @@ def own_prometheus() -> Iterator[tuple[str, Path, Path]]:
         procs.stop_all([info], grace_s=5.0)
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextmanager
+def fleet_on_prometheus(targets: Sequence[Target]) -> Iterator[tuple[str, Fleet]]:
+    """(Prometheus URL, fleet exporter) of a Prometheus of our own scraping the fleet of `targets`,
+    once it holds a full gate window of every series (so queries cost what they cost steady)."""
+    with own_prometheus() as (url, file_sd, run_dir):
+        fleet = start_fleet(
+            fleet_pairs(targets),
+            file_sd_dir=file_sd,
+            prometheus_url=url,
+            work_dir=run_dir,
+            scrape_interval_s=SCRAPE_S,
+        )
+        try:
+            fleet.wait_scraped(timeout_s=180)
+            time.sleep(GATE_WINDOW_S + SCRAPE_S)
+            yield url, fleet
+        finally:
+            fleet.stop()
 
 
 # ---------------------------------------------------------------- instruments
@@ -398,28 +418,14 @@ def run(n: int = ROLLOUTS, sweep_count: int = SWEEPS, breaches: int = BREACHES) 
     )
     t0 = time.monotonic()
     targets = plan_targets(n, breaches, 0)
-    with own_prometheus() as (url, file_sd, run_dir):
-        fleet = start_fleet(
-            fleet_pairs(targets),
-            file_sd_dir=file_sd,
-            prometheus_url=url,
-            work_dir=run_dir,
-            scrape_interval_s=SCRAPE_S,
+    with fleet_on_prometheus(targets) as (url, fleet):
+        print(
+            f"  prometheus and fleet up, a {GATE_WINDOW} window filled after {time.monotonic() - t0:.0f}s",
+            flush=True,
         )
-        try:
-            fleet.wait_scraped(timeout_s=120)
-            scraped = time.monotonic()
-            print(
-                f"  prometheus and fleet up, first scrape after {scraped - t0:.0f}s; "
-                f"filling a {GATE_WINDOW} window",
-                flush=True,
-            )
-            time.sleep(max(0.0, scraped + GATE_WINDOW_S + SCRAPE_S - time.monotonic()))
-            asyncio.run(
-                measure(n, sweep_count, breaches, url, lambda ns, v: fleet.breach(ns, v, BREACH_ERROR_RATIO))
-            )
-        finally:
-            fleet.stop()
+        asyncio.run(
+            measure(n, sweep_count, breaches, url, lambda ns, v: fleet.breach(ns, v, BREACH_ERROR_RATIO))
+        )
     print(f"  ({time.monotonic() - t0:.0f}s in all)", flush=True)
 
 

@@ -24,10 +24,9 @@ from datetime import UTC, datetime
 
 from agent_rollout import api
 from agent_rollout.analysis.templates import template_read
-from e2e.bench.fast_check import own_prometheus
-from e2e.bench.operator_scale import GATE_WINDOW, GATE_WINDOW_S, SCRAPE_S, fleet_pairs, machine, plan_targets
+from e2e.bench.fast_check import fleet_on_prometheus
+from e2e.bench.operator_scale import GATE_WINDOW, SCRAPE_S, machine, plan_targets
 from e2e.cluster import prometheus
-from e2e.sim.fleet import start_fleet
 
 ROLLOUTS = 10_000
 REPEAT = 5
@@ -55,36 +54,23 @@ def ask(url: str, promql: str) -> tuple[float, float, int, int]:
 
 
 def run(n: int = ROLLOUTS, repeat: int = REPEAT) -> None:
-    with own_prometheus() as (url, file_sd, run_dir):
+    with fleet_on_prometheus(plan_targets(n, 0, 0)) as (url, _):
         print(
             f"== query cost: N={n} rollouts ({2 * n} versions), scrape {SCRAPE_S}s, window {GATE_WINDOW}; "
             f"Prometheus {prometheus.version(url)}; {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
             f"   machine: {machine()}",
             flush=True,
         )
-        targets = plan_targets(n, 0, 0)
-        fleet = start_fleet(
-            fleet_pairs(targets),
-            file_sd_dir=file_sd,
-            prometheus_url=url,
-            work_dir=run_dir,
-            scrape_interval_s=SCRAPE_S,
-        )
-        try:
-            fleet.wait_scraped(timeout_s=180)
-            time.sleep(GATE_WINDOW_S + 2 * SCRAPE_S)  # a full window behind every series
-            for promql in blocks():
-                ask(url, promql)
-                runs = [ask(url, promql) for _ in range(repeat)]
-                execs = [r[1] for r in runs]
-                print(
-                    f"  execution min {min(execs):.3f}s median {statistics.median(execs):.3f}s "
-                    f"max {max(execs):.3f}s; round trip median {statistics.median(r[0] for r in runs):.3f}s; "
-                    f"{runs[0][3]} series, {runs[0][2] / 1e6:.1f} MB: {promql}",
-                    flush=True,
-                )
-        finally:
-            fleet.stop()
+        for promql in blocks():
+            ask(url, promql)
+            runs = [ask(url, promql) for _ in range(repeat)]
+            execs = [r[1] for r in runs]
+            print(
+                f"  execution min {min(execs):.3f}s median {statistics.median(execs):.3f}s "
+                f"max {max(execs):.3f}s; round trip median {statistics.median(r[0] for r in runs):.3f}s; "
+                f"{runs[0][3]} series, {runs[0][2] / 1e6:.1f} MB: {promql}",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
