@@ -162,14 +162,15 @@ def operator(
         # A hung notification sink holds an attempt 20 s (4 analysis intervals): were a delivery ever on the
         # reconcile path, test_notifications.py would see the steps slow down by that much.
         env={"AGENT_ROLLOUT_ANALYSIS_REFRESH": "0", "AGENT_ROLLOUT_NOTIFY_TIMEOUT": "20"},
+        # Tests restart this operator (test_ha, test_safety); a test that runs next must not find its
+        # servers still closed (a refused connection is no answer): each start waits for them.
+        ready=ends.listening,
     )
     # The cluster's Prometheus scrapes the operator's metrics (the alert rules of the chart read them).
     target = [{"targets": [f"127.0.0.1:{ends.metrics_port}"], "labels": {"cluster": cluster.name}}]
     (prometheus.operator_sd_dir(cluster.run_dir) / "session.json").write_text(json.dumps(target))
     log_start = proc.log_path.stat().st_size if proc.log_path.exists() else 0  # a reused cluster appends
     proc.start()
-    # A test that runs first must not find the servers still closed (a refused connection is no answer).
-    wait_until("the operator's metrics and alerts servers listening", ends.listening, timeout_s=60)
     yield proc
     # Delete the rollouts before their namespaces, while the operator still runs (as a user would).
     for item in kube_api.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]:

@@ -48,12 +48,20 @@ class OperatorProcess:
     """
 
     def __init__(
-        self, kubeconfig: Path, log_path: Path, args: Sequence[str] = (), env: dict[str, str] | None = None
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.args = list(args)
         self.env = dict(env or {})
+        # What start() waits for, if anything: every start, also a test's restart of a shared operator,
+        # so the next reader of its servers never meets a refused connection.
+        self.ready = ready
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -67,6 +75,8 @@ class OperatorProcess:
                 start_new_session=True,
                 preexec_fn=set_parent_death_signal,
             )
+        if self.ready is not None:
+            wait_until("the operator ready (its servers listening)", self.ready, timeout_s=60)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

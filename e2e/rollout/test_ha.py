@@ -99,6 +99,8 @@ def test_a_rollout_mid_pause_on_a_killed_leader_finishes_on_the_standby_and_they
     finally:
         leader.kill()
         standby.stop()
+        # The replicas' writes end here: the session's operator, back from now on, may write too.
+        until = datetime.now(UTC)
         operator.start()
 
     history = s.status("ha")["history"]
@@ -114,7 +116,9 @@ def test_a_rollout_mid_pause_on_a_killed_leader_finishes_on_the_standby_and_they
     ours = [
         w
         for w in audit.writes(log, username)
-        if w.at >= since and w.namespace == s.namespace and not w.resource.startswith("coordination.k8s.io/")
+        if since <= w.at < until
+        and w.namespace == s.namespace
+        and not w.resource.startswith("coordination.k8s.io/")
     ]
     by_leader = [w for w in ours if w.user_agent == user_agent(first)]
     by_standby = [w for w in ours if w.user_agent == user_agent(second)]
