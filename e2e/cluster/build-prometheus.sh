@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds Prometheus at a pinned release from the Go module proxy and caches it under
 # .cache/bin/prometheus-<version>; prints the binary's path. The scale benchmarks run on it
-# (E2E_PROMETHEUS): Debian's package is 2.42 (2023), whose query engine took 2-4 times as long as
-# this release's over the fast check's fleet-wide queries at 10,000 rollouts (README, Performance).
+# (E2E_PROMETHEUS): Debian's package is 2.42 (2023), whose query engine took 1.7-3.4 times as long
+# as this release's over each of the fast check's fleet-wide queries at 10,000 rollouts (README,
+# Measured: `python -m e2e.bench --only query`).
 # No web UI assets (they are not in the module): the API, which is all the operator uses, is complete.
 set -euo pipefail
 

@@ -76,7 +76,10 @@ class OperatorProcess:
                 preexec_fn=set_parent_death_signal,
             )
         if self.ready is not None:
-            wait_until("the operator ready (its servers listening)", self.ready, timeout_s=60)
+            ready = self.ready
+            wait_until("the operator ready (its servers listening)", lambda: ready() or not self.alive(), 60)
+            if not self.alive():
+                raise AssertionError(f"the operator exited while starting:\n{self.log_tail()}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
