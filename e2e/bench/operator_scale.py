@@ -588,7 +588,7 @@ def prometheus_own_metrics(prometheus_url: str) -> str:
         return cast(bytes, resp.read()).decode()
 
 
-def query_shape(promql: str) -> str:
+def without_focus(promql: str) -> str:
     """A query with its focus (the regexes of the pairs it is narrowed to) left out: one shape per block."""
     return re.sub(r'=~"[^"]*"', '=~"…"', promql)
 
@@ -602,7 +602,7 @@ def query_log_summary(path: Path, seconds: float, top: int = 6) -> list[str]:
             with suppress(ValueError, KeyError, TypeError):
                 entry = json.loads(line)
                 took = float(entry["stats"]["timings"]["execTotalTime"])
-                spent.setdefault(query_shape(entry["params"]["query"]), []).append(took)
+                spent.setdefault(without_focus(entry["params"]["query"]), []).append(took)
     total = sum(sum(times) for times in spent.values())
     ranked = sorted(spent.items(), key=lambda item: -sum(item[1]))
     lines = [
@@ -635,10 +635,7 @@ def engine_queries(prometheus_url: str) -> float | None:
         text = prometheus_own_metrics(prometheus_url)
     except OSError:
         return None
-    found = re.search(
-        r'^prometheus_engine_query_duration_seconds_count\{slice="inner_eval"\} (\S+)$', text, re.MULTILINE
-    )
-    return float(found[1]) if found else None
+    return prometheus.text_sample(text, "prometheus_engine_query_duration_seconds_count", slice="inner_eval")
 
 
 # ---------------------------------------------------------------- the cluster
@@ -1152,11 +1149,11 @@ class Bench:
         )
         if scrape1:
             since = histogram_summaries(scrape1, GC_METRIC, "generation")
-            frozen = re.search(r"^agent_rollout_gc_frozen_objects (\S+)$", scrape1, re.MULTILINE)
+            frozen = prometheus.text_sample(scrape1, "agent_rollout_gc_frozen_objects")
             self.figures.add(
                 "   its pauses since start (bucket bounds): "
                 + "; ".join(f"generation {g} {summary}" for g, summary in since.items())
-                + f"; objects frozen out of its walks at the end: {float(frozen[1]) if frozen else 0:.0f}"
+                + f"; objects frozen out of its walks at the end: {frozen or 0:.0f}"
             )
 
     def _cpu_by_process(self) -> dict[str, float]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 SCRAPE_JOB = "sim-agents"
 # A Prometheus binary other than Debian's `prometheus` on PATH (the scale benchmarks build a current
@@ -115,6 +116,15 @@ def write_targets(file_sd_dir: Path, group: str, targets: Sequence[tuple[str, Ma
 
 def remove_targets(file_sd_dir: Path, group: str) -> None:
     (file_sd_dir / f"{group}.json").unlink(missing_ok=True)
+
+
+def text_sample(text: str, name: str, **labels: str) -> float | None:
+    """A sample of a /metrics page (Prometheus' text format) by name and labels (None: not there)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
 
 
 def version(prometheus_url: str) -> str:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent_rollout import api
 from e2e.cluster import ClusterState, chart, identity, prometheus
@@ -122,12 +121,7 @@ class OperatorEndpoints:
     def sample(self, name: str, **labels: str) -> float | None:
         """A sample of the operator's /metrics by name and labels, scraped now (None: not there)."""
         with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
-            text = resp.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return None
+            return prometheus.text_sample(resp.read().decode(), name, **labels)
 
     @property
     def alerts_url(self) -> str:
