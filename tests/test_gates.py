@@ -8,7 +8,13 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent_rollout.analysis.gates import Measurement, evaluate_gate, gate_direction
+from agent_rollout.analysis.gates import (
+    Measurement,
+    breaches_hard_bound,
+    evaluate_gate,
+    gate_direction,
+    hard_bound_check,
+)
 from agent_rollout.api import Analysis, Gate, GateResult, Verdict
 
 ANALYSIS = Analysis.model_validate({"prometheus": {"url": "http://p:9090"}, "minSamples": 200})
@@ -253,3 +259,41 @@ def test_accuracy_test_mirrors_error_rate_test(
     by_accuracy = evaluate(accuracy, value=a_c, samples=n_c, legacy_value=a_l, legacy_samples=n_l)
     by_errors = evaluate(errors, value=1 - a_c, samples=n_c, legacy_value=1 - a_l, legacy_samples=n_l)
     assert by_accuracy.verdict is by_errors.verdict
+
+
+_maybe_number = st.one_of(
+    st.none(), st.floats(allow_nan=True, allow_infinity=True), st.floats(min_value=-10, max_value=10)
+)
+
+
+@given(
+    template=st.sampled_from(["errorRate", None]),
+    samples_query=st.booleans(),
+    low=st.one_of(st.none(), st.floats(min_value=-5, max_value=5)),
+    high=st.one_of(st.none(), st.floats(min_value=-5, max_value=5)),
+    min_samples=st.one_of(st.none(), st.integers(min_value=0, max_value=300)),
+    value=_maybe_number,
+    samples=st.one_of(_maybe_number, st.floats(min_value=0, max_value=400)),
+)
+def test_the_fast_checks_hard_bound_fails_exactly_what_the_evaluation_fails(
+    template: str | None,
+    samples_query: bool,
+    low: float | None,
+    high: float | None,
+    min_samples: int | None,
+    value: float | None,
+    samples: float | None,
+) -> None:
+    """On a gate with only `min`/`max`, the fast check's precomputed question (hard_bound_check)
+    and the evaluation agree on every measurement, no data and too few samples included."""
+    fields: dict[str, Any] = {"min": low, "max": high, "minSamples": min_samples}
+    if template is None:
+        fields["query"] = "q"
+        if samples_query:
+            fields["samplesQuery"] = "s"
+    else:
+        fields["template"] = template
+    g = gate(**{k: v for k, v in fields.items() if v is not None})
+    failed = evaluate(g, value=value, samples=samples).verdict is Verdict.FAIL
+    assert hard_bound_check(g, ANALYSIS)(value, samples) is failed
+    assert breaches_hard_bound(g, ANALYSIS, value, samples) is failed

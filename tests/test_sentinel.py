@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -191,6 +191,57 @@ def test_waiting_on_prometheus_is_not_time_the_sweep_keeps_the_event_loop_busy()
 
     assert took >= 0.3
     assert sentinel.busy < 0.1  # one rollout measured: a fraction of a millisecond of CPU
+
+
+def test_a_sweep_lasts_its_period_with_its_planning_in_it_not_after_it() -> None:
+    """The wait for slow blocks ends a period after the sweep began, not a period after its planning:
+    at 10,000 rollouts planning took up to a quarter of a second, and the sweep's cycle (so the errors
+    block's: a breach waited for it) was that much longer than the period."""
+    plan, period = 0.5, 0.5
+    clock = FakeClock()
+
+    def slow_clock() -> datetime:
+        time.sleep(plan)  # the sweep reads the clock once, as it starts planning
+        return clock()
+
+    prometheus = SlowPrometheus(Metrics(), holds="sum by")  # every block is held: the sweep waits it out
+    sentinel = Sentinel(clock=slow_clock, period=period)
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+
+    async def timed() -> float:
+        prometheus.release = asyncio.Event()
+        started = time.monotonic()
+        await sentinel.sweep()
+        took = time.monotonic() - started
+        sentinel._stop_asking()
+        return took
+
+    took = asyncio.run(timed())
+    assert plan <= took < plan + period * 0.8  # planned, then the rest of the period (nothing of it)
+
+
+def test_planning_longer_than_the_period_still_measures_what_has_answered() -> None:
+    """A sweep past its deadline once planned still takes the answers that are in: on a loop busy
+    enough that planning outlasts the period, the fast check slows down but never goes blind."""
+    clock, metrics = FakeClock(), Metrics(error_rate=0.5)
+
+    def slow_clock() -> datetime:
+        time.sleep(0.05)
+        return clock()
+
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=slow_clock, period=0.01, wake=woken.append)
+    sentinel.update(("support", "a"), _spec(), _status(clock), FakePrometheus(metrics))
+
+    async def sweeps() -> None:
+        for _ in range(3):
+            await sentinel.sweep()
+            if woken:
+                return
+        sentinel._stop_asking()
+
+    asyncio.run(sweeps())
+    assert woken == [("support", "a")]
 
 
 def test_a_breach_wakes_its_rollout_before_the_blocks_of_its_other_gates_arrive() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -225,6 +225,7 @@ _REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
 
 Pair = tuple[str, str]  # (namespace, version)
 BlockValues = Mapping[Pair, float]  # (namespace, version) -> value
+Measured = tuple[float | None, float | None]  # (value, samples) of one version
 
 
 def regex_literal(text: str) -> str:
@@ -282,19 +283,29 @@ class TemplateRead:
         self, vectors: Mapping[Block, BlockValues], namespace: str, version: str
     ) -> tuple[float | None, float | None]:
         """(value, samples) for one version; None where the per-rollout query has no finite answer."""
-        key = (namespace, version)
-        samples = vectors[self.samples].get(key)
-        value = vectors[self.value].get(key)
+        return self.measurer(vectors)((namespace, version))
+
+    def measurer(
+        self, vectors: Mapping[Block, BlockValues]
+    ) -> Callable[[Pair], tuple[float | None, float | None]]:
+        """`measure` with the blocks looked up once: what the fast check calls for 10,000 versions."""
+        samples_of, value_of = vectors[self.samples].get, vectors[self.value].get
         if self.denominator is None:
-            return value, samples
-        if value is None and self.sparse:
-            value = 0.0  # `or vector(0)`
-        denominator = vectors[self.denominator].get(key)
-        if value is None or not denominator:
-            return None, samples  # an empty result, or x/0: NaN or Inf in PromQL, no data either way
-        if self.factor is not None:
-            value *= self.factor
-        return value / denominator, samples
+            return lambda key: (value_of(key), samples_of(key))
+        denominator_of, sparse, factor = vectors[self.denominator].get, self.sparse, self.factor
+
+        def measure(key: Pair) -> Measured:
+            value = value_of(key)
+            if value is None and sparse:
+                value = 0.0  # `or vector(0)`
+            denominator = denominator_of(key)
+            if value is None or not denominator:
+                return None, samples_of(key)  # an empty result, or x/0: NaN or Inf in PromQL, no data
+            if factor is not None:
+                value *= factor
+            return value / denominator, samples_of(key)
+
+        return measure
 
 
 # What a template's blocks depend on: every metric name but the per-rollout version overrides.
