@@ -40,6 +40,7 @@ from agent_rollout.analysis.prometheus import (
     parse_vector,
 )
 from agent_rollout.analysis.templates import (
+    Block,
     BlockValues,
     bucket_bounds_block,
     bucket_under,
@@ -593,28 +594,24 @@ def test_a_latency_max_read_from_one_bucket_on_the_real_prometheus(
     limit = 2.4
     spellings = bucket_under(bounds, limit)
     assert spellings is not None and {float(s) for s in spellings} == {2.0}, bounds
-    read = quantile_bucket_read(metrics, window=WINDOW, spellings=spellings)
-    at = _latest_scrape(prometheus, known, CANDIDATE)
-    vectors = {
-        b: parse_vector(prometheus.custom_query(b.promql, params={"time": f"{at:.3f}"}), labels)
-        for b in read.blocks
-    }
+    share_read = quantile_bucket_read(metrics, window=WINDOW, spellings=spellings)
+    exact_read = template_read(Template.LATENCY_QUANTILE, metrics, window=WINDOW, quantile=0.95)
     gate = api.Gate.model_validate(
         {"name": "p95", "template": "latencyQuantile", "max": limit, "minSamples": 10}
     )
     analysis = known.spec([]).analysis
     assert analysis is not None
     for version, breached in ((CANDIDATE, True), (LEGACY, False)):
-        share, samples = read.measure(vectors, known.namespace, version)
-        exact = template_read(Template.LATENCY_QUANTILE, metrics, window=WINDOW, quantile=0.95)
-        quantile, _ = exact.measure(
-            {
+        at = _latest_scrape(prometheus, known, version)  # one instant for both reads
+
+        def read(blocks: tuple[Block, ...], at: float = at) -> dict[Block, BlockValues]:
+            return {
                 b: parse_vector(prometheus.custom_query(b.promql, params={"time": f"{at:.3f}"}), labels)
-                for b in exact.blocks
-            },
-            known.namespace,
-            version,
-        )
+                for b in blocks
+            }
+
+        share, samples = share_read.measure(read(share_read.blocks), known.namespace, version)
+        quantile, exact_samples = exact_read.measure(read(exact_read.blocks), known.namespace, version)
         assert quantile is not None and (quantile > limit) is breached, (version, quantile)
-        assert share == (0.0 if breached else 1.0) and samples == pytest.approx(SENT, rel=0.01)
+        assert share == (0.0 if breached else 1.0) and samples == exact_samples and samples
         assert may_breach_quantile_max(gate, analysis, share, samples) is breached
