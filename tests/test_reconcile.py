@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from agent_rollout.analysis.templates import candidate_requests_query, template_
 from agent_rollout.api import Template
 from agent_rollout.domain import DeploymentState, iso
 from agent_rollout.kube import OTHER, REFRESH
-from agent_rollout.reconcile import ANALYSIS_REFRESH, Reconciler, WrittenStatus
+from agent_rollout.reconcile import ANALYSIS_REFRESH, Reconciler, WrittenStatus, analysis_refresh
 from agent_rollout.traffic.router import Resource
 from tests.fakes import EventLog, FakeClock, FakeKube, FakePrometheus, Reply
 from tests.specs import CANDIDATE, LEGACY, ROUTE, analysis_dict, spec_dict
@@ -584,7 +585,7 @@ def test_a_refresh_of_measured_values_is_ranked_last_in_the_api_budget_a_step_ch
         world.tick()
     quiet = len(world.kube.writes)
 
-    world.tick(advance=ANALYSIS_REFRESH + 1)  # only the measured values are older than the refresh
+    world.tick(advance=analysis_refresh(NS, NAME) + 1)  # only the measured values are older than the refresh
 
     refreshed = world.kube.writes[quiet:]
     assert [(w.kind, w.priority) for w in refreshed] == [("status", REFRESH)], refreshed
@@ -595,7 +596,7 @@ def test_a_refresh_while_a_pause_ends_within_the_interval_is_ranked_with_the_dec
     """The run writing the refresh holds the pause's own run: at 10,000 rollouts entering step 1 an
     interval run's refresh, ranked last, kept 60 s pauses from ending for 20 s."""
     # Entered, three 30 s ticks, then the refresh: the pause ends 20 s after it.
-    pause = f"{3 * 30 + int(ANALYSIS_REFRESH) + 1 + 20}s"
+    pause = f"{3 * 30 + int(analysis_refresh(NS, NAME)) + 1 + 20}s"
     world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": pause}}, {"setWeight": 50}]))
     world.tick()  # step 1 entered
     world.tick()  # step 1 completed: the pause entered
@@ -603,8 +604,37 @@ def test_a_refresh_while_a_pause_ends_within_the_interval_is_ranked_with_the_dec
         world.tick()
     quiet = len(world.kube.writes)
 
-    world.tick(advance=ANALYSIS_REFRESH + 1)  # the refresh, with the pause ending within 30 s
+    world.tick(advance=analysis_refresh(NS, NAME) + 1)  # the refresh, with the pause ending within 30 s
 
     refreshed = world.kube.writes[quiet:]
     assert world.status["currentStep"] == 1  # still in the pause
     assert [(w.kind, w.priority) for w in refreshed] == [("status", OTHER)], refreshed
+
+
+def test_rollouts_created_together_refresh_their_measured_values_spread_over_half_a_period() -> None:
+    """10,000 rollouts created at once were written together at their first step and, with one refresh
+    period for all, refreshed together ten minutes later: 1.48 writes per rollout per 5 minutes over
+    a 120 s window, where the average is 0.5. Each rollout's period is its own (by its name, the same
+    after a restart), spread over ANALYSIS_REFRESH x [0.75, 1.25)."""
+    periods = [analysis_refresh("team", f"agent-{i}") for i in range(1000)]
+    assert all(0.75 * ANALYSIS_REFRESH <= p < 1.25 * ANALYSIS_REFRESH for p in periods)
+    assert analysis_refresh("team", "agent-7") == periods[7]  # stable
+    # Spread evenly: each tenth of the range holds about a tenth of the rollouts.
+    tenths = [0] * 10
+    for p in periods:
+        tenths[int((p / ANALYSIS_REFRESH - 0.75) * 20)] += 1
+    assert min(tenths) > 60 and max(tenths) < 140, tenths
+    # A rollout's refresh falls due at its own period, not before.
+    world = World(rollout_body([{"setWeight": 5}, {"pause": {"duration": "2h"}}, {"setWeight": 50}]))
+    world.tick()
+    world.tick()
+    for _ in range(3):
+        world.tick()
+    quiet = len(world.kube.writes)
+    written = datetime.fromisoformat(world.status["lastAnalysisAt"].replace("Z", "+00:00"))
+    age = (world.clock.now - written).total_seconds()
+    own = analysis_refresh(NS, NAME)
+    world.tick(advance=own - age - 1)
+    assert len(world.kube.writes) == quiet
+    world.tick(advance=2)
+    assert [w.kind for w in world.kube.writes[quiet:]] == ["status"]
