@@ -7,10 +7,6 @@ watched rollout's gate values in Python, and wakes the rollouts whose `min`/`max
 woken rollout's reconcile evaluates its gates on the same blocks and decides with every rule of the
 planner (failureLimit, windows, dry runs), so the sentinel never decides anything itself.
 
-A latency quantile's `max` is read from one bucket rather than from every one (_bucket_read): the
-share of requests at or under the highest bucket bound under the max rules a breach out, and only a
-rollout whose share cannot has its exact quantile asked, in the same sweep, before it is woken.
-
 Which gates are watched is the planner's rule (planner.fast_gates); what they are measured over is
 too (planner.analysis_windows: the analysis and two status fields). The cost per pass is one shared
 read per block and a few microseconds of arithmetic per watched gate; the loop yields to the event
@@ -20,7 +16,6 @@ loop between slices, so it never blocks it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +24,7 @@ from datetime import datetime
 
 from agent_rollout import api, metrics
 from agent_rollout.analysis.batch import retrieve_failure
-from agent_rollout.analysis.gates import BoundCheck, hard_bound_check, may_breach_quantile_max
+from agent_rollout.analysis.gates import hard_bound_check
 from agent_rollout.analysis.prometheus import MetricsSource, PrometheusError
 from agent_rollout.analysis.templates import (
     Block,
@@ -37,9 +32,6 @@ from agent_rollout.analysis.templates import (
     Pair,
     TemplateError,
     TemplateRead,
-    bucket_bounds_block,
-    bucket_under,
-    quantile_bucket_read,
     template_read,
     version_values,
 )
@@ -127,15 +119,10 @@ class _LoopTime:
 
 _Failures = tuple[tuple[str, str], ...]  # status.lastFailureAt's items: gate -> time
 
-# A sweep's reads of one TemplateRead from one source: (source id, read) -> (source, [(rollouts, gate,
-# exact)]), each list of rollouts a group planned alike: 200 groups rather than 20,000 (rollout, gate)
-# pairs built a sweep at 10,000 rollouts (a third of the fast check's time on the event loop there).
-# `exact` is the gate's own read where the read is its latency quantile's bucket share (_bucket_read).
-_Member = tuple[list[Watched], api.Gate, TemplateRead | None]
-_Readers = dict[tuple[int, TemplateRead], tuple[MetricsSource, list[_Member]]]
-
-# How long a histogram's bucket bounds (which `le` a latency bound is read from) are taken as known.
-BOUNDS_AGE = 60.0  # seconds
+# A sweep's reads of one TemplateRead from one source: (source id, read) -> (source, [(rollouts, gate)]),
+# each list of rollouts a group planned alike: 200 groups rather than 20,000 (rollout, gate) pairs built
+# a sweep at 10,000 rollouts (a third of the fast check's time on the event loop there).
+_Readers = dict[tuple[int, TemplateRead], tuple[MetricsSource, list[tuple[list[Watched], api.Gate]]]]
 
 
 class SharedAnalyses:
@@ -204,11 +191,6 @@ class Sentinel:
         # it does not wait for (MAX_KEPT_AGE).
         self._kept: dict[tuple[int, Block], tuple[float, BlockValues]] = {}
         self.kept_age = kept_age
-        # Each histogram's bucket bounds (bucket_bounds_block) and when they were answered (monotonic):
-        # which bucket a latency bound is read from (_bucket_read).
-        self._bounds: dict[tuple[int, Block], tuple[float, BlockValues]] = {}
-        self._bounds_due: dict[tuple[int, Block], MetricsSource] = {}  # found unknown or old by planning
-        self._bounds_asking: dict[tuple[int, Block], asyncio.Task[None]] = {}
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -264,7 +246,7 @@ class Sentinel:
         self._stopped = True
         for handle in self._relaunch.values():
             handle.cancel()
-        for task in [*self._flying.values(), *self._bounds_asking.values()]:
+        for task in self._flying.values():
             task.cancel()
 
     async def sweep(self) -> int:
@@ -306,9 +288,9 @@ class Sentinel:
                 reads, all_full = self._reads(first, started, failures, now)
                 if all_full and (started, failures) != (None, ()):
                     full[anchors] = first.analysis
-                for gate, read, clamped, exact in reads:
+                for gate, read, clamped in reads:
                     at = (id(first.source), read)
-                    readers.setdefault(at, (first.source, []))[1].append((group, gate, exact))
+                    readers.setdefault(at, (first.source, []))[1].append((group, gate))
                     pairs = focus.setdefault(at, set()) if clamped else None
                     if pairs is None:
                         focus[at] = None
@@ -342,24 +324,23 @@ class Sentinel:
                 kept = self._kept.get(key)
                 if waiting and kept is not None and loop.time() - kept[0] <= self.kept_age:
                     late[key] = kept[1]
-                if (task := self._launch(key, source, pairs, fresh)) is not None:
-                    tasks[task] = key
+                if resting:
+                    continue  # slow the last time: Prometheus gets a break; its reads wait for the next
+                if task is None:
+                    task = self._flying[key] = loop.create_task(self._query(key, source, pairs, fresh))
+                    # A failure nobody waits for any more is not news.
+                    task.add_done_callback(retrieve_failure)
+                tasks[task] = key
             self._resting = {key: until for key, until in self._resting.items() if until > loop.time()}
-            # An answer no watched rollout reads any more; one asked for a suspect's exact read in the
-            # last sweep (not planned: _sweep adds it to _wanted) is kept for this one's.
-            for key in [
-                k for k, t in self._flying.items() if t.done() and k not in wanted and k not in self._wanted
-            ]:
-                del self._flying[key]
             self._wanted = set(wanted)
             self._last_sent = {key: sent for key, sent in self._last_sent.items() if key in wanted}
             self._kept = {key: kept for key, kept in self._kept.items() if key in wanted}
-            self._ask_bounds()
+            for key in [k for k, t in self._flying.items() if t.done() and k not in wanted]:
+                del self._flying[key]  # an answer no watched rollout reads any more
         metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="plan").observe(time.monotonic() - begun)
         vectors: dict[int, dict[Block, BlockValues]] = {}
         failed: set[tuple[int, Block]] = set()
         woken: set[Key] = set()
-        confirming: set[tuple[int, TemplateRead]] = set()  # exact reads of suspects: no late answers
         pending = set(tasks)
         try:
             while pending:
@@ -376,100 +357,23 @@ class Sentinel:
                     unexpected = [e for t in done if (e := self._answered(t, tasks[t], vectors, failed))]
                     if unexpected:
                         raise unexpected[0]
-                    ready = [
-                        key
-                        for key in readers
-                        if _ready(key, vectors, failed, {} if key in confirming else late)
-                    ]
-                while ready:
-                    for source_id, read in ready:
-                        source, members = readers.pop((source_id, read))
-                        if any((source_id, b) in failed for b in read.blocks):
-                            continue  # a block Prometheus cannot answer: the evaluation reports that
-                        answered = vectors[source_id]
-                        values = {
-                            b: answered[b] if b in answered else late[(source_id, b)] for b in read.blocks
-                        }
-                        measuring = time.monotonic()
-                        suspects = await self._measure(read, members, values, woken, busy)
-                        took = time.monotonic() - measuring
-                        metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="measure").observe(took)
-                        for exact, flagged in suspects.items():
-                            at = (source_id, exact)
-                            readers.setdefault(at, (source, []))[1].extend(flagged)
-                            confirming.add(at)
-                            for block in exact.blocks:
-                                key = (source_id, block)
-                                if block in answered or key in failed or key in tasks.values():
-                                    continue
-                                self._wanted.add(key)  # asked again after a rest (_rested)
-                                if (task := self._launch(key, source, None, self.period / 2)) is not None:
-                                    tasks[task] = key
-                                    pending.add(task)
-                    # A suspect's exact read whose blocks are all in already (another rollout reads
-                    # the quantile itself) is measured now: no answer to come would wake its turn.
-                    ready = [at for at in readers if at in confirming and _ready(at, vectors, failed, {})]
+                    ready = [key for key in readers if _ready(key, vectors, failed, late)]
+                for source_id, read in ready:
+                    _, members = readers.pop((source_id, read))
+                    if any((source_id, b) in failed for b in read.blocks):
+                        continue  # a block Prometheus cannot answer: the evaluation reports that
+                    answered = vectors[source_id]
+                    values = {b: answered[b] if b in answered else late[(source_id, b)] for b in read.blocks}
+                    measuring = time.monotonic()
+                    await self._measure(read, members, values, woken, busy)
+                    took = time.monotonic() - measuring
+                    metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="measure").observe(took)
         except asyncio.CancelledError:
             self._stop_asking()  # the operator stops: so does every query the sweeps left in flight
             raise
         finally:
             self.breaches += len(woken)
         return len(woken)
-
-    def _launch(
-        self, key: tuple[int, Block], source: MetricsSource, pairs: set[Pair] | None, fresh: float
-    ) -> asyncio.Task[BlockValues] | None:
-        """The block's query in flight, asked now unless it is already; None while it rests (slow the
-        last time: Prometheus gets a break, its reads wait for a later sweep)."""
-        task = self._flying.get(key)
-        if task is None and self._resting.get(key, 0.0) > asyncio.get_running_loop().time():
-            return None
-        if task is None:
-            task = self._flying[key] = asyncio.get_running_loop().create_task(
-                self._query(key, source, pairs, fresh)
-            )
-            task.add_done_callback(retrieve_failure)  # a failure nobody waits for any more is not news
-        return task
-
-    def _bucket_read(
-        self, gate: api.Gate, analysis: api.Analysis, source: MetricsSource, window: str
-    ) -> TemplateRead | None:
-        """What the sweep reads for a latency quantile's `max` instead of the quantile: the share of
-        requests at or under the highest bucket bound under the max, one bucket's series rather than
-        every bucket's (at 10,000 rollouts the quantile was half of Prometheus' query time). A share
-        under the quantile only makes the rollout a suspect: its exact quantile is asked then
-        (_sweep), fresh, and its breach wakes it. None: read the quantile (no bucket bound known
-        under the max, or a `min` too)."""
-        if gate.template is not api.Template.LATENCY_QUANTILE or gate.max is None or gate.min is not None:
-            return None
-        key = (id(source), bucket_bounds_block(analysis.metrics))
-        known = self._bounds.get(key)
-        if known is None or time.monotonic() - known[0] > BOUNDS_AGE:
-            self._bounds_due[key] = source
-        spellings = None if known is None else bucket_under(known[1], gate.max)
-        if spellings is None:
-            return None
-        return quantile_bucket_read(analysis.metrics, window=window, spellings=spellings)
-
-    def _ask_bounds(self) -> None:
-        """Ask the bucket bounds the planning found unknown or old, once at a time per histogram."""
-        due, self._bounds_due = self._bounds_due, {}
-        for key, source in due.items():
-            if key not in self._bounds_asking and not self._stopped:
-                task = asyncio.get_running_loop().create_task(self._fetch_bounds(key, source))
-                self._bounds_asking[key] = task
-
-    async def _fetch_bounds(self, key: tuple[int, Block], source: MetricsSource) -> None:
-        try:
-            values = await source.block(key[1], max_age=BOUNDS_AGE)
-        except PrometheusError:
-            values = {}  # unknown for BOUNDS_AGE: the quantile itself is read meanwhile
-        except Exception:  # the sentinel only speeds things up: never let it die
-            log.exception("reading the bucket bounds failed; latency quantiles are read themselves")
-            values = {}
-        finally:
-            self._bounds_asking.pop(key, None)
-        self._bounds[key] = (time.monotonic(), values)
 
     async def _query(
         self, key: tuple[int, Block], source: MetricsSource, pairs: set[Pair] | None, fresh: float
@@ -529,43 +433,31 @@ class Sentinel:
     async def _measure(
         self,
         read: TemplateRead,
-        members: list[_Member],
+        members: list[tuple[list[Watched], api.Gate]],
         vectors: dict[Block, BlockValues],
         woken: set[Key],
         busy: _LoopTime,
-    ) -> dict[TemplateRead, list[_Member]]:
+    ) -> None:
         """Wake each member whose gate, read from `vectors`, breaches its hard bound (once a sweep),
-        yielding to the event loop after every SLICE seconds of it. Returns, by exact read, the
-        members a bucket share makes suspects (_bucket_read): they are not woken on it."""
+        yielding to the event loop after every SLICE seconds of it."""
         measure = read.measurer(vectors)
-        suspects: dict[TemplateRead, list[_Member]] = {}
         since = time.monotonic()
-        for group, gate, exact in members:
-            analysis = group[0].analysis  # a group shares its analysis
-            breached: BoundCheck = (
-                hard_bound_check(gate, analysis)
-                if exact is None
-                else functools.partial(may_breach_quantile_max, gate, analysis)
-            )
+        for group, gate in members:
+            breached = hard_bound_check(gate, group[0].analysis)  # a group shares its analysis
             for start in range(0, len(group), _CHUNK):
                 if time.monotonic() - since > SLICE:
                     await asyncio.sleep(0)
                     since = time.monotonic()
                 with busy:
                     for watched in group[start : start + _CHUNK]:
-                        if watched.key in woken or not breached(*measure(watched.pair)):
-                            continue
-                        if exact is not None:
-                            suspects.setdefault(exact, []).append(([watched], gate, None))
-                            continue
-                        log.info(
-                            "%s/%s: gate %s breached between evaluations: waking the rollout",
-                            *watched.key,
-                            gate.name,
-                        )
-                        self.wake(watched.key)
-                        woken.add(watched.key)
-        return suspects
+                        if watched.key not in woken and breached(*measure(watched.pair)):
+                            log.info(
+                                "%s/%s: gate %s breached between evaluations: waking the rollout",
+                                *watched.key,
+                                gate.name,
+                            )
+                            self.wake(watched.key)
+                            woken.add(watched.key)
 
     def _reads(
         self,
@@ -573,29 +465,27 @@ class Sentinel:
         step_started_at: str | None,
         last_failure_at: _Failures,
         now: datetime,
-    ) -> tuple[list[tuple[api.Gate, TemplateRead, bool, TemplateRead | None]], bool]:
+    ) -> tuple[list[tuple[api.Gate, TemplateRead, bool]], bool]:
         """The watched gates' reads at `now` from these anchors, each with whether its window is
-        clamped (shorter than the gate's) and, for a bucket share read instead of the gate's own
-        (_bucket_read: whole windows only; a young step's is read focused), the gate's own read; and
-        whether every window is full."""
+        clamped (shorter than the gate's), and whether every window is full."""
         analysis = watched.analysis
         windows = analysis_windows(analysis, step_started_at, dict(last_failure_at), now)
         whole = analysis_windows(analysis, None, {}, now)
         all_full = windows == whole
-        reads: list[tuple[api.Gate, TemplateRead, bool, TemplateRead | None]] = []
+        reads = []
         for gate in analysis.gates:
             seconds = windows.get(gate.name)
             if gate.name not in watched.gates or gate.template is None or seconds is None:
                 continue
             try:
                 window = f"{seconds}s"
-                read = template_read(gate.template, analysis.metrics, window=window, quantile=gate.quantile)
-                clamped = seconds != whole.get(gate.name)
-                bucketed = None if clamped else self._bucket_read(gate, analysis, watched.source, window)
-                if bucketed is None:
-                    reads.append((gate, read, clamped, None))
-                else:
-                    reads.append((gate, bucketed, clamped, read))
+                reads.append(
+                    (
+                        gate,
+                        template_read(gate.template, analysis.metrics, window=window, quantile=gate.quantile),
+                        seconds != whole.get(gate.name),
+                    )
+                )
             except TemplateError:
                 continue
         return reads, all_full

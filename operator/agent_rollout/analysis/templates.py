@@ -274,9 +274,6 @@ class TemplateRead:
     denominator: Block | None = None
     sparse: bool = False
     factor: float | None = None
-    # The value is the share of requests at or under one bucket bound (quantile_bucket_read), not
-    # the template's value: what the fast check reads instead of a latency quantile.
-    bucket_share: bool = False
 
     @property
     def blocks(self) -> tuple[Block, ...]:
@@ -288,7 +285,9 @@ class TemplateRead:
         """(value, samples) for one version; None where the per-rollout query has no finite answer."""
         return self.measurer(vectors)((namespace, version))
 
-    def measurer(self, vectors: Mapping[Block, BlockValues]) -> Callable[[Pair], Measured]:
+    def measurer(
+        self, vectors: Mapping[Block, BlockValues]
+    ) -> Callable[[Pair], tuple[float | None, float | None]]:
         """`measure` with the blocks looked up once: what the fast check calls for 10,000 versions."""
         samples_of, value_of = vectors[self.samples].get, vectors[self.value].get
         if self.denominator is None:
@@ -367,61 +366,6 @@ def _read(recipe: _Recipe, metrics: MetricNames, window: str, quantile: float) -
         by_version = f"sum by (le, {ns}, {ver}) ({rate})"
         return TemplateRead(samples, rendered(f"histogram_quantile({quantile!r}, {by_version})"))
     return TemplateRead(samples, block(recipe.numerator), samples, recipe.sparse, recipe.factor)
-
-
-BUCKET_BOUND_LABEL = "le"
-
-
-def bucket_bounds_block(metrics: MetricNames) -> Block:
-    """How many series the duration histogram has at each bucket bound, keyed by (le, le): which
-    bucket a latency bound can be read from (bucket_under). An instant vector: no range, no rate."""
-    bucket = f"{_metric(metrics.duration_histogram)}_bucket"
-    return Block(f"count by ({BUCKET_BOUND_LABEL}) ({bucket})", BUCKET_BOUND_LABEL, BUCKET_BOUND_LABEL)
-
-
-def _bound(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def bucket_under(bounds: BlockValues, limit: float) -> tuple[str, ...] | None:
-    """The spellings of the highest bucket bound at or under `limit` that every histogram has (as
-    many series as the +Inf bucket: a version without it would have no share to read), or None.
-    Spellings, because Prometheus 2 stores `le` as exported ("1") and Prometheus 3 as a float ("1.0")."""
-    series: dict[float, float] = {}
-    spellings: dict[float, list[str]] = {}
-    for (text, _), count in bounds.items():
-        value = _bound(text)
-        if value is None or math.isnan(value):
-            continue
-        series[value] = series.get(value, 0.0) + count
-        spellings.setdefault(value, []).append(text)
-    every = series.get(math.inf)
-    under = [v for v, n in series.items() if v <= limit and n == every and math.isfinite(v)]
-    return tuple(sorted(spellings[max(under)])) if every and under else None
-
-
-def quantile_bucket_read(metrics: MetricNames, *, window: str, spellings: tuple[str, ...]) -> TemplateRead:
-    """The share of each version's requests at or under one bucket bound over the window: a latency
-    quantile is above that bound only if this share is under the quantile (histogram_quantile finds
-    the first bucket whose cumulative count reaches quantile x total). One bucket's series, a quarter
-    to a fifth of what the quantile reads over every bucket."""
-    return _quantile_bucket_read(tuple(getattr(metrics, n) for n in _READ_NAMES), window, spellings)
-
-
-@functools.lru_cache(maxsize=256)
-def _quantile_bucket_read(names: tuple[Any, ...], window: str, spellings: tuple[str, ...]) -> TemplateRead:
-    metrics = MetricNames.model_construct(**dict(zip(_READ_NAMES, names, strict=True)))
-    if len(spellings) == 1:
-        matcher = f'{BUCKET_BOUND_LABEL}="{promql_escape(spellings[0])}"'
-    else:
-        alternatives = "|".join(regex_literal(text) for text in spellings)
-        matcher = f'{BUCKET_BOUND_LABEL}=~"{promql_escape(alternatives)}"'
-    under = _Increase(f"{_metric(metrics.duration_histogram)}_bucket", matcher)
-    read = _read(_Recipe(_requests(metrics), under), metrics, window, 0.95)
-    return TemplateRead(read.samples, read.value, read.denominator, bucket_share=True)
 
 
 def _check_braces(query: str) -> None:
