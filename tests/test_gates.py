@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from agent_rollout.analysis.gates import (
     Measurement,
-    breaches_hard_bound,
     evaluate_gate,
     gate_direction,
     hard_bound_check,
@@ -296,4 +295,3 @@ def test_the_fast_checks_hard_bound_fails_exactly_what_the_evaluation_fails(
     g = gate(**{k: v for k, v in fields.items() if v is not None})
     failed = evaluate(g, value=value, samples=samples).verdict is Verdict.FAIL
     assert hard_bound_check(g, ANALYSIS)(value, samples) is failed
-    assert breaches_hard_bound(g, ANALYSIS, value, samples) is failed

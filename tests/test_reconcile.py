@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from agent_rollout import api, evaluation
 from agent_rollout.analysis.templates import candidate_requests_query, template_read
 from agent_rollout.api import Template
+from agent_rollout.clock import parse_time
 from agent_rollout.domain import DeploymentState, iso
 from agent_rollout.kube import OTHER, REFRESH
 from agent_rollout.reconcile import ANALYSIS_REFRESH, Reconciler, WrittenStatus, analysis_refresh
@@ -629,7 +629,8 @@ def test_rollouts_created_together_refresh_their_measured_values_spread_over_hal
     for _ in range(3):
         world.tick()
     quiet = len(world.kube.writes)
-    written = datetime.fromisoformat(world.status["lastAnalysisAt"].replace("Z", "+00:00"))
+    written = parse_time(world.status["lastAnalysisAt"])
+    assert written is not None
     age = (world.clock.now - written).total_seconds()
     own = analysis_refresh(NS, NAME)
     world.tick(advance=own - age - 1)

@@ -279,15 +279,11 @@ class TemplateRead:
     def blocks(self) -> tuple[Block, ...]:
         return tuple(dict.fromkeys(b for b in (self.value, self.denominator, self.samples) if b))
 
-    def measure(
-        self, vectors: Mapping[Block, BlockValues], namespace: str, version: str
-    ) -> tuple[float | None, float | None]:
+    def measure(self, vectors: Mapping[Block, BlockValues], namespace: str, version: str) -> Measured:
         """(value, samples) for one version; None where the per-rollout query has no finite answer."""
         return self.measurer(vectors)((namespace, version))
 
-    def measurer(
-        self, vectors: Mapping[Block, BlockValues]
-    ) -> Callable[[Pair], tuple[float | None, float | None]]:
+    def measurer(self, vectors: Mapping[Block, BlockValues]) -> Callable[[Pair], Measured]:
         """`measure` with the blocks looked up once: what the fast check calls for 10,000 versions."""
         samples_of, value_of = vectors[self.samples].get, vectors[self.value].get
         if self.denominator is None:
