@@ -76,7 +76,7 @@ def test_each_sweep_reads_answers_newer_than_the_last_sweep_even_within_the_read
     prometheus = FakePrometheus(metrics)
     seconds = [100.0]
     prometheus.reader = BatchReader(ttl=1.0, clock=lambda: seconds[0])  # as the operator's gateways
-    sentinel = Sentinel(clock=clock, period=1.0)
+    sentinel = Sentinel(clock=clock, period=1.0, count_every=0.0)  # every block, every sweep
     sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
     _sweep(sentinel)
     assert len(prometheus.queries) == 2
@@ -357,7 +357,7 @@ def test_a_slow_block_is_waited_for_by_the_next_sweeps_while_the_fast_ones_are_a
     async def scenario() -> None:
         prometheus.release = asyncio.Event()
         woken: list[tuple[str, str]] = []
-        sentinel = Sentinel(clock=clock, period=0.05, wake=woken.append)
+        sentinel = Sentinel(clock=clock, period=0.05, wake=woken.append, count_every=0.0)
         sentinel.update(("support", "a"), api.parse_spec(spec), _status(clock), prometheus)
         for _ in range(3):
             assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0  # each ends at its period
@@ -382,7 +382,7 @@ def test_a_resting_block_is_asked_again_when_its_rest_ends_not_at_a_later_sweep(
     clock = FakeClock()
 
     async def scenario() -> None:
-        sentinel = Sentinel(clock=clock, period=0.1)
+        sentinel = Sentinel(clock=clock, period=0.1, count_every=0.0)
         sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
         await asyncio.wait_for(sentinel.sweep(), timeout=5)  # sends both blocks, waits a period
         await asyncio.wait_for(sentinel.sweep(), timeout=5)  # takes their answers (0.15 s: rest 0.075 s)
@@ -453,6 +453,55 @@ def test_a_breach_in_the_errors_is_seen_without_waiting_for_a_slow_denominator(
         prometheus.release.set()
         assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 1  # with every request's fresh answer
         assert woken[-1:] == [("support", "a")]
+
+    asyncio.run(scenario())
+
+
+def test_every_requests_count_is_asked_once_per_count_period_and_a_breach_is_seen_every_sweep() -> None:
+    """The count of every request (the error rate's denominator, every read's samples) is asked at
+    most once per count_every; the sweeps between measure on its last answer, so an error breach
+    is still seen at the first sweep after it, and the count is asked again once that period is over."""
+    metrics = Metrics()
+    prometheus = SlowPrometheus(metrics)
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        woken: list[tuple[str, str]] = []
+        sentinel = Sentinel(clock=clock, period=0.02, wake=woken.append, count_every=0.3)
+        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        for _ in range(5):
+            assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0
+        asked = prometheus.asked
+        assert len([q for q in asked if _requests_only(q)]) == 1  # five sweeps, one count
+        assert len([q for q in asked if "error_type" in q]) == 5  # the errors, every sweep
+
+        metrics.error_rate = 0.5
+        assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 1 and woken == [("support", "a")]
+        assert len([q for q in asked if _requests_only(q)]) == 1  # seen on the count asked before
+
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(sentinel.sweep(), timeout=5)
+        assert len([q for q in asked if _requests_only(q)]) == 2  # its period over: asked again
+
+    asyncio.run(scenario())
+
+
+def test_a_resting_count_is_not_asked_before_its_count_period_is_over() -> None:
+    """A count slower than the period rests, and its rest ends before its count period: the sweep
+    after the count period asks it, not the rest's end (which asks other blocks at once)."""
+    prometheus = SlowPrometheus(Metrics(), delay=0.15)
+    clock = FakeClock()
+
+    async def scenario() -> None:
+        sentinel = Sentinel(clock=clock, period=0.1, count_every=1.0)
+        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        await asyncio.wait_for(sentinel.sweep(), timeout=5)  # sends both blocks, waits a period
+        await asyncio.wait_for(sentinel.sweep(), timeout=5)  # takes their answers (0.15 s: rest 0.075 s)
+        await asyncio.sleep(0.3)  # both rests are over; no sweep meanwhile
+        assert [_requests_only(q) for q in prometheus.asked] == [False, True, False]  # the errors again
+        await asyncio.sleep(0.8)
+        assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0
+        assert sum(map(_requests_only, prometheus.asked)) == 2  # the count period is over: asked
 
     asyncio.run(scenario())
 

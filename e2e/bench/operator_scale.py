@@ -28,7 +28,10 @@ Printed, with N, interval, machine and date:
     restart of the operator with N rollouts mid-pause, `status.abort` patched on a few rollouts
     right after the start -> their route's candidate weight 0 (route watch);
  3. status writes (PATCH agentrollouts/status, from the apiserver's own apiserver_request_total)
-    and other operator writes over the steady window; per rollout per 5 minutes;
+    and other operator writes over the steady window; per rollout per 5 minutes; 3b. the same over
+    the longest measured-value refresh period from the window's start (--writes-window, 750 s by
+    default): a shorter window may fall on the wave of first refreshes after 10,000 rollouts started
+    together, or between waves;
  4. pause-end lateness of the 60 s pauses: history decision entering the next step minus (pause
     start + 60 s), p50/p99/max; status times have whole seconds, so +-1 s;
  5. breach -> candidate weight 0: K rollouts (different ones) start answering 50% errors at times
@@ -78,6 +81,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_rollout import api
+from agent_rollout.reconcile import ANALYSIS_REFRESH, ANALYSIS_REFRESH_SPREAD
 from e2e.bench.rollback_speed import install_crd, stopped_at_the_end, terminate_as_exit
 from e2e.cluster import components, objects, prometheus
 from e2e.cluster.lifecycle import start_cluster
@@ -116,6 +120,9 @@ SWEEP_METRIC = "agent_rollout_fast_check_sweep_seconds"
 QUERY_ERRORS_METRIC = "agent_rollout_prometheus_query_errors"
 LABEL = "bench.agent-rollout.dev/role"  # on routes: breach / abort; on rollouts: short / long
 SCALE_LABEL = "bench.agent-rollout.dev/scale"
+# The longest of the rollouts' measured-value refresh periods (reconcile.analysis_refresh): a window
+# this long holds every rollout's refresh, wherever it starts.
+REFRESH_PERIOD_S = ANALYSIS_REFRESH * (1 + ANALYSIS_REFRESH_SPREAD)
 
 
 # ---------------------------------------------------------------- what is created
@@ -818,7 +825,9 @@ class Bench:
     figures: Figures
     bulk: client.ApiClient
     log_dir: Path
+    writes_window_s: int = 0  # 3b: status writes counted over this long from the steady window's start
     fleet: Fleet = field(init=False)  # started once the Deployments exist
+    _steady_from: tuple[dict[tuple[str, str, str], float], float, float] = field(init=False)
     metrics_ports: dict[str, int] = field(default_factory=dict)  # by operator label
 
     @property
@@ -1052,6 +1061,7 @@ class Bench:
         log_start = op.log_path.stat().st_size
         load_before = loadavg()
         before = apiserver_requests(self.state)
+        self._steady_from = (before, time.monotonic(), cpu_seconds(pid))
         others0 = self._cpu_by_process()
         scrape0 = self.scrape("main")
         queries0 = engine_queries(self.prometheus_url)
@@ -1155,6 +1165,37 @@ class Bench:
                 + "; ".join(f"generation {g} {summary}" for g, summary in since.items())
                 + f"; objects frozen out of its walks at the end: {frozen or 0:.0f}"
             )
+
+    def refresh_period_writes(self, op: OperatorProcess) -> None:
+        """3b. Status writes over a whole refresh period from the steady window's start: every rollout
+        refreshes its measured values once in 0.75-1.25 x AGENT_ROLLOUT_ANALYSIS_REFRESH, so a shorter
+        window says where it fell (on the first wave of 10,000 refreshes after a start, or between
+        waves: 1.48 and 0.01 per rollout per 5 min in two runs of one code), not the steady rate."""
+        if self.writes_window_s <= self.window_s:
+            return
+        before, t0, cpu0 = self._steady_from
+        time.sleep(max(0.0, t0 + self.writes_window_s - time.monotonic()))
+        after, t1, cpu1 = apiserver_requests(self.state), time.monotonic(), cpu_seconds(operator_pid(op))
+        writes = delta(after, before)
+        status, minutes = writes.get((api.PLURAL, "status", "PATCH"), 0.0), (t1 - t0) / 60
+        others = sum(
+            v
+            for (res, sub, verb), v in writes.items()
+            if res in (api.PLURAL, "httproutes")
+            and verb not in ("WATCH", "LIST", "GET")
+            and (res, sub, verb) != (api.PLURAL, "status", "PATCH")
+        )
+        self.figures.add(
+            f"3b. status writes over {t1 - t0:.0f}s from the steady window's start ("
+            + (
+                "the longest refresh period: every rollout's refresh falls in it"
+                if t1 - t0 >= REFRESH_PERIOD_S
+                else f"shorter than the longest refresh period, {REFRESH_PERIOD_S:.0f}s"
+            )
+            + f"): {status:.0f} "
+            f"= {status / self.n * 5 / minutes:.2f} per rollout per 5 min; other rollout and route "
+            f"writes {others:.0f}; the operator {100 * (cpu1 - cpu0) / (t1 - t0):.1f}% of a core over it"
+        )
 
     def _cpu_by_process(self) -> dict[str, float]:
         """CPU seconds so far of every process the benchmark started but the operator: the control
@@ -1355,6 +1396,7 @@ def run(
     startup_only: bool = False,
     keep_logs: Path | None = None,
     slow: int = SLOW_BREACHES,
+    writes_window_s: int = round(REFRESH_PERIOD_S),
 ) -> list[str]:
     figures = Figures()
     print(
@@ -1370,7 +1412,9 @@ def run(
         print(f"   Prometheus {prometheus.version(state.prometheus_url)}", flush=True)
         install_crd(state)
         bulk = bulk_client(state.kubeconfig, WORKERS + 4)
-        bench = Bench(state, n, window_s, breaches, interval_s, targets, figures, bulk, log_dir)
+        bench = Bench(
+            state, n, window_s, breaches, interval_s, targets, figures, bulk, log_dir, writes_window_s
+        )
         operators: list[OperatorProcess] = []
         try:
             op = bench.operator("empty")
@@ -1424,6 +1468,7 @@ def run(
             bench.lateness()
             bench.queue_waits("main")
             bench.steady_window(op, empty, objects_rss)
+            bench.refresh_period_writes(op)
             # Breaches need the gate's full window since the pause began, as our query uses it.
             time.sleep(max(0.0, started + startup_s + GATE_WINDOW_S + 5 - time.monotonic()))
             bench.breach_run(interval_s, op)
@@ -1451,6 +1496,13 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--rollouts", type=int, default=ROLLOUTS, help=f"N (default {ROLLOUTS})")
     parser.add_argument(
         "--window", type=int, default=WINDOW_S, help=f"steady window in seconds (default {WINDOW_S})"
+    )
+    parser.add_argument(
+        "--writes-window",
+        type=int,
+        default=round(REFRESH_PERIOD_S),
+        help="seconds from the steady window's start over which status writes are counted again (3b; "
+        f"default {REFRESH_PERIOD_S:.0f}, the longest refresh period; at most --window: not counted again)",
     )
     parser.add_argument(
         "--breaches", type=int, default=BREACHES, help=f"breached rollouts (default {BREACHES})"
@@ -1498,6 +1550,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         startup_only=args.startup_only,
         keep_logs=args.keep_logs,
         slow=args.slow_breaches,
+        writes_window_s=args.writes_window,
     )
 
 

@@ -122,7 +122,12 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
             retry_period=LEASE_RETRY_PERIOD,
         )
     clock = lambda: datetime.now(UTC)  # noqa: E731
-    sentinel = Sentinel(clock=clock, period=FAST_CHECK_PERIOD, kept_age=2 * EVALUATION_MAX_AGE)
+    sentinel = Sentinel(
+        clock=clock,
+        period=FAST_CHECK_PERIOD,
+        kept_age=2 * EVALUATION_MAX_AGE,
+        count_every=EVALUATION_MAX_AGE / 2,
+    )
     book = alerts.AlertBook()
     config_file = memo.get("notifications_config")
     notifier = _Runtime.notifier = Notifier(
