@@ -517,7 +517,7 @@ def test_the_sweeps_own_time_reaches_the_metrics_by_phase() -> None:
     # A period long enough for the fake's answers to be in before it ends, so each sweep measures.
     sentinel = Sentinel(clock=clock, period=0.2)
     sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
-    before = {phase: _phase_count(phase) for phase in ("plan", "measure", "cycle")}
+    before = {phase: _phase_count(phase) for phase in ("plan", "query", "measure", "cycle")}
 
     async def three_sweeps() -> None:
         task = asyncio.create_task(sentinel.run())
@@ -530,5 +530,6 @@ def test_the_sweeps_own_time_reaches_the_metrics_by_phase() -> None:
     asyncio.run(asyncio.wait_for(three_sweeps(), timeout=10))
 
     assert _phase_count("plan") >= before["plan"] + 3
+    assert _phase_count("query") >= before["query"] + 3  # at least the errors, every sweep
     assert _phase_count("measure") >= before["measure"] + 3  # the error-rate read, once a sweep
     assert _phase_count("cycle") >= before["cycle"] + 2

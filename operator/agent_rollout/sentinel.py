@@ -406,6 +406,7 @@ class Sentinel:
         try:
             keys = None if pairs is None else frozenset(pairs)
             values = await source.block(key[1], max_age=fresh, keys=keys)
+            metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="query").observe(loop.time() - started)
             if (sent := self._last_sent.get(key)) is not None:
                 metrics.FAST_CHECK_BLIND_SECONDS.labels(block=key[1].promql).observe(loop.time() - sent)
             self._last_sent[key] = started
