@@ -1148,6 +1148,12 @@ class Bench:
             "   the fast check's own wall time over the window (agent_rollout_fast_check_sweep_seconds, "
             "bucket bounds): " + ("; ".join(f"{phase} {line}" for phase, line in phases.items()) or "none")
         )
+        blind = window_summaries(scrape0, scrape1, BLIND_METRIC, "block")
+        self.figures.add(
+            "   the fast check's blind spot over the window, per whole-fleet block (from one answer's "
+            "query to the next's: the longest a breach waited to be seen through it; bucket bounds): "
+            + ("; ".join(f"{block_name(b)} {line}" for b, line in blind.items() if "=~" not in b) or "none")
+        )
         gc0, gc1 = gc_totals(scrape0), gc_totals(scrape1)
         pauses = [
             f"generation {g}: {n - gc0.get(g, (0.0, 0.0))[0]:.0f} in {s - gc0.get(g, (0.0, 0.0))[1]:.2f}s"
