@@ -486,6 +486,44 @@ def test_every_requests_count_is_asked_once_per_count_period_and_a_breach_is_see
     asyncio.run(scenario())
 
 
+def test_a_rollout_whose_young_window_joins_a_count_asked_for_others_is_measured_at_once() -> None:
+    """A young window's count is asked for the rollouts in such a step: one whose step begins after it
+    is not in that answer, so the count is asked again for it rather than waiting out COUNT_EVERY with
+    that rollout unmeasured (its samples would read as none, and its breach as nothing)."""
+    clock = FakeClock()
+    breached: set[str] = set()
+
+    def answer(promql: str) -> list[tuple[dict[str, str], float]]:
+        errors = "error_type" in promql
+        return [
+            (
+                {"namespace": f"team-{i}", "version": f"agent-{i}"},
+                (500.0 if f"team-{i}" in breached else 1.0) if errors else 1000.0,
+            )
+            for i in range(2)
+        ]
+
+    prometheus = FakePrometheus(answer)
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, wake=woken.append, count_every=10.0)
+    specs = {}
+    for i in range(2):
+        body = rollout_body(STEPS)
+        body["spec"]["candidate"]["deployment"] = f"agent-{i}"
+        specs[i] = api.parse_spec(body["spec"])
+    sentinel.update(("team-0", "r"), specs[0], _status(clock, started_ago=30), prometheus)
+    sentinel.update(("team-1", "r"), specs[1], _status(clock, started_ago=600), prometheus)
+    assert _sweep(sentinel) == 0
+    counts = [q for q in prometheus.queries if "[30s]" in q and "error_type" not in q]
+    assert len(counts) == 1  # the young window's count, for team-0
+
+    breached.add("team-1")  # team-1's next step begins, and its candidate fails at once
+    sentinel.update(("team-1", "r"), specs[1], _status(clock, started_ago=30), prometheus)
+    assert _sweep(sentinel) == 1 and woken == [("team-1", "r")]
+    counts = [q for q in prometheus.queries if "[30s]" in q and "error_type" not in q]
+    assert len(counts) == 2  # asked again, for both: not one count period later
+
+
 def test_a_resting_count_is_not_asked_before_its_count_period_is_over() -> None:
     """A count slower than the period rests, and its rest ends before its count period: the sweep
     after the count period asks it, not the rest's end (which asks other blocks at once)."""

@@ -199,9 +199,9 @@ class Sentinel:
         self._counts: set[tuple[int, Block]] = set()  # which of them are count blocks (COUNT_EVERY)
         self._last_sent: dict[tuple[int, Block], float] = {}  # loop time the last answer's query was sent
         self._stopped = False  # cancelled: a query cancelled with it must not ask again after its rest
-        # Each block's last answer and the loop time its query was sent: what a read takes of a block
-        # it does not wait for (MAX_KEPT_AGE).
-        self._kept: dict[tuple[int, Block], tuple[float, BlockValues]] = {}
+        # Each block's last answer, the loop time its query was sent and the pairs it was asked for
+        # (None: every pair): what a read takes of a block it does not wait for (MAX_KEPT_AGE).
+        self._kept: dict[tuple[int, Block], tuple[float, BlockValues, frozenset[Pair] | None]] = {}
         self.kept_age = kept_age
         self.count_every = min(count_every, kept_age)  # a count's answer is taken only while kept
 
@@ -339,6 +339,9 @@ class Sentinel:
                     and key in counts
                     and kept is not None
                     and loop.time() - kept[0] < self.count_every
+                    # A young window's count is asked for the pairs that need it: a rollout whose step
+                    # began since is not in that answer, and would go unmeasured until the next one.
+                    and (kept[2] is None or (pairs is not None and pairs <= kept[2]))
                 ):
                     late[key] = kept[1]  # asked a moment ago: the reads take that answer (COUNT_EVERY)
                     continue
@@ -410,7 +413,7 @@ class Sentinel:
             if (sent := self._last_sent.get(key)) is not None:
                 metrics.FAST_CHECK_BLIND_SECONDS.labels(block=key[1].promql).observe(loop.time() - sent)
             self._last_sent[key] = started
-            self._kept[key] = (started, values)
+            self._kept[key] = (started, values, keys)
             return values
         finally:  # it stays in _flying until a sweep takes its answer: none is lost between two sweeps
             rest = rest_after(self.period, loop.time() - started)
