@@ -375,19 +375,25 @@ def test_a_slow_block_is_waited_for_by_the_next_sweeps_while_the_fast_ones_are_a
     asyncio.run(scenario())
 
 
+async def _both_blocks_rested(count_every: float) -> tuple[Sentinel, SlowPrometheus]:
+    """A sentinel whose two blocks (errors, every request's count) answered in 0.15 s, more than its
+    period of 0.1 s, and whose rests (0.075 s) are over, with no sweep since."""
+    prometheus, clock = SlowPrometheus(Metrics(), delay=0.15), FakeClock()
+    sentinel = Sentinel(clock=clock, period=0.1, count_every=count_every)
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+    await asyncio.wait_for(sentinel.sweep(), timeout=5)  # sends both blocks, waits a period
+    await asyncio.wait_for(sentinel.sweep(), timeout=5)  # takes their answers
+    assert len(prometheus.asked) == 2
+    await asyncio.sleep(0.3)
+    return sentinel, prometheus
+
+
 def test_a_resting_block_is_asked_again_when_its_rest_ends_not_at_a_later_sweep() -> None:
     """A block slower than the period rests half its duration, then is asked at once: at 10,000
     rollouts a 1.5 s counter query waited for the next sweep after its rest too, one every 3 s."""
-    prometheus = SlowPrometheus(Metrics(), delay=0.15)
-    clock = FakeClock()
 
     async def scenario() -> None:
-        sentinel = Sentinel(clock=clock, period=0.1, count_every=0.0)
-        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
-        await asyncio.wait_for(sentinel.sweep(), timeout=5)  # sends both blocks, waits a period
-        await asyncio.wait_for(sentinel.sweep(), timeout=5)  # takes their answers (0.15 s: rest 0.075 s)
-        assert len(prometheus.asked) == 2
-        await asyncio.sleep(0.3)  # no sweep meanwhile
+        sentinel, prometheus = await _both_blocks_rested(count_every=0.0)
         assert len(prometheus.asked) == 4  # both asked again once rested, for the next sweep to take
         assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0
         assert len(prometheus.asked) == 4  # that sweep took those answers rather than asking again
@@ -527,15 +533,9 @@ def test_a_rollout_whose_young_window_joins_a_count_asked_for_others_is_measured
 def test_a_resting_count_is_not_asked_before_its_count_period_is_over() -> None:
     """A count slower than the period rests, and its rest ends before its count period: the sweep
     after the count period asks it, not the rest's end (which asks other blocks at once)."""
-    prometheus = SlowPrometheus(Metrics(), delay=0.15)
-    clock = FakeClock()
 
     async def scenario() -> None:
-        sentinel = Sentinel(clock=clock, period=0.1, count_every=1.0)
-        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
-        await asyncio.wait_for(sentinel.sweep(), timeout=5)  # sends both blocks, waits a period
-        await asyncio.wait_for(sentinel.sweep(), timeout=5)  # takes their answers (0.15 s: rest 0.075 s)
-        await asyncio.sleep(0.3)  # both rests are over; no sweep meanwhile
+        sentinel, prometheus = await _both_blocks_rested(count_every=1.0)
         assert [_requests_only(q) for q in prometheus.asked] == [False, True, False]  # the errors again
         await asyncio.sleep(0.8)
         assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0
