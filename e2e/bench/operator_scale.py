@@ -706,6 +706,18 @@ def histogram_buckets(text: str, metric: str, label: str) -> dict[str, dict[floa
     return found
 
 
+def other_writes(
+    writes: dict[tuple[str, str, str], float], resources: tuple[str, ...]
+) -> dict[tuple[str, str, str], float]:
+    """The requests of `writes` (apiserver_request_total deltas by resource, subresource, verb) that
+    write one of `resources`, but the status patches (figure 3 counts those)."""
+    return {
+        k: v
+        for k, v in writes.items()
+        if k[0] in resources and k[2] not in ("WATCH", "LIST", "GET") and k != (api.PLURAL, "status", "PATCH")
+    }
+
+
 def window_summaries(before: str, after: str, metric: str, label: str) -> dict[str, str]:
     """histogram_summaries of what was observed between two scrapes (bucket bounds)."""
     start, end = histogram_buckets(before, metric, label), histogram_buckets(after, metric, label)
@@ -1101,13 +1113,7 @@ class Bench:
             f"= {status / self.n * 5 / minutes:.2f} per rollout per 5 min "
             f"(one per interval would be {5 * 60 / self.interval_s:.0f})"
         )
-        others = {
-            k: v
-            for k, v in writes.items()
-            if k[0] in (api.PLURAL, "httproutes", "events")
-            and k[2] not in ("WATCH", "LIST", "GET")
-            and k != (api.PLURAL, "status", "PATCH")
-        }
+        others = other_writes(writes, (api.PLURAL, "httproutes", "events"))
         reads = {
             k: v
             for k, v in writes.items()
@@ -1184,13 +1190,7 @@ class Bench:
         after, t1, cpu1 = apiserver_requests(self.state), time.monotonic(), cpu_seconds(operator_pid(op))
         writes = delta(after, before)
         status, minutes = writes.get((api.PLURAL, "status", "PATCH"), 0.0), (t1 - t0) / 60
-        others = sum(
-            v
-            for (res, sub, verb), v in writes.items()
-            if res in (api.PLURAL, "httproutes")
-            and verb not in ("WATCH", "LIST", "GET")
-            and (res, sub, verb) != (api.PLURAL, "status", "PATCH")
-        )
+        others = sum(other_writes(writes, (api.PLURAL, "httproutes")).values())
         self.figures.add(
             f"3b. status writes over {t1 - t0:.0f}s from the steady window's start ("
             + (
