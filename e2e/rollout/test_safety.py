@@ -13,12 +13,15 @@ from typing import Any
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from agent_rollout.api import GROUP, PLURAL, VERSION
+from agent_rollout.analysis.templates import template_read
+from agent_rollout.api import GROUP, PLURAL, VERSION, MetricNames, Template
 from agent_rollout.reconcile import CRASH_AFTER_ROUTE_WRITE, FAULT_ENV
+from agent_rollout.sentinel import COUNT_EVERY
 from e2e.cluster import ClusterState
 from e2e.cluster import objects as cluster_objects
 from e2e.cluster.lifecycle import restart_component
 from e2e.rollout.breach import watch_breach_to_rollback
+from e2e.rollout.conftest import OperatorEndpoints
 from e2e.rollout.scene import CANDIDATE, LEGACY, ROUTE, OperatorProcess, Scene, wait_until
 
 ERROR_GATE = {"name": "error-rate", "template": "errorRate", "max": 0.05, "window": "30s"}
@@ -372,8 +375,16 @@ def test_inconclusive_limit_rolls_back_a_candidate_that_serves_but_exports_no_me
 # ---------------------------------------------------------------- issue 8: the fast check
 
 
+def _answers(endpoints: OperatorEndpoints, block: str) -> float:
+    """Answers the fast check has had of one block since the operator started (its blind-spot histogram)."""
+    return endpoints.sample("agent_rollout_fast_check_blind_seconds_count", block=block) or 0.0
+
+
 def test_breach_reaches_the_route_in_seconds_at_a_30s_interval(
-    scene: Callable[..., Scene], prometheus: Any, operator: OperatorProcess
+    scene: Callable[..., Scene],
+    prometheus: Any,
+    operator: OperatorProcess,
+    operator_endpoints: OperatorEndpoints,
 ) -> None:
     s = scene()
     gate = {**ERROR_GATE, "window": "20s"}
@@ -387,6 +398,12 @@ def test_breach_reaches_the_route_in_seconds_at_a_30s_interval(
         lambda: [g["verdict"] for g in s.status("fast").get("lastAnalysis", [])] == ["Pass"],
         90,
     )
+    # The count of every request is asked at most every COUNT_EVERY (2.5 s), the errors every sweep.
+    read = template_read(Template.ERROR_RATE, MetricNames(), window=gate["window"])
+    before = {b: _answers(operator_endpoints, b.promql) for b in (read.value, read.samples)}
+    time.sleep(10)
+    errors, count = (_answers(operator_endpoints, b.promql) - before[b] for b in (read.value, read.samples))
+    assert errors >= 6 and 0 < count <= 10 / COUNT_EVERY + 1, (errors, count)
     s.agents[CANDIDATE].set_profile(error_ratio=0.6)
 
     timing = watch_breach_to_rollback(manifest, prometheus, lambda: s.route_weights()[CANDIDATE])
