@@ -28,6 +28,7 @@ from prometheus_api_client import PrometheusConnect
 
 from agent_rollout import api
 from agent_rollout.analysis.batch import BatchReader
+from agent_rollout.analysis.gates import may_breach_quantile_max
 from agent_rollout.analysis.prometheus import (
     PrometheusGateway,
     PrometheusUnavailable,
@@ -38,7 +39,15 @@ from agent_rollout.analysis.prometheus import (
     parse_scalar,
     parse_vector,
 )
-from agent_rollout.analysis.templates import BlockValues, template_queries, template_read
+from agent_rollout.analysis.templates import (
+    Block,
+    BlockValues,
+    bucket_bounds_block,
+    bucket_under,
+    quantile_bucket_read,
+    template_queries,
+    template_read,
+)
 from agent_rollout.api import MetricNames, Template
 from e2e.cluster import ClusterState
 from e2e.rollout.scene import wait_until
@@ -570,3 +579,39 @@ def test_an_unreachable_prometheus_is_unavailable_not_a_rejection() -> None:
         asyncio.run(check_queries(spec, CHECK_NAMESPACE, gateway))
     with pytest.raises(PrometheusUnavailable):
         asyncio.run(measure_gates(spec, CHECK_NAMESPACE, gateway))
+
+
+def test_a_latency_max_read_from_one_bucket_on_the_real_prometheus(
+    known: KnownTraffic, prometheus: PrometheusConnect
+) -> None:
+    """The fast check's stand-in for a latency quantile (sentinel._bucket_read), on this Prometheus'
+    own spelling of `le` (2.x keeps the exporter's "2", 3.x stores "2.0"): the bound it picks under a
+    max of 2.4 s is the 2 s bucket, and the share of requests at or under it rules a breach out exactly
+    where histogram_quantile is under the max. Candidate: every request 2.5 s (p95 2.95 s); legacy 0.7 s."""
+    metrics = MetricNames()
+    labels = (metrics.namespace_label, metrics.version_label)
+    bounds = parse_vector(prometheus.custom_query(bucket_bounds_block(metrics).promql), ("le", "le"))
+    limit = 2.4
+    spellings = bucket_under(bounds, limit)
+    assert spellings is not None and {float(s) for s in spellings} == {2.0}, bounds
+    share_read = quantile_bucket_read(metrics, window=WINDOW, spellings=spellings)
+    exact_read = template_read(Template.LATENCY_QUANTILE, metrics, window=WINDOW, quantile=0.95)
+    gate = api.Gate.model_validate(
+        {"name": "p95", "template": "latencyQuantile", "max": limit, "minSamples": 10}
+    )
+    analysis = known.spec([]).analysis
+    assert analysis is not None
+    for version, breached in ((CANDIDATE, True), (LEGACY, False)):
+        at = _latest_scrape(prometheus, known, version)  # one instant for both reads
+
+        def read(blocks: tuple[Block, ...], at: float = at) -> dict[Block, BlockValues]:
+            return {
+                b: parse_vector(prometheus.custom_query(b.promql, params={"time": f"{at:.3f}"}), labels)
+                for b in blocks
+            }
+
+        share, samples = share_read.measure(read(share_read.blocks), known.namespace, version)
+        quantile, exact_samples = exact_read.measure(read(exact_read.blocks), known.namespace, version)
+        assert quantile is not None and (quantile > limit) is breached, (version, quantile)
+        assert share == (0.0 if breached else 1.0) and samples == exact_samples and samples
+        assert may_breach_quantile_max(gate, analysis, share, samples) is breached

@@ -474,3 +474,55 @@ def test_a_focused_query_too_long_for_a_url_goes_as_a_form(prometheus: FakeProme
 
     assert prometheus.methods == ["POST"] and len(prometheus.queries[0]) > 2048
     assert set(answer) == pairs and answer[("ns-4", "agent-4")] == 4.0
+
+
+def test_a_reader_after_a_moment_never_takes_an_answer_or_a_query_in_flight_from_before_it() -> None:
+    """The fast check confirming a suspicion, and the evaluation it wakes, must see what Prometheus
+    holds now: an answer sent before the suspicion (cached, or still in flight, whole or focused) may
+    predate the breach. At 10,000 rollouts a confirmation that joined such queries took two or more
+    rounds (the latency breach's p99 went from 3.4 to 8.2 s)."""
+    now = [0.0]
+    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0, gather=0)
+    block = blocks(Template.LATENCY_QUANTILE)[0]
+    key = ("support", "candidate")
+    whole_sent: list[float] = []
+    focused_sent: list[float] = []
+    slow = asyncio.Event()
+
+    async def whole() -> BlockValues:
+        whole_sent.append(now[0])
+        await slow.wait()
+        return {key: 1.0, ("other", "agent"): 1.0}
+
+    async def focused(pairs: frozenset[tuple[str, str]]) -> BlockValues:
+        focused_sent.append(now[0])
+        return dict.fromkeys(pairs, 12.0)  # the breach, in Prometheus since 1 s
+
+    async def scenario() -> None:
+        slow.set()
+        await reader.read(block, whole, timeout=1.0)  # the fleet's answer, sent at 0
+        now[0] = 1.0
+        assert (await reader.read_focused(block, frozenset({key}), focused, 1.0, max_age=5.0))[key] == 1.0
+        fresh = await reader.read_focused(block, frozenset({key}), focused, 1.0, max_age=5.0, after=1.0)
+        assert fresh[key] == 12.0 and focused_sent == [1.0]  # not the cached answer sent at 0
+
+        slow.clear()
+        now[0] = 2.0
+        flying = asyncio.create_task(reader.read(block, whole, timeout=5.0, max_age=0.5))
+        await asyncio.sleep(0.01)  # the fleet's query is in flight, sent at 2
+        now[0] = 2.5
+        fresh = await reader.read_focused(block, frozenset({key}), focused, 1.0, after=2.5)
+        assert fresh[key] == 12.0 and focused_sent == [1.0, 2.5]  # not joined: sent before 2.5
+        # The evaluation the confirmation woke takes that very answer: no query of its own.
+        again = await reader.read_focused(block, frozenset({key}), focused, 1.0, max_age=5.0, after=2.5)
+        assert again[key] == 12.0 and focused_sent == [1.0, 2.5]
+        # A whole read after a moment does not join the query in flight from before it either.
+        now[0] = 3.0
+        newer = asyncio.create_task(reader.read(block, whole, timeout=5.0, after=3.0))
+        await asyncio.sleep(0.01)
+        assert whole_sent == [0.0, 2.0, 3.0]
+        slow.set()
+        await asyncio.gather(flying, newer)
+        assert reader._cache[block].sent == 3.0  # the older query, answered last, is not kept over it
+
+    asyncio.run(scenario())

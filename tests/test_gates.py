@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_rollout.analysis.gates import (
@@ -13,7 +13,9 @@ from agent_rollout.analysis.gates import (
     evaluate_gate,
     gate_direction,
     hard_bound_check,
+    may_breach_quantile_max,
 )
+from agent_rollout.analysis.templates import bucket_under
 from agent_rollout.api import Analysis, Gate, GateResult, Verdict
 
 ANALYSIS = Analysis.model_validate({"prometheus": {"url": "http://p:9090"}, "minSamples": 200})
@@ -295,3 +297,51 @@ def test_the_fast_checks_hard_bound_fails_exactly_what_the_evaluation_fails(
     g = gate(**{k: v for k, v in fields.items() if v is not None})
     failed = evaluate(g, value=value, samples=samples).verdict is Verdict.FAIL
     assert hard_bound_check(g, ANALYSIS)(value, samples) is failed
+
+
+def prometheus_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' histogram_quantile over cumulative (bound, count) buckets ending with +Inf."""
+    total = buckets[-1][1]
+    if total == 0:
+        return math.nan
+    rank = q * total
+    i = next(i for i, (_, count) in enumerate(buckets) if count >= rank)
+    if i == len(buckets) - 1:
+        return buckets[-2][0]
+    lower, below = (0.0, 0.0) if i == 0 else buckets[i - 1]
+    upper, count = buckets[i]
+    return lower + (upper - lower) * (rank - below) / (count - below)
+
+
+@given(
+    bounds=st.lists(st.floats(min_value=0.01, max_value=60), min_size=1, max_size=8, unique=True),
+    counts=st.lists(st.integers(min_value=0, max_value=1000), min_size=9, max_size=9),
+    at=st.integers(min_value=0, max_value=7),
+    above=st.one_of(st.floats(min_value=0, max_value=0.05), st.floats(min_value=0, max_value=70)),
+    q=st.sampled_from([0.5, 0.9, 0.95, 0.99]),
+)
+@settings(max_examples=400)
+def test_the_bucket_share_never_rules_out_a_quantile_above_the_max(
+    bounds: list[float], counts: list[int], at: int, above: float, q: float
+) -> None:
+    """The fast check reads one bucket instead of the quantile: whenever histogram_quantile is above
+    the gate's max, the share at or under the highest bound under that max says it may be. Maxima
+    just above a bucket bound are the hard cases: the quantile is then barely above that bound."""
+    finite = sorted(bounds)
+    limit = finite[at % len(finite)] + above
+    cumulative, running = [], 0
+    for bound, count in zip([*finite, math.inf], counts, strict=False):
+        running += count
+        cumulative.append((bound, float(running)))
+    series = {(repr(b), repr(b)): 1.0 for b, _ in cumulative}
+    spellings = bucket_under(series, limit)
+    quantile = prometheus_quantile(q, cumulative)
+    g = gate(template="latencyQuantile", max=limit, quantile=q, minSamples=1)
+    if spellings is None:
+        return  # no bucket under the max: the fast check reads the quantile itself
+    (chosen,) = spellings
+    under = dict(cumulative)[float(chosen)]
+    total = cumulative[-1][1]
+    share = under / total if total else None
+    if total > 0 and quantile > limit:
+        assert may_breach_quantile_max(g, ANALYSIS, share, total)

@@ -231,6 +231,7 @@ class FakeGateway:
         max_age: float | None = None,
         keys: frozenset[Pair] | None = None,
         stale_age: float | None = None,
+        after: float | None = None,
     ) -> BlockValues:
         return await self._answer(block.promql) or {}
 

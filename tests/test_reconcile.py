@@ -83,6 +83,8 @@ class Metrics:
         self.asked.append(promql)
         candidate = {"namespace": NS, "version": CANDIDATE}
         other = {"namespace": "elsewhere", "version": CANDIDATE}
+        if promql.startswith("count by (le) "):
+            return None  # no histogram: the fast check reads latency quantiles themselves
         for read in ERROR_RATE_READS:
             if promql == read.value.promql:
                 return [(candidate, self.error_rate * self.samples), (other, 500.0)]

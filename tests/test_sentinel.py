@@ -7,19 +7,21 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
 from agent_rollout import api
 from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.templates import Block, BlockValues, Pair
-from agent_rollout.api import Phase, Weights
+from agent_rollout.api import Phase, Verdict, Weights
 from agent_rollout.domain import iso
 from agent_rollout.metrics import REGISTRY
 from agent_rollout.planner import gate_windows
 from agent_rollout.reconcile import measure_over
 from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause, rest_after
 from tests.fakes import FakeClock, FakePrometheus, unfocused
+from tests.specs import CANDIDATE
 from tests.test_reconcile import Metrics, rollout_body
 
 STEPS = [{"setWeight": 5}, {"pause": {"duration": "1h"}}]
@@ -170,6 +172,7 @@ class SlowPrometheus(FakePrometheus):
         max_age: float | None = None,
         keys: frozenset[Pair] | None = None,
         stale_age: float | None = None,
+        after: float | None = None,
     ) -> BlockValues:
         self.asked.append(block.promql)
         if self.held(block.promql):
@@ -363,7 +366,8 @@ def test_a_slow_block_is_waited_for_by_the_next_sweeps_while_the_fast_ones_are_a
             assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0  # each ends at its period
         latency = [q for q in prometheus.asked if q.startswith("histogram_quantile")]
         assert len(latency) == 1  # asked once, waited for by the sweeps that followed
-        assert len(prometheus.asked) - len(latency) == 3 * 2  # both counter blocks, every sweep
+        counters = [q for q in prometheus.asked if q.startswith("sum by")]
+        assert len(counters) == 3 * 2  # both counter blocks, every sweep
 
         metrics.error_rate = 0.5  # a breach while the histogram is still held
         assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 1 and woken == [("support", "a")]
@@ -571,3 +575,149 @@ def test_the_sweeps_own_time_reaches_the_metrics_by_phase() -> None:
     assert _phase_count("query") >= before["query"] + 3  # at least the errors, every sweep
     assert _phase_count("measure") >= before["measure"] + 3  # the error-rate read, once a sweep
     assert _phase_count("cycle") >= before["cycle"] + 2
+
+
+class LatencyMetrics(Metrics):
+    """Metrics with a latency histogram: bucket bounds 1, 5 and 10 s as Prometheus 3 spells them
+    ("5.0"), the candidate's p95 and its share of requests at or under 5 s."""
+
+    def __init__(self, p95: float, under_5s: float) -> None:
+        super().__init__()
+        self.p95, self.under_5s = p95, under_5s
+
+    def __call__(self, promql: str) -> Any:
+        candidate = {"namespace": "support", "version": CANDIDATE}
+        if promql.startswith("count by (le) "):
+            self.asked.append(promql)
+            return [({"le": le}, 3.0) for le in ("1.0", "5.0", "10.0", "+Inf")]
+        if promql.startswith("histogram_quantile"):
+            self.asked.append(promql)
+            return [(candidate, self.p95)]
+        if '_bucket{le="5.0"}' in promql:  # the share: one query's ratio of two buckets
+            self.asked.append(promql)
+            return [(candidate, self.under_5s)]
+        return super().__call__(promql)
+
+
+def _latency_spec() -> api.AgentRolloutSpec:
+    spec = rollout_body(STEPS)["spec"]
+    spec["analysis"]["gates"].append({"name": "p95", "template": "latencyQuantile", "max": 8, "window": "2m"})
+    return api.parse_spec(spec)
+
+
+def _sweeps_with_bounds(sentinel: Sentinel, sweeps: int) -> list[int]:
+    """Sweeps once the bucket bounds are known (the first sweep asks them, for later ones)."""
+
+    async def run() -> list[int]:
+        await sentinel.sweep()
+        while not sentinel._bounds:
+            await asyncio.sleep(0.01)
+        return [await sentinel.sweep() for _ in range(sweeps)]
+
+    return asyncio.run(asyncio.wait_for(run(), timeout=10))
+
+
+@pytest.mark.parametrize(
+    "p95, under_5s, woken",
+    [
+        (2.0, 0.99, False),  # healthy: 99% at or under 5 s, so the p95 is too; the quantile is not asked
+        (12.0, 0.5, True),  # a breach: the share makes it a suspect, its quantile confirms
+        (7.0, 0.9, False),  # a suspect (p95 above 5 s) whose quantile is under the max of 8 s
+    ],
+)
+def test_a_latency_max_is_read_from_one_bucket_and_only_suspects_ask_the_quantile(
+    p95: float, under_5s: float, woken: bool
+) -> None:
+    """At 10,000 rollouts the quantile over every bucket was half of Prometheus' query time: the
+    fast check reads the share of requests at or under the highest bucket bound under the max, and
+    asks the quantile only when that share cannot rule a breach out, in the same sweep."""
+    clock, metrics = FakeClock(), LatencyMetrics(p95, under_5s)
+    rollouts: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, period=0.2, wake=rollouts.append)
+    sentinel.update(("support", "a"), _latency_spec(), _status(clock), FakePrometheus(metrics))
+
+    first = len(metrics.asked)
+    results = _sweeps_with_bounds(sentinel, 2)
+    asked = metrics.asked[first:]
+
+    quantiles = [q for q in asked if q.startswith("histogram_quantile")]
+    after_bounds = asked[asked.index(next(q for q in asked if q.startswith("count by (le)"))) + 1 :]
+    assert any('_bucket{le="5.0"}' in q for q in after_bounds)
+    if under_5s >= 0.95:
+        assert not [q for q in after_bounds if q.startswith("histogram_quantile")]
+    else:
+        assert len([q for q in after_bounds if q.startswith("histogram_quantile")]) >= 1
+    assert quantiles  # before the bounds were known, the quantile itself
+    assert (
+        (results[-1] == 1) is woken
+        and (rollouts == [("support", "a")] * len(rollouts))
+        and bool(rollouts) is woken
+    )
+
+
+def test_a_latency_max_under_every_bucket_bound_is_read_from_the_quantile_itself() -> None:
+    clock, metrics = FakeClock(), LatencyMetrics(p95=0.9, under_5s=1.0)
+    spec = rollout_body(STEPS)["spec"]
+    spec["analysis"]["gates"].append({"name": "p95", "template": "latencyQuantile", "max": 0.5})
+    sentinel = Sentinel(clock=clock, period=0.2, wake=lambda key: None)
+    sentinel.update(("support", "a"), api.parse_spec(spec), _status(clock), FakePrometheus(metrics))
+
+    assert _sweeps_with_bounds(sentinel, 1) == [1]  # p95 0.9 s > 0.5 s: no bucket can tell
+    assert not [q for q in metrics.asked if "_bucket{le=" in q]
+
+
+def test_a_suspect_is_confirmed_by_a_quantile_another_rollout_already_read_in_the_sweep() -> None:
+    """One rollout's gate has a `min` too, so its quantile is read itself; another's is read from a
+    bucket. Both breach: the second one's exact read finds the quantile already in and is measured
+    at once, not left waiting for an answer that is not coming."""
+    clock, metrics = FakeClock(), LatencyMetrics(p95=12.0, under_5s=0.5)
+    both = rollout_body(STEPS)["spec"]
+    both["analysis"]["gates"].append(
+        {"name": "p95", "template": "latencyQuantile", "min": 0.001, "max": 8, "window": "2m"}
+    )
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, period=0.2, wake=woken.append)
+    prometheus = FakePrometheus(metrics)
+    sentinel.update(("support", "exact"), api.parse_spec(both), _status(clock), prometheus)
+    sentinel.update(("support", "bucket"), _latency_spec(), _status(clock), prometheus)
+
+    assert _sweeps_with_bounds(sentinel, 1) == [2]
+    assert sorted(woken[-2:]) == [("support", "bucket"), ("support", "exact")]
+
+
+def test_a_confirmed_latency_breach_is_judged_by_its_evaluation_on_an_answer_sent_after_it() -> None:
+    """The evaluation a confirmed breach wakes reads that gate from queries sent after the suspicion:
+    the fleet's quantile in the reader's cache (up to the evaluation's max age old) predates the
+    breach, and judged on it the woken evaluation passes and no traffic moves. The confirmation's own
+    answer is sent after the suspicion, never one sent before it."""
+    clock, metrics = FakeClock(), LatencyMetrics(p95=2.0, under_5s=0.99)
+    prometheus = FakePrometheus(metrics)
+    prometheus.reader = BatchReader(ttl=1.0, longest=5.0, gather=0)  # as the operator's gateways
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, period=0.2, wake=woken.append)
+    key, spec, status = ("support", "a"), _latency_spec(), _status(clock)
+    sentinel.update(key, spec, status, prometheus)
+    windows = gate_windows(spec, status, clock.now)
+
+    async def scenario() -> None:
+        def p95(results: tuple[api.GateResult, ...]) -> api.GateResult:
+            return next(r for r in results if r.name == "p95")
+
+        assert p95(await measure_over(spec, windows, "support", prometheus)).verdict is Verdict.PASS
+        await sentinel.sweep()
+        while not sentinel._bounds:
+            await asyncio.sleep(0.01)
+        metrics.p95, metrics.under_5s = 12.0, 0.5  # the breach reaches Prometheus
+        assert await sentinel.sweep() == 1 and woken == [key]
+
+        fresh = sentinel.fresh_reads(key)
+        assert set(fresh) == {"p95"}
+        stale = p95(await measure_over(spec, windows, "support", prometheus))
+        assert stale.verdict is Verdict.PASS  # the fleet's cached answer, sent before the breach
+        asked = len(metrics.asked)
+        judged = p95(await measure_over(spec, windows, "support", prometheus, fresh=fresh))
+        assert judged.verdict is Verdict.FAIL and judged.value == 12.0
+        assert not [q for q in metrics.asked[asked:] if "_bucket" in q]  # the confirmation's answer
+        assert sentinel.fresh_reads(key) == {}  # taken once
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))

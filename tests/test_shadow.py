@@ -211,7 +211,12 @@ class Blocks:
         raise AssertionError(promql)
 
     async def block(
-        self, block: Any, max_age: float | None = None, keys: Any = None, stale_age: float | None = None
+        self,
+        block: Any,
+        max_age: float | None = None,
+        keys: Any = None,
+        stale_age: float | None = None,
+        after: float | None = None,
     ) -> Any:
         for key, values in self.values.items():
             if key in block.promql:

@@ -23,23 +23,37 @@ import urllib.request
 from datetime import UTC, datetime
 
 from agent_rollout import api
-from agent_rollout.analysis.templates import template_read
+from agent_rollout.analysis.prometheus import parse_vector
+from agent_rollout.analysis.templates import (
+    BUCKET_BOUND_LABEL,
+    bucket_bounds_block,
+    bucket_under,
+    quantile_bucket_read,
+    template_read,
+)
 from e2e.bench.fast_check import fleet_on_prometheus
-from e2e.bench.operator_scale import GATE_WINDOW, SCRAPE_S, machine, plan_targets
+from e2e.bench.operator_scale import GATE_WINDOW, LATENCY_MAX_S, SCRAPE_S, machine, plan_targets
 from e2e.cluster import prometheus
 
 ROLLOUTS = 10_000
 REPEAT = 5
 
 
-def blocks() -> list[str]:
-    """The fleet-wide building blocks of the benchmark's gates, as the operator renders them."""
+def blocks(url: str) -> list[str]:
+    """The fleet-wide building blocks of the benchmark's gates, as the operator renders them: the
+    fast check's too (the bucket bounds, and the one bucket it reads for the latency max,
+    sentinel._bucket_read, spelled as this Prometheus stores `le`)."""
     names = api.MetricNames()
     reads = [
         template_read(api.Template.ERROR_RATE, names, window=GATE_WINDOW),
         template_read(api.Template.LATENCY_QUANTILE, names, window=GATE_WINDOW, quantile=0.95),
     ]
-    return list(dict.fromkeys(block.promql for read in reads for block in read.blocks))
+    bounds = bucket_bounds_block(names)
+    found = parse_vector(prometheus.query(url, bounds.promql), (BUCKET_BOUND_LABEL, BUCKET_BOUND_LABEL))
+    spellings = bucket_under(found, LATENCY_MAX_S)
+    if spellings is not None:
+        reads.append(quantile_bucket_read(names, window=GATE_WINDOW, spellings=spellings))
+    return [bounds.promql, *dict.fromkeys(block.promql for read in reads for block in read.blocks)]
 
 
 def ask(url: str, promql: str) -> tuple[float, float, int, int]:
@@ -61,7 +75,7 @@ def run(n: int = ROLLOUTS, repeat: int = REPEAT) -> None:
             f"   machine: {machine()}",
             flush=True,
         )
-        for promql in blocks():
+        for promql in blocks(url):
             ask(url, promql)
             runs = [ask(url, promql) for _ in range(repeat)]
             execs = [r[1] for r in runs]

@@ -140,6 +140,7 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
         clock=clock,
         alerts=book.firing,
         decided=notifier.decided,
+        fresh=sentinel.fresh_reads,
     )
     controller = _Runtime.controller = Controller(
         reconciler, sentinel, kube, client, namespaces=namespaces, workers=RECONCILE_WORKERS, leading=leading

@@ -213,7 +213,11 @@ class Reconciler:
         clock: Callable[[], datetime],
         alerts: AlertLookup = lambda namespace, name: (),
         decided: DecidedCallback = lambda body, spec, before, after: None,
+        fresh: Callable[[tuple[str, str]], Mapping[str, float]] = lambda key: {},
     ) -> None:
+        """`fresh(key)`: the gates a breach the fast check confirmed woke the rollout for, each to be
+        read from answers sent after that moment (Sentinel.fresh_reads)."""
+        self._fresh = fresh
         self._alerts = alerts
         self._decided = decided
         self._kube = kube
@@ -289,7 +293,7 @@ class Reconciler:
             found, unchecked = await self._preflight(namespace, spec, status, meta.get("generation"), written)
             problems = (*problems, *found)
         if spec is not None and not problems and measured_now:
-            measured = await self._measure(namespace, spec, status, now)
+            measured = await self._measure(namespace, spec, status, now, self._fresh((namespace, name)))
             gates, prometheus_error, requests, rejected, milestone = measured
             baseline = await self._baseline(namespace, spec, status, now)
             drill_gates = await self._drill(namespace, spec, status, now)
@@ -486,7 +490,12 @@ class Reconciler:
         return tuple(found), None
 
     async def _measure(
-        self, namespace: str, spec: api.AgentRolloutSpec, status: api.AgentRolloutStatus, now: datetime
+        self,
+        namespace: str,
+        spec: api.AgentRolloutSpec,
+        status: api.AgentRolloutStatus,
+        now: datetime,
+        fresh: Mapping[str, float] = {},
     ) -> tuple[
         tuple[api.GateResult, ...] | None, str | None, int | None, str | None, MilestoneObservation | None
     ]:
@@ -501,7 +510,7 @@ class Reconciler:
             judged = spec.model_copy(update={"analysis": shadow.judged_analysis(spec, status)})
             windows = gate_windows(spec, status, now)
             steady = steady_gates(spec, status, now, evaluation_ages(spec.analysis)[1])
-            gates = await measure_over(judged, windows, namespace, gateway, steady)
+            gates = await measure_over(judged, windows, namespace, gateway, steady, fresh)
             requests, milestone = None, None
             step = spec.steps[status.current_step] if status.current_step < len(spec.steps) else None
             due = milestone_due(spec, status)
@@ -683,12 +692,19 @@ async def measure_over(
     namespace: str,
     source: MetricsSource,
     steady: Collection[str] = (),
+    fresh: Mapping[str, float] = {},
 ) -> tuple[api.GateResult, ...]:
     """The spec's gates over the windows the planner gives them (planner.gate_windows): a gate too
     fresh for any window is left out, one clamped to a young step's window is read focused, the
-    `steady` ones (planner.steady_gates) from answers up to evaluation_ages' second figure old."""
+    `steady` ones (planner.steady_gates) from answers up to evaluation_ages' second figure old, the
+    `fresh` ones from answers sent after a breach the fast check confirmed (measure_gates)."""
     return await measure_gates(
-        _with_windows(spec, windows), namespace, source, clamped=_clamped(spec, windows), steady=steady
+        _with_windows(spec, windows),
+        namespace,
+        source,
+        clamped=_clamped(spec, windows),
+        steady=steady,
+        fresh=fresh,
     )
 
 

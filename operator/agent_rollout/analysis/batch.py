@@ -14,6 +14,10 @@ A block a few rollouts need (a window clamped to a young step) is read focused (
 the series of the namespaces and versions that need it, one query for every reader that asks within
 GATHER seconds, answers kept like the block's and reused by any reader whose pairs they cover.
 
+A reader that must see what Prometheus holds now (`after`: the fast check confirming a suspicion, and
+the evaluation it wakes) takes only answers of queries sent at or after that moment: never the cache
+of an earlier query, nor a query in flight since before it (which may predate the breach it is to see).
+
 The reader runs on the event loop and never blocks it: the query itself is the caller's `fetch`
 (PrometheusGateway runs it in its thread pool, bounded by its timeout), and each caller waits at
 most its own timeout, without cancelling a query others wait on.
@@ -77,6 +81,7 @@ class BatchReader:
         self._clock = clock
         self._cache: dict[Block, _Entry] = {}
         self._in_flight: dict[Block, asyncio.Task[BlockValues]] = {}
+        self._in_flight_sent: dict[Block, float] = {}  # when each query in flight was sent (`after`)
         self._keep = ttl  # how long answers are kept: the oldest any reader accepts (max_age, stale_age)
         self._focused: dict[Block, list[_Focused]] = {}  # gathering, in flight and answered, newest last
         self.fetches = 0  # queries started, for tests and benchmarks
@@ -88,6 +93,7 @@ class BatchReader:
         timeout: float,
         max_age: float | None = None,
         stale_age: float | None = None,
+        after: float | None = None,
     ) -> BlockValues:
         """The block's values, from the cache, from a query in flight, or from a new query `fetch()`.
         `max_age` (default: the reader's ttl) is how old an answer this reader accepts: the fast
@@ -100,6 +106,9 @@ class BatchReader:
         rollouts the latency histogram's query took about 3 s, and an evaluation that found the last
         answer too old waited for the next one, a breach's own among them.
 
+        With `after` (the reader's clock), only an answer of a query sent at or after it will do, and
+        none is taken stale.
+
         Raises what the query raised, or TimeoutError after `timeout` seconds of waiting.
         """
         max_age = self.ttl if max_age is None else min(max_age, self.longest)
@@ -107,12 +116,16 @@ class BatchReader:
         self._keep = max(self._keep, stale)
         entry = self._cache.get(block)
         age = math.inf if entry is None else self._clock() - entry.sent
-        if entry is not None and age < max_age:
+        if entry is not None and (age < max_age if after is None else entry.sent >= after):
             return entry.values
         task = self._in_flight.get(block)
-        if task is None or task.get_loop() is not asyncio.get_running_loop():
+        if (
+            task is None
+            or task.get_loop() is not asyncio.get_running_loop()
+            or (after is not None and self._in_flight_sent[block] < after)
+        ):
             task = self._start(block, fetch)
-        if entry is not None and age < stale:
+        if entry is not None and age < stale and after is None:
             return entry.values  # the query just started, or in flight, answers the readers after it
         # shield: a caller that times out or is cancelled must not cancel the query others wait on.
         return await asyncio.wait_for(asyncio.shield(task), timeout)
@@ -124,18 +137,28 @@ class BatchReader:
         fetch: Callable[[frozenset[Pair]], Awaitable[BlockValues]],
         timeout: float,
         max_age: float | None = None,
+        after: float | None = None,
     ) -> BlockValues:
         """The block's values for at least the pairs `keys`: from an answer of the whole block or of a
         focused query that covers them, from a query in flight that does, or from a new query
-        `fetch(pairs)` for these pairs and those of every other reader within GATHER seconds."""
+        `fetch(pairs)` for these pairs and those of every other reader within GATHER seconds. With
+        `after`, only from queries sent at or after it (read)."""
         max_age = self.ttl if max_age is None else min(max_age, self.longest)
         self._keep = max(self._keep, max_age)
         now = self._clock()
+
+        def usable(sent: float) -> bool:
+            return now - sent < max_age if after is None else sent >= after
+
         whole = self._cache.get(block)
-        if whole is not None and now - whole.sent < max_age:
+        if whole is not None and usable(whole.sent):
             return whole.values
         flying = self._in_flight.get(block)
-        if flying is not None and flying.get_loop() is asyncio.get_running_loop():
+        if (
+            flying is not None
+            and flying.get_loop() is asyncio.get_running_loop()
+            and (after is None or self._in_flight_sent[block] >= after)
+        ):
             return await asyncio.wait_for(asyncio.shield(flying), timeout)
         loop = asyncio.get_running_loop()
         focused = [
@@ -145,9 +168,9 @@ class BatchReader:
             if query.sent is None or not keys <= query.keys:
                 continue
             if query.values is not None:
-                if now - query.sent < max_age:
+                if usable(query.sent):
                     return query.values
-            else:
+            elif after is None or query.sent >= after:
                 return await asyncio.wait_for(asyncio.shield(query.task), timeout)
         gathering = focused[-1] if focused and focused[-1].sent is None else None
         if gathering is None:
@@ -197,17 +220,18 @@ class BatchReader:
 
         def done(task: asyncio.Task[BlockValues]) -> None:
             if self._in_flight.get(block) is task:
-                del self._in_flight[block]
+                del self._in_flight[block], self._in_flight_sent[block]
             if task.cancelled() or task.exception() is not None:  # retrieved, so never "unretrieved"
                 return
             now = self._clock()
             # Blocks nobody reads any more (a deleted rollout's window) go once no reader accepts them.
             for stale in [b for b, e in self._cache.items() if now - e.sent >= self._keep]:
                 del self._cache[stale]
-            if now - sent < self._keep:
+            newer = self._cache.get(block)  # a query sent after this one (`after`) answered first
+            if now - sent < self._keep and (newer is None or newer.sent < sent):
                 self._cache[block] = _Entry(sent, task.result())
 
         task = asyncio.get_running_loop().create_task(query(), name=f"prometheus block {block.promql}")
         task.add_done_callback(done)
-        self._in_flight[block] = task
+        self._in_flight[block], self._in_flight_sent[block] = task, sent
         return task

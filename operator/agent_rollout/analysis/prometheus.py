@@ -26,7 +26,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
@@ -109,6 +109,7 @@ class MetricsSource(Protocol):
         max_age: float | None = None,
         keys: frozenset[Pair] | None = None,
         stale_age: float | None = None,
+        after: float | None = None,
     ) -> BlockValues: ...
 
 
@@ -269,11 +270,13 @@ class PrometheusGateway:
         max_age: float | None = None,
         keys: frozenset[Pair] | None = None,
         stale_age: float | None = None,
+        after: float | None = None,
     ) -> BlockValues:
         """A building block's values by (namespace, version), shared through the reader; an answer
         up to `max_age` seconds old will do (default: the reader's ttl), one up to `stale_age` while
         a fresh one is fetched (BatchReader.read). With `keys`, only those pairs are needed
-        (Block.focused): what a window shorter than the gate's asks of Prometheus, always fresh."""
+        (Block.focused): what a window shorter than the gate's asks of Prometheus, always fresh.
+        With `after` (time.monotonic()), only an answer of a query sent at or after it."""
         parse = functools.partial(parse_vector, labels=(block.namespace_label, block.version_label))
         try:
             if keys is not None and len(keys) <= FOCUS_LIMIT:
@@ -284,9 +287,11 @@ class PrometheusGateway:
                     except QueryRejected as e:  # named by the block's query, as the spec's gate knows it
                         raise QueryRejected(e.reason, query=block.promql) from e
 
-                return await self.reader.read_focused(block, keys, focused, self.timeout, max_age=max_age)
+                return await self.reader.read_focused(
+                    block, keys, focused, self.timeout, max_age=max_age, after=after
+                )
             return await self.reader.read(
-                block, lambda: self._run(block.promql, parse), self.timeout, max_age, stale_age
+                block, lambda: self._run(block.promql, parse), self.timeout, max_age, stale_age, after
             )
         except TimeoutError:
             raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from None
@@ -448,6 +453,7 @@ async def measure_gates(
     gateway: MetricsSource,
     clamped: Collection[str] = (),
     steady: Collection[str] = (),
+    fresh: Mapping[str, float] = {},
 ) -> tuple[GateResult, ...]:
     """Measure and evaluate every gate. Raises QueryRejected (naming the first gate whose query it is)
     when Prometheus refuses a query, else PrometheusUnavailable if any query it needs fails.
@@ -460,6 +466,9 @@ async def measure_gates(
     The blocks only `steady` gates read (their window was whole evaluation_ages' second figure ago, so
     an answer that old holds no sample from before the step or the gate's last failure) are taken
     stale rather than waited for (BatchReader.read).
+    The blocks of `fresh` gates (gate -> a time.monotonic() moment: a breach the fast check confirmed
+    then, sentinel.fresh_reads) are read focused on this rollout's series from queries sent at or after
+    it: the fleet's answer in the cache may predate the breach, the fast check's own exact read does not.
     """
     analysis = spec.analysis
     if analysis is None:
@@ -475,6 +484,8 @@ async def measure_gates(
     # Ordered: each block with the pairs it is read for, None when it is read whole.
     blocks: dict[Block, frozenset[Pair] | None] = {}
     stale_ok: dict[Block, bool] = {}  # only steady gates read it
+    needed: dict[Block, set[Pair]] = {}  # the pairs each block is read for by any gate
+    after: dict[Block, float] = {}  # read from queries sent at or after this (`fresh`)
     queries: dict[str, None] = {}
     for gate, plan in zip(analysis.gates, plans, strict=True):
         if isinstance(plan, TemplateError):
@@ -484,6 +495,9 @@ async def measure_gates(
             if gate.compare is not None and plan.floor is None:
                 pairs.add((namespace, legacy_version))
             for block in plan.blocks:
+                needed.setdefault(block, set()).update(pairs)
+                if gate.name in fresh:
+                    after[block] = max(after.get(block, fresh[gate.name]), fresh[gate.name])
                 steady_read = gate.name in steady and gate.name not in clamped
                 stale_ok[block] = stale_ok.get(block, True) and steady_read
                 if gate.name not in clamped or (block in blocks and blocks[block] is None):
@@ -493,13 +507,21 @@ async def measure_gates(
         for side in (plan.candidate, plan.legacy):
             if side is not None:
                 queries.update(dict.fromkeys(q for q in (side.value, side.samples) if q))
+    for block in after:  # this rollout's series only: a focused query, or the fast check's answer
+        blocks[block], stale_ok[block] = frozenset(needed[block]), False
     # No older than the reader allows either (BatchReader.longest).
     max_age, stale_age = evaluation_ages(analysis)
     try:
         answers = await _gather_all(
             [
                 *(
-                    gateway.block(b, max_age=max_age, keys=keys, stale_age=stale_age if stale_ok[b] else None)
+                    gateway.block(
+                        b,
+                        max_age=max_age,
+                        keys=keys,
+                        stale_age=stale_age if stale_ok[b] else None,
+                        after=after.get(b),
+                    )
                     for b, keys in blocks.items()
                 ),
                 *(gateway.scalar(q) for q in queries),

@@ -364,6 +364,71 @@ def _read(recipe: _Recipe, metrics: MetricNames, window: str, quantile: float) -
     return TemplateRead(samples, block(recipe.numerator), samples, recipe.sparse, recipe.factor)
 
 
+BUCKET_BOUND_LABEL = "le"
+
+
+def bucket_bounds_block(metrics: MetricNames) -> Block:
+    """How many series the duration histogram has at each bucket bound, keyed by (le, le): which
+    bucket a latency bound can be read from (bucket_under). An instant vector: no range, no rate."""
+    bucket = f"{_metric(metrics.duration_histogram)}_bucket"
+    return Block(f"count by ({BUCKET_BOUND_LABEL}) ({bucket})", BUCKET_BOUND_LABEL, BUCKET_BOUND_LABEL)
+
+
+def _bound(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def bucket_under(bounds: BlockValues, limit: float) -> tuple[str, ...] | None:
+    """The spellings of the highest bucket bound at or under `limit` that every histogram has (as
+    many series as the +Inf bucket: a version without it would have no share to read), or None.
+    Spellings, because Prometheus 2 stores `le` as exported ("1") and Prometheus 3 as a float ("1.0")."""
+    series: dict[float, float] = {}
+    spellings: dict[float, list[str]] = {}
+    for (text, _), count in bounds.items():
+        value = _bound(text)
+        if value is None or math.isnan(value):
+            continue
+        series[value] = series.get(value, 0.0) + count
+        spellings.setdefault(value, []).append(text)
+    every = series.get(math.inf)
+    under = [v for v, n in series.items() if v <= limit and n == every and math.isfinite(v)]
+    return tuple(sorted(spellings[max(under)])) if every and under else None
+
+
+def quantile_bucket_read(metrics: MetricNames, *, window: str, spellings: tuple[str, ...]) -> TemplateRead:
+    """The share of each version's requests at or under one bucket bound over the window (value) and
+    its requests (samples): a latency quantile is above that bound only if the share is under the
+    quantile (histogram_quantile finds the first bucket whose cumulative count reaches quantile x
+    total). Two buckets' series (the bound's and +Inf, so the share is one query's ratio, never a
+    count asked at another moment), a quarter of what the quantile reads over every bucket."""
+    return _quantile_bucket_read(tuple(getattr(metrics, n) for n in _READ_NAMES), window, spellings)
+
+
+@functools.lru_cache(maxsize=256)
+def _quantile_bucket_read(names: tuple[Any, ...], window: str, spellings: tuple[str, ...]) -> TemplateRead:
+    metrics = MetricNames.model_construct(**dict(zip(_READ_NAMES, names, strict=True)))
+    if len(spellings) == 1:
+        matcher = f'{BUCKET_BOUND_LABEL}="{promql_escape(spellings[0])}"'
+    else:
+        alternatives = "|".join(regex_literal(text) for text in spellings)
+        matcher = f'{BUCKET_BOUND_LABEL}=~"{promql_escape(alternatives)}"'
+    ns, ver = _label(metrics.namespace_label), _label(metrics.version_label)
+    w = _seconds_or_millis(_millis(window))
+    bucket = f"{_metric(metrics.duration_histogram)}_bucket"
+
+    def per_version(matchers: str) -> str:
+        return f"sum by ({ns}, {ver}) (increase({bucket}{{{matchers},{FOCUS}}}[{w}]))"
+
+    every = f'{BUCKET_BOUND_LABEL}="+Inf"'
+    share = f"{per_version(matcher)} / {per_version(every)}"
+    plain = share.replace("," + FOCUS, "")
+    samples = _read(_Recipe(_requests(metrics)), metrics, window, 0.95).samples
+    return TemplateRead(samples, Block(plain, ns, ver, share))
+
+
 def _check_braces(query: str) -> None:
     """A `{{` that does not open a well-formed {{name}} (e.g. `{{version}`) would reach Prometheus as
     text and fail every evaluation; PromQL itself never has `{{` outside a string."""
