@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -411,6 +412,56 @@ def test_breach_reaches_the_route_in_seconds_at_a_30s_interval(
     print(f"\nbreach visible in Prometheus -> candidate weight 0: {timing.seconds:.2f}s (interval 30s)")
     s.wait_for_phase("fast", "RolledBack", timeout_s=10)  # status is written right after the route
     assert "breached between evaluations" in operator.log_tail(400)
+    assert timing.seconds < 10  # the interval is 30 s: only the fast check gets there this soon
+
+
+def test_a_latency_max_is_watched_through_one_buckets_share_and_its_breach_reaches_the_route_in_seconds(
+    scene: Callable[..., Scene],
+    prometheus: Any,
+    operator: OperatorProcess,
+    operator_endpoints: OperatorEndpoints,
+) -> None:
+    """The fast check reads a latency max from the share of requests at or under the highest bucket
+    bound under it (3 s under a max of 4.5 s), not from the quantile over every bucket, on this
+    Prometheus' own spelling of `le`. A share that cannot rule a breach out makes the rollout a
+    suspect, whose exact quantile is read fresh: a suspect under its max (every call 3.2 s: p50 4 s)
+    moves no traffic; a breach (every call 12 s: p50 12.5 s) reaches the route in seconds."""
+    s = scene()
+    gate = {"name": "p50", "template": "latencyQuantile", "quantile": 0.5, "max": 4.5, "window": "20s"}
+    manifest = s.rollout_manifest(
+        "slow", steps=[{"setWeight": 25}, HOLD], interval="30s", minSamples=10, gates=[gate]
+    )
+    s.apply(manifest)
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
+    wait_until(
+        "a passing evaluation at 25%",
+        lambda: [g["verdict"] for g in s.status("slow").get("lastAnalysis", [])] == ["Pass"],
+        90,
+    )
+    exact = template_read(Template.LATENCY_QUANTILE, MetricNames(), window=gate["window"], quantile=0.5)
+    # The hold's window whole (a young step's is read focused, from the quantile), and the bucket
+    # bounds, asked by the first sweep that read it whole, in.
+    started = datetime.fromisoformat(s.status("slow")["stepStartedAt"].replace("Z", "+00:00"))
+    time.sleep(max(0.0, 23 - (datetime.now(UTC) - started).total_seconds()))
+    before = _answers(operator_endpoints, exact.value.promql)
+    confirms = "agent_rollout_fast_check_sweep_seconds_count"
+    confirmed = operator_endpoints.sample(confirms, phase="confirm") or 0
+    s.agents[CANDIDATE].set_profile(latency_distribution="constant", latency_median_s=3.2, latency_p95_s=3.2)
+    time.sleep(25)  # the whole window: every call 3.2 s, none under the 3 s bound
+
+    assert _answers(operator_endpoints, exact.value.promql) == before  # the quantile: never by the sweeps
+    suspected = operator_endpoints.sample(confirms, phase="confirm")
+    assert (suspected or 0) >= confirmed + 5, (confirmed, suspected)  # a suspect each sweep, read exactly
+    assert s.route_weights()[CANDIDATE] == 25 and s.status("slow")["phase"] == "Progressing"
+    woken = f"{s.namespace}/slow: gate p50 breached between evaluations"
+    assert woken not in operator.log_tail(400)
+
+    s.agents[CANDIDATE].set_profile(latency_median_s=12.0, latency_p95_s=12.0)
+    timing = watch_breach_to_rollback(manifest, prometheus, lambda: s.route_weights()[CANDIDATE])
+
+    print(f"\nlatency breach in Prometheus -> candidate weight 0: {timing.seconds:.2f}s (interval 30s)")
+    s.wait_for_phase("slow", "RolledBack", timeout_s=10)
+    assert f"{woken} (its exact read)" in operator.log_tail(400)
     assert timing.seconds < 10  # the interval is 30 s: only the fast check gets there this soon
 
 

@@ -68,8 +68,9 @@ FAST_CHECK_SWEEP_SECONDS = Histogram(
     f"{PREFIX}_fast_check_sweep_seconds",
     "Wall time of the fast check's work by phase: plan (a sweep's start to its queries sent), query "
     "(one block's query sent to its answer parsed, on the operator's side), measure (one read over "
-    "every rollout that reads it, yields to the event loop included) and cycle (one sweep's start to "
-    "the next's). What a breach waits for.",
+    "every rollout that reads it, yields to the event loop included), confirm (the exact read of the "
+    "rollouts a latency bucket's share made suspects) and cycle (one sweep's start to the next's). "
+    "What a breach waits for.",
     ["phase"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10),
     registry=REGISTRY,
