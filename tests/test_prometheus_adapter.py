@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,7 +32,7 @@ from agent_rollout.analysis.templates import (
 )
 from agent_rollout.api import AgentRolloutSpec, MetricNames, Step, Template, Verdict, parse_spec
 from agent_rollout.domain import SpecProblem
-from tests.prometheus_http import FakePrometheusServer, loop_ticks_during, vector
+from tests.prometheus_http import FakePrometheusServer, loop_ticks_during, series, vector
 
 
 def scalar(url: str, query: str = "up", timeout: float = 2.0) -> float | None:
@@ -518,3 +519,35 @@ def test_check_sends_a_query_whose_shape_parsed_before_only_once(prometheus: Fak
     assert checked('sum(x{v=""})') == PARSE_ERROR["error"]
     assert checked('sum(x{v="a"})') is None
     assert len(prometheus.paths) == 5
+
+
+def test_large_answers_are_decoded_one_at_a_time_small_ones_side_by_side(
+    prometheus: FakePrometheusServer,
+) -> None:
+    """A fleet's building block (20,000 series, 2-2.5 MB) becomes about 16 MB of Python objects while
+    it is parsed; decoding holds the GIL, so parsing several side by side gains nothing and only leaves
+    the process as large as all of them at once. Small answers (a rollout's own queries) are not held
+    up behind that lock."""
+    many = [({"namespace": "team", "version": f"agent-{i}"}, 1.0) for i in range(8000)]  # about 600 KB
+    prometheus.respond = lambda query: (200, series(*(many if query == "large" else many[:2])), 0.0)
+    gateway = PrometheusGateway(prometheus.url, timeout=10.0, executor=ThreadPoolExecutor(max_workers=4))
+    inside = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def parse(result: Any) -> int:
+        with lock:
+            inside["now"] += 1
+            inside["most"] = max(inside["most"], inside["now"])
+        time.sleep(0.05)  # long enough for the others to arrive while this one parses
+        with lock:
+            inside["now"] -= 1
+        return len(result)
+
+    async def four(query: str) -> list[int]:
+        return await asyncio.gather(*(gateway._run(query, parse) for _ in range(4)))
+
+    assert asyncio.run(four("large")) == [8000] * 4
+    assert inside["most"] == 1
+    inside["most"] = 0
+    assert asyncio.run(four("small")) == [2] * 4
+    assert inside["most"] > 1
