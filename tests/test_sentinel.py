@@ -721,3 +721,28 @@ def test_a_confirmed_latency_breach_is_judged_by_its_evaluation_on_an_answer_sen
         assert sentinel.fresh_reads(key) == {}  # taken once
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+def test_a_confirmation_that_fails_with_a_bug_is_logged_and_the_sweep_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fast check only speeds things up: a suspect's exact read failing with something that is not
+    Prometheus' (a bug) wakes nobody, is logged, and does not fail the sweep (the interval's evaluation
+    still judges the gate)."""
+    clock, metrics = FakeClock(), LatencyMetrics(p95=12.0, under_5s=0.5)
+    prometheus = FakePrometheus(metrics)
+    read = prometheus.block
+
+    async def block(b: Block, *args: Any, keys: frozenset[Pair] | None = None, **kwargs: Any) -> BlockValues:
+        if keys is not None and b.promql.startswith("histogram_quantile"):
+            raise RuntimeError("a bug in the exact read")
+        return await read(b, *args, keys=keys, **kwargs)
+
+    prometheus.block = block  # type: ignore[method-assign]
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, period=0.2, wake=woken.append)
+    sentinel.update(("support", "a"), _latency_spec(), _status(clock), prometheus)
+
+    assert _sweeps_with_bounds(sentinel, 2) == [0, 0]
+    assert woken == [("support", "a")]  # by the first sweep, which read the quantile before the bounds
+    assert "confirming a latency breach failed" in caplog.text

@@ -433,7 +433,10 @@ class Sentinel:
             # their rollouts when they answer, and keep their suspects' next ones waiting until then.
             if confirms:
                 await asyncio.wait(confirms, timeout=max(deadline - loop.time(), 0.0))
-                confirmed = sum(c.result() for c in confirms if c.done() and not c.cancelled())
+                # A confirm that failed (a bug, logged by _log_failure) woke nobody: the sweep goes on.
+                confirmed = sum(
+                    c.result() for c in confirms if c.done() and not c.cancelled() and c.exception() is None
+                )
         except asyncio.CancelledError:
             self._stop_asking()  # the operator stops: so does every query the sweeps left in flight
             raise
