@@ -381,6 +381,21 @@ def _answers(endpoints: OperatorEndpoints, block: str) -> float:
     return endpoints.sample("agent_rollout_fast_check_blind_seconds_count", block=block) or 0.0
 
 
+def _passing_at_25(s: Scene, name: str, gate: dict[str, Any]) -> dict[str, Any]:
+    """A rollout of one gate at a 30s interval, holding 25% on the candidate with a passing evaluation."""
+    manifest = s.rollout_manifest(
+        name, steps=[{"setWeight": 25}, HOLD], interval="30s", minSamples=10, gates=[gate]
+    )
+    s.apply(manifest)
+    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
+    wait_until(
+        "a passing evaluation at 25%",
+        lambda: [g["verdict"] for g in s.status(name).get("lastAnalysis", [])] == ["Pass"],
+        90,
+    )
+    return manifest
+
+
 def test_breach_reaches_the_route_in_seconds_at_a_30s_interval(
     scene: Callable[..., Scene],
     prometheus: Any,
@@ -389,16 +404,7 @@ def test_breach_reaches_the_route_in_seconds_at_a_30s_interval(
 ) -> None:
     s = scene()
     gate = {**ERROR_GATE, "window": "20s"}
-    manifest = s.rollout_manifest(
-        "fast", steps=[{"setWeight": 25}, HOLD], interval="30s", minSamples=10, gates=[gate]
-    )
-    s.apply(manifest)
-    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
-    wait_until(
-        "a passing evaluation at 25%",
-        lambda: [g["verdict"] for g in s.status("fast").get("lastAnalysis", [])] == ["Pass"],
-        90,
-    )
+    manifest = _passing_at_25(s, "fast", gate)
     # The count of every request is asked at most every COUNT_EVERY (2.5 s), the errors every sweep.
     read = template_read(Template.ERROR_RATE, MetricNames(), window=gate["window"])
     before = {b: _answers(operator_endpoints, b.promql) for b in (read.value, read.samples)}
@@ -428,16 +434,7 @@ def test_a_latency_max_is_watched_through_one_buckets_share_and_its_breach_reach
     moves no traffic; a breach (every call 12 s: p50 12.5 s) reaches the route in seconds."""
     s = scene()
     gate = {"name": "p50", "template": "latencyQuantile", "quantile": 0.5, "max": 4.5, "window": "20s"}
-    manifest = s.rollout_manifest(
-        "slow", steps=[{"setWeight": 25}, HOLD], interval="30s", minSamples=10, gates=[gate]
-    )
-    s.apply(manifest)
-    wait_until("25% on the candidate", lambda: s.route_weights()[CANDIDATE] == 25, 60)
-    wait_until(
-        "a passing evaluation at 25%",
-        lambda: [g["verdict"] for g in s.status("slow").get("lastAnalysis", [])] == ["Pass"],
-        90,
-    )
+    manifest = _passing_at_25(s, "slow", gate)
     exact = template_read(Template.LATENCY_QUANTILE, MetricNames(), window=gate["window"], quantile=0.5)
     # The hold's window whole (a young step's is read focused, from the quantile), and the bucket
     # bounds, asked by the first sweep that read it whole, in.

@@ -475,11 +475,10 @@ class Sentinel:
         shows breached; returns how many it woke."""
         after = time.monotonic()
         pairs = frozenset(watched.pair for watched, _ in suspects)
-        started = time.monotonic()
         answers = await asyncio.gather(
             *(source.block(b, keys=pairs, after=after) for b in exact.blocks), return_exceptions=True
         )
-        metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="confirm").observe(time.monotonic() - started)
+        metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="confirm").observe(time.monotonic() - after)
         for answer in answers:
             if isinstance(answer, PrometheusError):
                 return 0  # Prometheus cannot answer now: the evaluations report that
@@ -513,7 +512,7 @@ class Sentinel:
         requests at or under the highest bucket bound under the max, one bucket's series rather than
         every bucket's (at 10,000 rollouts the quantile was half of Prometheus' query time). A share
         under the quantile only makes the rollout a suspect: its exact quantile is asked then
-        (_sweep), fresh, and its breach wakes it. None: read the quantile (no bucket bound known
+        (_confirm), fresh, and its breach wakes it. None: read the quantile (no bucket bound known
         under the max, or a `min` too)."""
         if gate.template is not api.Template.LATENCY_QUANTILE or gate.max is None or gate.min is not None:
             return None

@@ -504,10 +504,9 @@ async def measure_gates(
             plans.append(error)
 
     legacy_version, candidate_version = version_values(spec)
-    # Ordered: each block with the pairs it is read for, None when it is read whole.
-    blocks: dict[Block, frozenset[Pair] | None] = {}
+    needed: dict[Block, set[Pair]] = {}  # ordered: each block with the pairs any gate reads it for
+    whole: set[Block] = set()  # read by a gate whose window is not clamped
     stale_ok: dict[Block, bool] = {}  # only steady gates read it
-    needed: dict[Block, set[Pair]] = {}  # the pairs each block is read for by any gate
     after: dict[Block, float] = {}  # read from queries sent at or after this (`fresh`)
     queries: dict[str, None] = {}
     for gate, plan in zip(analysis.gates, plans, strict=True):
@@ -523,15 +522,15 @@ async def measure_gates(
                     after[block] = max(after.get(block, fresh[gate.name]), fresh[gate.name])
                 steady_read = gate.name in steady and gate.name not in clamped
                 stale_ok[block] = stale_ok.get(block, True) and steady_read
-                if gate.name not in clamped or (block in blocks and blocks[block] is None):
-                    blocks[block] = None
-                else:
-                    blocks[block] = frozenset(pairs | (blocks.get(block) or set()))
+                if gate.name not in clamped:
+                    whole.add(block)
         for side in (plan.candidate, plan.legacy):
             if side is not None:
                 queries.update(dict.fromkeys(q for q in (side.value, side.samples) if q))
-    for block in after:  # this rollout's series only: a focused query, or the fast check's answer
-        blocks[block], stale_ok[block] = frozenset(needed[block]), False
+    # Each block with the pairs it is read for, None when it is read whole; a `fresh` one is read for
+    # this rollout's series only: a focused query, or the fast check's own answer.
+    blocks = {b: None if b in whole and b not in after else frozenset(p) for b, p in needed.items()}
+    stale_ok.update(dict.fromkeys(after, False))
     # No older than the reader allows either (BatchReader.longest).
     max_age, stale_age = evaluation_ages(analysis)
     try:
