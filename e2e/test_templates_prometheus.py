@@ -40,6 +40,7 @@ from agent_rollout.analysis.prometheus import (
     parse_vector,
 )
 from agent_rollout.analysis.templates import (
+    SHARE_TOLERANCE,
     Block,
     BlockValues,
     bucket_bounds_block,
@@ -586,15 +587,18 @@ def test_a_latency_max_read_from_one_bucket_on_the_real_prometheus(
 ) -> None:
     """The fast check's stand-in for a latency quantile (sentinel._bucket_read), on this Prometheus'
     own spelling of `le` (2.x keeps the exporter's "2", 3.x stores "2.0"): the bound it picks under a
-    max of 2.4 s is the 2 s bucket, and the share of requests at or under it rules a breach out exactly
-    where histogram_quantile is under the max. Candidate: every request 2.5 s (p95 2.95 s); legacy 0.7 s."""
+    max of 2.4 s is the 2 s bucket, and Prometheus answers a shortfall at it (quantile x total - the
+    bucket's count) exactly for the version whose histogram_quantile is above the max, and nothing for
+    the other. A bound no series has (a version without the bucket) leaves every version a suspect
+    with its whole quantile x total. Candidate: every request 2.5 s (p95 2.95 s); legacy 0.7 s."""
     metrics = MetricNames()
     labels = (metrics.namespace_label, metrics.version_label)
     bounds = parse_vector(prometheus.custom_query(bucket_bounds_block(metrics).promql), ("le", "le"))
     limit = 2.4
     spellings = bucket_under(bounds, limit)
     assert spellings is not None and {float(s) for s in spellings} == {2.0}, bounds
-    share_read = quantile_bucket_read(metrics, window=WINDOW, spellings=spellings)
+    shortfall_read = quantile_bucket_read(metrics, window=WINDOW, spellings=spellings, quantile=0.95)
+    missing_read = quantile_bucket_read(metrics, window=WINDOW, spellings=("2.25",), quantile=0.95)
     exact_read = template_read(Template.LATENCY_QUANTILE, metrics, window=WINDOW, quantile=0.95)
     gate = api.Gate.model_validate(
         {"name": "p95", "template": "latencyQuantile", "max": limit, "minSamples": 10}
@@ -602,7 +606,7 @@ def test_a_latency_max_read_from_one_bucket_on_the_real_prometheus(
     analysis = known.spec([]).analysis
     assert analysis is not None
     for version, breached in ((CANDIDATE, True), (LEGACY, False)):
-        at = _latest_scrape(prometheus, known, version)  # one instant for both reads
+        at = _latest_scrape(prometheus, known, version)  # one instant for every read
 
         def read(blocks: tuple[Block, ...], at: float = at) -> dict[Block, BlockValues]:
             return {
@@ -610,8 +614,22 @@ def test_a_latency_max_read_from_one_bucket_on_the_real_prometheus(
                 for b in blocks
             }
 
-        share, samples = share_read.measure(read(share_read.blocks), known.namespace, version)
+        shortfall, samples = shortfall_read.measure(read(shortfall_read.blocks), known.namespace, version)
         quantile, exact_samples = exact_read.measure(read(exact_read.blocks), known.namespace, version)
         assert quantile is not None and (quantile > limit) is breached, (version, quantile)
-        assert share == (0.0 if breached else 1.0) and samples == exact_samples and samples
-        assert may_breach_quantile_max(gate, analysis, share, samples) is breached
+        assert samples == exact_samples and samples
+        # The candidate has no request at or under 2 s: it lacks the whole quantile x total.
+        whole = (0.95 + SHARE_TOLERANCE) * _histogram_count(prometheus, known, version, at)
+        assert shortfall == (pytest.approx(whole) if breached else None), (version, shortfall)
+        assert may_breach_quantile_max(gate, analysis, shortfall, samples) is breached
+        missing, _ = missing_read.measure(read(missing_read.blocks), known.namespace, version)
+        assert missing == pytest.approx(whole), (version, missing)
+        assert may_breach_quantile_max(gate, analysis, missing, samples)
+
+
+def _histogram_count(prometheus: PrometheusConnect, known: KnownTraffic, version: str, at: float) -> float:
+    """The version's requests over the window as its histogram counts them (the +Inf bucket)."""
+    selector = known.selector(version, ',le="+Inf"')
+    promql = f"sum(increase(gen_ai_client_operation_duration_seconds_bucket{selector}[{WINDOW}]))"
+    (value,) = [float(r["value"][1]) for r in prometheus.custom_query(promql, params={"time": f"{at:.3f}"})]
+    return value

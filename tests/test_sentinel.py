@@ -13,7 +13,7 @@ import pytest
 
 from agent_rollout import api
 from agent_rollout.analysis.batch import BatchReader
-from agent_rollout.analysis.templates import Block, BlockValues, Pair
+from agent_rollout.analysis.templates import SHARE_TOLERANCE, Block, BlockValues, Pair
 from agent_rollout.api import Phase, Verdict, Weights
 from agent_rollout.domain import iso
 from agent_rollout.metrics import REGISTRY
@@ -593,9 +593,10 @@ class LatencyMetrics(Metrics):
         if promql.startswith("histogram_quantile"):
             self.asked.append(promql)
             return [(candidate, self.p95)]
-        if '_bucket{le="5.0"}' in promql:  # the share: one query's ratio of two buckets
+        if "group_left" in promql and "5\\\\.0" in promql:  # the 5 s bucket's shortfall
             self.asked.append(promql)
-            return [(candidate, self.under_5s)]
+            shortfall = 0.95 + SHARE_TOLERANCE - self.under_5s  # of one request: only its sign matters
+            return [(candidate, shortfall)] if shortfall > 0 else []  # `> 0`: only the suspects
         return super().__call__(promql)
 
 
@@ -642,7 +643,7 @@ def test_a_latency_max_is_read_from_one_bucket_and_only_suspects_ask_the_quantil
 
     quantiles = [q for q in asked if q.startswith("histogram_quantile")]
     after_bounds = asked[asked.index(next(q for q in asked if q.startswith("count by (le)"))) + 1 :]
-    assert any('_bucket{le="5.0"}' in q for q in after_bounds)
+    assert any("group_left" in q for q in after_bounds)
     if under_5s >= 0.95:
         assert not [q for q in after_bounds if q.startswith("histogram_quantile")]
     else:
@@ -663,7 +664,7 @@ def test_a_latency_max_under_every_bucket_bound_is_read_from_the_quantile_itself
     sentinel.update(("support", "a"), api.parse_spec(spec), _status(clock), FakePrometheus(metrics))
 
     assert _sweeps_with_bounds(sentinel, 1) == [1]  # p95 0.9 s > 0.5 s: no bucket can tell
-    assert not [q for q in metrics.asked if "_bucket{le=" in q]
+    assert not [q for q in metrics.asked if "group_left" in q]
 
 
 def test_a_suspect_is_confirmed_by_a_quantile_another_rollout_already_read_in_the_sweep() -> None:

@@ -52,7 +52,7 @@ def blocks(url: str) -> list[str]:
     found = parse_vector(prometheus.query(url, bounds.promql), (BUCKET_BOUND_LABEL, BUCKET_BOUND_LABEL))
     spellings = bucket_under(found, LATENCY_MAX_S)
     if spellings is not None:
-        reads.append(quantile_bucket_read(names, window=GATE_WINDOW, spellings=spellings))
+        reads.append(quantile_bucket_read(names, window=GATE_WINDOW, spellings=spellings, quantile=0.95))
     return [bounds.promql, *dict.fromkeys(block.promql for read in reads for block in read.blocks)]
 
 

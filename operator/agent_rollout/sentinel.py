@@ -7,11 +7,13 @@ watched rollout's gate values in Python, and wakes the rollouts whose `min`/`max
 woken rollout's reconcile evaluates its gates on the same blocks and decides with every rule of the
 planner (failureLimit, windows, dry runs), so the sentinel never decides anything itself.
 
-A latency quantile's `max` is read from one bucket rather than from every one (_bucket_read): the
-share of requests at or under the highest bucket bound under the max rules a breach out, and only the
-rollouts whose share cannot have their exact quantile asked (_confirm), focused on them and sent after
-the suspicion, never an answer of a query sent before it. A breach it shows wakes the rollout, whose
-evaluation reads that gate from the same answer (fresh_reads), not from the fleet's cached one.
+A latency quantile's `max` is read from one bucket rather than from every one (_bucket_read): a share
+of requests at or under the highest bucket bound under the max that reaches the quantile rules a
+breach out, and Prometheus answers only the versions whose share falls short (a few series rather
+than the fleet's). Only those rollouts have their exact quantile asked (_confirm), focused on them and
+sent after the suspicion, never an answer of a query sent before it. A breach it shows wakes the
+rollout, whose evaluation reads that gate from the same answer (fresh_reads), not from the fleet's
+cached one.
 
 Which gates are watched is the planner's rule (planner.fast_gates); what they are measured over is
 too (planner.analysis_windows: the analysis and two status fields). The cost per pass is one shared
@@ -150,7 +152,8 @@ _Suspect = tuple[Watched, api.Gate]  # a rollout whose gate's bucket share canno
 
 # How long a histogram's bucket bounds (which `le` a latency bound is read from) are taken as known:
 # the bounds of every histogram (count by (le)) took 2.6 s a query at 10,000 rollouts. A rollout whose
-# histogram lacks the bound meanwhile has no share, so it is a suspect: read exactly, never missed.
+# histogram lacks the bound meanwhile counts nothing at it (its shortfall is its whole quantile x
+# total), so it is a suspect: read exactly, never missed.
 BOUNDS_AGE = 300.0  # seconds
 
 
@@ -523,7 +526,9 @@ class Sentinel:
         spellings = None if known is None else bucket_under(known[1], gate.max)
         if spellings is None:
             return None
-        return quantile_bucket_read(analysis.metrics, window=window, spellings=spellings)
+        return quantile_bucket_read(
+            analysis.metrics, window=window, spellings=spellings, quantile=gate.quantile
+        )
 
     def _ask_bounds(self) -> None:
         """Ask the bucket bounds the planning found unknown or old, once at a time per histogram."""

@@ -266,20 +266,15 @@ def hard_bound_check(gate: Gate, analysis: Analysis) -> BoundCheck:
     return breached
 
 
-SHARE_TOLERANCE = 1e-9
-
-
 def may_breach_quantile_max(
-    gate: Gate, analysis: Analysis, share_under: float | None, samples: float | None
+    gate: Gate, analysis: Analysis, shortfall: float | None, samples: float | None
 ) -> bool:
     """Whether a latency quantile with enough samples can be above the gate's `max`, told from the
-    share of requests at or under the highest bucket bound under that max (templates.bucket_under).
-    At or over the quantile, the quantile is at most that bound, so never a breach; under it, the
-    quantile is above the bound and may be above the max: the exact quantile decides. No share (no
-    such bucket for this version) cannot rule a breach out."""
+    version's shortfall at the highest bucket bound under that max (templates.quantile_bucket_read):
+    how many requests that bucket lacks to hold the quantile's share of them. None (the block holds
+    only positive ones) rules a breach out: the quantile is at most that bound. Positive, the
+    quantile is above the bound and may be above the max: the exact quantile decides."""
     if gate.max is None or (_count(_finite(samples)) or 0) < effective_min_samples(gate, analysis):
         return False
-    share = _finite(share_under)
-    # Prometheus compares the count with quantile x total; a share equal to the quantile within
-    # rounding is not ruled out (a wake the exact quantile answers).
-    return share is None or share < gate.quantile + SHARE_TOLERANCE
+    short = _finite(shortfall)
+    return short is not None and short > 0

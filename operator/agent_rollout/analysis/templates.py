@@ -398,35 +398,51 @@ def bucket_under(bounds: BlockValues, limit: float) -> tuple[str, ...] | None:
     return tuple(sorted(spellings[max(under)])) if every and under else None
 
 
-def quantile_bucket_read(metrics: MetricNames, *, window: str, spellings: tuple[str, ...]) -> TemplateRead:
-    """The share of each version's requests at or under one bucket bound over the window (value) and
-    its requests (samples): a latency quantile is above that bound only if the share is under the
-    quantile (histogram_quantile finds the first bucket whose cumulative count reaches quantile x
-    total). Two buckets' series (the bound's and +Inf, so the share is one query's ratio, never a
-    count asked at another moment), a quarter of what the quantile reads over every bucket."""
-    return _quantile_bucket_read(tuple(getattr(metrics, n) for n in _READ_NAMES), window, spellings)
+# How far over the quantile a bucket's share may be and still make a suspect: Prometheus compares the
+# bucket's count with quantile x total, and a share equal to the quantile within rounding is not ruled
+# out (a confirmation the exact quantile answers).
+SHARE_TOLERANCE = 1e-9
+
+
+def quantile_bucket_read(
+    metrics: MetricNames, *, window: str, spellings: tuple[str, ...], quantile: float
+) -> TemplateRead:
+    """Each version's shortfall at one bucket bound over the window (value) and its requests
+    (samples): how many requests the bucket at or under the bound lacks to hold the quantile's share,
+    (quantile x total) - count. A latency quantile is above that bound only where the shortfall is
+    positive (histogram_quantile finds the first bucket whose cumulative count reaches quantile x
+    total), and the block holds only those versions: absent means ruled out, so at 10,000 rollouts the
+    answer is a few series rather than 20,000, and a version without the bucket (only +Inf) is in it
+    with its whole quantile x total. One selector of two buckets (the bound's and +Inf) weighted by
+    `le`, so the count and the total are one query's, never asked at different moments, and each is
+    selected once (PromQL does not share a subexpression: an `or` for the missing bucket would select
+    them twice). A quarter of the series the quantile reads over every bucket."""
+    names = tuple(getattr(metrics, n) for n in _READ_NAMES)
+    return _quantile_bucket_read(names, window, spellings, quantile)
 
 
 @functools.lru_cache(maxsize=256)
-def _quantile_bucket_read(names: tuple[Any, ...], window: str, spellings: tuple[str, ...]) -> TemplateRead:
+def _quantile_bucket_read(
+    names: tuple[Any, ...], window: str, spellings: tuple[str, ...], quantile: float
+) -> TemplateRead:
     metrics = MetricNames.model_construct(**dict(zip(_READ_NAMES, names, strict=True)))
-    if len(spellings) == 1:
-        matcher = f'{BUCKET_BOUND_LABEL}="{promql_escape(spellings[0])}"'
-    else:
-        alternatives = "|".join(regex_literal(text) for text in spellings)
-        matcher = f'{BUCKET_BOUND_LABEL}=~"{promql_escape(alternatives)}"'
+    every = "+Inf"
+    alternatives = "|".join(regex_literal(text) for text in (*spellings, every))
+    le = BUCKET_BOUND_LABEL
     ns, ver = _label(metrics.namespace_label), _label(metrics.version_label)
     w = _seconds_or_millis(_millis(window))
     bucket = f"{_metric(metrics.duration_histogram)}_bucket"
 
-    def per_version(matchers: str) -> str:
-        return f"sum by ({ns}, {ver}) (increase({bucket}{{{matchers},{FOCUS}}}[{w}]))"
+    def weight(value: float, bound: str) -> str:
+        return f'label_replace(vector({value!r}), "{le}", "{promql_escape(bound)}", "", "")'
 
-    every = f'{BUCKET_BOUND_LABEL}="+Inf"'
-    share = f"{per_version(matcher)} / {per_version(every)}"
-    plain = share.replace("," + FOCUS, "")
+    # The +Inf bucket counts quantile x total, the bound's bucket minus its count.
+    weights = " or ".join([weight(quantile + SHARE_TOLERANCE, every), *(weight(-1.0, s) for s in spellings)])
+    selected = f'increase({bucket}{{{le}=~"{promql_escape(alternatives)}",{FOCUS}}}[{w}])'
+    shortfall = f"sum by ({ns}, {ver}) ({selected} * on ({le}) group_left () ({weights})) > 0"
+    plain = shortfall.replace("," + FOCUS, "")
     samples = _read(_Recipe(_requests(metrics)), metrics, window, 0.95).samples
-    return TemplateRead(samples, Block(plain, ns, ver, share))
+    return TemplateRead(samples, Block(plain, ns, ver, shortfall))
 
 
 def _check_braces(query: str) -> None:
