@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         help="this replica's name in the Lease and in its User-Agent (default: env POD_NAME, else host-pid)",
     )
     args = parser.parse_args(argv)
+    from agent_rollout import allocator
+
+    allocator.bound_arenas()  # before any thread starts (allocator.py)
     if args.notifications_config:
         from agent_rollout.notifier import load_config
 
