@@ -467,6 +467,16 @@ def test_a_breach_in_the_errors_is_seen_without_waiting_for_a_slow_denominator(
     asyncio.run(scenario())
 
 
+def _watching_one(
+    prometheus: FakePrometheus, clock: FakeClock, **settings: float
+) -> tuple[Sentinel, list[tuple[str, str]]]:
+    """A sentinel watching support/a (the error-rate spec), and the rollouts it wakes."""
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, wake=woken.append, **settings)
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+    return sentinel, woken
+
+
 def test_every_requests_count_is_asked_once_per_count_period_and_a_breach_is_seen_every_sweep() -> None:
     """The count of every request (the error rate's denominator, every read's samples) is asked at
     most once per count_every; the sweeps between measure on its last answer, so an error breach
@@ -476,9 +486,7 @@ def test_every_requests_count_is_asked_once_per_count_period_and_a_breach_is_see
     clock = FakeClock()
 
     async def scenario() -> None:
-        woken: list[tuple[str, str]] = []
-        sentinel = Sentinel(clock=clock, period=0.02, wake=woken.append, count_every=0.3)
-        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        sentinel, woken = _watching_one(prometheus, clock, period=0.02, count_every=0.3)
         for _ in range(5):
             assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0
         asked = prometheus.asked
@@ -505,9 +513,7 @@ def test_a_breach_is_seen_in_the_sweep_that_asks_the_count_again_without_waiting
     clock = FakeClock()
 
     async def scenario() -> None:
-        woken: list[tuple[str, str]] = []
-        sentinel = Sentinel(clock=clock, period=0.05, wake=woken.append, count_every=0.3)
-        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        sentinel, woken = _watching_one(prometheus, clock, period=0.05, count_every=0.3)
         assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0  # both answered, kept
         prometheus.release, prometheus.held = asyncio.Event(), _requests_only
         await asyncio.sleep(0.3)  # the count's period is over: the next sweep asks it again
