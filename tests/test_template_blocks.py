@@ -160,3 +160,11 @@ def test_blocks_are_shared_across_spellings_of_a_window_and_differ_by_what_they_
     bad = MetricNames.model_construct(**{**MetricNames().model_dump(), "namespace_label": "ns} or x"})
     with pytest.raises(TemplateError, match="label name"):
         template_read(Template.ERROR_RATE, bad, window="2m")
+
+
+def test_a_focused_block_names_each_namespace_and_version_once() -> None:
+    """Rollouts of one namespace named it once each in the regex Prometheus matches every series'
+    label against: 100 times over for a namespace of 100 rollouts at 10,000."""
+    block = template_read(Template.ERROR_RATE, MetricNames(), window="60s").value
+    query = block.focused({("team-a", "v1"), ("team-a", "v2"), ("team-b", "v2")})
+    assert 'namespace=~"team-a|team-b"' in query and 'version=~"v1|v2"' in query
