@@ -52,6 +52,21 @@ def test_a_trim_returns_the_free_pages_between_live_chunks_to_the_system() -> No
     assert measured["before"] - measured["after"] > 60, measured
 
 
+@pytest.mark.skipif(allocator._LIBC is None, reason="glibc only: elsewhere nothing is trimmed")
+def test_the_operators_trimming_task_returns_them_within_its_period() -> None:
+    """What the operator runs (handlers: allocator.keep_trimmed), at a period of 0.05 s."""
+    looped = FRAGMENTED.replace(
+        "returned = allocator.trim()",
+        "import asyncio\n"
+        "try:\n"
+        "    asyncio.run(asyncio.wait_for(allocator.keep_trimmed(0.05), 0.5))\n"
+        "except TimeoutError:\n"
+        "    returned = True",
+    )
+    measured = _run(looped)
+    assert measured["before"] - measured["after"] > 60, measured
+
+
 def test_the_arenas_setting_must_be_a_whole_number_and_zero_leaves_glibc_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from agent_rollout import alerts, heap, metrics
+from agent_rollout import alerts, allocator, heap, metrics
 from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
 from agent_rollout.controller import EARLY_READS, INFORMER_KINDS, WORKERS, Controller
@@ -163,6 +163,7 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
         loop.create_task(controller.run(), name="controller"),
         loop.create_task(sentinel.run(), name="fast-check"),
     ]
+    _Runtime.tasks.append(loop.create_task(allocator.keep_trimmed(), name="allocator"))
     heap.measure_pauses()
     if GC_FREEZE:
         _Runtime.tasks.append(loop.create_task(heap.keep_frozen(controller.listed), name="heap"))

@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from agent_rollout import allocator, metrics
+from agent_rollout import metrics
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,3 @@ async def keep_frozen(listed: asyncio.Event, refreeze: float = REFREEZE, thaw_ev
             )
         else:
             freeze()
-        # What was freed since the last minute goes back to the system (allocator.py), off the loop.
-        started = time.perf_counter()
-        returned = await asyncio.to_thread(allocator.trim)
-        log.debug("free pages returned: %s, in %.3f s", returned, time.perf_counter() - started)
