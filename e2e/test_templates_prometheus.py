@@ -631,5 +631,6 @@ def _histogram_count(prometheus: PrometheusConnect, known: KnownTraffic, version
     """The version's requests over the window as its histogram counts them (the +Inf bucket)."""
     selector = known.selector(version, ',le="+Inf"')
     promql = f"sum(increase(gen_ai_client_operation_duration_seconds_bucket{selector}[{WINDOW}]))"
-    (value,) = [float(r["value"][1]) for r in prometheus.custom_query(promql, params={"time": f"{at:.3f}"})]
+    value = scalar(prometheus, promql, at)
+    assert value is not None, promql
     return value

@@ -380,8 +380,11 @@ class Sentinel:
                     continue
                 resting = task is None and self._resting.get(key, 0.0) > loop.time()
                 waiting = resting or (task is not None and not task.done())
-                young = kept is not None and loop.time() - kept[0] <= self.kept_age
-                if young and kept is not None and (waiting or (key in counts and _covers(kept[2], pairs))):
+                if (
+                    kept is not None
+                    and loop.time() - kept[0] <= self.kept_age
+                    and (waiting or (key in counts and _covers(kept[2], pairs)))
+                ):
                     # A count asked again now is not waited for either: its last answer is a moment
                     # old (COUNT_EVERY) and counts move slowly. Waited for, every count's turn held
                     # the reads it is in until its answer (0.5-1.1 s at 10,000 rollouts, past the
