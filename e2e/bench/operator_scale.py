@@ -621,6 +621,49 @@ def query_log_summary(path: Path, seconds: float, top: int = 6) -> list[str]:
     return [f"{count} queries, {total:.1f}s of query time in {seconds:.0f}s ({len(spent)} shapes)", *lines]
 
 
+def logged_queries(path: Path) -> list[tuple[float, float, str]]:
+    """Prometheus' query log as (evaluation time as wall clock, execTotalTime, query), in log order."""
+    found: list[tuple[float, float, str]] = []
+    with suppress(OSError), path.open() as log:
+        for line in log:
+            with suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                params, timings = entry["params"], entry["stats"]["timings"]
+                at = datetime.fromisoformat(params["start"].replace("Z", "+00:00")).timestamp()
+                found.append((at, float(timings["execTotalTime"]), params["query"]))
+    return found
+
+
+def _shape_name(query: str) -> str:
+    """A fleet query of the operator's by what it reads (the fast check's and the evaluations' blocks)."""
+    if "group_left" in query:
+        return "latency-shortfall"
+    if "histogram_quantile" in query:
+        return "quantile"
+    if 'error_type!=""' in query:
+        return "errors"
+    if "count by (le)" in query:
+        return "bucket-bounds"
+    return "count" if "_count" in query else without_focus(query)[:60]
+
+
+def breach_timeline(queries: Sequence[tuple[float, float, str]], visible: float, woken: float) -> str:
+    """The operator's fleet queries in flight or sent from 2 s before a breach became visible until the
+    fast check woke its rollout (wall clock), each as its send time from visibility, its time and its
+    shape: which query the breach waited for, and what ran beside it. Focused queries (a few pairs)
+    and the benchmark's own polls (versions only) are counted, not listed."""
+    fleet, small = [], 0
+    for at, took, query in queries:
+        if at + took < visible - 2 or at > woken:
+            continue
+        if "=~" in query:
+            small += 1
+            continue
+        fleet.append(f"{at - visible:+.2f}s {_shape_name(query)} {took:.2f}s")
+    listed = " | ".join(fleet)
+    return f"woken {woken - visible:+.2f}s; fleet queries: {listed}; {small} focused or ours"
+
+
 def engine_quantiles(prometheus_url: str) -> str:
     """Prometheus' own summary of its query engine (its recent queries, all clients): how long a query
     spends selecting series (prepare_time) and evaluating (inner_eval), p50/p90/p99."""
@@ -1272,6 +1315,10 @@ class Bench:
                         visible[key] = now
                 stop.wait(0.25)
 
+        # Prometheus' query log over the breaches: which query each slow one waited for (breach_timeline).
+        prometheus_config = self.state.run_dir / "prometheus.yml"
+        query_log = self.state.run_dir / "bench" / f"prometheus-queries-{role}.jsonl"
+        prometheus.log_queries(prometheus_config, self.prometheus_url, query_log)
         poller = threading.Thread(target=poll, name="breach-poll", daemon=True)
         poller.start()
         fleet = self.fleet
@@ -1294,6 +1341,8 @@ class Bench:
             stop.set()
             poller.join(15)
             routes.close()
+            with suppress(Exception):  # the breach figures stand without the log
+                prometheus.log_queries(prometheus_config, self.prometheus_url, None)
         seconds = [routes.zero_at[k] - visible[k] for k in candidates if k in routes.zero_at and k in visible]
         # Where the time went: the fast check's wake (its log line, wall clock to the millisecond) splits
         # each breach into seeing it (visible -> wake) and acting on it (wake -> weight 0).
@@ -1341,6 +1390,14 @@ class Bench:
             notes.append(f"Prometheus' query engine meanwhile: {engine_quantiles(self.prometheus_url)}")
         notes.append(self.blind_spots("main"))
         self.figures.add("   " + "; ".join(notes))
+        # The two slowest breaches to see, traced through the query log.
+        logged = logged_queries(query_log)
+        seen = {k: woken[k] - (visible[k] + to_wall) for k in candidates if k in woken and k in visible}
+        for key in sorted(seen, key=lambda k: -seen[k])[:2]:
+            self.figures.add(
+                f"   slowest seen {key[0]}/{key[1]}: "
+                + breach_timeline(logged, visible[key] + to_wall, woken[key])
+            )
 
     # -- 2b. abort from the first second, at a restart with N rollouts mid-pause
 
