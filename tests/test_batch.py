@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -524,5 +524,105 @@ def test_a_reader_after_a_moment_never_takes_an_answer_or_a_query_in_flight_from
         slow.set()
         await asyncio.gather(flying, newer)
         assert reader._cache[block].sent == 3.0  # the older query, answered last, is not kept over it
+
+    asyncio.run(scenario())
+
+
+def test_a_fleet_query_that_is_not_urgent_is_sent_once_the_urgent_ones_in_flight_have_answered() -> None:
+    """The fast check's value blocks go first on a Prometheus that shares its CPU between the queries
+    in flight; every other fleet query (a count, an evaluation's quantile) is sent after them, and at
+    once when none is in flight. Its answer is as old as its sending, not as its asking."""
+    now = [0.0]
+    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0)
+    key = ("support", "candidate")
+    sent: dict[str, float] = {}
+    errors_answer = asyncio.Event()
+
+    def fetch(name: str, answered: asyncio.Event | None = None) -> Callable[[], Awaitable[BlockValues]]:
+        async def query() -> BlockValues:
+            sent[name] = now[0]
+            if answered is not None:
+                await answered.wait()
+            return {key: 1.0}
+
+        return query
+
+    async def scenario() -> None:
+        await reader.read(REQUESTS, fetch("alone"), timeout=1.0)
+        assert sent == {"alone": 0.0}  # nothing urgent in flight: sent at once
+        now[0] = 2.0
+        urgent = asyncio.create_task(reader.read(ERRORS, fetch("errors", errors_answer), 5.0, urgent=True))
+        await asyncio.sleep(0.01)
+        count = asyncio.create_task(reader.read(REQUESTS, fetch("count"), timeout=5.0, max_age=0.5))
+        quantile = asyncio.create_task(reader.read(P95, fetch("quantile"), timeout=5.0))
+        await asyncio.sleep(0.05)
+        assert set(sent) == {"alone", "errors"}  # the others wait for the errors' answer
+        now[0] = 2.3
+        errors_answer.set()
+        await asyncio.gather(urgent, count, quantile)
+        assert sent == {"alone": 0.0, "errors": 2.0, "count": 2.3, "quantile": 2.3}
+        now[0] = 2.7  # 0.4 s after the count was sent, though 0.7 s after it was asked for
+        before = sent["count"]
+        await reader.read(REQUESTS, fetch("again"), timeout=1.0, max_age=0.5)
+        assert "again" not in sent and sent["count"] == before
+
+    asyncio.run(scenario())
+
+
+def test_a_waiting_query_is_sent_after_quiet_wait_however_long_the_urgent_ones_take() -> None:
+    reader = BatchReader(ttl=1.0, quiet_wait=0.05)
+    stuck = asyncio.Event()
+    sent: list[str] = []
+
+    async def held() -> BlockValues:
+        sent.append("errors")
+        await stuck.wait()
+        return {}
+
+    async def count() -> BlockValues:
+        sent.append("count")
+        return {("support", "candidate"): 3.0}
+
+    async def scenario() -> None:
+        urgent = asyncio.create_task(reader.read(ERRORS, held, timeout=5.0, urgent=True))
+        await asyncio.sleep(0.01)
+        values = await asyncio.wait_for(reader.read(REQUESTS, count, timeout=5.0), 1.0)
+        assert values == {("support", "candidate"): 3.0} and sent == ["errors", "count"]
+        assert not urgent.done()  # answered while the urgent query was still out
+        stuck.set()
+        await urgent
+
+    asyncio.run(scenario())
+
+
+def test_an_urgent_reader_that_joins_a_waiting_query_sends_it_at_once() -> None:
+    """An evaluation asked for the errors block first (it waits behind the latency shortfall); the
+    fast check's read of the same block joins that query and must not wait with it."""
+    reader = BatchReader(ttl=1.0, quiet_wait=10.0)
+    shortfall_answer = asyncio.Event()
+    sent: list[str] = []
+
+    def fetch(name: str, answered: asyncio.Event | None = None) -> Callable[[], Awaitable[BlockValues]]:
+        async def query() -> BlockValues:
+            sent.append(name)
+            if answered is not None:
+                await answered.wait()
+            return {("support", "candidate"): 0.5}
+
+        return query
+
+    async def scenario() -> None:
+        shortfall = asyncio.create_task(
+            reader.read(P95, fetch("shortfall", shortfall_answer), 5.0, urgent=True)
+        )
+        await asyncio.sleep(0.01)
+        evaluation = asyncio.create_task(reader.read(ERRORS, fetch("errors"), timeout=5.0))
+        await asyncio.sleep(0.01)
+        assert sent == ["shortfall"]
+        fast_check = await asyncio.wait_for(reader.read(ERRORS, fetch("again"), 5.0, urgent=True), 1.0)
+        assert fast_check == {("support", "candidate"): 0.5} and sent == ["shortfall", "errors"]
+        assert (await evaluation) == fast_check  # one query for both
+        shortfall_answer.set()
+        await shortfall
 
     asyncio.run(scenario())

@@ -173,6 +173,7 @@ class SlowPrometheus(FakePrometheus):
         keys: frozenset[Pair] | None = None,
         stale_age: float | None = None,
         after: float | None = None,
+        urgent: bool = False,
     ) -> BlockValues:
         self.asked.append(block.promql)
         if self.held(block.promql):
@@ -779,3 +780,27 @@ def test_a_confirmation_that_fails_with_a_bug_is_logged_and_the_sweep_goes_on(
     assert _sweeps_with_bounds(sentinel, 2) == [0, 0]
     assert woken == [("support", "a")]  # by the first sweep, which read the quantile before the bounds
     assert "confirming a latency breach failed" in caplog.text
+
+
+def test_a_sweep_asks_the_requests_count_once_its_value_block_has_answered_not_beside_it() -> None:
+    """On one Prometheus the queries in flight share its CPU: the errors block (a breach is seen
+    through it) goes alone, and every request's count (the ratio's denominator, taken from its last
+    answer by the reads) is sent after it."""
+    clock = FakeClock()
+    order: list[str] = []
+
+    class OneAtATime(FakePrometheus):
+        async def _run(self, promql: str, parse: Callable[[Any], Any]) -> Any:
+            name = "errors" if 'error_type!=""' in promql else "count"
+            order.append(f"{name} sent")
+            if name == "errors":
+                await asyncio.sleep(0.05)
+            answer = await super()._run(promql, parse)
+            order.append(f"{name} answered")
+            return answer
+
+    sentinel = Sentinel(clock=clock)
+    sentinel.update(("support", "a"), _spec(), _status(clock), OneAtATime(Metrics()))
+    _sweep(sentinel)
+
+    assert order == ["errors sent", "errors answered", "count sent", "count answered"]

@@ -656,7 +656,7 @@ def breach_timeline(queries: Sequence[tuple[float, float, str]], visible: float,
     for at, took, query in queries:
         if at + took < visible - 2 or at > woken:
             continue
-        if "=~" in query:
+        if "namespace=~" in query or "version=~" in query:
             small += 1
             continue
         fleet.append(f"{at - visible:+.2f}s {_shape_name(query)} {took:.2f}s")

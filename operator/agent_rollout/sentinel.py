@@ -393,7 +393,8 @@ class Sentinel:
                 if resting:
                     continue  # slow the last time: Prometheus gets a break; its reads wait for the next
                 if task is None:
-                    task = self._flying[key] = loop.create_task(self._query(key, source, pairs, fresh))
+                    query = self._query(key, source, pairs, fresh, urgent=key not in counts)
+                    task = self._flying[key] = loop.create_task(query)
                     # A failure nobody waits for any more is not news.
                     task.add_done_callback(retrieve_failure)
                 tasks[task] = key
@@ -559,14 +560,20 @@ class Sentinel:
         self._bounds[key] = (time.monotonic(), values)
 
     async def _query(
-        self, key: tuple[int, Block], source: MetricsSource, pairs: set[Pair] | None, fresh: float
+        self,
+        key: tuple[int, Block],
+        source: MetricsSource,
+        pairs: set[Pair] | None,
+        fresh: float,
+        urgent: bool = True,
     ) -> BlockValues:
-        """One block's query for this and, while it lasts, the next sweeps."""
+        """One block's query for this and, while it lasts, the next sweeps. A value block's is
+        `urgent` (a breach is seen through it); a count's waits for those in flight (BatchReader)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             keys = None if pairs is None else frozenset(pairs)
-            values = await source.block(key[1], max_age=fresh, keys=keys)
+            values = await source.block(key[1], max_age=fresh, keys=keys, urgent=urgent)
             metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="query").observe(loop.time() - started)
             if (sent := self._last_sent.get(key)) is not None:
                 metrics.FAST_CHECK_BLIND_SECONDS.labels(block=key[1].promql).observe(loop.time() - sent)
@@ -596,7 +603,8 @@ class Sentinel:
         if key in self._counts and kept is not None and loop.time() - kept[0] < self.count_every:
             return  # a count: the first sweep after COUNT_EVERY asks it
         if key in self._wanted and key not in self._flying and not self._stopped:
-            task = self._flying[key] = loop.create_task(self._query(key, source, pairs, fresh))
+            query = self._query(key, source, pairs, fresh, urgent=key not in self._counts)
+            task = self._flying[key] = loop.create_task(query)
             task.add_done_callback(retrieve_failure)
 
     @staticmethod

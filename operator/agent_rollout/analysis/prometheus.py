@@ -112,6 +112,7 @@ class MetricsSource(Protocol):
         keys: frozenset[Pair] | None = None,
         stale_age: float | None = None,
         after: float | None = None,
+        urgent: bool = False,
     ) -> BlockValues: ...
 
 
@@ -292,12 +293,14 @@ class PrometheusGateway:
         keys: frozenset[Pair] | None = None,
         stale_age: float | None = None,
         after: float | None = None,
+        urgent: bool = False,
     ) -> BlockValues:
         """A building block's values by (namespace, version), shared through the reader; an answer
         up to `max_age` seconds old will do (default: the reader's ttl), one up to `stale_age` while
         a fresh one is fetched (BatchReader.read). With `keys`, only those pairs are needed
         (Block.focused): what a window shorter than the gate's asks of Prometheus, always fresh.
-        With `after` (time.monotonic()), only an answer of a query sent at or after it."""
+        With `after` (time.monotonic()), only an answer of a query sent at or after it. A whole
+        block's query waits for the `urgent` ones in flight unless it is one (BatchReader.read)."""
         parse = functools.partial(parse_vector, labels=(block.namespace_label, block.version_label))
         try:
             if keys is not None and len(keys) <= FOCUS_LIMIT:
@@ -312,7 +315,13 @@ class PrometheusGateway:
                     block, keys, focused, self.timeout, max_age=max_age, after=after
                 )
             return await self.reader.read(
-                block, lambda: self._run(block.promql, parse), self.timeout, max_age, stale_age, after
+                block,
+                lambda: self._run(block.promql, parse),
+                self.timeout,
+                max_age,
+                stale_age,
+                after,
+                urgent=urgent,
             )
         except TimeoutError:
             raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from None
