@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -624,5 +625,66 @@ def test_an_urgent_reader_that_joins_a_waiting_query_sends_it_at_once() -> None:
         assert (await evaluation) == fast_check  # one query for both
         shortfall_answer.set()
         await shortfall
+
+    asyncio.run(scenario())
+
+
+def test_a_confirm_never_joins_a_fleet_query_waiting_in_the_lane() -> None:
+    """A suspect's exact read (focused, after the suspicion) is a small query of its own: joined to
+    the evaluations' fleet quantile waiting behind the fast check, it waited for the lane and then for
+    the whole fleet's query."""
+    reader = BatchReader(ttl=1.0, quiet_wait=10.0, gather=0)
+    key = ("support", "candidate")
+    shortfall_answer = asyncio.Event()
+    sent: list[str] = []
+
+    async def shortfall() -> BlockValues:
+        sent.append("shortfall")
+        await shortfall_answer.wait()
+        return {}
+
+    async def fleet() -> BlockValues:
+        sent.append("fleet quantile")
+        return {key: 3.0}
+
+    async def focused(pairs: frozenset[tuple[str, str]]) -> BlockValues:
+        sent.append("confirm")
+        return dict.fromkeys(pairs, 12.0)
+
+    async def scenario() -> None:
+        urgent = asyncio.create_task(reader.read(ERRORS, shortfall, timeout=20.0, urgent=True))
+        await asyncio.sleep(0.01)
+        evaluation = asyncio.create_task(reader.read(P95, fleet, timeout=20.0))
+        await asyncio.sleep(0.01)
+        now = time.monotonic()
+        confirm = reader.read_focused(P95, frozenset({key}), focused, timeout=1.0, after=now)
+        assert (await asyncio.wait_for(confirm, 0.5))[key] == 12.0
+        assert sent == ["shortfall", "confirm"]  # the fleet's quantile still waits
+        shortfall_answer.set()
+        await asyncio.gather(urgent, evaluation)
+
+    asyncio.run(scenario())
+
+
+def test_a_readers_timeout_is_prometheus_time_not_the_lanes() -> None:
+    """A rollout whose Prometheus timeout is shorter than the lane's wait is not told Prometheus is
+    unavailable because its query waited behind the fast check's."""
+    reader = BatchReader(ttl=1.0, quiet_wait=0.3)
+    held = asyncio.Event()
+
+    async def urgent_query() -> BlockValues:
+        await held.wait()
+        return {}
+
+    async def count() -> BlockValues:
+        return {("support", "candidate"): 7.0}
+
+    async def scenario() -> None:
+        urgent = asyncio.create_task(reader.read(ERRORS, urgent_query, timeout=5.0, urgent=True))
+        await asyncio.sleep(0.01)
+        values = await reader.read(REQUESTS, count, timeout=0.2)  # sent after 0.3 s, answered at once
+        assert values == {("support", "candidate"): 7.0}
+        held.set()
+        await urgent
 
     asyncio.run(scenario())

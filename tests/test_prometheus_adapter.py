@@ -233,6 +233,7 @@ class FakeGateway:
         keys: frozenset[Pair] | None = None,
         stale_age: float | None = None,
         after: float | None = None,
+        urgent: bool = False,
     ) -> BlockValues:
         return await self._answer(block.promql) or {}
 

@@ -217,6 +217,7 @@ class Blocks:
         keys: Any = None,
         stale_age: float | None = None,
         after: float | None = None,
+        urgent: bool = False,
     ) -> Any:
         for key, values in self.values.items():
             if key in block.promql:

@@ -100,8 +100,9 @@ class BatchReader:
         self.fetches = 0  # queries started, for tests and benchmarks
         self.quiet_wait = quiet_wait
         self._urgent: set[asyncio.Task[BlockValues]] = set()  # urgent queries in flight
-        # Queries waiting for the urgent ones (QUIET_WAIT): an urgent reader that joins one sends it now.
-        self._waiting: dict[Block, asyncio.Future[None]] = {}
+        # Queries waiting for the urgent ones (QUIET_WAIT), each with what sends it now: an urgent
+        # reader that joins it.
+        self._waiting: dict[Block, tuple[asyncio.Task[BlockValues], asyncio.Future[None]]] = {}
 
     async def read(
         self,
@@ -146,14 +147,17 @@ class BatchReader:
             or (after is not None and self._in_flight_sent[block] < after)
         ):
             task = self._start(block, fetch, urgent)
-        elif urgent and (waiting := self._waiting.get(block)) is not None and not waiting.done():
-            waiting.set_result(None)  # an urgent reader joined a query still waiting: send it now
-            self._urgent.add(task)
+        elif urgent and task not in self._urgent:
+            if (waiting := self._lane(block, task)) is not None:
+                waiting.set_result(None)  # an urgent reader joined it: sent now
+            self._urgent.add(task)  # the queries sent after it wait for it too
             task.add_done_callback(self._urgent.discard)
         if entry is not None and age < stale and after is None:
             return entry.values  # the query just started, or in flight, answers the readers after it
         # shield: a caller that times out or is cancelled must not cancel the query others wait on.
-        return await asyncio.wait_for(asyncio.shield(task), timeout)
+        # The timeout is Prometheus' to answer in: a query waiting in the lane has not been sent yet.
+        lane = self.quiet_wait if self._lane(block, task) is not None else 0.0
+        return await asyncio.wait_for(asyncio.shield(task), timeout + lane)
 
     async def read_focused(
         self,
@@ -183,6 +187,9 @@ class BatchReader:
             flying is not None
             and flying.get_loop() is asyncio.get_running_loop()
             and (after is None or self._in_flight_sent[block] >= after)
+            # Not one waiting in the lane: a focused query is small, and sent at once (a confirm
+            # joining the evaluations' fleet quantile waited for the lane, then for the fleet).
+            and self._lane(block, flying) is None
         ):
             return await asyncio.wait_for(asyncio.shield(flying), timeout)
         loop = asyncio.get_running_loop()
@@ -242,7 +249,9 @@ class BatchReader:
         loop = asyncio.get_running_loop()
         sent = self._clock()  # from when the query is sent: the answer is that old at least
         self.fetches += 1
-        waiting = None if urgent else loop.create_future()
+        # Held in the lane only while an urgent query is in flight: else it is sent as it is asked.
+        held = not urgent and bool(self._urgent_in_flight(loop))
+        waiting = loop.create_future() if held else None
 
         async def query() -> BlockValues:
             nonlocal sent
@@ -251,14 +260,14 @@ class BatchReader:
                 sent = self._clock()
                 if self._in_flight.get(block) is task:
                     self._in_flight_sent[block] = sent
-                if self._waiting.get(block) is waiting:
+                if self._waiting.get(block, (None,))[0] is task:
                     del self._waiting[block]
             return await fetch()
 
         def done(task: asyncio.Task[BlockValues]) -> None:
             if self._in_flight.get(block) is task:
                 del self._in_flight[block], self._in_flight_sent[block]
-            if waiting is not None and self._waiting.get(block) is waiting:
+            if self._waiting.get(block, (None,))[0] is task:
                 del self._waiting[block]  # cancelled while it waited
             if task.cancelled() or task.exception() is not None:  # retrieved, so never "unretrieved"
                 return
@@ -273,13 +282,21 @@ class BatchReader:
         task = loop.create_task(query(), name=f"prometheus block {block.promql}")
         task.add_done_callback(done)
         # A query still waiting is sent later than any reader that joins it meanwhile (`after`).
-        self._in_flight[block], self._in_flight_sent[block] = task, sent if urgent else math.inf
+        self._in_flight[block], self._in_flight_sent[block] = task, math.inf if held else sent
         if waiting is not None:
-            self._waiting[block] = waiting
-        else:
+            self._waiting[block] = (task, waiting)
+        elif urgent:
             self._urgent.add(task)
             task.add_done_callback(self._urgent.discard)
         return task
+
+    def _urgent_in_flight(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[BlockValues]]:
+        return [t for t in self._urgent if not t.done() and t.get_loop() is loop]
+
+    def _lane(self, block: Block, task: asyncio.Task[BlockValues]) -> asyncio.Future[None] | None:
+        """What sends `task` at once if it is still waiting in the lane (QUIET_WAIT), else None."""
+        waiting = self._waiting.get(block)
+        return waiting[1] if waiting is not None and waiting[0] is task and not waiting[1].done() else None
 
     async def _quiet(self, joined: asyncio.Future[None]) -> None:
         """Until no urgent query of this loop is in flight, an urgent reader joins (`joined`), or
@@ -287,7 +304,7 @@ class BatchReader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.quiet_wait
         while not joined.done() and (left := deadline - loop.time()) > 0:
-            flying = [t for t in self._urgent if not t.done() and t.get_loop() is loop]
+            flying = self._urgent_in_flight(loop)
             if not flying:
                 return
             watched: list[asyncio.Future[Any]] = [*flying, joined]
