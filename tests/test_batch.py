@@ -688,3 +688,33 @@ def test_a_readers_timeout_is_prometheus_time_not_the_lanes() -> None:
         await urgent
 
     asyncio.run(scenario())
+
+
+def test_the_evaluation_a_confirm_woke_takes_the_confirms_answer_not_a_fleet_query_in_flight() -> None:
+    """The confirm's focused answer, sent after the suspicion, is in hand; the fleet's quantile sent
+    after it too is still in flight. The woken evaluation reads the answer at once: joined to the
+    fleet's query, the rollback waited for it (1.0 s at 10,000 rollouts)."""
+    now = [0.0]
+    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0, gather=0)
+    key = ("support", "candidate")
+    fleet_answer = asyncio.Event()
+
+    async def fleet() -> BlockValues:
+        await fleet_answer.wait()
+        return {key: 3.0}
+
+    async def confirm(pairs: frozenset[tuple[str, str]]) -> BlockValues:
+        return dict.fromkeys(pairs, 12.0)
+
+    async def scenario() -> None:
+        now[0] = 10.0
+        assert (await reader.read_focused(P95, frozenset({key}), confirm, 1.0, after=10.0))[key] == 12.0
+        now[0] = 10.2
+        evaluations = asyncio.create_task(reader.read(P95, fleet, timeout=5.0))  # sent at 10.2
+        await asyncio.sleep(0.01)
+        woken = reader.read_focused(P95, frozenset({key}), confirm, 1.0, max_age=5.0, after=10.0)
+        assert (await asyncio.wait_for(woken, 0.5))[key] == 12.0
+        fleet_answer.set()
+        await evaluations
+
+    asyncio.run(scenario())

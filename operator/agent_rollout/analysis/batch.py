@@ -182,27 +182,31 @@ class BatchReader:
         whole = self._cache.get(block)
         if whole is not None and usable(whole.sent):
             return whole.values
+        loop = asyncio.get_running_loop()
+        focused = [
+            q for q in self._focused.get(block, ()) if q.values is not None or q.task.get_loop() is loop
+        ]
+        # An answer in hand before any query in flight: at 10,000 rollouts the evaluation a confirmed
+        # latency breach woke joined the fleet's quantile in flight (0.7 s) rather than take the
+        # confirm's answer, and the rollback waited a second for it.
+        for query in reversed(focused):  # newest first
+            values, sent = query.values, query.sent
+            if values is not None and sent is not None and keys <= query.keys and usable(sent):
+                return values
         flying = self._in_flight.get(block)
         if (
             flying is not None
-            and flying.get_loop() is asyncio.get_running_loop()
+            and flying.get_loop() is loop
             and (after is None or self._in_flight_sent[block] >= after)
             # Not one waiting in the lane: a focused query is small, and sent at once (a confirm
             # joining the evaluations' fleet quantile waited for the lane, then for the fleet).
             and self._lane(block, flying) is None
         ):
             return await asyncio.wait_for(asyncio.shield(flying), timeout)
-        loop = asyncio.get_running_loop()
-        focused = [
-            q for q in self._focused.get(block, ()) if q.values is not None or q.task.get_loop() is loop
-        ]
-        for query in reversed(focused):  # newest first: an answer, or a query in flight, that covers them
-            if query.sent is None or not keys <= query.keys:
+        for query in reversed(focused):  # newest first: a query in flight that covers them
+            if query.sent is None or query.values is not None or not keys <= query.keys:
                 continue
-            if query.values is not None:
-                if usable(query.sent):
-                    return query.values
-            elif after is None or query.sent >= after:
+            if after is None or query.sent >= after:
                 return await asyncio.wait_for(asyncio.shield(query.task), timeout)
         gathering = focused[-1] if focused and focused[-1].sent is None else None
         if gathering is None:
