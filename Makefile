@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo [SCENARIO=good|bad|shadow]  watch a rollout (bad: automatic rollback; shadow: evaluate + shadow step)"
 	@echo "make test                      all tests: unit, property and e2e on a real control plane"
-	@echo "make bench                     planner cost, breach-to-rollback timing, leader failover, the fast check, its queries' cost and the operator at 1,000 rollouts"
+	@echo "make bench                     planner cost, breach-to-rollback timing, leader failover, the fast check, its queries' cost, a status write's cost to the apiserver and the operator at 1,000 rollouts"
 	@echo "make bench-scale               the operator process at 10,000 rollouts (e2e/bench/operator_scale.py)"
 	@echo "make cluster-up / cluster-down local kube-apiserver, controller-manager, etcd, Prometheus"
 	@echo "make crds / lint / unit / e2e"

@@ -1,4 +1,4 @@
-"""`make bench`: python -m e2e.bench [--only planner|comparator|rollback|alert|failover|fast|query|scale] ...
+"""`make bench`: python -m e2e.bench [--only NAME] ..., NAME one of:
 
 planner   e2e/bench/planner_scale.py: the planner's CPU and memory at 10k rollouts (no cluster)
 comparator e2e/bench/comparator_overhead.py: the shadow comparator's added latency per mirrored request
@@ -12,6 +12,8 @@ fast      e2e/bench/fast_check.py: the fast check (sentinel) at N rollouts (--ro
           decoding, measuring), its period, breach -> wake
 query     e2e/bench/query_cost.py: what the fast check's fleet-wide queries cost Prometheus at N rollouts
           (--rollouts), each block asked alone on an otherwise idle Prometheus
+writes    e2e/bench/status_write_cost.py: the kube-apiserver's CPU per AgentRollout status write (the
+          CRD as shipped and without its CEL rules) and per GET, at 2,000 rollouts on a cluster of its own
 scale     e2e/bench/operator_scale.py: the real operator process at N rollouts (default 1000) on a
           cluster of its own: RSS, start-up, status writes, pause-end lateness, breach-to-rollback,
           CPU (`make bench-scale`: N=10000)
@@ -34,9 +36,11 @@ from e2e.bench import (
     operator_scale,
     query_cost,
     rollback_speed,
+    status_write_cost,
 )
 
 PLANNER_MODULE = "e2e.bench.planner_scale"
+BENCHMARKS = ["planner", "comparator", "rollback", "alert", "failover", "fast", "query", "writes", "scale"]
 
 
 def run_planner() -> bool:
@@ -59,7 +63,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["planner", "comparator", "rollback", "alert", "failover", "fast", "query", "scale"],
+        choices=BENCHMARKS,
         help="run just this benchmark",
     )
     parser.add_argument("--runs", type=int, default=7, help="breach-to-rollback runs (default 7)")
@@ -99,6 +103,9 @@ def main() -> int:
         sys.stdout.flush()
     if args.only in (None, "query"):
         query_cost.run(args.rollouts)
+        sys.stdout.flush()
+    if args.only in (None, "writes"):
+        status_write_cost.run()
         sys.stdout.flush()
     if args.only in (None, "scale"):
         operator_scale.run(args.rollouts, args.window, args.breaches)
