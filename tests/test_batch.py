@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +28,7 @@ GATES: list[dict[str, Any]] = [
     {"name": "accuracy", "template": "evalAccuracy", "min": 0.9},
 ]
 ROLLOUTS = 40
+OPERATOR = Path(__file__).resolve().parents[1] / "operator"
 
 
 def blocks(template: Template) -> tuple[Block, ...]:
@@ -718,3 +723,57 @@ def test_the_evaluation_a_confirm_woke_takes_the_confirms_answer_not_a_fleet_que
         await evaluations
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_a_lane_wait_that_is_no_number_of_seconds_stops_the_operator_naming_it(value: str) -> None:
+    ran = subprocess.run(
+        [sys.executable, "-c", "import agent_rollout.handlers"],
+        env={**os.environ, "PYTHONPATH": str(OPERATOR), "AGENT_ROLLOUT_LANE_WAIT": value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode != 0 and "AGENT_ROLLOUT_LANE_WAIT" in ran.stderr
+
+
+def test_a_lane_wait_of_zero_sends_every_query_as_it_is_asked() -> None:
+    """AGENT_ROLLOUT_LANE_WAIT=0: the lanes are off, a count goes beside the fast check's queries."""
+    reader = BatchReader(ttl=1.0, quiet_wait=0.0)
+    held = asyncio.Event()
+    sent: list[str] = []
+
+    async def urgent_query() -> BlockValues:
+        sent.append("errors")
+        await held.wait()
+        return {}
+
+    async def count() -> BlockValues:
+        sent.append("count")
+        return {}
+
+    async def scenario() -> None:
+        urgent = asyncio.create_task(reader.read(ERRORS, urgent_query, timeout=5.0, urgent=True))
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(reader.read(REQUESTS, count, timeout=5.0), 0.1)
+        assert sent == ["errors", "count"] and not urgent.done()
+        held.set()
+        await urgent
+
+    asyncio.run(scenario())
+
+
+def test_the_operators_readers_take_the_lane_wait_from_the_environment() -> None:
+    probe = (
+        "from agent_rollout import handlers; "
+        "print(handlers._gateway_for('http://p:9090', 5.0).reader.quiet_wait)"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(OPERATOR), "AGENT_ROLLOUT_LANE_WAIT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["0.0"]

@@ -21,7 +21,7 @@ import kopf
 from aiohttp import web
 
 from agent_rollout import alerts, allocator, heap, metrics
-from agent_rollout.analysis.batch import DEFAULT_TTL, BatchReader
+from agent_rollout.analysis.batch import DEFAULT_TTL, QUIET_WAIT, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
 from agent_rollout.controller import EARLY_READS, INFORMER_KINDS, WORKERS, Controller
 from agent_rollout.kube import KubeClient, LeaseClient, ListWatchClient
@@ -44,6 +44,11 @@ if not BATCH_TTL >= 0:  # NaN too: refuse at start, not at every reconcile
 EVALUATION_MAX_AGE = float(os.environ.get("AGENT_ROLLOUT_EVALUATION_MAX_AGE", "5"))
 if not EVALUATION_MAX_AGE >= 0:
     raise ValueError(f"AGENT_ROLLOUT_EVALUATION_MAX_AGE must be >= 0 seconds, got {EVALUATION_MAX_AGE!r}")
+# The longest a whole-fleet query that is not the fast check's waits for the fast check's in flight
+# (analysis.batch: the lanes); 0 sends every query as it is asked.
+LANE_WAIT = float(os.environ.get("AGENT_ROLLOUT_LANE_WAIT", str(QUIET_WAIT)))
+if not LANE_WAIT >= 0:
+    raise ValueError(f"AGENT_ROLLOUT_LANE_WAIT must be >= 0 seconds, got {LANE_WAIT!r}")
 # How often every live rollout's hard bounds are checked between its evaluations (sentinel.py).
 FAST_CHECK_PERIOD = float(os.environ.get("AGENT_ROLLOUT_FAST_CHECK_PERIOD", str(PERIOD)))
 if not FAST_CHECK_PERIOD > 0:
@@ -80,7 +85,7 @@ def _gateway_for(url: str, timeout: float) -> PrometheusGateway:
     key = (url, timeout)
     if key not in _Runtime.gateways:
         reader = _Runtime.readers.setdefault(
-            url.rstrip("/"), BatchReader(ttl=BATCH_TTL, longest=EVALUATION_MAX_AGE)
+            url.rstrip("/"), BatchReader(ttl=BATCH_TTL, longest=EVALUATION_MAX_AGE, quiet_wait=LANE_WAIT)
         )
         _Runtime.gateways[key] = PrometheusGateway(url, timeout=timeout, reader=reader)
     return _Runtime.gateways[key]
