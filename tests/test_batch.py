@@ -43,6 +43,20 @@ CORRECT, EVALS = blocks(Template.EVAL_ACCURACY)
 ALL_BLOCKS = {b.promql for b in (REQUESTS, ERRORS, P95, FLAGGED, COST, CORRECT, EVALS)}
 
 
+def noted(
+    sent: list[str], name: str, until: asyncio.Event | None = None, answer: BlockValues | None = None
+) -> Callable[[], Awaitable[BlockValues]]:
+    """A query that notes its sending in `sent`, is answered once `until` is set, with `answer`."""
+
+    async def query() -> BlockValues:
+        sent.append(name)
+        if until is not None:
+            await until.wait()
+        return answer or {}
+
+    return query
+
+
 def spec(i: int, gates: list[dict[str, Any]] = GATES) -> AgentRolloutSpec:
     return parse_spec(
         {
@@ -579,18 +593,10 @@ def test_a_waiting_query_is_sent_after_quiet_wait_however_long_the_urgent_ones_t
     reader = BatchReader(ttl=1.0, quiet_wait=0.05)
     stuck = asyncio.Event()
     sent: list[str] = []
-
-    async def held() -> BlockValues:
-        sent.append("errors")
-        await stuck.wait()
-        return {}
-
-    async def count() -> BlockValues:
-        sent.append("count")
-        return {("support", "candidate"): 3.0}
+    count = noted(sent, "count", answer={("support", "candidate"): 3.0})
 
     async def scenario() -> None:
-        urgent = asyncio.create_task(reader.read(ERRORS, held, timeout=5.0, urgent=True))
+        urgent = asyncio.create_task(reader.read(ERRORS, noted(sent, "errors", stuck), 5.0, urgent=True))
         await asyncio.sleep(0.01)
         values = await asyncio.wait_for(reader.read(REQUESTS, count, timeout=5.0), 1.0)
         assert values == {("support", "candidate"): 3.0} and sent == ["errors", "count"]
@@ -607,15 +613,10 @@ def test_an_urgent_reader_that_joins_a_waiting_query_sends_it_at_once() -> None:
     reader = BatchReader(ttl=1.0, quiet_wait=10.0)
     shortfall_answer = asyncio.Event()
     sent: list[str] = []
+    half = {("support", "candidate"): 0.5}
 
     def fetch(name: str, answered: asyncio.Event | None = None) -> Callable[[], Awaitable[BlockValues]]:
-        async def query() -> BlockValues:
-            sent.append(name)
-            if answered is not None:
-                await answered.wait()
-            return {("support", "candidate"): 0.5}
-
-        return query
+        return noted(sent, name, answered, half)
 
     async def scenario() -> None:
         shortfall = asyncio.create_task(
@@ -626,7 +627,7 @@ def test_an_urgent_reader_that_joins_a_waiting_query_sends_it_at_once() -> None:
         await asyncio.sleep(0.01)
         assert sent == ["shortfall"]
         fast_check = await asyncio.wait_for(reader.read(ERRORS, fetch("again"), 5.0, urgent=True), 1.0)
-        assert fast_check == {("support", "candidate"): 0.5} and sent == ["shortfall", "errors"]
+        assert fast_check == half and sent == ["shortfall", "errors"]
         assert (await evaluation) == fast_check  # one query for both
         shortfall_answer.set()
         await shortfall
@@ -743,19 +744,10 @@ def test_a_lane_wait_of_zero_sends_every_query_as_it_is_asked() -> None:
     held = asyncio.Event()
     sent: list[str] = []
 
-    async def urgent_query() -> BlockValues:
-        sent.append("errors")
-        await held.wait()
-        return {}
-
-    async def count() -> BlockValues:
-        sent.append("count")
-        return {}
-
     async def scenario() -> None:
-        urgent = asyncio.create_task(reader.read(ERRORS, urgent_query, timeout=5.0, urgent=True))
+        urgent = asyncio.create_task(reader.read(ERRORS, noted(sent, "errors", held), 5.0, urgent=True))
         await asyncio.sleep(0.01)
-        await asyncio.wait_for(reader.read(REQUESTS, count, timeout=5.0), 0.1)
+        await asyncio.wait_for(reader.read(REQUESTS, noted(sent, "count"), timeout=5.0), 0.1)
         assert sent == ["errors", "count"] and not urgent.done()
         held.set()
         await urgent

@@ -212,8 +212,8 @@ def cluster() -> Iterator[ClusterState]:
         yield state
 
 
-def install_crd(state: ClusterState) -> None:
-    """The AgentRollout CRD from crds/, established before anything uses it."""
+def install_crd(state: ClusterState, path: Path = CRD_FILE) -> None:
+    """The AgentRollout CRD from crds/ (or `path`), established before anything uses it."""
     run_kubectl(
         state.kubectl_bin,
         state.kubeconfig,
@@ -221,7 +221,7 @@ def install_crd(state: ClusterState) -> None:
         "--server-side",
         "--force-conflicts",
         "-f",
-        str(CRD_FILE),
+        str(path),
     )
     wait_established(kubectl_for(state), f"{api.PLURAL}.{api.GROUP}", timeout_s=30)
 

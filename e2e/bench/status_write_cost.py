@@ -26,7 +26,6 @@ from kubernetes import client
 from agent_rollout import api
 from e2e.bench.operator_scale import Target, bulk_client, cpu_seconds, machine, own_cluster, rollout_body
 from e2e.bench.rollback_speed import install_crd
-from e2e.cluster.kubectl import run_kubectl
 from e2e.cluster.state import ClusterState
 from e2e.rollout.scene import CRD_FILE
 
@@ -153,15 +152,7 @@ def run(n: int = ROLLOUTS) -> list[str]:
         def crd(schema: dict[str, Any]) -> None:
             path = state.run_dir / "crd-under-test.yaml"
             path.write_text(yaml.safe_dump(schema, sort_keys=False))
-            run_kubectl(
-                state.kubectl_bin,
-                state.kubeconfig,
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "-f",
-                str(path),
-            )
+            install_crd(state, path)
             time.sleep(5)  # the apiserver rebuilds the CRD's handler (its validators) on a change
 
         shipped = yaml.safe_load(CRD_FILE.read_text())
