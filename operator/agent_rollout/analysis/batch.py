@@ -150,8 +150,7 @@ class BatchReader:
         elif urgent and task not in self._urgent:
             if (waiting := self._lane(block, task)) is not None:
                 waiting.set_result(None)  # an urgent reader joined it: sent now
-            self._urgent.add(task)  # the queries sent after it wait for it too
-            task.add_done_callback(self._urgent.discard)
+            self._mark_urgent(task)  # the queries sent after it wait for it too
         if entry is not None and age < stale and after is None:
             return entry.values  # the query just started, or in flight, answers the readers after it
         # shield: a caller that times out or is cancelled must not cancel the query others wait on.
@@ -290,9 +289,12 @@ class BatchReader:
         if waiting is not None:
             self._waiting[block] = (task, waiting)
         elif urgent:
-            self._urgent.add(task)
-            task.add_done_callback(self._urgent.discard)
+            self._mark_urgent(task)
         return task
+
+    def _mark_urgent(self, task: asyncio.Task[BlockValues]) -> None:
+        self._urgent.add(task)
+        task.add_done_callback(self._urgent.discard)
 
     def _urgent_in_flight(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Task[BlockValues]]:
         return [t for t in self._urgent if not t.done() and t.get_loop() is loop]
