@@ -4,9 +4,11 @@ whose hard bound is breached, from the shared building blocks (one read per bloc
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +18,12 @@ from agent_rollout.analysis.batch import BatchReader
 from agent_rollout.analysis.templates import SHARE_TOLERANCE, Block, BlockValues, Pair
 from agent_rollout.api import Phase, Verdict, Weights
 from agent_rollout.domain import iso
+from agent_rollout.main import LOG_FORMAT
 from agent_rollout.metrics import REGISTRY
 from agent_rollout.planner import gate_windows
 from agent_rollout.reconcile import measure_over
 from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause, rest_after
+from e2e.bench.operator_scale import slow_cycles
 from tests.fakes import FakeClock, FakePrometheus, unfocused
 from tests.specs import CANDIDATE
 from tests.test_reconcile import Metrics, rollout_body
@@ -804,3 +808,31 @@ def test_a_sweep_asks_the_requests_count_once_its_value_block_has_answered_not_b
     _sweep(sentinel)
 
     assert order == ["errors sent", "errors answered", "count sent", "count answered"]
+
+
+def test_a_slow_cycle_is_logged_with_where_its_time_went(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # Nothing to watch: each sweep is a few microseconds, so the cycle is the pause (0.05 s) unless
+    # the event loop is too busy to resume the fast check when its pause ends, as here once.
+    sentinel = Sentinel(clock=FakeClock(), period=0.05)
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(sentinel.run())
+        await asyncio.sleep(0.12)  # two cycles on time: nothing logged
+        assert not [r for r in caplog.records if "fast check" in r.getMessage()]
+        time.sleep(0.3)  # another task holds the event loop
+        await asyncio.sleep(0.12)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level("INFO", logger="agent_rollout.sentinel"):
+        asyncio.run(main())
+    # As the operator logs it and the scale benchmark reads it back.
+    log = tmp_path / "operator.log"
+    log.write_text("".join(logging.Formatter(LOG_FORMAT).format(r) + "\n" for r in caplog.records))
+    slow = slow_cycles(log, 0)
+    assert len(slow) == 1, slow
+    cycle, late = (float(slow[0][1].split(word)[1].split(" s")[0]) for word in ("a cycle of ", "resumed "))
+    assert cycle >= 0.3 and late >= 0.25 and cycle - late < 0.1, slow
+    assert abs(slow[0][0] - caplog.records[-1].created) < 1.0  # read back as the wall time it was logged

@@ -82,6 +82,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent_rollout import api
 from agent_rollout.reconcile import ANALYSIS_REFRESH, ANALYSIS_REFRESH_SPREAD
+from agent_rollout.sentinel import SLOW_CYCLE
 from e2e.bench.rollback_speed import install_crd, stopped_at_the_end, terminate_as_exit
 from e2e.cluster import components, objects, prometheus
 from e2e.cluster.lifecycle import start_cluster
@@ -828,6 +829,23 @@ def wake_times(log_path: Path, start: int, keys: set[tuple[str, str]]) -> dict[t
     return found
 
 
+SLOW_CYCLE_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO agent_rollout.sentinel: fast check: (a cycle of .*)$"
+)
+
+
+def slow_cycles(log_path: Path, start: int) -> list[tuple[float, str]]:
+    """The fast check's slow cycles (sentinel.SLOW_CYCLE) in the log from byte `start`: the wall time
+    each was logged (the next sweep's start) and where its time went."""
+    found: list[tuple[float, str]] = []
+    with log_path.open("rb") as f:
+        f.seek(start)
+        for raw in f:
+            if m := SLOW_CYCLE_LINE.match(raw.decode(errors="replace").rstrip()):
+                found.append((datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), m[2]))
+    return found
+
+
 def machine() -> str:
     model = ""
     with suppress(OSError), open("/proc/cpuinfo") as f:
@@ -1393,11 +1411,18 @@ class Bench:
         # The two slowest breaches to see, traced through the query log.
         logged = logged_queries(query_log)
         seen = {k: woken[k] - (visible[k] + to_wall) for k in candidates if k in woken and k in visible}
+        slow = slow_cycles(op.log_path, log_start)
+        longest = max((float(text.split()[3]) for _, text in slow), default=0.0)
+        self.figures.add(
+            f"   fast-check cycles longer than {SLOW_CYCLE:g} periods in this phase (operator log): "
+            f"{len(slow)}, longest {longest:.2f} s"
+        )
         for key in sorted(seen, key=lambda k: -seen[k])[:2]:
-            self.figures.add(
-                f"   slowest seen {key[0]}/{key[1]}: "
-                + breach_timeline(logged, visible[key] + to_wall, woken[key])
-            )
+            at = visible[key] + to_wall
+            self.figures.add(f"   slowest seen {key[0]}/{key[1]}: " + breach_timeline(logged, at, woken[key]))
+            for logged_at, text in slow:
+                if at - 2 <= logged_at <= woken[key] + 1:
+                    self.figures.add(f"      {logged_at - at:+.2f}s {text}")
 
     # -- 2b. abort from the first second, at a restart with N rollouts mid-pause
 

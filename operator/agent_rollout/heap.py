@@ -102,6 +102,11 @@ def measure_pauses() -> Pauses:
     return _pauses
 
 
+def paused() -> float:
+    """Seconds the collector has paused the process since measure_pauses (0 before it)."""
+    return sum(_pauses.seconds) if _pauses is not None else 0.0
+
+
 def freeze() -> None:
     """Freeze what is alive now; young cycles that are garbage already are collected first (cheap:
     the young generations only)."""

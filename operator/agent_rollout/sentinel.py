@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from agent_rollout import api, metrics
+from agent_rollout import api, heap, metrics
 from agent_rollout.analysis.batch import retrieve_failure
 from agent_rollout.analysis.gates import BoundCheck, hard_bound_check, may_breach_quantile_max
 from agent_rollout.analysis.prometheus import MetricsSource, PrometheusError
@@ -79,6 +79,12 @@ class Watched:
 # Of the time between two sweeps, at most this share goes to sweeping on the event loop: with 10,000
 # rollouts a sweep measures 10,000 rollouts, and the fast check must not starve the reconciles it wakes.
 MAX_BUSY_SHARE = 0.25
+
+# A cycle (one sweep's start to the next's) longer than this many periods is logged with where its time
+# went: the sweep's wait for its blocks, its CPU on the event loop (next_pause stretches the pause by
+# it), the collector's pauses, or a loop too busy to resume it when its pause ended. At 10,000 rollouts
+# a latency breach waited 3.7 s between two sweeps while the histogram said nothing of that phase.
+SLOW_CYCLE = 2.0
 
 _CHUNK = 200  # rollouts measured between two looks at the clock (SLICE)
 
@@ -138,6 +144,25 @@ class _LoopTime:
 
     def __exit__(self, *_: object) -> None:
         self.seconds += time.thread_time() - self._since
+
+
+@dataclass(frozen=True)
+class _Cycle:
+    """One sweep as Sentinel.run saw it (monotonic seconds), to say where a slow cycle's time went."""
+
+    started: float
+    took: float  # the sweep, start to end: planning, waiting for blocks and confirms, measuring
+    busy: float  # of it, CPU seconds on the event loop
+    pause: float  # the pause asked for after it (next_pause)
+    paused: float  # heap.paused() when it started
+
+    def slow(self, next_started: float, paused: float) -> str:
+        late = next_started - self.started - self.took - self.pause
+        return (
+            f"a cycle of {next_started - self.started:.2f} s: sweep {self.took:.2f} s, "
+            f"{self.busy:.2f} s of it CPU on the event loop; pause {self.pause:.2f} s; resumed "
+            f"{late:.2f} s late; the garbage collector paused the process {paused - self.paused:.2f} s"
+        )
 
 
 _Failures = tuple[tuple[str, str], ...]  # status.lastFailureAt's items: gate -> time
@@ -273,18 +298,23 @@ class Sentinel:
 
     async def run(self) -> None:
         self._stopped = False
-        last_start: float | None = None
+        last: _Cycle | None = None
         try:
             while True:
                 started = time.monotonic()
-                if last_start is not None:
-                    metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="cycle").observe(started - last_start)
-                last_start = started
+                if last is not None:
+                    metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="cycle").observe(started - last.started)
+                    if started - last.started > SLOW_CYCLE * self.period:
+                        log.info("fast check: %s", last.slow(started, heap.paused()))
+                paused = heap.paused()
                 try:
                     await self.sweep()
                 except Exception:  # the sentinel only speeds things up: never let it die
                     log.exception("fast bound check failed; the analysis interval still applies")
-                await asyncio.sleep(next_pause(self.period, time.monotonic() - started, self.busy))
+                took = time.monotonic() - started
+                pause = next_pause(self.period, took, self.busy)
+                last = _Cycle(started, took, self.busy, pause, paused)
+                await asyncio.sleep(pause)
         finally:  # the operator stops: no block is asked after it, and none is left in flight
             self._stop_asking()
 
