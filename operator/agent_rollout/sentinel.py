@@ -153,6 +153,7 @@ class _Cycle:
     started: float
     took: float  # the sweep, start to end: planning, waiting for blocks and confirms, measuring
     busy: float  # of it, CPU seconds on the event loop
+    measuring: float  # of it, wall seconds measuring reads (their yields to a busy loop included)
     pause: float  # the pause asked for after it (next_pause)
     paused: float  # heap.paused() when it started
 
@@ -160,7 +161,8 @@ class _Cycle:
         late = next_started - self.started - self.took - self.pause
         return (
             f"a cycle of {next_started - self.started:.2f} s: sweep {self.took:.2f} s, "
-            f"{self.busy:.2f} s of it CPU on the event loop; pause {self.pause:.2f} s; resumed "
+            f"{self.busy:.2f} s of it CPU on the event loop, {self.measuring:.2f} s measuring (yields "
+            f"included); pause {self.pause:.2f} s; resumed "
             f"{late:.2f} s late; the garbage collector paused the process {paused - self.paused:.2f} s"
         )
 
@@ -230,6 +232,7 @@ class Sentinel:
         self.period = period
         self.breaches = 0  # rollouts woken by a breach since start: for the operator's metrics and tests
         self.busy = 0.0  # CPU seconds the last sweep spent on the event loop (next_pause)
+        self.measuring = 0.0  # wall seconds the last sweep spent measuring its reads
         # Anchors (_anchors) whose windows were all full at the last sweep, with their analysis object
         # (an id may be reused once its object is gone; the object itself tells).
         self._full: dict[tuple[object, ...], api.Analysis] = {}
@@ -313,7 +316,7 @@ class Sentinel:
                     log.exception("fast bound check failed; the analysis interval still applies")
                 took = time.monotonic() - started
                 pause = next_pause(self.period, took, self.busy)
-                last = _Cycle(started, took, self.busy, pause, paused)
+                last = _Cycle(started, took, self.busy, self.measuring, pause, paused)
                 await asyncio.sleep(pause)
         finally:  # the operator stops: no block is asked after it, and none is left in flight
             self._stop_asking()
@@ -330,6 +333,7 @@ class Sentinel:
         blocks have arrived: an error-rate breach does not wait for the slowest block (at 10,000
         rollouts the latency histogram's, several times slower than the counters')."""
         busy = _LoopTime()
+        self.measuring = 0.0
         try:
             return await self._sweep(busy)
         finally:
@@ -467,6 +471,7 @@ class Sentinel:
                     measuring = time.monotonic()
                     suspects = await self._measure(read, members, values, woken, busy)
                     took = time.monotonic() - measuring
+                    self.measuring += took
                     metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="measure").observe(took)
                     for exact, suspected in suspects.items():
                         if (confirm := self._start_confirm(source, exact, suspected)) is not None:
