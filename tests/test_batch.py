@@ -553,7 +553,7 @@ def test_a_fleet_query_that_is_not_urgent_is_sent_once_the_urgent_ones_in_flight
     in flight; every other fleet query (a count, an evaluation's quantile) is sent after them, and at
     once when none is in flight. Its answer is as old as its sending, not as its asking."""
     now = [0.0]
-    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0)
+    reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0, quiet_wait=1.0)
     key = ("support", "candidate")
     sent: dict[str, float] = {}
     errors_answer = asyncio.Event()
@@ -738,9 +738,10 @@ def test_a_lane_wait_that_is_no_number_of_seconds_stops_the_operator_naming_it(v
     assert ran.returncode != 0 and "AGENT_ROLLOUT_LANE_WAIT" in ran.stderr
 
 
-def test_a_lane_wait_of_zero_sends_every_query_as_it_is_asked() -> None:
-    """AGENT_ROLLOUT_LANE_WAIT=0: the lanes are off, a count goes beside the fast check's queries."""
-    reader = BatchReader(ttl=1.0, quiet_wait=0.0)
+def test_by_default_every_query_is_sent_as_it_is_asked() -> None:
+    """No lanes (QUIET_WAIT 0, AGENT_ROLLOUT_LANE_WAIT unset or 0): a count goes beside the fast
+    check's queries."""
+    reader = BatchReader(ttl=1.0)
     held = asyncio.Event()
     sent: list[str] = []
 
@@ -755,17 +756,19 @@ def test_a_lane_wait_of_zero_sends_every_query_as_it_is_asked() -> None:
     asyncio.run(scenario())
 
 
-def test_the_operators_readers_take_the_lane_wait_from_the_environment() -> None:
+@pytest.mark.parametrize(("value", "wait"), [(None, "0.0"), ("1.5", "1.5")])
+def test_the_operators_readers_take_the_lane_wait_from_the_environment(value: str | None, wait: str) -> None:
     probe = (
         "from agent_rollout import handlers; "
         "print(handlers._gateway_for('http://p:9090', 5.0).reader.quiet_wait)"
     )
+    env = {k: v for k, v in os.environ.items() if k != "AGENT_ROLLOUT_LANE_WAIT"}
     ran = subprocess.run(
         [sys.executable, "-c", probe],
-        env={**os.environ, "PYTHONPATH": str(OPERATOR), "AGENT_ROLLOUT_LANE_WAIT": "0"},
+        env={**env, "PYTHONPATH": str(OPERATOR), **({"AGENT_ROLLOUT_LANE_WAIT": value} if value else {})},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.split() == ["0.0"]
+    assert ran.stdout.split() == [wait]

@@ -787,9 +787,9 @@ def test_a_confirmation_that_fails_with_a_bug_is_logged_and_the_sweep_goes_on(
 
 
 def test_a_sweep_asks_the_requests_count_once_its_value_block_has_answered_not_beside_it() -> None:
-    """On one Prometheus the queries in flight share its CPU: the errors block (a breach is seen
-    through it) goes alone, and every request's count (the ratio's denominator, taken from its last
-    answer by the reads) is sent after it."""
+    """With the lanes on (AGENT_ROLLOUT_LANE_WAIT > 0; off by default): the errors block (a breach is
+    seen through it) goes alone, and every request's count (the ratio's denominator, taken from its
+    last answer by the reads) is sent after it."""
     clock = FakeClock()
     order: list[str] = []
 
@@ -803,8 +803,10 @@ def test_a_sweep_asks_the_requests_count_once_its_value_block_has_answered_not_b
             order.append(f"{name} answered")
             return answer
 
+    prometheus = OneAtATime(Metrics())
+    prometheus.reader = BatchReader(ttl=0, gather=0, quiet_wait=1.0)
     sentinel = Sentinel(clock=clock)
-    sentinel.update(("support", "a"), _spec(), _status(clock), OneAtATime(Metrics()))
+    sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
     _sweep(sentinel)
 
     assert order == ["errors sent", "errors answered", "count sent", "count answered"]

@@ -45,7 +45,7 @@ EVALUATION_MAX_AGE = float(os.environ.get("AGENT_ROLLOUT_EVALUATION_MAX_AGE", "5
 if not EVALUATION_MAX_AGE >= 0:
     raise ValueError(f"AGENT_ROLLOUT_EVALUATION_MAX_AGE must be >= 0 seconds, got {EVALUATION_MAX_AGE!r}")
 # The longest a whole-fleet query that is not the fast check's waits for the fast check's in flight
-# (analysis.batch: the lanes); 0 sends every query as it is asked.
+# (analysis.batch: the lanes); 0, the default, sends every query as it is asked.
 LANE_WAIT = float(os.environ.get("AGENT_ROLLOUT_LANE_WAIT", str(QUIET_WAIT)))
 if not LANE_WAIT >= 0:
     raise ValueError(f"AGENT_ROLLOUT_LANE_WAIT must be >= 0 seconds, got {LANE_WAIT!r}")

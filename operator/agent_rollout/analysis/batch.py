@@ -18,13 +18,16 @@ A reader that must see what Prometheus holds now (`after`: the fast check confir
 the evaluation it wakes) takes only answers of queries sent at or after that moment: never the cache
 of an earlier query, nor a query in flight since before it (which may predate the breach it is to see).
 
-Whole-fleet queries go in two lanes (`urgent`): the fast check's value blocks (a breach is seen
-through them) are sent at once; every other one (the counts, the evaluations' blocks) waits, at most
-QUIET_WAIT, until no urgent query is in flight. On one Prometheus a query shares its CPU with the
-others in flight: at 10,000 rollouts on 2 cores the latency shortfall took a median 0.37 s beside the
-errors block alone, 0.54 s with every request's count too and 0.66 s (up to 1.36 s) with the
-evaluations' p95 quantile as well, and a latency breach waited for it (Prometheus' query log of run R,
-2026-11-28).
+Whole-fleet queries may go in two lanes (`urgent`, with a positive `quiet_wait`): the fast check's
+value blocks (a breach is seen through them) are sent at once; every other one (the counts, the
+evaluations' blocks) waits, at most quiet_wait, until no urgent query is in flight. On one Prometheus
+a query shares its CPU with the others in flight: at 10,000 rollouts on 2 cores the latency shortfall
+took a median 0.37 s beside the errors block alone, 0.54 s with every request's count too and 0.66 s
+(up to 1.36 s) with the evaluations' p95 quantile as well (Prometheus' query log of run R,
+2026-11-28). The lanes shortened the shortfall, but not the breaches: in five runs of the operator at
+10,000 rollouts, breach -> weight 0 p99 was 1.7-4.8 s (errors) and 2.5-6.1 s (latency) with them,
+1.2-1.8 s and 1.1-2.5 s without, and the slow breaches waited for sweeps seconds apart, not for
+Prometheus. Off by default (QUIET_WAIT); AGENT_ROLLOUT_LANE_WAIT turns them on.
 
 The reader runs on the event loop and never blocks it: the query itself is the caller's `fetch`
 (PrometheusGateway runs it in its thread pool, bounded by its timeout), and each caller waits at
@@ -46,9 +49,10 @@ DEFAULT_TTL = 1.0  # seconds
 # How long a focused read waits for others of the same block before its query is sent: the reconciles
 # a sweep wakes, and those the workers run side by side, ask within milliseconds of each other.
 GATHER = 0.02  # seconds
-# The longest a query that is not urgent waits for the urgent ones in flight to answer: a Prometheus
-# that never stops answering the fast check must not starve the evaluations (nor a stuck query).
-QUIET_WAIT = 1.0  # seconds
+# The longest a query that is not urgent waits for the urgent ones in flight to answer (bounded: a
+# Prometheus that never stops answering the fast check must not starve the evaluations, nor a stuck
+# query). 0: no lanes, every query is sent as it is asked (the module's docstring says why).
+QUIET_WAIT = 0.0  # seconds
 
 
 @dataclass
