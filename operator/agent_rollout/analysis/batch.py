@@ -24,10 +24,11 @@ evaluations' blocks) waits, at most quiet_wait, until no urgent query is in flig
 a query shares its CPU with the others in flight: at 10,000 rollouts on 2 cores the latency shortfall
 took a median 0.37 s beside the errors block alone, 0.54 s with every request's count too and 0.66 s
 (up to 1.36 s) with the evaluations' p95 quantile as well (Prometheus' query log of run R,
-2026-11-28). The lanes shortened the shortfall, but not the breaches: in five runs of the operator at
-10,000 rollouts, breach -> weight 0 p99 was 1.7-4.8 s (errors) and 2.5-6.1 s (latency) with them,
-1.2-1.8 s and 1.1-2.5 s without, and the slow breaches waited for sweeps seconds apart, not for
-Prometheus. Off by default (QUIET_WAIT); AGENT_ROLLOUT_LANE_WAIT turns them on.
+2026-11-28). The lanes shortened the shortfall, but not the breaches: in six runs of the operator at
+10,000 rollouts, breach -> weight 0 p99 was 1.7 / 4.8 / 1.9 s (errors) and 2.5 / 6.1 / 5.3 s
+(latency) with them, 1.2 / 1.8 / 7.3 s and 1.1 / 2.5 / 2.1 s without, and the slow breaches waited
+for sweeps seconds apart, not for Prometheus. Off by default (QUIET_WAIT: one mechanism less);
+AGENT_ROLLOUT_LANE_WAIT turns them on.
 
 The reader runs on the event loop and never blocks it: the query itself is the caller's `fetch`
 (PrometheusGateway runs it in its thread pool, bounded by its timeout), and each caller waits at
