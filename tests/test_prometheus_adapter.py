@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 import time
@@ -552,3 +553,32 @@ def test_large_answers_are_decoded_one_at_a_time_small_ones_side_by_side(
     inside["most"] = 0
     assert asyncio.run(four("small")) == [2] * 4
     assert inside["most"] > 1
+
+
+@pytest.mark.parametrize(("series", "collecting"), [(20_000, False), (3, True)])
+def test_a_large_answer_is_decoded_and_parsed_with_the_garbage_collector_paused(
+    prometheus: FakePrometheusServer, series: int, collecting: bool
+) -> None:
+    # A fleet's block (20,000 series, over 256 KB): a collection during its parse would walk every
+    # object of the answer for nothing; a small answer changes nothing.
+    prometheus.respond = lambda query: (200, vector(*(["1"] * series)), 0.0)
+    seen: list[bool] = []
+
+    def parse(result: Any) -> int:
+        seen.append(gc.isenabled())
+        return len(result)
+
+    gateway = PrometheusGateway(prometheus.url, timeout=5)
+    assert asyncio.run(gateway._run("sum(x)", parse)) == series
+    assert seen == [collecting] and gc.isenabled()
+
+
+def test_a_parse_that_fails_leaves_the_garbage_collector_on(prometheus: FakePrometheusServer) -> None:
+    prometheus.respond = lambda query: (200, vector(*(["1"] * 20_000)), 0.0)
+
+    def parse(result: Any) -> int:
+        raise PrometheusUnavailable("unexpected series")
+
+    with pytest.raises(PrometheusUnavailable):
+        asyncio.run(PrometheusGateway(prometheus.url, timeout=5)._run("sum(x)", parse))
+    assert gc.isenabled()

@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import math
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
@@ -158,6 +159,25 @@ def api_get(url: str, endpoint: str, promql: str, timeout: float) -> Any:
 # took 6.6 s against 9.6 s (in isolation: 4 threads decoding 20 answers of 20,000 series each).
 LARGE_ANSWER = 256 * 1024  # bytes
 _DECODING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _decoding_alone() -> Iterator[None]:
+    """A large answer decoded and parsed by one thread at a time (_DECODING), with no cyclic garbage
+    collection meanwhile (so one thread at a time turns it off and on). Its hundreds of thousands of
+    objects live until the parse is done and then die by reference counting: a collection meanwhile
+    walks them for nothing, with the GIL held (nothing runs on the event loop). At 10,000 rollouts
+    the operator's collector paused it 13.2 s in a 120 s window, 0.4-0.7 s of each slow fast-check
+    cycle; in isolation, decoding and parsing 40 answers of 20,000 series paid 0.5 s of pauses with
+    it on and 0.02 s with it paused. A cycle made meanwhile is collected after, as any other."""
+    with _DECODING:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            if enabled:
+                gc.enable()
 
 
 def api_send(url: str, endpoint: str, promql: str, timeout: float) -> requests.Response:
@@ -367,14 +387,16 @@ class PrometheusGateway:
     def _query(self, promql: str, parse: Callable[[Any], T]) -> T:
         """Runs in a worker thread, parsing included: a block's thousands of series stay off the loop."""
         response = api_send(self.url, "/api/v1/query", promql, self.timeout)
-        with _DECODING if len(response.content) > LARGE_ANSWER else contextlib.nullcontext():
+        with _decoding_alone() if len(response.content) > LARGE_ANSWER else contextlib.nullcontext():
             try:
                 data = answer_data(self.url, "/api/v1/query", promql, response)
             except _NotFound:
                 raise PrometheusUnavailable(f"{self.url}: HTTP 404: no Prometheus query API here") from None
             if not isinstance(data, dict) or "result" not in data:
                 raise PrometheusUnavailable(f"{self.url}: unexpected answer: {data!r:.100}")
-            return parse(data["result"])
+            parsed = parse(data["result"])
+            del data  # freed here, while the collector is still paused, not after it walked it
+        return parsed
 
     def _check(self, promql: str) -> str | None:
         try:
