@@ -16,6 +16,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from agent_rollout import heap
 from agent_rollout.analysis import prometheus
 from agent_rollout.analysis.prometheus import parse_vector
 
@@ -36,15 +37,8 @@ def _answer() -> bytes:
 
 
 def measure(body: bytes, paused: bool) -> str:
-    pauses, counts, started = [0.0] * 3, [0] * 3, [0.0]
-
-    def callback(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-            return
-        pauses[info["generation"]] += time.perf_counter() - started[0]
-        counts[info["generation"]] += 1
-
+    callback = heap.Pauses()  # the operator's own record of the collector's pauses
+    pauses = callback.seconds
     kept: list[Any] = []
     gc.callbacks.append(callback)
     t0 = time.perf_counter()
@@ -59,6 +53,7 @@ def measure(body: bytes, paused: bool) -> str:
     finally:
         gc.callbacks.remove(callback)
     wall = time.perf_counter() - t0
+    counts = [sum(c) for c in callback.counts]
     by_generation = ", ".join(f"{g}: {counts[g]} in {pauses[g]:.3f} s" for g in range(3))
     return (
         f"{'paused' if paused else 'on    '}: {1000 * wall / ANSWERS:.0f} ms an answer; "

@@ -816,34 +816,36 @@ WAKE_LINE = re.compile(
 )
 
 
-def wake_times(log_path: Path, start: int, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
-    """Wall time of the fast check's first wake of each rollout in `keys`, in the log from byte `start`."""
-    found: dict[tuple[str, str], float] = {}
+def logged(log_path: Path, start: int, line: re.Pattern[str]) -> Iterator[tuple[float, re.Match[str]]]:
+    """The operator's log lines from byte `start` that `line` matches (its first group: asctime), each
+    with the wall time it was logged."""
     with log_path.open("rb") as f:
         f.seek(start)
         for raw in f:
-            m = WAKE_LINE.match(raw.decode(errors="replace"))
-            if m and (key := (m[2], m[3])) in keys and key not in found:
+            if m := line.match(raw.decode(errors="replace").rstrip()):
                 # asctime is the operator's local time, as datetime.timestamp reads a naive one.
-                found[key] = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                yield datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), m
+
+
+def wake_times(log_path: Path, start: int, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
+    """Wall time of the fast check's first wake of each rollout in `keys`, in the log from byte `start`."""
+    found: dict[tuple[str, str], float] = {}
+    for at, m in logged(log_path, start, WAKE_LINE):
+        if (key := (m[2], m[3])) in keys and key not in found:
+            found[key] = at
     return found
 
 
 SLOW_CYCLE_LINE = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO agent_rollout.sentinel: fast check: (a cycle of .*)$"
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO agent_rollout.sentinel: fast check: "
+    r"(a cycle of ([0-9.]+) s.*)$"
 )
 
 
-def slow_cycles(log_path: Path, start: int) -> list[tuple[float, str]]:
+def slow_cycles(log_path: Path, start: int) -> list[tuple[float, float, str]]:
     """The fast check's slow cycles (sentinel.SLOW_CYCLE) in the log from byte `start`: the wall time
-    each was logged (the next sweep's start) and where its time went."""
-    found: list[tuple[float, str]] = []
-    with log_path.open("rb") as f:
-        f.seek(start)
-        for raw in f:
-            if m := SLOW_CYCLE_LINE.match(raw.decode(errors="replace").rstrip()):
-                found.append((datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), m[2]))
-    return found
+    each was logged (the next sweep's start), its length and where its time went."""
+    return [(at, float(m[3]), m[2]) for at, m in logged(log_path, start, SLOW_CYCLE_LINE)]
 
 
 def machine() -> str:
@@ -1436,7 +1438,7 @@ class Bench:
         logged = logged_queries(query_log)
         seen = {k: woken[k] - (visible[k] + to_wall) for k in candidates if k in woken and k in visible}
         slow = slow_cycles(op.log_path, log_start)
-        longest = max((float(text.split()[3]) for _, text in slow), default=0.0)
+        longest = max((cycle for _, cycle, _ in slow), default=0.0)
         self.figures.add(
             f"   fast-check cycles longer than {SLOW_CYCLE:g} periods in this phase (operator log): "
             f"{len(slow)}, longest {longest:.2f} s"
@@ -1444,7 +1446,7 @@ class Bench:
         for key in sorted(seen, key=lambda k: -seen[k])[:2]:
             at = visible[key] + to_wall
             self.figures.add(f"   slowest seen {key[0]}/{key[1]}: " + breach_timeline(logged, at, woken[key]))
-            for logged_at, text in slow:
+            for logged_at, _, text in slow:
                 if at - 2 <= logged_at <= woken[key] + 1:
                     self.figures.add(f"      {logged_at - at:+.2f}s {text}")
 

@@ -304,12 +304,11 @@ class Sentinel:
         last: _Cycle | None = None
         try:
             while True:
-                started = time.monotonic()
+                started, paused = time.monotonic(), heap.paused()
                 if last is not None:
                     metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="cycle").observe(started - last.started)
                     if started - last.started > SLOW_CYCLE * self.period:
-                        log.info("fast check: %s", last.slow(started, heap.paused()))
-                paused = heap.paused()
+                        log.info("fast check: %s", last.slow(started, paused))
                 try:
                     await self.sweep()
                 except Exception:  # the sentinel only speeds things up: never let it die
