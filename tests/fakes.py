@@ -171,7 +171,7 @@ class FakePrometheus(PrometheusGateway):
             raise PrometheusUnavailable(self.down)
         return self.rejects(promql)
 
-    async def _run(self, promql: str, parse: Callable[[Any], T]) -> T:
+    async def _run(self, promql: str, parse: Callable[[Any], T], urgent: bool = False) -> T:
         self.queries.append(promql)
         if self.down is not None:
             raise PrometheusUnavailable(self.down)

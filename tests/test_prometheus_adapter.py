@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import socket
 import threading
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent_rollout.analysis import prometheus as prometheus_module
 from agent_rollout.analysis.prometheus import (
     PrometheusGateway,
     PrometheusUnavailable,
@@ -582,3 +584,76 @@ def test_a_parse_that_fails_leaves_the_garbage_collector_on(prometheus: FakeProm
     with pytest.raises(PrometheusUnavailable):
         asyncio.run(PrometheusGateway(prometheus.url, timeout=5)._run("sum(x)", parse))
     assert gc.isenabled()
+
+
+def test_an_urgent_large_answer_is_decoded_before_others_waiting(prometheus: FakePrometheusServer) -> None:
+    """The fast check's value block (urgent: a breach is seen through it) arrives while a fleet answer
+    is being parsed and two evaluations' answers wait: it is parsed next, not last."""
+    prometheus.respond = lambda query: (200, vector(*(["1"] * 20_000)), 0.0)
+    gateway = PrometheusGateway(prometheus.url, timeout=10.0, executor=ThreadPoolExecutor(max_workers=4))
+    turns, order = prometheus_module._DECODING, []
+    holding, released = threading.Event(), threading.Event()
+
+    def first() -> None:  # the fleet answer being parsed
+        with turns.turn(urgent=False):
+            holding.set()
+            released.wait(timeout=5.0)
+
+    def parse(name: str, result: Any) -> int:
+        order.append(name)
+        return len(result)
+
+    async def arrive() -> list[int]:
+        runs = [
+            asyncio.ensure_future(gateway._run("sum(x)", functools.partial(parse, name)))
+            for name in ("evaluation-1", "evaluation-2")
+        ]
+        while turns.waiting < 2:
+            await asyncio.sleep(0.01)
+        fast = functools.partial(parse, "fast-check")
+        runs.append(asyncio.ensure_future(gateway._run("sum(x)", fast, urgent=True)))
+        while turns.waiting < 3:
+            await asyncio.sleep(0.01)
+        released.set()
+        return await asyncio.gather(*runs)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert holding.wait(timeout=5.0)
+    try:
+        assert asyncio.run(arrive()) == [20_000] * 3
+    finally:
+        released.set()
+        holder.join()
+    assert order[0] == "fast-check"
+
+
+def test_answers_that_are_not_urgent_give_way_for_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream of urgent decodes back to back (three threads, 50 ms each) does not hold an evaluation's
+    answer past URGENT_FIRST (here 0.2 s): it takes a turn between two urgent ones."""
+    monkeypatch.setattr(prometheus_module, "URGENT_FIRST", 0.2)
+    turns = prometheus_module._DecodeTurns()
+    stop = threading.Event()
+    waited: list[float] = []
+
+    def urgent_stream() -> None:
+        while not stop.is_set():
+            with turns.turn(urgent=True):
+                time.sleep(0.05)
+
+    def evaluation() -> None:
+        asked = time.monotonic()
+        with turns.turn(urgent=False):
+            waited.append(time.monotonic() - asked)
+
+    stream = [threading.Thread(target=urgent_stream) for _ in range(3)]
+    for thread in stream:
+        thread.start()
+    time.sleep(0.1)
+    other = threading.Thread(target=evaluation)
+    other.start()
+    other.join(timeout=3.0)
+    stop.set()
+    for thread in stream:
+        thread.join()
+    assert waited and waited[0] < 1.0  # 0.2 s of giving way and one urgent decode, on a busy machine

@@ -794,12 +794,12 @@ def test_a_sweep_asks_the_requests_count_once_its_value_block_has_answered_not_b
     order: list[str] = []
 
     class OneAtATime(FakePrometheus):
-        async def _run(self, promql: str, parse: Callable[[Any], Any]) -> Any:
+        async def _run(self, promql: str, parse: Callable[[Any], Any], urgent: bool = False) -> Any:
             name = "errors" if 'error_type!=""' in promql else "count"
             order.append(f"{name} sent")
             if name == "errors":
                 await asyncio.sleep(0.05)
-            answer = await super()._run(promql, parse)
+            answer = await super()._run(promql, parse, urgent)
             order.append(f"{name} answered")
             return answer
 

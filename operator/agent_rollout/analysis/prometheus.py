@@ -158,20 +158,77 @@ def api_get(url: str, endpoint: str, promql: str, timeout: float) -> Any:
 # concurrent decodes left a process 89 MiB larger, serialised 43 MiB (the four results included), and
 # took 6.6 s against 9.6 s (in isolation: 4 threads decoding 20 answers of 20,000 series each).
 LARGE_ANSWER = 256 * 1024  # bytes
-_DECODING = threading.Lock()
+# The longest a large answer that is not urgent steps aside for urgent ones (the fast check's value
+# blocks, through which a breach is seen) waiting for their turn to decode: bounded, so a stream of
+# urgent answers cannot hold an evaluation's answer past its query's timeout.
+URGENT_FIRST = 1.0  # seconds
+
+
+class _DecodeTurns:
+    """One large answer decoded at a time, the urgent ones first.
+
+    A plain lock served its waiters in no set order: the fast check's errors answer waited behind
+    evaluations' fleet answers (each 50-60 ms of decoding at 10,000 rollouts, up to 8 threads of them)
+    while a breach was in it. Urgent waiters now go before the others. One that is not urgent gives
+    way for URGENT_FIRST seconds; then it is overdue and goes before the urgent ones (without that, an
+    urgent thread that just finished took the next turn again before a waiter woke)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._busy = False
+        self._urgent_waiting = 0
+        self._overdue_waiting = 0
+        self.waiting = 0  # threads waiting for a turn
+
+    @contextlib.contextmanager
+    def turn(self, urgent: bool) -> Iterator[None]:
+        with self._changed:
+            overdue = False
+            self._urgent_waiting += urgent
+            self.waiting += 1
+            try:
+                give_way_until = time.monotonic() + URGENT_FIRST
+                while not self._may_take(urgent, overdue):
+                    left = give_way_until - time.monotonic()
+                    if not (urgent or overdue) and left <= 0:
+                        overdue = True
+                        self._overdue_waiting += 1
+                        continue
+                    self._changed.wait(None if urgent or overdue else left)
+            finally:
+                self.waiting -= 1
+                self._urgent_waiting -= urgent
+                self._overdue_waiting -= overdue
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy = False
+                self._changed.notify_all()
+
+    def _may_take(self, urgent: bool, overdue: bool) -> bool:
+        if self._busy:
+            return False
+        if urgent:
+            return not self._overdue_waiting
+        return overdue or not self._urgent_waiting
+
+
+_DECODING = _DecodeTurns()
 
 
 @contextlib.contextmanager
-def _decoding_alone() -> Iterator[None]:
-    """A large answer decoded and parsed by one thread at a time (_DECODING), with no cyclic garbage
-    collection meanwhile (so one thread at a time turns it off and on). Its hundreds of thousands of
-    objects live until the parse is done and then die by reference counting: a collection meanwhile
-    walks them for nothing, with the GIL held (nothing runs on the event loop). At 10,000 rollouts
-    the operator's collector paused it 13.2 s in a 120 s window, 0.4-0.7 s of each slow fast-check
-    cycle; in isolation (e2e/bench/gc_decode.py), decoding and parsing 40 answers of 20,000 series
-    paid 0.46 s of pauses with it on and 0.08 s with it paused. A cycle made meanwhile is collected
-    after, as any other."""
-    with _DECODING:
+def _decoding_alone(urgent: bool = False) -> Iterator[None]:
+    """A large answer decoded and parsed by one thread at a time, `urgent` ones first (_DecodeTurns),
+    with no cyclic garbage collection meanwhile (so one thread at a time turns it off and on). Its
+    hundreds of thousands of objects live until the parse is done and then die by reference counting:
+    a collection meanwhile walks them for nothing, with the GIL held (nothing runs on the event loop).
+    At 10,000 rollouts the operator's collector paused it 13.2 s in a 120 s window, 0.4-0.7 s of each
+    slow fast-check cycle; in isolation (e2e/bench/gc_decode.py), decoding and parsing 40 answers of
+    20,000 series paid 0.46 s of pauses with it on and 0.08 s with it paused. A cycle made meanwhile
+    is collected after, as any other."""
+    with _DECODING.turn(urgent):
         enabled = gc.isenabled()
         gc.disable()
         try:
@@ -321,7 +378,8 @@ class PrometheusGateway:
         a fresh one is fetched (BatchReader.read). With `keys`, only those pairs are needed
         (Block.focused): what a window shorter than the gate's asks of Prometheus, always fresh.
         With `after` (time.monotonic()), only an answer of a query sent at or after it. A whole
-        block's query waits for the `urgent` ones in flight unless it is one (BatchReader.read)."""
+        block's query waits for the `urgent` ones in flight unless it is one (BatchReader.read), and
+        an urgent answer is decoded before the others waiting (_DecodeTurns)."""
         parse = functools.partial(parse_vector, labels=(block.namespace_label, block.version_label))
         try:
             if keys is not None and len(keys) <= FOCUS_LIMIT:
@@ -337,7 +395,7 @@ class PrometheusGateway:
                 )
             return await self.reader.read(
                 block,
-                lambda: self._run(block.promql, parse),
+                lambda: self._run(block.promql, parse, urgent),
                 self.timeout,
                 max_age,
                 stale_age,
@@ -364,8 +422,8 @@ class PrometheusGateway:
                 self._parsed.popitem(last=False)
         return reason
 
-    async def _run(self, promql: str, parse: Callable[[Any], T]) -> T:
-        return await self._in_thread(functools.partial(self._query, promql, parse))
+    async def _run(self, promql: str, parse: Callable[[Any], T], urgent: bool = False) -> T:
+        return await self._in_thread(functools.partial(self._query, promql, parse, urgent))
 
     async def _in_thread(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -385,10 +443,12 @@ class PrometheusGateway:
         finally:
             metrics.QUERY_SECONDS.labels(prometheus=self.url).observe(time.monotonic() - started)
 
-    def _query(self, promql: str, parse: Callable[[Any], T]) -> T:
-        """Runs in a worker thread, parsing included: a block's thousands of series stay off the loop."""
+    def _query(self, promql: str, parse: Callable[[Any], T], urgent: bool = False) -> T:
+        """Runs in a worker thread, parsing included: a block's thousands of series stay off the loop.
+        A large `urgent` answer is decoded before the others waiting (_DecodeTurns)."""
         response = api_send(self.url, "/api/v1/query", promql, self.timeout)
-        with _decoding_alone() if len(response.content) > LARGE_ANSWER else contextlib.nullcontext():
+        large = len(response.content) > LARGE_ANSWER
+        with _decoding_alone(urgent) if large else contextlib.nullcontext():
             try:
                 data = answer_data(self.url, "/api/v1/query", promql, response)
             except _NotFound:
