@@ -657,3 +657,37 @@ def test_answers_that_are_not_urgent_give_way_for_a_bounded_time(monkeypatch: py
     for thread in stream:
         thread.join()
     assert waited and waited[0] < 1.0  # 0.2 s of giving way and one urgent decode, on a busy machine
+
+
+def test_a_round_trip_is_prometheus_time_not_the_wait_for_a_turn_to_decode(
+    prometheus: FakePrometheusServer,
+) -> None:
+    """answered_in (what the fast check rests for) is the HTTP round trip: a fleet answer waiting
+    0.5 s for its turn to be decoded took Prometheus much less."""
+    prometheus.respond = lambda query: (200, vector(*(["1"] * 20_000)), 0.0)
+    gateway = PrometheusGateway(prometheus.url, timeout=10.0)
+    holding, released = threading.Event(), threading.Event()
+
+    def decoding() -> None:  # another fleet answer's turn
+        with prometheus_module._DECODING.turn(urgent=False):
+            holding.set()
+            released.wait(timeout=5.0)
+
+    async def asked() -> float:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, released.set)
+        assert await gateway._run("sum(x)", len) == 20_000
+        return time.monotonic() - started
+
+    holder = threading.Thread(target=decoding)
+    holder.start()
+    assert holding.wait(timeout=5.0)
+    try:
+        waited = asyncio.run(asked())
+    finally:
+        released.set()
+        holder.join()
+    round_trip = gateway.answered_in("sum(x)")
+    assert waited >= 0.5 and round_trip is not None and round_trip < waited - 0.3, (waited, round_trip)
+    assert gateway.answered_in("sum(y)") is None

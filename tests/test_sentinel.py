@@ -397,6 +397,48 @@ async def _both_blocks_rested(count_every: float) -> tuple[Sentinel, SlowPrometh
     return sentinel, prometheus
 
 
+class DecodedSlowly(FakePrometheus):
+    """Prometheus answers in `round_trip` seconds (answered_in, as the gateway records it), but each
+    answer reaches the sweep `delay` seconds after it was asked: the rest waited for a worker thread
+    and a turn to be decoded, as fleet answers do at 10,000 rollouts."""
+
+    def __init__(self, metrics: Metrics, delay: float, round_trip: float | None) -> None:
+        super().__init__(metrics)
+        self.delay, self.round_trip = delay, round_trip
+        self.sent: list[float] = []
+
+    async def _run(self, promql: str, parse: Callable[[Any], Any], urgent: bool = False) -> Any:
+        self.sent.append(time.monotonic())
+        await asyncio.sleep(self.delay)
+        if self.round_trip is not None:
+            self._round_trips[promql] = self.round_trip
+        return await super()._run(promql, parse, urgent)
+
+
+@pytest.mark.parametrize(("round_trip", "rests"), [(0.02, False), (None, True)])
+def test_a_block_rests_for_prometheus_time_not_for_the_wait_to_decode_its_answer(
+    round_trip: float | None, rests: bool
+) -> None:
+    """A block whose answer took longer than the period rests (MAX_WAIT_SHARE) to spare Prometheus:
+    when Prometheus answered at once and the time went to decoding here, it is asked again by the
+    next sweep; with no round trip known, the whole wait counts, as before."""
+    prometheus, clock = DecodedSlowly(Metrics(), delay=1.0, round_trip=round_trip), FakeClock()
+
+    async def scenario() -> float:
+        sentinel = Sentinel(clock=clock, period=0.2, count_every=0.0)
+        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        for _ in range(8):  # sends both blocks, waits for them; the next ones take their answers
+            await asyncio.wait_for(sentinel.sweep(), timeout=5)
+            if len(prometheus.sent) > 2:
+                break
+        await asyncio.sleep(0.8)  # a rest of 0.5 s is over
+        assert len(prometheus.sent) >= 4
+        return prometheus.sent[2] - (prometheus.sent[0] + 1.0)  # answered -> asked again
+
+    again = asyncio.run(scenario())  # about a period (0.2 s) at most, or the rest (0.5 s)
+    assert (again > 0.4) is rests, again
+
+
 def test_a_resting_block_is_asked_again_when_its_rest_ends_not_at_a_later_sweep() -> None:
     """A block slower than the period rests half its duration, then is asked at once: at 10,000
     rollouts a 1.5 s counter query waited for the next sweep after its rest too, one every 3 s."""

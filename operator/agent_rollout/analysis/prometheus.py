@@ -116,6 +116,8 @@ class MetricsSource(Protocol):
         urgent: bool = False,
     ) -> BlockValues: ...
 
+    def answered_in(self, promql: str) -> float | None: ...
+
 
 class QueryChecker(Protocol):
     async def check(self, promql: str) -> str | None: ...
@@ -358,6 +360,9 @@ class PrometheusGateway:
         # Shapes of queries this Prometheus parsed (query_shape): 10,000 rollouts from one template
         # send 10,000 queries that differ only in a matcher's value, and need one check between them.
         self._parsed: OrderedDict[str, None] = OrderedDict()
+        # Each query's last HTTP round trip (answered_in), written by the worker threads.
+        self._round_trips: dict[str, float] = {}
+        self._round_trips_lock = threading.Lock()
 
     async def scalar(self, promql: str) -> float | None:
         """The query's single value, None for an empty result. Raises QueryRejected when Prometheus
@@ -405,6 +410,12 @@ class PrometheusGateway:
         except TimeoutError:
             raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from None
 
+    def answered_in(self, promql: str) -> float | None:
+        """Seconds the last answer to this query took from its sending until its body was read:
+        Prometheus' part (its queue, evaluation and encoding, the transfer), without the wait for a
+        worker thread or for a turn to decode it here. None when no answer came yet."""
+        return self._round_trips.get(promql)
+
     async def check(self, promql: str) -> str | None:
         """None when Prometheus parses the query, Prometheus' error text when it rejects it; raises
         PrometheusUnavailable when it cannot tell. The query is parsed, not run (format_query), on
@@ -446,7 +457,12 @@ class PrometheusGateway:
     def _query(self, promql: str, parse: Callable[[Any], T], urgent: bool = False) -> T:
         """Runs in a worker thread, parsing included: a block's thousands of series stay off the loop.
         A large `urgent` answer is decoded before the others waiting (_DecodeTurns)."""
+        sent = time.monotonic()
         response = api_send(self.url, "/api/v1/query", promql, self.timeout)
+        with self._round_trips_lock:
+            if len(self._round_trips) >= ROUND_TRIPS and promql not in self._round_trips:
+                self._round_trips.clear()  # focused queries differ by their pairs: forget, do not grow
+            self._round_trips[promql] = time.monotonic() - sent
         large = len(response.content) > LARGE_ANSWER
         with _decoding_alone(urgent) if large else contextlib.nullcontext():
             try:
@@ -472,6 +488,7 @@ class PrometheusGateway:
         return None
 
 
+ROUND_TRIPS = 1024  # queries whose last round trip is remembered (answered_in)
 PARSED_SHAPES = 4096  # distinct query shapes remembered per Prometheus: a few per template and window
 
 # A non-empty value of an equality matcher (`="..."`, `!="..."`): any such string parses alike, so it
