@@ -663,7 +663,7 @@ def test_a_round_trip_is_prometheus_time_not_the_wait_for_a_turn_to_decode(
     prometheus: FakePrometheusServer,
 ) -> None:
     """answered_in (what the fast check rests for) is the HTTP round trip: a fleet answer waiting
-    0.5 s for its turn to be decoded took Prometheus much less."""
+    up to 1 s for its turn to be decoded took Prometheus much less."""
     prometheus.respond = lambda query: (200, vector(*(["1"] * 20_000)), 0.0)
     gateway = PrometheusGateway(prometheus.url, timeout=10.0)
     holding, released = threading.Event(), threading.Event()
@@ -676,7 +676,7 @@ def test_a_round_trip_is_prometheus_time_not_the_wait_for_a_turn_to_decode(
     async def asked() -> float:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        loop.call_later(0.5, released.set)
+        loop.call_later(1.0, released.set)
         assert await gateway._run("sum(x)", len) == 20_000
         return time.monotonic() - started
 
@@ -689,5 +689,5 @@ def test_a_round_trip_is_prometheus_time_not_the_wait_for_a_turn_to_decode(
         released.set()
         holder.join()
     round_trip = gateway.answered_in("sum(x)")
-    assert waited >= 0.5 and round_trip is not None and round_trip < waited - 0.3, (waited, round_trip)
+    assert waited >= 1.0 and round_trip is not None and round_trip < waited - 0.4, (waited, round_trip)
     assert gateway.answered_in("sum(y)") is None

@@ -23,7 +23,7 @@ from agent_rollout.metrics import REGISTRY
 from agent_rollout.planner import gate_windows
 from agent_rollout.reconcile import measure_over
 from agent_rollout.sentinel import Sentinel, SharedAnalyses, next_pause, rest_after
-from e2e.bench.operator_scale import slow_cycles
+from e2e.bench.operator_scale import slow_cycles, wakes
 from tests.fakes import FakeClock, FakePrometheus, unfocused
 from tests.specs import CANDIDATE
 from tests.test_reconcile import Metrics, rollout_body
@@ -406,10 +406,12 @@ class DecodedSlowly(FakePrometheus):
         super().__init__(metrics)
         self.delay, self.round_trip = delay, round_trip
         self.sent: list[float] = []
+        self.answered: list[float] = []  # when each answer reached the sweep
 
     async def _run(self, promql: str, parse: Callable[[Any], Any], urgent: bool = False) -> Any:
         self.sent.append(time.monotonic())
         await asyncio.sleep(self.delay)
+        self.answered.append(time.monotonic())
         if self.round_trip is not None:
             self._round_trips[promql] = self.round_trip
         return await super()._run(promql, parse, urgent)
@@ -433,7 +435,7 @@ def test_a_block_rests_for_prometheus_time_not_for_the_wait_to_decode_its_answer
                 break
         await asyncio.sleep(0.8)  # a rest of 0.5 s is over
         assert len(prometheus.sent) >= 4
-        return prometheus.sent[2] - (prometheus.sent[0] + 1.0)  # answered -> asked again
+        return prometheus.sent[2] - prometheus.answered[0]  # the errors block: answered -> asked again
 
     again = asyncio.run(scenario())  # about a period (0.2 s) at most, or the rest (0.5 s)
     assert (again > 0.4) is rests, again
@@ -881,3 +883,29 @@ def test_a_slow_cycle_is_logged_with_where_its_time_went(
     late = float(text.split("resumed ")[1].split(" s")[0])
     assert cycle >= 0.3 and late >= 0.25 and cycle - late < 0.1, slow
     assert abs(slow[0][0] - caplog.records[-1].created) < 1.0  # read back as the wall time it was logged
+
+
+def test_a_wake_says_how_old_the_answer_its_breach_was_seen_in_is(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """The wake's log line carries the age of the value block's answer: from its query's sending,
+    Prometheus' part of that, and from its arrival. Read back by the scale benchmark (wakes)."""
+    metrics = Metrics()
+    metrics.error_rate = 0.5
+    prometheus, clock = DecodedSlowly(metrics, delay=0.3, round_trip=0.02), FakeClock()
+    woken: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        sentinel = Sentinel(clock=clock, period=0.5, wake=woken.append, count_every=0.0)
+        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        await asyncio.wait_for(sentinel.sweep(), timeout=5)
+
+    with caplog.at_level("INFO", logger="agent_rollout.sentinel"):
+        asyncio.run(scenario())
+    assert woken == [("support", "a")]
+    log = tmp_path / "operator.log"
+    log.write_text("".join(logging.Formatter(LOG_FORMAT).format(r) + "\n" for r in caplog.records))
+    said = wakes(log, 0, {("support", "a")})[("support", "a")][1]
+    numbers = [float(word) for word in said.replace("(", " ").split() if word[0].isdigit()]
+    sent, prometheus_part, here = numbers
+    assert prometheus_part == 0.02 and sent - here >= 0.29, said  # the answer came 0.3 s after its query

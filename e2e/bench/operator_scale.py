@@ -813,6 +813,7 @@ def spread(values: Sequence[float], unit: str = "s", digits: int = 1) -> str:
 
 WAKE_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO agent_rollout.sentinel: ([^/ ]+)/([^:]+): gate .* waking"
+    r"[^(]*(?:\((.*)\))?$"
 )
 
 
@@ -829,10 +830,15 @@ def logged(log_path: Path, start: int, line: re.Pattern[str]) -> Iterator[tuple[
 
 def wake_times(log_path: Path, start: int, keys: set[tuple[str, str]]) -> dict[tuple[str, str], float]:
     """Wall time of the fast check's first wake of each rollout in `keys`, in the log from byte `start`."""
-    found: dict[tuple[str, str], float] = {}
+    return {key: at for key, (at, _) in wakes(log_path, start, keys).items()}
+
+
+def wakes(log_path: Path, start: int, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[float, str]]:
+    """wake_times with what the wake's line says of the answer the breach was seen in (its age)."""
+    found: dict[tuple[str, str], tuple[float, str]] = {}
     for at, m in logged(log_path, start, WAKE_LINE):
         if (key := (m[2], m[3])) in keys and key not in found:
-            found[key] = at
+            found[key] = (at, m[4] or "")
     return found
 
 
@@ -1443,9 +1449,12 @@ class Bench:
             f"   fast-check cycles longer than {SLOW_CYCLE:g} periods in this phase (operator log): "
             f"{len(slow)}, longest {longest:.2f} s"
         )
+        said = wakes(op.log_path, log_start, set(candidates))
         for key in sorted(seen, key=lambda k: -seen[k])[:2]:
             at = visible[key] + to_wall
             self.figures.add(f"   slowest seen {key[0]}/{key[1]}: " + breach_timeline(logged, at, woken[key]))
+            if said.get(key, (0.0, ""))[1]:
+                self.figures.add(f"      its wake: {said[key][1]}")
             for logged_at, _, text in slow:
                 if at - 2 <= logged_at <= woken[key] + 1:
                     self.figures.add(f"      {logged_at - at:+.2f}s {text}")
