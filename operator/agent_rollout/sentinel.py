@@ -250,10 +250,10 @@ class Sentinel:
         self._counts: set[tuple[int, Block]] = set()  # which of them are count blocks (COUNT_EVERY)
         self._last_sent: dict[tuple[int, Block], float] = {}  # loop time the last answer's query was sent
         self._stopped = False  # cancelled: a query cancelled with it must not ask again after its rest
-        # Each block's last answer, the loop time its query was sent and the pairs it was asked for
-        # (None: every pair): what a read takes of a block it does not wait for (MAX_KEPT_AGE).
-        self._kept: dict[tuple[int, Block], tuple[float, BlockValues, frozenset[Pair] | None]] = {}
-        self._received: dict[tuple[int, Block], float] = {}  # loop time each of those answers got here
+        # Each block's last answer, the loop time its query was sent, the pairs it was asked for
+        # (None: every pair) and the loop time it got here: what a read takes of a block it does not
+        # wait for (MAX_KEPT_AGE), and how old a wake's answer is (_seen).
+        self._kept: dict[tuple[int, Block], tuple[float, BlockValues, frozenset[Pair] | None, float]] = {}
         self.kept_age = kept_age
         self.count_every = min(count_every, kept_age)  # a count's answer is taken only while kept
         # Each histogram's bucket bounds (bucket_bounds_block) and when they were answered (monotonic):
@@ -437,7 +437,6 @@ class Sentinel:
             self._wanted, self._counts = set(wanted), counts
             self._last_sent = {key: sent for key, sent in self._last_sent.items() if key in wanted}
             self._kept = {key: kept for key, kept in self._kept.items() if key in wanted}
-            self._received = {key: at for key, at in self._received.items() if key in wanted}
             for key in [k for k, t in self._flying.items() if t.done() and k not in wanted]:
                 del self._flying[key]  # an answer no watched rollout reads any more
             self._ask_bounds()
@@ -618,8 +617,7 @@ class Sentinel:
             if (sent := self._last_sent.get(key)) is not None:
                 metrics.FAST_CHECK_BLIND_SECONDS.labels(block=key[1].promql).observe(loop.time() - sent)
             self._last_sent[key] = started
-            self._kept[key] = (started, values, keys)
-            self._received[key] = loop.time()
+            self._kept[key] = (started, values, keys, loop.time())
             return values
         finally:  # it stays in _flying until a sweep takes its answer: none is lost between two sweeps
             took = loop.time() - started
@@ -717,13 +715,13 @@ class Sentinel:
         """How old the answer a breach was seen in is, for the wake's log line: from the query's
         sending (and Prometheus' part of it) and from its arrival here. At 10,000 rollouts a breach
         was woken 2.1 s after Prometheus answered the query that showed it, with no slow cycle."""
-        kept, received = self._kept.get(key), self._received.get(key)
-        if kept is None or received is None:
+        kept = self._kept.get(key)
+        if kept is None:
             return ""
         now = asyncio.get_running_loop().time()
         prometheus = source.answered_in(key[1].promql)
         spent = "" if prometheus is None else f" (Prometheus {prometheus:.2f} s of it)"
-        sent, here = now - kept[0], now - received
+        sent, here = now - kept[0], now - kept[3]
         return f" (its value's query sent {sent:.2f} s ago{spent}, answered here {here:.2f} s ago)"
 
     def _reads(
