@@ -394,6 +394,30 @@ def focused_pairs(promql: str) -> set[tuple[str, str]]:
     }
 
 
+def test_a_focused_query_an_urgent_reader_gathered_into_is_sent_urgent() -> None:
+    """A confirm (urgent) joining an evaluation's focused query still gathering readers makes it urgent:
+    sent as the evaluation's, it would wait in the shared workers' queue with a breach in its answer."""
+    reader = BatchReader(ttl=1.0, gather=0.02)
+    block = blocks(Template.ERROR_RATE)[0]
+    sent: list[tuple[frozenset[tuple[str, str]], bool]] = []
+
+    async def fetch(pairs: frozenset[tuple[str, str]], urgent: bool = False) -> BlockValues:
+        sent.append((pairs, urgent))
+        return dict.fromkeys(pairs, 1.0)
+
+    a, b = ("team-1", "agent-1"), ("team-2", "agent-2")
+
+    async def scenario() -> None:
+        evaluation = reader.read_focused(block, frozenset({a}), fetch, timeout=1.0)
+        confirm = reader.read_focused(block, frozenset({b}), fetch, timeout=1.0, after=0.0, urgent=True)
+        await asyncio.gather(evaluation, confirm)
+        assert sent == [(frozenset({a, b}), True)]
+        await reader.read_focused(block, frozenset({("team-3", "agent-3")}), fetch, timeout=1.0)
+        assert sent[1][1] is False  # an evaluation's own is not
+
+    asyncio.run(scenario())
+
+
 def test_focused_reads_within_the_gather_time_are_one_query_for_all_their_pairs() -> None:
     now = [0.0]
     reader = BatchReader(ttl=1.0, clock=lambda: now[0], longest=5.0)
@@ -401,7 +425,7 @@ def test_focused_reads_within_the_gather_time_are_one_query_for_all_their_pairs(
     fetched: list[frozenset[tuple[str, str]]] = []
     fail = [False]
 
-    async def fetch(pairs: frozenset[tuple[str, str]]) -> BlockValues:
+    async def fetch(pairs: frozenset[tuple[str, str]], urgent: bool = False) -> BlockValues:
         fetched.append(pairs)
         if fail[0]:
             raise PrometheusUnavailable("boom")
@@ -514,7 +538,7 @@ def test_a_reader_after_a_moment_never_takes_an_answer_or_a_query_in_flight_from
         await slow.wait()
         return {key: 1.0, ("other", "agent"): 1.0}
 
-    async def focused(pairs: frozenset[tuple[str, str]]) -> BlockValues:
+    async def focused(pairs: frozenset[tuple[str, str]], urgent: bool = False) -> BlockValues:
         focused_sent.append(now[0])
         return dict.fromkeys(pairs, 12.0)  # the breach, in Prometheus since 1 s
 
@@ -653,7 +677,7 @@ def test_a_confirm_never_joins_a_fleet_query_waiting_in_the_lane() -> None:
         sent.append("fleet quantile")
         return {key: 3.0}
 
-    async def focused(pairs: frozenset[tuple[str, str]]) -> BlockValues:
+    async def focused(pairs: frozenset[tuple[str, str]], urgent: bool = False) -> BlockValues:
         sent.append("confirm")
         return dict.fromkeys(pairs, 12.0)
 
@@ -709,7 +733,7 @@ def test_the_evaluation_a_confirm_woke_takes_the_confirms_answer_not_a_fleet_que
         await fleet_answer.wait()
         return {key: 3.0}
 
-    async def confirm(pairs: frozenset[tuple[str, str]]) -> BlockValues:
+    async def confirm(pairs: frozenset[tuple[str, str]], urgent: bool = False) -> BlockValues:
         return dict.fromkeys(pairs, 12.0)
 
     async def scenario() -> None:

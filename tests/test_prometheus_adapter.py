@@ -691,3 +691,35 @@ def test_a_round_trip_is_prometheus_time_not_the_wait_for_a_turn_to_decode(
     round_trip = gateway.answered_in("sum(x)")
     assert waited >= 1.0 and round_trip is not None and round_trip < waited - 0.4, (waited, round_trip)
     assert gateway.answered_in("sum(y)") is None
+
+
+def test_breach_reads_have_workers_of_their_own_while_the_shared_ones_are_busy(
+    prometheus: FakePrometheusServer,
+) -> None:
+    """The fast check's value block and a read after a moment (a confirm, the evaluation a breach woke)
+    are answered while every shared worker is held by a slow query: in the shared first-in, first-out
+    queue they waited for those (at 10,000 rollouts the evaluations' queries take 0.4-1.4 s each)."""
+    errors, _ = template_read(Template.ERROR_RATE, MetricNames(), window="2m").blocks
+    fleet = series(({"namespace": "team", "version": "agent"}, 0.5))
+    prometheus.respond = lambda query: (200, fleet, 2.0 if query.startswith("slow") else 0.0)
+    gateway = PrometheusGateway(prometheus.url, timeout=10.0)  # the process-wide worker pools
+    pair = ("team", "agent")
+
+    async def scenario() -> tuple[float, float, float]:
+        begun = time.monotonic()
+        slow = [asyncio.ensure_future(gateway.scalar(f"slow{i}")) for i in range(9)]  # 8 workers busy
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        assert (await gateway.block(errors, max_age=0.0, urgent=True))[pair] == 0.5
+        value_block = time.monotonic() - started
+        started = time.monotonic()
+        assert (await gateway.block(errors, keys=frozenset({pair}), after=time.monotonic()))[pair] == 0.5
+        confirm = time.monotonic() - started
+        await asyncio.gather(*slow)
+        return value_block, confirm, time.monotonic() - begun
+
+    value_block, confirm, ninth = asyncio.run(scenario())
+    assert ninth >= 2.0 * 2 - 0.5  # the ninth slow query waited for a shared worker: they were busy
+    assert value_block < 1.0 and confirm < 1.0, (value_block, confirm)
+    urgent = gateway.answer_times(errors.promql)
+    assert urgent is not None and urgent.queued < 0.5, urgent

@@ -119,6 +119,7 @@ RUN_PREFIX = "bench-scale-"
 BLIND_METRIC = "agent_rollout_fast_check_blind_seconds"
 SWEEP_METRIC = "agent_rollout_fast_check_sweep_seconds"
 QUERY_ERRORS_METRIC = "agent_rollout_prometheus_query_errors"
+PROMETHEUS_QUEUE_METRIC = "agent_rollout_prometheus_queue_seconds"
 LABEL = "bench.agent-rollout.dev/role"  # on routes: breach / abort; on rollouts: short / long
 SCALE_LABEL = "bench.agent-rollout.dev/scale"
 # The longest of the rollouts' measured-value refresh periods (reconcile.analysis_refresh): a window
@@ -1227,6 +1228,12 @@ class Bench:
         self.figures.add(
             "   the fast check's own wall time over the window (agent_rollout_fast_check_sweep_seconds, "
             "bucket bounds): " + ("; ".join(f"{phase} {line}" for phase, line in phases.items()) or "none")
+        )
+        lanes = window_summaries(scrape0, scrape1, PROMETHEUS_QUEUE_METRIC, "lane")
+        self.figures.add(
+            "   Prometheus queries' wait for a worker thread over the window, by lane "
+            "(agent_rollout_prometheus_queue_seconds, bucket bounds): "
+            + ("; ".join(f"{lane} {line}" for lane, line in lanes.items()) or "none")
         )
         blind = window_summaries(scrape0, scrape1, BLIND_METRIC, "block")
         self.figures.add(

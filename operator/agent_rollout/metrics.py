@@ -56,6 +56,15 @@ QUERY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+PROMETHEUS_QUEUE_SECONDS = Histogram(
+    f"{PREFIX}_prometheus_queue_seconds",
+    "Time a Prometheus query waited for a worker thread before it was sent, by lane: urgent (a breach "
+    "is seen through it: the fast check's value blocks and confirms, a woken evaluation's fresh reads) "
+    "or shared (every other).",
+    ["lane"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+    registry=REGISTRY,
+)
 FAST_CHECK_BLIND_SECONDS = Histogram(
     f"{PREFIX}_fast_check_blind_seconds",
     "For each building-block answer the fast check gets: seconds since the query of its previous answer "

@@ -718,11 +718,13 @@ class Sentinel:
         kept = self._kept.get(key)
         if kept is None:
             return ""
-        now = asyncio.get_running_loop().time()
-        prometheus = source.answered_in(key[1].promql)
-        spent = "" if prometheus is None else f" (Prometheus {prometheus:.2f} s of it)"
+        now = asyncio.get_running_loop().time()  # time.monotonic(), as the gateway's times
+        times = source.answer_times(key[1].promql)
+        spent = ""
+        if times is not None and times.done <= kept[3]:  # of this answer, not of one in flight since
+            spent = f": {times}, {kept[3] - times.done:.2f} s to reach the sweep"
         sent, here = now - kept[0], now - kept[3]
-        return f" (its value's query sent {sent:.2f} s ago{spent}, answered here {here:.2f} s ago)"
+        return f" (its value's query sent {sent:.2f} s ago{spent}; answered here {here:.2f} s ago)"
 
     def _reads(
         self,

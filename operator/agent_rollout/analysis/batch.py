@@ -69,6 +69,7 @@ class _Focused:
     keys: set[Pair]  # the pairs it asks for: a reader of any of them may use its answer
     task: asyncio.Task[BlockValues]
     sent: float | None = None  # None while it gathers readers
+    urgent: bool = False  # an urgent reader gathered into it (a breach is seen through it)
     values: BlockValues | None = None  # once answered
 
 
@@ -167,15 +168,16 @@ class BatchReader:
         self,
         block: Block,
         keys: frozenset[Pair],
-        fetch: Callable[[frozenset[Pair]], Awaitable[BlockValues]],
+        fetch: Callable[[frozenset[Pair], bool], Awaitable[BlockValues]],
         timeout: float,
         max_age: float | None = None,
         after: float | None = None,
+        urgent: bool = False,
     ) -> BlockValues:
         """The block's values for at least the pairs `keys`: from an answer of the whole block or of a
         focused query that covers them, from a query in flight that does, or from a new query
-        `fetch(pairs)` for these pairs and those of every other reader within GATHER seconds. With
-        `after`, only from queries sent at or after it (read)."""
+        `fetch(pairs, urgent)` for these pairs and those of every other reader within GATHER seconds,
+        urgent when any of them is. With `after`, only from queries sent at or after it (read)."""
         max_age = self.ttl if max_age is None else min(max_age, self.longest)
         self._keep = max(self._keep, max_age)
         now = self._clock()
@@ -224,18 +226,19 @@ class BatchReader:
             focused.append(gathering)
         else:
             gathering.keys |= keys
+        gathering.urgent |= urgent
         self._focused[block] = focused
         return await asyncio.wait_for(asyncio.shield(gathering.task), timeout)
 
     async def _gather_and_query(
-        self, block: Block, fetch: Callable[[frozenset[Pair]], Awaitable[BlockValues]]
+        self, block: Block, fetch: Callable[[frozenset[Pair], bool], Awaitable[BlockValues]]
     ) -> BlockValues:
         await asyncio.sleep(self.gather)
         query = next(q for q in self._focused[block] if q.task is asyncio.current_task())
         query.sent = self._clock()
         self.fetches += 1
         try:
-            query.values = await fetch(frozenset(query.keys))
+            query.values = await fetch(frozenset(query.keys), query.urgent)
             return query.values
         finally:
             now = self._clock()

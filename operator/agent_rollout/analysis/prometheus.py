@@ -71,6 +71,12 @@ T = TypeVar("T")
 
 # Shared by every rollout: the number of Prometheus queries in flight is bounded process-wide.
 _EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prometheus-query")
+# The urgent queries (a breach is seen through them: the fast check's value blocks, its confirms, and
+# the reads of the evaluation a breach woke) have workers of their own. In the shared pool they waited
+# in its first-in, first-out queue behind the evaluations' queries (at 10,000 rollouts, 0.4-1.4 s each
+# at Prometheus, eight at a time). Four: the fast check's value blocks and confirms of one Prometheus
+# at once; more would only share Prometheus' cores among more of them.
+_URGENT_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prometheus-urgent")
 _MESSAGE_LIMIT = 300
 # Queries longer than this many characters are sent as a POST form, not in the URL.
 LONG_QUERY = 2048
@@ -117,6 +123,29 @@ class MetricsSource(Protocol):
     ) -> BlockValues: ...
 
     def answered_in(self, promql: str) -> float | None: ...
+
+    def answer_times(self, promql: str) -> AnswerTimes | None: ...
+
+
+@dataclass(frozen=True)
+class AnswerTimes:
+    """Where the last answer to one query spent its time on the way to its asker, in seconds: waiting
+    for a worker thread, at Prometheus (the HTTP round trip: its queue, evaluation and encoding, the
+    transfer), waiting for a turn to decode (a large answer, _DecodeTurns) and decoding and parsing.
+    `done` is the time.monotonic() moment the worker handed it over: from there to its asker is the
+    event loop's part."""
+
+    queued: float
+    prometheus: float
+    turn: float
+    decode: float
+    done: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.queued:.2f} s for a worker, Prometheus {self.prometheus:.2f} s, "
+            f"{self.turn:.2f} s for a turn to decode, {self.decode:.2f} s decoding"
+        )
 
 
 class QueryChecker(Protocol):
@@ -350,6 +379,7 @@ class PrometheusGateway:
         timeout: float = 10.0,
         executor: Executor | None = None,
         reader: BatchReader | None = None,
+        urgent_executor: Executor | None = None,
     ) -> None:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -357,12 +387,14 @@ class PrometheusGateway:
         self.timeout = timeout
         self.reader = reader or BatchReader()
         self._executor = executor or _EXECUTOR
+        # Given one executor, a test's, it runs every query.
+        self._urgent_executor = urgent_executor or executor or _URGENT_EXECUTOR
         # Shapes of queries this Prometheus parsed (query_shape): 10,000 rollouts from one template
         # send 10,000 queries that differ only in a matcher's value, and need one check between them.
         self._parsed: OrderedDict[str, None] = OrderedDict()
-        # Each query's last HTTP round trip (answered_in), written by the worker threads.
-        self._round_trips: dict[str, float] = {}
-        self._round_trips_lock = threading.Lock()
+        # Where each query's last answer spent its time (answer_times), written by the worker threads.
+        self._times: dict[str, AnswerTimes] = {}
+        self._times_lock = threading.Lock()
 
     async def scalar(self, promql: str) -> float | None:
         """The query's single value, None for an empty result. Raises QueryRejected when Prometheus
@@ -384,19 +416,22 @@ class PrometheusGateway:
         (Block.focused): what a window shorter than the gate's asks of Prometheus, always fresh.
         With `after` (time.monotonic()), only an answer of a query sent at or after it. A whole
         block's query waits for the `urgent` ones in flight unless it is one (BatchReader.read), and
-        an urgent answer is decoded before the others waiting (_DecodeTurns)."""
+        an urgent answer is decoded before the others waiting (_DecodeTurns), and each has workers of
+        its own (_URGENT_EXECUTOR). A read `after` a moment (a confirm, the evaluation a breach woke)
+        is urgent too: it is on a breach's way to the route."""
         parse = functools.partial(parse_vector, labels=(block.namespace_label, block.version_label))
+        urgent = urgent or after is not None
         try:
             if keys is not None and len(keys) <= FOCUS_LIMIT:
 
-                async def focused(pairs: frozenset[Pair]) -> BlockValues:
+                async def focused(pairs: frozenset[Pair], urgent: bool) -> BlockValues:
                     try:
-                        return await self._run(block.focused(pairs), parse)
+                        return await self._run(block.focused(pairs), parse, urgent)
                     except QueryRejected as e:  # named by the block's query, as the spec's gate knows it
                         raise QueryRejected(e.reason, query=block.promql) from e
 
                 return await self.reader.read_focused(
-                    block, keys, focused, self.timeout, max_age=max_age, after=after
+                    block, keys, focused, self.timeout, max_age=max_age, after=after, urgent=urgent
                 )
             return await self.reader.read(
                 block,
@@ -414,7 +449,13 @@ class PrometheusGateway:
         """Seconds the last answer to this query took from its sending until its body was read:
         Prometheus' part (its queue, evaluation and encoding, the transfer), without the wait for a
         worker thread or for a turn to decode it here. None when no answer came yet."""
-        return self._round_trips.get(promql)
+        times = self._times.get(promql)
+        return None if times is None else times.prometheus
+
+    def answer_times(self, promql: str) -> AnswerTimes | None:
+        """Where the last answer to this query spent its time here and at Prometheus; None when no
+        answer was decoded yet."""
+        return self._times.get(promql)
 
     async def check(self, promql: str) -> str | None:
         """None when Prometheus parses the query, Prometheus' error text when it rejects it; raises
@@ -434,11 +475,12 @@ class PrometheusGateway:
         return reason
 
     async def _run(self, promql: str, parse: Callable[[Any], T], urgent: bool = False) -> T:
-        return await self._in_thread(functools.partial(self._query, promql, parse, urgent))
+        call = functools.partial(self._query, promql, parse, urgent, time.monotonic())
+        return await self._in_thread(call, urgent)
 
-    async def _in_thread(self, call: Callable[[], T]) -> T:
+    async def _in_thread(self, call: Callable[[], T], urgent: bool = False) -> T:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, call)
+        future = loop.run_in_executor(self._urgent_executor if urgent else self._executor, call)
         started = time.monotonic()
         try:
             return await asyncio.wait_for(future, self.timeout)
@@ -454,17 +496,21 @@ class PrometheusGateway:
         finally:
             metrics.QUERY_SECONDS.labels(prometheus=self.url).observe(time.monotonic() - started)
 
-    def _query(self, promql: str, parse: Callable[[Any], T], urgent: bool = False) -> T:
+    def _query(
+        self, promql: str, parse: Callable[[Any], T], urgent: bool = False, submitted: float | None = None
+    ) -> T:
         """Runs in a worker thread, parsing included: a block's thousands of series stay off the loop.
-        A large `urgent` answer is decoded before the others waiting (_DecodeTurns)."""
+        A large `urgent` answer is decoded before the others waiting (_DecodeTurns). `submitted`: the
+        time.monotonic() moment it was handed to the executor (answer_times)."""
         sent = time.monotonic()
+        metrics.PROMETHEUS_QUEUE_SECONDS.labels(lane="urgent" if urgent else "shared").observe(
+            0.0 if submitted is None else sent - submitted
+        )
         response = api_send(self.url, "/api/v1/query", promql, self.timeout)
-        with self._round_trips_lock:
-            if len(self._round_trips) >= ROUND_TRIPS and promql not in self._round_trips:
-                self._round_trips.clear()  # focused queries differ by their pairs: forget, do not grow
-            self._round_trips[promql] = time.monotonic() - sent
+        read = time.monotonic()
         large = len(response.content) > LARGE_ANSWER
         with _decoding_alone(urgent) if large else contextlib.nullcontext():
+            decoding = time.monotonic()
             try:
                 data = answer_data(self.url, "/api/v1/query", promql, response)
             except _NotFound:
@@ -473,6 +519,12 @@ class PrometheusGateway:
                 raise PrometheusUnavailable(f"{self.url}: unexpected answer: {data!r:.100}")
             parsed = parse(data["result"])
             del data  # freed here, while the collector is still paused, not after it walked it
+        done = time.monotonic()
+        times = AnswerTimes(sent - (submitted or sent), read - sent, decoding - read, done - decoding, done)
+        with self._times_lock:
+            if len(self._times) >= ANSWER_TIMES and promql not in self._times:
+                self._times.clear()  # focused queries differ by their pairs: forget, do not grow
+            self._times[promql] = times
         return parsed
 
     def _check(self, promql: str) -> str | None:
@@ -488,7 +540,7 @@ class PrometheusGateway:
         return None
 
 
-ROUND_TRIPS = 1024  # queries whose last round trip is remembered (answered_in)
+ANSWER_TIMES = 1024  # queries whose last answer's times are remembered (answer_times)
 PARSED_SHAPES = 4096  # distinct query shapes remembered per Prometheus: a few per template and window
 
 # A non-empty value of an equality matcher (`="..."`, `!="..."`): any such string parses alike, so it
