@@ -723,3 +723,26 @@ def test_breach_reads_have_workers_of_their_own_while_the_shared_ones_are_busy(
     assert value_block < 1.0 and confirm < 1.0, (value_block, confirm)
     urgent = gateway.answer_times(errors.promql)
     assert urgent is not None and urgent.queued < 0.5, urgent
+
+
+def test_every_worker_keeps_its_connection(
+    prometheus: FakePrometheusServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both worker pools busy at once (the fast check's and the shared) each hold a connection to
+    Prometheus; none is dropped for a full pool (urllib3's warning; its default pool holds 10)."""
+    prometheus.respond = lambda query: (200, vector("1"), 0.3)
+    gateway = PrometheusGateway(prometheus.url, timeout=10.0)
+
+    async def scenario() -> None:
+        await asyncio.gather(
+            *(gateway._run(f"shared{i}", parse_scalar) for i in range(prometheus_module.SHARED_WORKERS)),
+            *(
+                gateway._run(f"urgent{i}", parse_scalar, True)
+                for i in range(prometheus_module.URGENT_WORKERS)
+            ),
+        )
+        assert len(prometheus.queries) == 12
+
+    with caplog.at_level("WARNING", logger="urllib3.connectionpool"):
+        asyncio.run(scenario())
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]

@@ -70,13 +70,15 @@ from agent_rollout.domain import SpecProblem
 T = TypeVar("T")
 
 # Shared by every rollout: the number of Prometheus queries in flight is bounded process-wide.
-_EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prometheus-query")
+SHARED_WORKERS = 8
+_EXECUTOR = ThreadPoolExecutor(max_workers=SHARED_WORKERS, thread_name_prefix="prometheus-query")
 # The urgent queries (a breach is seen through them: the fast check's value blocks, its confirms, and
 # the reads of the evaluation a breach woke) have workers of their own. In the shared pool they waited
 # in its first-in, first-out queue behind the evaluations' queries (at 10,000 rollouts, 0.4-1.4 s each
 # at Prometheus, eight at a time). Four: the fast check's value blocks and confirms of one Prometheus
 # at once; more would only share Prometheus' cores among more of them.
-_URGENT_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prometheus-urgent")
+URGENT_WORKERS = 4
+_URGENT_EXECUTOR = ThreadPoolExecutor(max_workers=URGENT_WORKERS, thread_name_prefix="prometheus-urgent")
 _MESSAGE_LIMIT = 300
 # Queries longer than this many characters are sent as a POST form, not in the URL.
 LONG_QUERY = 2048
@@ -164,7 +166,11 @@ def prometheus_session(url: str) -> requests.Session:
     The session is shared by the worker threads; its urllib3 pool is thread-safe.
     """
     session = requests.Session()
-    no_retries = HTTPAdapter(max_retries=Retry(total=0, raise_on_status=False))
+    # A connection for each worker thread: with urllib3's default of 10, the twelve workers' answers
+    # were returned to a full pool and their connections closed ("connection pool is full").
+    no_retries = HTTPAdapter(
+        max_retries=Retry(total=0, raise_on_status=False), pool_maxsize=SHARED_WORKERS + URGENT_WORKERS
+    )
     session.mount("http://", no_retries)
     session.mount("https://", no_retries)
     return session
