@@ -42,9 +42,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from agent_rollout.analysis.templates import Block, BlockValues, Pair
+
+T = TypeVar("T")
 
 DEFAULT_TTL = 1.0  # seconds
 # How long a focused read waits for others of the same block before its query is sent: the reconciles
@@ -71,6 +73,15 @@ class _Focused:
     sent: float | None = None  # None while it gathers readers
     urgent: bool = False  # an urgent reader gathered into it (a breach is seen through it)
     values: BlockValues | None = None  # once answered
+
+
+async def within(future: Awaitable[T], timeout: float) -> T:
+    """`await future`, raising TimeoutError after `timeout` seconds, as asyncio.wait_for does in two
+    turns of the event loop fewer: wait_for (3.11) waits on a future of its own that a done callback of
+    the awaited one sets, a turn each. On a busy loop each turn is a wait: at 10,000 rollouts an
+    answer took 1.06 s from its worker thread to the fast check, through three such layers."""
+    async with asyncio.timeout(timeout):
+        return await future
 
 
 def retrieve_failure(task: asyncio.Task[BlockValues]) -> None:
@@ -162,7 +173,7 @@ class BatchReader:
         # shield: a caller that times out or is cancelled must not cancel the query others wait on.
         # The timeout is Prometheus' to answer in: a query waiting in the lane has not been sent yet.
         lane = self.quiet_wait if self._lane(block, task) is not None else 0.0
-        return await asyncio.wait_for(asyncio.shield(task), timeout + lane)
+        return await within(asyncio.shield(task), timeout + lane)
 
     async def read_focused(
         self,
@@ -208,12 +219,12 @@ class BatchReader:
             # joining the evaluations' fleet quantile waited for the lane, then for the fleet).
             and self._lane(block, flying) is None
         ):
-            return await asyncio.wait_for(asyncio.shield(flying), timeout)
+            return await within(asyncio.shield(flying), timeout)
         for query in reversed(focused):  # newest first: a query in flight that covers them
             if query.sent is None or query.values is not None or not keys <= query.keys:
                 continue
             if after is None or query.sent >= after:
-                return await asyncio.wait_for(asyncio.shield(query.task), timeout)
+                return await within(asyncio.shield(query.task), timeout)
         gathering = focused[-1] if focused and focused[-1].sent is None else None
         if gathering is None:
             task = loop.create_task(
@@ -228,7 +239,7 @@ class BatchReader:
             gathering.keys |= keys
         gathering.urgent |= urgent
         self._focused[block] = focused
-        return await asyncio.wait_for(asyncio.shield(gathering.task), timeout)
+        return await within(asyncio.shield(gathering.task), timeout)
 
     async def _gather_and_query(
         self, block: Block, fetch: Callable[[frozenset[Pair], bool], Awaitable[BlockValues]]
