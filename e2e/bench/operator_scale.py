@@ -120,6 +120,7 @@ BLIND_METRIC = "agent_rollout_fast_check_blind_seconds"
 SWEEP_METRIC = "agent_rollout_fast_check_sweep_seconds"
 QUERY_ERRORS_METRIC = "agent_rollout_prometheus_query_errors"
 PROMETHEUS_QUEUE_METRIC = "agent_rollout_prometheus_queue_seconds"
+LOOP_LAG_METRIC = "agent_rollout_event_loop_lag_seconds"
 LABEL = "bench.agent-rollout.dev/role"  # on routes: breach / abort; on rollouts: short / long
 SCALE_LABEL = "bench.agent-rollout.dev/scale"
 # The longest of the rollouts' measured-value refresh periods (reconcile.analysis_refresh): a window
@@ -747,7 +748,7 @@ def histogram_buckets(text: str, metric: str, label: str) -> dict[str, dict[floa
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == f"{metric}_bucket":
-                found.setdefault(sample.labels[label], {})[float(sample.labels["le"])] = sample.value
+                found.setdefault(sample.labels.get(label, ""), {})[float(sample.labels["le"])] = sample.value
     return found
 
 
@@ -1234,6 +1235,11 @@ class Bench:
             "   Prometheus queries' wait for a worker thread over the window, by lane "
             "(agent_rollout_prometheus_queue_seconds, bucket bounds): "
             + ("; ".join(f"{lane} {line}" for lane, line in lanes.items()) or "none")
+        )
+        lag = window_summaries(scrape0, scrape1, LOOP_LAG_METRIC, "").get("", "none")
+        self.figures.add(
+            "   the operator's event-loop lag over the window (a timer every 0.25 s, how late it ran: "
+            f"agent_rollout_event_loop_lag_seconds, bucket bounds): {lag}"
         )
         blind = window_summaries(scrape0, scrape1, BLIND_METRIC, "block")
         self.figures.add(

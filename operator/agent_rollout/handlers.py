@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from agent_rollout import alerts, allocator, heap, metrics
+from agent_rollout import alerts, allocator, heap, looplag, metrics
 from agent_rollout.analysis.batch import DEFAULT_TTL, QUIET_WAIT, BatchReader
 from agent_rollout.analysis.prometheus import PrometheusGateway
 from agent_rollout.controller import EARLY_READS, INFORMER_KINDS, WORKERS, Controller
@@ -169,6 +169,7 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
         loop.create_task(sentinel.run(), name="fast-check"),
     ]
     _Runtime.tasks.append(loop.create_task(allocator.keep_trimmed(), name="allocator"))
+    _Runtime.tasks.append(loop.create_task(looplag.measure(), name="loop-lag"))
     heap.measure_pauses()
     if GC_FREEZE:
         _Runtime.tasks.append(loop.create_task(heap.keep_frozen(controller.listed), name="heap"))

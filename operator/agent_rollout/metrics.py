@@ -56,6 +56,13 @@ QUERY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+EVENT_LOOP_LAG_SECONDS = Histogram(
+    f"{PREFIX}_event_loop_lag_seconds",
+    "How late a timer on the operator's event loop ran (looplag): what every wait on the loop, such as "
+    "an answer on its way to the fast check, waits more per turn.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
 PROMETHEUS_QUEUE_SECONDS = Histogram(
     f"{PREFIX}_prometheus_queue_seconds",
     "Time a Prometheus query waited for a worker thread before it was sent, by lane: urgent (a breach "
