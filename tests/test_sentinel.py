@@ -4,6 +4,7 @@ whose hard bound is breached, from the shared building blocks (one read per bloc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -407,10 +408,12 @@ class DecodedSlowly(FakePrometheus):
         super().__init__(metrics)
         self.delay, self.round_trip = delay, round_trip
         self.sent: list[float] = []
+        self.sent_queries: list[tuple[str, float]] = []
         self.answered: list[float] = []  # when each answer reached the sweep
 
     async def _run(self, promql: str, parse: Callable[[Any], Any], urgent: bool = False) -> Any:
         self.sent.append(time.monotonic())
+        self.sent_queries.append((promql, self.sent[-1]))
         await asyncio.sleep(self.delay)
         self.answered.append(time.monotonic())
         if self.round_trip is not None:  # the rest of the delay waiting for a worker
@@ -436,11 +439,34 @@ def test_a_block_rests_for_prometheus_time_not_for_the_wait_to_decode_its_answer
             if len(prometheus.sent) > 2:
                 break
         await asyncio.sleep(0.8)  # a rest of 0.5 s is over
-        assert len(prometheus.sent) >= 4
+        assert len(prometheus.sent) >= 3
         return prometheus.sent[2] - prometheus.answered[0]  # the errors block: answered -> asked again
 
     again = asyncio.run(scenario())  # about a period (0.2 s) at most, or the rest (0.5 s)
     assert (again > 0.4) is rests, again
+
+
+def test_a_value_block_slower_than_the_period_is_asked_again_once_its_answer_is_taken() -> None:
+    """An answer that took longer than the period to come back (here 0.3 s against 0.2, Prometheus'
+    part 0.02 s: no rest) is followed by the next query as soon as a sweep takes it, not by the next
+    sweep's (0.4 s apart without: two periods, the sweep that took it asking nothing more)."""
+    prometheus, clock = DecodedSlowly(Metrics(), delay=0.3, round_trip=0.02), FakeClock()
+
+    async def scenario() -> list[float]:
+        sentinel = Sentinel(clock=clock, period=0.2, count_every=60.0)
+        sentinel.update(("support", "a"), _spec(), _status(clock), prometheus)
+        running = asyncio.create_task(sentinel.run())
+        await asyncio.sleep(2.0)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        errors = next(q for q, _ in prometheus.sent_queries if 'error_type!=""' in q)
+        sent = [at for q, at in prometheus.sent_queries if q == errors]
+        return [b - a for a, b in itertools.pairwise(sent)]
+
+    gaps = asyncio.run(scenario())
+    assert len(gaps) >= 4, gaps
+    # The answer's 0.3 s and the sweep taking it (0.30 s here), not two periods (0.40-0.42 s without).
+    assert sorted(gaps[1:])[len(gaps) // 2 - 1] < 0.37, gaps
 
 
 def test_a_resting_block_is_asked_again_when_its_rest_ends_not_at_a_later_sweep() -> None:
@@ -451,12 +477,18 @@ def test_a_resting_block_is_asked_again_when_its_rest_ends_not_at_a_later_sweep(
         sentinel, prometheus = await _both_blocks_rested(count_every=0.0)
         assert len(prometheus.asked) == 4  # both asked again once rested, for the next sweep to take
         assert await asyncio.wait_for(sentinel.sweep(), timeout=5) == 0
-        assert len(prometheus.asked) == 4  # that sweep took those answers rather than asking again
+        # That sweep took those answers; only the value block may be asked again as it took it (its
+        # query a period old and its rest over: _ask_again_if_due), never the count.
+        again = prometheus.asked[4:]
+        assert len(again) <= 1 and all('error_type!=""' in q for q in again), again
         sentinel.forget(("support", "a"))
         await asyncio.sleep(0.3)
         await asyncio.wait_for(sentinel.sweep(), timeout=5)  # nobody reads the blocks any more
         await asyncio.sleep(0.3)
-        assert len(prometheus.asked) <= 6  # at most the rests already under way, then nothing
+        asked = len(prometheus.asked)
+        assert asked <= 7  # at most the rests and the query already under way
+        await asyncio.sleep(0.3)
+        assert len(prometheus.asked) == asked  # then nothing
 
     asyncio.run(scenario())
 

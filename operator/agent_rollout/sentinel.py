@@ -455,8 +455,10 @@ class Sentinel:
                 if not done:
                     break
                 for task in done:
-                    if self._flying.get(tasks[task]) is task:
-                        del self._flying[tasks[task]]
+                    if self._flying.get(key := tasks[task]) is task:
+                        del self._flying[key]
+                        if key not in counts and task.exception() is None:
+                            self._ask_again_if_due(key, *wanted[key], fresh)
                 with busy:
                     # Every answer is taken, so no failed query is left "never retrieved".
                     unexpected = [e for t in done if (e := self._answered(t, tasks[t], vectors, failed))]
@@ -634,6 +636,28 @@ class Sentinel:
                     self._relaunch[key] = loop.call_at(until, self._rested, key, source, pairs, fresh)
             else:
                 self._resting.pop(key, None)
+
+    def _ask_again_if_due(
+        self, key: tuple[int, Block], source: MetricsSource, pairs: set[Pair] | None, fresh: float
+    ) -> None:
+        """A value block's answer was just taken: when its query went out a period ago or more, ask it
+        again now, for the next sweep to take, rather than at the next sweep. At 10,000 rollouts an
+        answer took up to 2.2 s to come back (Prometheus 0.93 s of it); the sweep that took it asked
+        nothing more, and the next one asked again up to a period later: the errors block went 3.5 s
+        between two queries, a breach unseen meanwhile. Never sooner than a period after the last one,
+        nor while the block rests (Prometheus' own part was slow) or after a failure."""
+        loop = asyncio.get_running_loop()
+        sent = self._last_sent.get(key)
+        if (
+            self._stopped
+            or sent is None
+            or loop.time() - sent < self.period
+            or self._resting.get(key, 0.0) > loop.time()
+        ):
+            return
+        query = self._query(key, source, pairs, fresh, urgent=True)
+        task = self._flying[key] = loop.create_task(query)
+        task.add_done_callback(retrieve_failure)
 
     def _rested(
         self, key: tuple[int, Block], source: MetricsSource, pairs: set[Pair] | None, fresh: float
