@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from pathlib import Path
+
+import pytest
 
 from agent_rollout import looplag
+from agent_rollout.main import LOG_FORMAT
 from agent_rollout.metrics import REGISTRY
 
 METRIC = "agent_rollout_event_loop_lag_seconds"
@@ -48,3 +53,43 @@ async def _measured_twice() -> None:
     measuring = asyncio.create_task(looplag.measure(every=0.02))
     await asyncio.sleep(0.05)
     measuring.cancel()
+
+
+def test_a_held_loop_is_logged_with_where_it_is_once_a_stall(caplog: pytest.LogCaptureFixture) -> None:
+    def _holds_the_loop() -> None:
+        time.sleep(0.9)
+
+    async def scenario() -> None:
+        measuring = asyncio.create_task(looplag.measure(every=0.05, stall=0.3))
+        await asyncio.sleep(0.1)
+        _holds_the_loop()
+        await asyncio.sleep(0.2)
+        measuring.cancel()
+
+    with caplog.at_level("WARNING", logger="agent_rollout.looplag"):
+        asyncio.run(scenario())
+    held = [r.getMessage() for r in caplog.records if "event loop held" in r.getMessage()]
+    assert len(held) == 1 and "_holds_the_loop" in held[0], held
+
+
+def test_the_scale_benchmark_reads_the_stalls_back_from_the_operator_log(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from e2e.bench.operator_scale import stalls
+
+    def _holds_the_loop() -> None:
+        time.sleep(0.5)
+
+    async def scenario() -> None:
+        measuring = asyncio.create_task(looplag.measure(every=0.05, stall=0.2))
+        await asyncio.sleep(0.1)
+        _holds_the_loop()
+        await asyncio.sleep(0.15)
+        measuring.cancel()
+
+    with caplog.at_level("WARNING", logger="agent_rollout.looplag"):
+        asyncio.run(scenario())
+    log = tmp_path / "operator.log"
+    log.write_text("".join(logging.Formatter(LOG_FORMAT).format(r) + "\n" for r in caplog.records))
+    [(held, where)] = stalls(log, 0, log.stat().st_size)
+    assert held >= 0.2 and where.startswith("test_looplag.py:") and "_holds_the_loop" in where, where

@@ -81,6 +81,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_rollout import api
+from agent_rollout.looplag import STALL
 from agent_rollout.reconcile import ANALYSIS_REFRESH, ANALYSIS_REFRESH_SPREAD
 from agent_rollout.sentinel import SLOW_CYCLE
 from e2e.bench.rollback_speed import install_crd, stopped_at_the_end, terminate_as_exit
@@ -121,6 +122,8 @@ SWEEP_METRIC = "agent_rollout_fast_check_sweep_seconds"
 QUERY_ERRORS_METRIC = "agent_rollout_prometheus_query_errors"
 PROMETHEUS_QUEUE_METRIC = "agent_rollout_prometheus_queue_seconds"
 LOOP_LAG_METRIC = "agent_rollout_event_loop_lag_seconds"
+LOOP_STALL_S = STALL  # the operator logs where its event loop is once held this long
+STALLS_SHOWN = 5
 LABEL = "bench.agent-rollout.dev/role"  # on routes: breach / abort; on rollouts: short / long
 SCALE_LABEL = "bench.agent-rollout.dev/scale"
 # The longest of the rollouts' measured-value refresh periods (reconcile.analysis_refresh): a window
@@ -542,6 +545,21 @@ def pool_warnings(log: Path, start: int = 0, end: int | None = None) -> int:
         f.seek(start)
         text = f.read(None if end is None else max(0, end - start))
     return len(re.findall(rb"connection pool is full", text, flags=re.IGNORECASE))
+
+
+STALL_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) WARNING agent_rollout.looplag: event loop held "
+    r"([0-9.]+) s so far; the loop's thread is at (.*)$"
+)
+
+
+def stalls(log: Path, start: int, end: int) -> list[tuple[float, str]]:
+    """The operator's event-loop stalls (looplag) logged between two offsets of its log: how long
+    the loop had been held when logged, and where its thread was (innermost frame first)."""
+    with log.open("rb") as f:
+        f.seek(start)
+        text = f.read(max(0, end - start)).decode(errors="replace")
+    return [(float(m[2]), m[3]) for line in text.splitlines() if (m := STALL_LINE.match(line))]
 
 
 def settled_rss(op: OperatorProcess, min_s: float = 20.0, max_s: float = 120.0) -> float:
@@ -1211,6 +1229,12 @@ class Bench:
             f"{pool_warnings(op.log_path, log_start, log_end)} in the window, "
             f"{pool_warnings(op.log_path)} since start "
             f"(load average {load_before} before, {loadavg()} after)"
+        )
+        held = stalls(op.log_path, log_start, log_end)
+        self.figures.add(
+            f"   event-loop stalls over {LOOP_STALL_S:g} s in the window (the operator's log, looplag): "
+            f"{len(held)}"
+            + "".join(f"\n      {s:.1f} s at {where[:400]}" for s, where in held[:STALLS_SHOWN])
         )
         self.figures.add(
             "   where the 2 cores went over the window (utime + stime of each process): "
