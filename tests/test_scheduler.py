@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -371,5 +372,39 @@ def test_an_interval_run_taken_just_before_a_deadline_does_not_hold_the_decision
         release.set()
         await _until(lambda: not work.running)
         await queue.stop()
+
+    _run(test)
+
+
+def test_workers_give_the_event_loop_back_between_runs_that_never_wait() -> None:
+    """Runs whose awaits all complete at once (a reconcile on cached reads) still let the loop turn
+    between two of them: a get from a non-empty queue does not yield, and a worker drained the whole
+    queue in one turn (after a restart at 10,000 rollouts, seconds)."""
+
+    async def busy(key: str) -> float | None:
+        until = time.monotonic() + 0.002
+        while time.monotonic() < until:
+            pass
+        return None
+
+    async def test() -> None:
+        queue: Scheduler[str] = Scheduler(busy, workers=2)
+        for i in range(300):
+            queue.wake(f"r{i}", LIVE)
+        ticks: list[float] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0)
+
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        queue.start()
+        await _until(lambda: not queue.pending(), timeout=10.0)
+        ticking.cancel()
+        await queue.stop()
+        longest = max(b - a for a, b in itertools.pairwise(ticks))
+        assert longest < 0.1, longest  # a run or two (2 ms each), not the queue (0.6 s)
 
     _run(test)
