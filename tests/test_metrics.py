@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -198,3 +201,55 @@ def test_the_chart_spike_alerts_fire_for_a_live_rollouts_candidate_only() -> Non
         cwd=tests,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_scrape_of_10000_rollouts_renders_off_the_event_loop() -> None:
+    """The scrape collects on the event loop (which owns the store) and renders the text in a thread:
+    rendered on the loop, 10,000 rollouts' text held it for a second at 10,000 rollouts. The loop's
+    longest turn while it renders is a fraction of the whole, and the text is the same."""
+    one = stored("a", "Progressing", 10)
+    store = FakeStore({("ns", f"r{i}"): one for i in range(10_000)})
+    for i in range(10_000):
+        metrics.observe_gates(
+            ("ns", f"r{i}"),
+            api.Phase.PROGRESSING,
+            [api.GateResult(name="e", verdict=api.Verdict.PASS, value=0.01)],
+        )
+    unregister = metrics.register_store(store)
+
+    async def scenario() -> tuple[bytes, float, float]:
+        turns: list[float] = [time.monotonic()]
+
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(0.005)
+                turns.append(time.monotonic())
+
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0.02)
+        started = time.monotonic()
+        body = await metrics.render()
+        ended = time.monotonic()
+        ticking.cancel()
+        points = [started, *(t for t in turns if started < t < ended), ended]
+        return body, ended - started, max(b - a for a, b in itertools.pairwise(points))
+
+    try:
+        body, took, held = asyncio.run(scenario())
+        direct = generate_latest(metrics.REGISTRY)
+        # The same text (the store's families; histograms other tests' threads still feed may move).
+
+        def stored_lines(text: bytes) -> list[bytes]:
+            return [
+                line
+                for line in text.splitlines()
+                if line.startswith((b"agent_rollout_candidate", b"agent_rollout_gate"))
+            ]
+
+        assert stored_lines(body) == stored_lines(direct)
+    finally:
+        unregister()
+        for i in range(10_000):
+            metrics.observe_gates(("ns", f"r{i}"), api.Phase.ROLLED_BACK, [])
+    assert body.count(b"agent_rollout_candidate_weight{") == 10_000
+    assert held < took / 2, (held, took)
