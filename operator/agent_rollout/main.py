@@ -6,13 +6,30 @@ import argparse
 import asyncio
 import logging
 import os
+import queue
 import sys
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
+from typing import TextIO
 
 import kopf
 
 # The benchmarks read the operator's log by this format (e2e/bench/operator_scale.py: wake_times).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_off_the_loop(stream: TextIO | None = None) -> tuple[QueueHandler, QueueListener]:
+    """A handler that puts records on a queue, and the listener (started) that formats them and
+    writes them to `stream` (stderr) in a thread of its own. Written by the event loop's thread, one
+    log line held the loop for a second at 10,000 rollouts (looplag's stall log, run Z11: a write to a
+    busy disk), every breach waiting on the loop with it. Stopping the listener writes what is
+    queued; a killed process loses at most the lines of its last moments."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = QueueListener(records, handler)
+    listener.start()
+    return QueueHandler(records), listener
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         load_config(Path(args.notifications_config))  # a config that does not parse stops the start, loudly
     if args.alerts_port and not args.alerts_token_file:
         parser.error("--alerts-port needs --alerts-token-file: the receiver never runs unauthenticated")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format=LOG_FORMAT,
-    )
+    handler, listener = log_off_the_loop()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
     if not args.verbose:
         # kopf logs every handled watch event at INFO; at 10k rollouts that drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -80,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     profiling.install()
     import agent_rollout.handlers  # noqa: F401  (registers the handlers)
 
+    try:
+        _run(args)
+    finally:
+        listener.stop()
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,
@@ -99,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
     )
-    return 0
 
 
 if __name__ == "__main__":
