@@ -55,19 +55,26 @@ async def _measured_twice() -> None:
     measuring.cancel()
 
 
-def test_a_held_loop_is_logged_with_where_it_is_once_a_stall(caplog: pytest.LogCaptureFixture) -> None:
-    def _holds_the_loop() -> None:
-        time.sleep(0.9)
+def _holds_the_loop(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _stalled(caplog: pytest.LogCaptureFixture, hold: float, stall: float) -> None:
+    """Measures the loop (a beat every 0.05 s) while one turn holds it `hold` seconds."""
 
     async def scenario() -> None:
-        measuring = asyncio.create_task(looplag.measure(every=0.05, stall=0.3))
+        measuring = asyncio.create_task(looplag.measure(every=0.05, stall=stall))
         await asyncio.sleep(0.1)
-        _holds_the_loop()
+        _holds_the_loop(hold)
         await asyncio.sleep(0.2)
         measuring.cancel()
 
     with caplog.at_level("WARNING", logger="agent_rollout.looplag"):
         asyncio.run(scenario())
+
+
+def test_a_held_loop_is_logged_with_where_it_is_once_a_stall(caplog: pytest.LogCaptureFixture) -> None:
+    _stalled(caplog, hold=0.9, stall=0.3)
     held = [r.getMessage() for r in caplog.records if "event loop held" in r.getMessage()]
     assert len(held) == 1 and "_holds_the_loop" in held[0], held
 
@@ -77,18 +84,7 @@ def test_the_scale_benchmark_reads_the_stalls_back_from_the_operator_log(
 ) -> None:
     from e2e.bench.operator_scale import stalls
 
-    def _holds_the_loop() -> None:
-        time.sleep(0.5)
-
-    async def scenario() -> None:
-        measuring = asyncio.create_task(looplag.measure(every=0.05, stall=0.2))
-        await asyncio.sleep(0.1)
-        _holds_the_loop()
-        await asyncio.sleep(0.15)
-        measuring.cancel()
-
-    with caplog.at_level("WARNING", logger="agent_rollout.looplag"):
-        asyncio.run(scenario())
+    _stalled(caplog, hold=0.5, stall=0.2)
     log = tmp_path / "operator.log"
     log.write_text("".join(logging.Formatter(LOG_FORMAT).format(r) + "\n" for r in caplog.records))
     [(held, where)] = stalls(log, 0, log.stat().st_size)
