@@ -20,9 +20,8 @@ class SlowStream(io.StringIO):
 
 def test_a_log_line_does_not_wait_for_its_write_and_reads_as_before() -> None:
     stream = SlowStream()
-    handler, listener = log_off_the_loop(stream)
     log = logging.getLogger("agent_rollout.test_main_logging")
-    log.addHandler(handler)
+    listener = log_off_the_loop(logging.INFO, stream, logger=log)  # as main() does for the root
     log.propagate = False
     try:
         started = time.monotonic()
@@ -34,10 +33,12 @@ def test_a_log_line_does_not_wait_for_its_write_and_reads_as_before() -> None:
         took = time.monotonic() - started
     finally:
         listener.stop()  # writes what is queued
-        log.removeHandler(handler)
+        for handler in log.handlers[:]:
+            log.removeHandler(handler)
     assert took < 0.1, took  # two lines logged; their writes (0.3 s each) happened in the listener
     text = stream.getvalue()
     stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
     line = stamp + r"WARNING agent_rollout.test_main_logging: gate error-rate breached$"
     assert re.search(line, text, re.MULTILINE), text
     assert "ERROR agent_rollout.test_main_logging: reconcile failed" in text and "ValueError: boom" in text
+    assert text.count("agent_rollout.test_main_logging") == 2  # each line formatted once

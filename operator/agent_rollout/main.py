@@ -18,18 +18,29 @@ import kopf
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def log_off_the_loop(stream: TextIO | None = None) -> tuple[QueueHandler, QueueListener]:
-    """A handler that puts records on a queue, and the listener (started) that formats them and
-    writes them to `stream` (stderr) in a thread of its own. Written by the event loop's thread, one
-    log line held the loop for a second at 10,000 rollouts (looplag's stall log, run Z11: a write to a
-    busy disk), every breach waiting on the loop with it. Stopping the listener writes what is
-    queued; a killed process loses at most the lines of its last moments."""
+def log_off_the_loop(
+    level: int, stream: TextIO | None = None, logger: logging.Logger | None = None
+) -> QueueListener:
+    """`logger`'s (the root's) only handler puts records on a queue; the listener returned (started)
+    formats them (LOG_FORMAT) and writes them to `stream` (stderr) in a thread of its own. Written by
+    the event loop's thread, one log line held the loop for a second at 10,000 rollouts (looplag's
+    stall log, run Z11: a write to a busy disk), every breach waiting on the loop with it. Stopping
+    the listener writes what is queued; a killed process loses at most the lines of its last moments.
+    The queue's side passes the message as it is (its own formatter: basicConfig's would format each
+    line twice)."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    queued = QueueHandler(records)
+    queued.setFormatter(logging.Formatter("%(message)s"))
+    target = logger or logging.getLogger()
+    for old in target.handlers[:]:
+        target.removeHandler(old)
+    target.addHandler(queued)
+    target.setLevel(level)
     listener = QueueListener(records, handler)
     listener.start()
-    return QueueHandler(records), listener
+    return listener
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         load_config(Path(args.notifications_config))  # a config that does not parse stops the start, loudly
     if args.alerts_port and not args.alerts_token_file:
         parser.error("--alerts-port needs --alerts-token-file: the receiver never runs unauthenticated")
-    handler, listener = log_off_the_loop()
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
+    listener = log_off_the_loop(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         # kopf logs every handled watch event at INFO; at 10k rollouts that drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
