@@ -540,11 +540,15 @@ def operator_pid(op: OperatorProcess) -> int:
     return op.proc.pid
 
 
-def pool_warnings(log: Path, start: int = 0, end: int | None = None) -> int:
+def log_slice(log: Path, start: int = 0, end: int | None = None) -> bytes:
+    """The operator's log between two byte offsets (to its end without `end`)."""
     with log.open("rb") as f:
         f.seek(start)
-        text = f.read(None if end is None else max(0, end - start))
-    return len(re.findall(rb"connection pool is full", text, flags=re.IGNORECASE))
+        return f.read(None if end is None else max(0, end - start))
+
+
+def pool_warnings(log: Path, start: int = 0, end: int | None = None) -> int:
+    return len(re.findall(rb"connection pool is full", log_slice(log, start, end), flags=re.IGNORECASE))
 
 
 STALL_LINE = re.compile(
@@ -556,9 +560,7 @@ STALL_LINE = re.compile(
 def stalls(log: Path, start: int, end: int) -> list[tuple[float, str]]:
     """The operator's event-loop stalls (looplag) logged between two offsets of its log: how long
     the loop had been held when logged, and where its thread was (innermost frame first)."""
-    with log.open("rb") as f:
-        f.seek(start)
-        text = f.read(max(0, end - start)).decode(errors="replace")
+    text = log_slice(log, start, end).decode(errors="replace")
     return [(float(m[2]), m[3]) for line in text.splitlines() if (m := STALL_LINE.match(line))]
 
 
