@@ -89,7 +89,7 @@ SLOW_CYCLE = 2.0
 _CHUNK = 200  # rollouts measured between two looks at the clock (SLICE)
 
 
-# A block whose query took Prometheus longer than the period (its HTTP round trip, answered_in: not the
+# A block whose query took Prometheus longer than the period (its HTTP round trip, answer_times: not the
 # wait here for a thread or a turn to decode it) was waiting on a busy Prometheus: it is not asked
 # again for half as long, so the fast check keeps Prometheus busy with it at most two thirds of the
 # time. With the whole operator at 10,000 rollouts on 2 cores, back-to-back queries of the latency
@@ -623,10 +623,10 @@ class Sentinel:
             return values
         finally:  # it stays in _flying until a sweep takes its answer: none is lost between two sweeps
             took = loop.time() - started
-            if answered and pairs is None and (prometheus := source.answered_in(key[1].promql)) is not None:
+            if answered and pairs is None and (times := source.answer_times(key[1].promql)) is not None:
                 # The rest spares Prometheus: its part only. At 10,000 rollouts the errors block took
                 # Prometheus 0.23 s (median, its query log), the fast check's queries up to 3 s here.
-                took = min(took, prometheus)
+                took = min(took, times.prometheus)
             rest = rest_after(self.period, took)
             if rest:
                 until = self._resting[key] = loop.time() + rest
