@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -126,7 +127,9 @@ class Informer(Generic[T]):
         items: dict[Key, T] = {}
         token: str | None = None
         version = ""
+        started, pages = time.monotonic(), 0
         while True:
+            pages += 1
             page = self._client.list_page(self.kind, scope, PAGE_SIZE, token)
             metadata = page.get("metadata") or {}
             version = version or str(metadata.get("resourceVersion") or "")
@@ -137,6 +140,15 @@ class Informer(Generic[T]):
             token = metadata.get("continue")
             if not token:
                 break
+        # At 10,000 rollouts the first lists are the start-up's first seconds, before any status.
+        log.info(
+            "%s%s: listed %d in %.1f s (%d pages)",
+            self.kind,
+            f" in {scope}" if scope else "",
+            len(items),
+            time.monotonic() - started,
+            pages,
+        )
         loop.call_soon_threadsafe(self._replace, scope, items)
         return version
 
