@@ -385,6 +385,34 @@ def test_deployment_availability_follows_the_agent_process(
         assert agents["candidate"].invoke(2) == [200, 200]  # same URL as before
 
 
+def test_etcd_is_one_kubernetes_supports_so_watch_lists_and_cached_lists_work(
+    cluster: ClusterState, kubectl: Callable[..., Any], kube_api: KubeApi, namespace: str
+) -> None:
+    """Debian's etcd 3.4 has no progress notifications: the apiserver could not serve a watch-list
+    stream (it failed, so the harness turned the feature off) and read every list page from etcd,
+    where a production cluster (etcd 3.5+) answers from its watch cache. The harness runs the etcd it
+    builds; a watch-list ends its initial events with the bookmark that says so."""
+    etcd = next(p for p in cluster.processes if p.name == "etcd")
+    assert Path(etcd.exe) == cluster.bin_dir / "etcd"
+    kube_api.core.create_namespaced_config_map(namespace, {"metadata": {"name": "seen"}})
+    stream = kubectl(
+        "get",
+        "--raw",
+        f"/api/v1/namespaces/{namespace}/configmaps?watch=1&sendInitialEvents=true"
+        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=3",
+    ).stdout
+    events = [json.loads(line) for line in stream.splitlines() if line.strip()]
+    added = [e["object"]["metadata"]["name"] for e in events if e["type"] == "ADDED"]
+    assert "seen" in added
+    end = [
+        e
+        for e in events
+        if e["type"] == "BOOKMARK"
+        and e["object"]["metadata"].get("annotations", {}).get("k8s.io/initial-events-end") == "true"
+    ]
+    assert end, f"no end-of-initial-events bookmark in {[e['type'] for e in events]}"
+
+
 def test_scratch_dir_is_private_to_the_clone() -> None:
     # /dev/shm is machine-wide: two clones must not share (and wipe) each other's etcd data.
     assert scratch_root(Path("/src/clone-a")) != scratch_root(Path("/src/clone-b"))

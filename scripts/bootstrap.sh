@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything a fresh machine needs, idempotent and cached: system packages (etcd, Prometheus,
-# openssl), the Python virtualenv, and the kube binaries built from source (cached in .cache/).
+# Everything a fresh machine needs, idempotent and cached: system packages (Prometheus, Alertmanager,
+# openssl, lua), the Python virtualenv, and the kube binaries and etcd built from source (cached in .cache/).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

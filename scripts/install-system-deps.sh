@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# Installs the system packages the tests run: etcd (Debian's etcd-server), Prometheus, Alertmanager (for
+# Installs the system packages the tests run: Prometheus, Alertmanager (for
 # the alert-triggered rollback e2e), openssl for the e2e harness, and lua5.1 for the Argo CD health check and actions (Argo CD runs Lua 5.1, as gopher-lua).
 # Idempotent: apt-get (update included) runs only when one of the tools is missing.
 #
-# Debian's etcd-server, prometheus and prometheus-alertmanager packages start their own daemons (etcd on
-# :2379, Prometheus on :9090, Alertmanager on :9093, with node-exporter among the recommends). The harness runs its own instances on free
+# Debian's prometheus and prometheus-alertmanager packages start their own daemons (Prometheus on :9090, Alertmanager on :9093, with node-exporter among the recommends). The harness runs its own instances on free
 # loopback ports, so the packaged daemons are kept from starting during install (policy-rc.d) and
 # disabled afterwards; recommends are not installed. Daemons of packages that were already installed
 # are left alone: they are somebody's, and our ports never collide with them.
 set -euo pipefail
 
 declare -A package_of=(
-  [etcd]=etcd-server [prometheus]=prometheus [prometheus-alertmanager]=prometheus-alertmanager
+  [prometheus]=prometheus [prometheus-alertmanager]=prometheus-alertmanager
   [openssl]=openssl [lua5.1]=lua5.1
 )
-tools=(etcd prometheus prometheus-alertmanager openssl lua5.1)
+tools=(prometheus prometheus-alertmanager openssl lua5.1)
 missing=()
 for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
@@ -46,11 +45,10 @@ echo "installing: ${missing[*]}" >&2
 "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 update -qq
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
 
-# Keep the new packages' daemons from starting at boot. Never `/etc/init.d/etcd stop`: it matches
-# processes by executable and would kill every etcd on the machine, other e2e clusters' included.
+# Keep the new packages' daemons from starting at boot. Never `/etc/init.d/<daemon> stop`: it matches
+# processes by executable and would kill every one on the machine, other e2e clusters' included.
 for pkg in "${missing[@]}"; do
   case "$pkg" in
-    etcd-server) svc=etcd ;;
     prometheus) svc=prometheus ;;
     prometheus-alertmanager) svc=prometheus-alertmanager ;;
     *) continue ;;

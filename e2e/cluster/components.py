@@ -14,11 +14,11 @@ FAKE_NODE_NAME = "kwok-node-0"
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
 
-def etcd_argv(data_dir: Path, client_port: int, peer_port: int) -> list[str]:
+def etcd_argv(bin_dir: Path, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
     client = f"http://127.0.0.1:{client_port}"
     peer = f"http://127.0.0.1:{peer_port}"
     return [
-        "etcd",
+        str(bin_dir / "etcd"),
         "--name=e2e",
         f"--data-dir={data_dir}",
         f"--listen-client-urls={client}",
@@ -77,12 +77,6 @@ def apiserver_argv(
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         # No kubelets, so nothing could serve the `kubernetes` Service endpoints anyway.
         "--endpoint-reconciler-type=none",
-        # With WatchList on, a watch from resourceVersion "" or "0" (kwok, and any client that does not
-        # list first) is turned into a watch-list stream, which needs etcd progress notifications that
-        # Debian's etcd 3.4 lacks: every such watch fails and the client only catches up on re-lists
-        # with a growing back-off (Pods took 5-30 s to turn Ready). Clients asking for watch-lists
-        # explicitly fall back to list+watch.
-        "--feature-gates=WatchList=false",
         f"--audit-policy-file={audit_policy}",
         f"--audit-log-path={audit_log}",
         "--audit-log-format=json",

@@ -108,7 +108,7 @@ def start_cluster(name: str, *, die_with_parent: bool) -> ClusterState:
         return info
 
     try:
-        etcd = spawn("etcd", components.etcd_argv(scratch / "etcd", etcd_client, etcd_peer))
+        etcd = spawn("etcd", components.etcd_argv(bin_dir, scratch / "etcd", etcd_client, etcd_peer))
         etcd_url = f"http://127.0.0.1:{etcd_client}"
         procs.wait_until(
             lambda: _ok(f"{etcd_url}/health", body='"true"'), timeout_s=30, what="etcd /health", alive=[etcd]

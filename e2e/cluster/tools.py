@@ -23,8 +23,8 @@ from e2e.cluster.paths import (
     KUBE_VERSION,
 )
 
-SYSTEM_TOOLS = ("etcd", "prometheus", "prometheus-alertmanager", "openssl")
-KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+SYSTEM_TOOLS = ("prometheus", "prometheus-alertmanager", "openssl")
+KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok", "etcd")
 
 
 class ToolError(RuntimeError):
