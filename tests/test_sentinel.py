@@ -945,3 +945,31 @@ def test_a_wake_says_how_old_the_answer_its_breach_was_seen_in_is(
     assert sent - here >= 0.29, said  # the answer came 0.3 s after its query
     # Where those 0.3 s went: 0.28 s waiting for a worker, 0.02 s at Prometheus, nearly none after.
     assert (queued, prometheus_part, turn, decode) == (0.28, 0.02, 0.0, 0.0) and to_sweep < 0.05, said
+
+
+def test_a_latency_wake_says_how_old_its_confirm_and_the_suspicion_before_it_are(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A latency breach is woken by its exact read (the confirm), sent after the bucket share made
+    the rollout a suspect: the wake's line says how long ago the confirm was sent and how old the
+    share's answer was at the suspicion, the two parts of its delay (at 10,000 rollouts the slowest
+    latency breach was woken 3.1 s after it was visible, and the line said neither)."""
+    clock, metrics = FakeClock(), LatencyMetrics(12.0, 0.5)
+    woken: list[tuple[str, str]] = []
+    sentinel = Sentinel(clock=clock, period=0.2, wake=woken.append)
+    sentinel.update(("support", "a"), _latency_spec(), _status(clock), FakePrometheus(metrics))
+
+    with caplog.at_level("INFO", logger="agent_rollout.sentinel"):
+        _sweeps_with_bounds(sentinel, 1)
+    assert set(woken) == {("support", "a")}
+    # The first sweep, before the bucket bounds are known, read the quantile itself and woke it too.
+    confirmed = [r for r in caplog.records if "(its exact read)" in r.getMessage()]
+    log = tmp_path / "operator.log"
+    log.write_text("".join(logging.Formatter(LOG_FORMAT).format(r) + "\n" for r in confirmed))
+    said = wakes(log, 0, {("support", "a")})[("support", "a")][1]
+    assert (
+        said.startswith("its exact read sent ") and "; at the suspicion, its value's query sent " in said
+    ), said
+    numbers = [float(word.rstrip(",:;")) for word in said.split() if word[0].isdigit()]
+    confirm_sent, share_sent = numbers[0], numbers[1]
+    assert 0 <= confirm_sent < 1.0 and 0 <= share_sent < 1.0, said

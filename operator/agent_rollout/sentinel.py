@@ -478,7 +478,8 @@ class Sentinel:
                     self.measuring += took
                     metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="measure").observe(took)
                     for exact, suspected in suspects.items():
-                        if (confirm := self._start_confirm(source, exact, suspected)) is not None:
+                        confirm = self._start_confirm(source, exact, suspected, seen() if suspected else "")
+                        if confirm is not None:
                             confirms.append(confirm)
             # The suspects' exact reads are waited for until the sweep's deadline; those still out wake
             # their rollouts when they answer, and keep their suspects' next ones waiting until then.
@@ -505,7 +506,7 @@ class Sentinel:
         return {gate: after for gate, after in gates.items() if after >= oldest}
 
     def _start_confirm(
-        self, source: MetricsSource, exact: TemplateRead, suspects: list[_Suspect]
+        self, source: MetricsSource, exact: TemplateRead, suspects: list[_Suspect], suspicion: str = ""
     ) -> asyncio.Task[int] | None:
         """The suspects' exact read, unless one of this read is still out (its suspects are suspected
         again by the next sweep that finds it done: a confirm is small, but a slow Prometheus must not
@@ -515,15 +516,18 @@ class Sentinel:
             return None
         if self._stopped:
             return None
-        task = asyncio.get_running_loop().create_task(self._confirm(source, exact, suspects))
+        task = asyncio.get_running_loop().create_task(self._confirm(source, exact, suspects, suspicion))
         task.add_done_callback(_log_failure)
         self._confirming[at] = task
         return task
 
-    async def _confirm(self, source: MetricsSource, exact: TemplateRead, suspects: list[_Suspect]) -> int:
+    async def _confirm(
+        self, source: MetricsSource, exact: TemplateRead, suspects: list[_Suspect], suspicion: str = ""
+    ) -> int:
         """Ask the suspects' exact read focused on them, from queries sent now (never an answer, or a
         query in flight, from before: it may predate the breach), and wake those whose hard bound it
-        shows breached; returns how many it woke."""
+        shows breached; returns how many it woke. `suspicion`: how old the share's answer that made
+        them suspects was then (_seen), for the wake's log line."""
         after = time.monotonic()
         pairs = frozenset(watched.pair for watched, _ in suspects)
         answers = await asyncio.gather(
@@ -546,10 +550,14 @@ class Sentinel:
                 continue
             self._fresh.setdefault(watched.key, {})[gate.name] = after
             if watched.key not in woke:
+                # The wake's age in two parts: the confirm's own round trip, and before it the share's.
                 log.info(
-                    "%s/%s: gate %s breached between evaluations (its exact read): waking the rollout",
+                    "%s/%s: gate %s breached between evaluations (its exact read): waking the rollout "
+                    "(its exact read sent %.2f s ago; at the suspicion, %s)",
                     *watched.key,
                     gate.name,
+                    time.monotonic() - after,
+                    suspicion or "the share's age unknown",
                 )
                 self.wake(watched.key)
                 woke.add(watched.key)
@@ -699,7 +707,7 @@ class Sentinel:
         vectors: dict[Block, BlockValues],
         woken: set[Key],
         busy: _LoopTime,
-        seen: Callable[[], str] = str,
+        seen: Callable[[], str] = lambda: "its answer's age unknown",
     ) -> dict[TemplateRead, list[_Suspect]]:
         """Wake each member whose gate, read from `vectors`, breaches its hard bound (once a sweep),
         yielding to the event loop after every SLICE seconds of it. Returns, by exact read, the
@@ -726,7 +734,7 @@ class Sentinel:
                             suspects.setdefault(exact, []).append((watched, gate))
                             continue
                         log.info(
-                            "%s/%s: gate %s breached between evaluations: waking the rollout%s",
+                            "%s/%s: gate %s breached between evaluations: waking the rollout (%s)",
                             *watched.key,
                             gate.name,
                             seen(),
@@ -741,14 +749,14 @@ class Sentinel:
         was woken 2.1 s after Prometheus answered the query that showed it, with no slow cycle."""
         kept = self._kept.get(key)
         if kept is None:
-            return ""
+            return "its answer's age unknown"
         now = asyncio.get_running_loop().time()  # time.monotonic(), as the gateway's times
         times = source.answer_times(key[1].promql)
         spent = ""
         if times is not None and times.done <= kept[3]:  # of this answer, not of one in flight since
             spent = f": {times}, {kept[3] - times.done:.2f} s to reach the sweep"
         sent, here = now - kept[0], now - kept[3]
-        return f" (its value's query sent {sent:.2f} s ago{spent}; answered here {here:.2f} s ago)"
+        return f"its value's query sent {sent:.2f} s ago{spent}; answered here {here:.2f} s ago"
 
     def _reads(
         self,
