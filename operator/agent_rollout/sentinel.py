@@ -478,7 +478,7 @@ class Sentinel:
                     self.measuring += took
                     metrics.FAST_CHECK_SWEEP_SECONDS.labels(phase="measure").observe(took)
                     for exact, suspected in suspects.items():
-                        confirm = self._start_confirm(source, exact, suspected, seen() if suspected else "")
+                        confirm = self._start_confirm(source, exact, suspected, seen())
                         if confirm is not None:
                             confirms.append(confirm)
             # The suspects' exact reads are waited for until the sweep's deadline; those still out wake
