@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from the Go module
 # k8s.io/kubernetes at a pinned release, plus kwok and etcd, and caches them under .cache/bin/<version>.
-# etcd too: Debian's is 3.4, which Kubernetes 1.36 does not support; without its progress
+# etcd too: Debian's is 3.4.23, older than the 3.4.29+ / 3.5.11+ Kubernetes recommends; without its progress
 # notifications the apiserver reads every list page from etcd instead of its watch cache (at
 # 10,000 rollouts the operator's start-up lists cost the apiserver a core for 12 s) and its
 # watch-lists fail, so the cluster was not the one an operator meets in production.
