@@ -1115,13 +1115,14 @@ class Bench:
             )
             if first is not None:
                 others1, cpu1, t1 = first
+                after = time.monotonic() - t1
                 self.figures.add(
                     f"   of which until the first status (the lists, {t1 - t0:.1f}s): "
                     + self._cpu_shares(others0, cpu0, pid, t1 - t0, others1, cpu1)
                 )
                 self.figures.add(
-                    f"   and after it (the first statuses, {time.monotonic() - t1:.1f}s): "
-                    + self._cpu_shares(others1, cpu1, pid, time.monotonic() - t1)
+                    f"   and after it (the first statuses, {after:.1f}s): "
+                    + self._cpu_shares(others1, cpu1, pid, after)
                 )
             # The first status is the operator's acknowledgement; step 1 (its route write) comes next.
             while phases.begun_count() < self.n and time.monotonic() - started < timeout_s:

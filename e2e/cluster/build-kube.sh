@@ -16,10 +16,12 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 out="$root/.cache/bin/$KUBE_VERSION"
 tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
+# An etcd of another version (ETCD_VERSION changed) is built again.
+etcd_current() { "$out/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${ETCD_VERSION#v}"; }
+
 have_all=1
 for t in "${tools[@]}" kwok; do [ -x "$out/$t" ] || have_all=0; done
-# An etcd of another version (ETCD_VERSION changed) is built again.
-"$out/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${ETCD_VERSION#v}" || have_all=0
+etcd_current || have_all=0
 if [ "$have_all" = 1 ]; then echo "$out"; exit 0; fi
 
 mkdir -p "$out"
@@ -68,7 +70,7 @@ if [ ! -x "$out/kwok" ]; then
   echo "building kwok $KWOK_VERSION" >&2
   GOBIN="$out" go install sigs.k8s.io/kwok/cmd/kwok@"$KWOK_VERSION"
 fi
-if ! "$out/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${ETCD_VERSION#v}"; then
+if ! etcd_current; then
   echo "building etcd $ETCD_VERSION" >&2
   # go.etcd.io/etcd/server/v3 is the etcd command; its go.mod replaces its sibling modules with
   # local paths, which `go install` refuses, so it is built from a wrapper module as kube is.

@@ -506,7 +506,7 @@ class Sentinel:
         return {gate: after for gate, after in gates.items() if after >= oldest}
 
     def _start_confirm(
-        self, source: MetricsSource, exact: TemplateRead, suspects: list[_Suspect], suspicion: str = ""
+        self, source: MetricsSource, exact: TemplateRead, suspects: list[_Suspect], suspicion: str
     ) -> asyncio.Task[int] | None:
         """The suspects' exact read, unless one of this read is still out (its suspects are suspected
         again by the next sweep that finds it done: a confirm is small, but a slow Prometheus must not
@@ -522,7 +522,7 @@ class Sentinel:
         return task
 
     async def _confirm(
-        self, source: MetricsSource, exact: TemplateRead, suspects: list[_Suspect], suspicion: str = ""
+        self, source: MetricsSource, exact: TemplateRead, suspects: list[_Suspect], suspicion: str
     ) -> int:
         """Ask the suspects' exact read focused on them, from queries sent now (never an answer, or a
         query in flight, from before: it may predate the breach), and wake those whose hard bound it
@@ -557,7 +557,7 @@ class Sentinel:
                     *watched.key,
                     gate.name,
                     time.monotonic() - after,
-                    suspicion or "the share's age unknown",
+                    suspicion,
                 )
                 self.wake(watched.key)
                 woke.add(watched.key)
@@ -707,7 +707,7 @@ class Sentinel:
         vectors: dict[Block, BlockValues],
         woken: set[Key],
         busy: _LoopTime,
-        seen: Callable[[], str] = lambda: "its answer's age unknown",
+        seen: Callable[[], str],
     ) -> dict[TemplateRead, list[_Suspect]]:
         """Wake each member whose gate, read from `vectors`, breaches its hard bound (once a sweep),
         yielding to the event loop after every SLICE seconds of it. Returns, by exact read, the
