@@ -754,6 +754,7 @@ def pct(values: Sequence[float], q: float) -> float:
 
 QUEUE_WAIT_METRIC = "agent_rollout_queue_wait_seconds"
 GC_METRIC = "agent_rollout_gc_pause_seconds"
+PUT_OFF_METRIC = "agent_rollout_reconciles_put_off_total"
 
 
 def histogram_summaries(text: str, metric: str, label: str = "urgency") -> dict[str, str]:
@@ -1281,6 +1282,12 @@ class Bench:
         self.figures.add(
             "   the operator's event-loop lag over the window (a timer every 0.25 s, how late it ran: "
             f"agent_rollout_event_loop_lag_seconds, bucket bounds): {lag}"
+        )
+        off0, off1 = (prometheus.text_sample(text, PUT_OFF_METRIC) for text in (scrape0, scrape1))
+        self.figures.add(
+            "   routine reconciles put off to a later turn of the event loop over the window (their turn's "
+            f"slice spent, pacer.py; {PUT_OFF_METRIC}): "
+            + (f"{off1 - off0:.0f}" if off0 is not None and off1 is not None else "not read")
         )
         blind = window_summaries(scrape0, scrape1, BLIND_METRIC, "block")
         self.figures.add(

@@ -39,6 +39,7 @@ from agent_rollout.kube import (
     deployment_state,
     routed_kind,
 )
+from agent_rollout.pacer import BUDGET, Pacer
 from agent_rollout.reconcile import Reconciler, WrittenStatus
 from agent_rollout.scheduler import AT_REST, LIVE, NEW, NOW, URGENCY_NAMES, Scheduler
 from agent_rollout.sentinel import Sentinel
@@ -231,14 +232,20 @@ class Controller:
         namespaces: Sequence[str] | None = None,
         workers: int = WORKERS,
         leading: asyncio.Event | None = None,
+        pace: float = BUDGET,
     ) -> None:
+        """`pace`: seconds of routine reconciles one turn of the event loop starts (pacer.py); 0: unpaced."""
         self._reconciler = reconciler
         # Set once this replica holds the lease (leader.py); None: no leader election, always leading.
         self._leading = leading
         self._sentinel = sentinel
         self._kube = kube
         self.scheduler: Scheduler[Key] = Scheduler(
-            self._reconcile, workers, urgency_of=self._urgency_of, waited=_observe_queue_wait
+            self._reconcile,
+            workers,
+            urgency_of=self._urgency_of,
+            waited=_observe_queue_wait,
+            pacer=Pacer(pace) if pace > 0 else None,
         )
         self.rollouts: Informer[StoredRollout] = Informer(
             ROLLOUTS, client, StoredRollout.of, self._rollout_changed, namespaces

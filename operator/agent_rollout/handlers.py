@@ -27,6 +27,7 @@ from agent_rollout.controller import EARLY_READS, INFORMER_KINDS, WORKERS, Contr
 from agent_rollout.kube import KubeClient, LeaseClient, ListWatchClient
 from agent_rollout.leader import DURATION, RENEW_DEADLINE, RETRY_PERIOD, LeaseElector, default_identity
 from agent_rollout.notifier import Notifier, load_config
+from agent_rollout.pacer import BUDGET
 from agent_rollout.reconcile import Reconciler
 from agent_rollout.sentinel import PERIOD, Sentinel
 
@@ -59,6 +60,10 @@ GC_FREEZE = os.environ.get("AGENT_ROLLOUT_GC_FREEZE", "1") != "0"
 RECONCILE_WORKERS = int(os.environ.get("AGENT_ROLLOUT_WORKERS", str(WORKERS)))
 if RECONCILE_WORKERS < 1:
     raise ValueError(f"AGENT_ROLLOUT_WORKERS must be >= 1, got {RECONCILE_WORKERS!r}")
+# Seconds of routine reconciles one turn of the event loop starts (pacer.py); 0: as many as fall due.
+RECONCILE_PACE = float(os.environ.get("AGENT_ROLLOUT_PACE", str(BUDGET)))
+if not RECONCILE_PACE >= 0:
+    raise ValueError(f"AGENT_ROLLOUT_PACE must be >= 0 seconds, got {RECONCILE_PACE!r}")
 # Leader election (leader.py): seconds a lease holds, a leader keeps writing unrenewed, between attempts.
 LEASE_DURATION = float(os.environ.get("AGENT_ROLLOUT_LEASE_DURATION", str(DURATION)))
 LEASE_RENEW_DEADLINE = float(os.environ.get("AGENT_ROLLOUT_LEASE_RENEW_DEADLINE", str(RENEW_DEADLINE)))
@@ -148,7 +153,14 @@ async def configure(memo: kopf.Memo, **_: Any) -> None:
         fresh=sentinel.fresh_reads,
     )
     controller = _Runtime.controller = Controller(
-        reconciler, sentinel, kube, client, namespaces=namespaces, workers=RECONCILE_WORKERS, leading=leading
+        reconciler,
+        sentinel,
+        kube,
+        client,
+        namespaces=namespaces,
+        workers=RECONCILE_WORKERS,
+        leading=leading,
+        pace=RECONCILE_PACE,
     )
     sentinel.wake = controller.wake
     host = memo.get("listen") or "0.0.0.0"

@@ -65,6 +65,12 @@ EVENT_LOOP_LAG_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=REGISTRY,
 )
+RECONCILES_PUT_OFF = Counter(
+    f"{PREFIX}_reconciles_put_off",
+    "Routine reconciles (interval analyses, new and finished rollouts) put off to a later turn of the "
+    "event loop, that turn's slice of them spent (pacer.py); once per turn put off.",
+    registry=REGISTRY,
+)
 PROMETHEUS_QUEUE_SECONDS = Histogram(
     f"{PREFIX}_prometheus_queue_seconds",
     "Time a Prometheus query waited for a worker thread before it was sent, by lane: urgent (a breach "

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from agent_rollout.pacer import Pacer
+
 log = logging.getLogger(__name__)
 
 K = TypeVar("K")
@@ -103,11 +105,14 @@ class Scheduler(Generic[K]):
         workers: int,
         urgency_of: Callable[[K], int] = lambda key: LIVE,
         waited: Callable[[int, float], None] = lambda urgency, seconds: None,
+        pacer: Pacer | None = None,
     ) -> None:
-        """`waited(urgency, seconds)` hears how long each run waited in the queue for a worker."""
+        """`waited(urgency, seconds)` hears how long each run waited in the queue for a worker;
+        `pacer` spreads the routine runs (less urgent than DUE) over turns of the event loop."""
         if workers < 1:
             raise ValueError(f"need at least one worker, got {workers}")
         self._work = work
+        self._pacer = pacer
         self._urgency_of = urgency_of
         self._waited = waited
         self._workers = workers
@@ -248,6 +253,8 @@ class Scheduler(Generic[K]):
         # copies are then stale (not queued any more) and skipped.
         while True:
             urgency, _, key = await queue.get()
+            if urgency > DUE and self._pacer is not None:
+                await self._pacer.start()  # the item may have gone stale meanwhile: checked below
             entry = self._entries.get(key)
             if entry is None or not entry.queued or urgency != entry.urgency:
                 continue  # forgotten, run already, or requeued with another urgency: that item runs instead
