@@ -202,6 +202,27 @@ def test_parse_vector_keys_series_by_namespace_and_version() -> None:
         parse_vector([{"metric": {}, "value": [1, "many"]}], ("namespace", "version"))
 
 
+def test_answers_share_their_keys_so_a_new_answer_keeps_no_new_tuple() -> None:
+    """Every fleet answer names the same (namespace, version) pairs: the second answer's keys are the
+    first one's tuples (made once; each new one was a young object for the collector to walk), and
+    a full table is emptied rather than grown."""
+
+    def answer(n: int) -> list[dict[str, Any]]:
+        return [{"metric": {"namespace": "ns", "version": f"v{i}"}, "value": [1, str(i)]} for i in range(n)]
+
+    first = parse_vector(answer(50), ("namespace", "version"))
+    second = parse_vector(answer(50), ("namespace", "version"))
+    assert second == first
+    kept = {id(key) for key in first}
+    assert all(id(key) in kept for key in second)
+    prometheus_module.PAIRS_KEPT, before = 10, prometheus_module.PAIRS_KEPT
+    try:
+        parse_vector(answer(50), ("namespace", "version"))  # the table is full: emptied, then filled
+        assert len(prometheus_module._PAIRS) == 50
+    finally:
+        prometheus_module.PAIRS_KEPT = before
+
+
 class FakeGateway:
     """Answers scalars by exact query text and blocks by their PromQL; records concurrency."""
 
