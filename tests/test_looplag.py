@@ -76,7 +76,8 @@ def _stalled(caplog: pytest.LogCaptureFixture, hold: float, stall: float) -> Non
 def test_a_held_loop_is_logged_with_where_it_is_once_a_stall(caplog: pytest.LogCaptureFixture) -> None:
     _stalled(caplog, hold=0.9, stall=0.3)
     held = [r.getMessage() for r in caplog.records if "event loop held" in r.getMessage()]
-    assert len(held) == 1 and "_holds_the_loop" in held[0], held
+    # Once for the held turn, however long it lasts (another slow turn of a busy machine is another stall).
+    assert len([m for m in held if "_holds_the_loop" in m]) == 1, held
 
 
 def test_the_scale_benchmark_reads_the_stalls_back_from_the_operator_log(
@@ -84,8 +85,9 @@ def test_the_scale_benchmark_reads_the_stalls_back_from_the_operator_log(
 ) -> None:
     from e2e.bench.operator_scale import stalls
 
-    _stalled(caplog, hold=0.5, stall=0.2)
+    _stalled(caplog, hold=0.9, stall=0.3)
     log = tmp_path / "operator.log"
     log.write_text("".join(logging.Formatter(LOG_FORMAT).format(r) + "\n" for r in caplog.records))
-    [(held, where)] = stalls(log, 0, log.stat().st_size)
-    assert held >= 0.2 and where.startswith("test_looplag.py:") and "_holds_the_loop" in where, where
+    # Only the held turn's: on a busy machine another turn may be slow enough to be logged too.
+    [(held, where)] = [s for s in stalls(log, 0, log.stat().st_size) if "_holds_the_loop" in s[1]]
+    assert held >= 0.3 and where.startswith("test_looplag.py:"), where
