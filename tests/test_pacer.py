@@ -24,6 +24,20 @@ class FakeClock:
         return self.now
 
 
+class PacedRuns:
+    """Runs that each wait for the pacer, record their start and take COST seconds of fake CPU."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.pacer = Pacer(BUDGET, clock=self.clock)
+        self.started: list[object] = []
+
+    async def run(self, name: object) -> None:
+        await self.pacer.start()
+        self.started.append(name)
+        self.clock.now += COST
+
+
 def _run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(test())  # type: ignore[arg-type]
 
@@ -68,22 +82,14 @@ def test_a_callback_queued_beside_a_batch_of_due_runs_waits_for_one_slice_of_the
 
 def test_runs_put_off_start_in_their_order_and_newcomers_queue_behind_them() -> None:
     async def test() -> None:
-        clock = FakeClock()
-        pacer = Pacer(BUDGET, clock=clock)
-        started: list[str] = []
-
-        async def run(name: str) -> None:
-            await pacer.start()
-            started.append(name)
-            clock.now += COST
-
-        first = [asyncio.create_task(run(f"a{i}")) for i in range(12)]
+        runs = PacedRuns()
+        first = [asyncio.create_task(runs.run(f"a{i}")) for i in range(12)]
         await asyncio.sleep(0)  # the first turn: a0..a3 start, a4..a11 are put off
-        assert started == ["a0", "a1", "a2", "a3"]
-        late = [asyncio.create_task(run(f"b{i}")) for i in range(3)]  # fall due now: behind a4..a11
+        assert runs.started == ["a0", "a1", "a2", "a3"]
+        late = [asyncio.create_task(runs.run(f"b{i}")) for i in range(3)]  # fall due now: behind a4..a11
         await asyncio.gather(*first, *late)
-        assert started == [f"a{i}" for i in range(12)] + ["b0", "b1", "b2"]
-        assert pacer.put_off >= 8
+        assert runs.started == [f"a{i}" for i in range(12)] + ["b0", "b1", "b2"]
+        assert runs.pacer.put_off >= 8
 
     _run(test)
 
@@ -104,23 +110,15 @@ def test_a_slice_lasts_one_turn_an_idle_pacer_never_puts_off() -> None:
 
 def test_a_waiter_cancelled_leaves_the_pacer_serving_the_others() -> None:
     async def test() -> None:
-        clock = FakeClock()
-        pacer = Pacer(BUDGET, clock=clock)
-        started: list[int] = []
-
-        async def run(i: int) -> None:
-            await pacer.start()
-            started.append(i)
-            clock.now += COST
-
-        tasks = [asyncio.create_task(run(i)) for i in range(10)]
+        runs = PacedRuns()
+        tasks = [asyncio.create_task(runs.run(i)) for i in range(10)]
         await asyncio.sleep(0)
         tasks[6].cancel()  # put off, then cancelled (the scheduler stops)
         await asyncio.gather(*tasks, return_exceptions=True)
-        assert started == [0, 1, 2, 3, 4, 5, 7, 8, 9]
-        later = asyncio.create_task(run(10))
+        assert runs.started == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+        later = asyncio.create_task(runs.run(10))
         await _until(later.done)
-        assert started[-1] == 10
+        assert runs.started[-1] == 10
 
     _run(test)
 
