@@ -123,6 +123,26 @@ def test_a_waiter_cancelled_leaves_the_pacer_serving_the_others() -> None:
     _run(test)
 
 
+def test_a_run_cancelled_once_woken_leaves_no_newcomer_put_off() -> None:
+    """A run put off, woken for the next turn and cancelled before it resumed (the scheduler stops
+    then): the pacer forgets it, and a lone run in a quiet turn afterwards starts at once."""
+
+    async def test() -> None:
+        runs = PacedRuns()
+        tasks = [asyncio.create_task(runs.run(i)) for i in range(6)]
+        await asyncio.sleep(0)  # 0..3 start, 4 and 5 are put off; their turn's end is queued
+        asyncio.get_running_loop().call_soon(tasks[5].cancel)  # after the turn's end woke it
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert runs.started == [0, 1, 2, 3, 4] and tasks[5].cancelled()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        put_off = runs.pacer.put_off
+        await runs.run("lone")
+        assert runs.pacer.put_off == put_off
+
+    _run(test)
+
+
 def test_the_scheduler_paces_routine_runs_but_never_an_urgent_one() -> None:
     """30 interval runs fall due, then a breach's run (NOW) while most of them wait for a turn: the
     interval runs start a slice a turn, every one of them; the breach's starts before those put off."""
