@@ -36,7 +36,8 @@ RECONCILE_SECONDS = Histogram(
 )
 QUEUE_WAIT_SECONDS = Histogram(
     f"{PREFIX}_queue_wait_seconds",
-    "Time a reconcile waited in the queue for a worker, by its urgency (now: a verb, edit, breach or a "
+    "Time a reconcile waited in the queue for a worker (a routine one also for its turn: pacer.py), by its "
+    "urgency (now: a verb, edit, breach or a "
     "change of what it names; due: a decision falling due, such as a pause's end; live; new; at_rest).",
     ["urgency"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
