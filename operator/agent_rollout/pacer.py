@@ -59,12 +59,10 @@ class Pacer:
             try:
                 await future
             except asyncio.CancelledError:
-                if not future.cancelled():  # woken, then cancelled before it resumed
+                # Woken, then cancelled before it resumed. One cancelled while waiting stays in its list
+                # until the turn's end (armed above), which skips it.
+                if not future.cancelled():
                     self._woken -= 1
-                elif future in self._waiting:
-                    self._waiting.remove(future)
-                elif future in self._again:
-                    self._again.remove(future)
                 raise
             self._woken -= 1
             if self._room():
